@@ -1,0 +1,30 @@
+__version__ = "0.1.0"
+"""mlops_nb: Jupyter-first MLOps. Notebooks hold the code, papermill runs them as jobs, MLflow tracks them.
+
+The one hand-written file of the package (nbdev writes the rest from `nbs/`). It keeps
+`import mlops_nb` cheap inside a kernel: the public names below load their module on first use.
+"""
+
+_LAZY = {
+    # name: module that defines it
+    'MlopsNbError': 'core', 'get_settings': 'core',
+    'load_dataset': 'data', 'infer_schema': 'data', 'validate': 'data', 'fingerprint': 'data',
+    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking',
+    'Secret': 'params',
+}
+
+__all__ = ['__version__', *_LAZY]
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'mlops_nb' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f'{__name__}.{mod}'), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
