@@ -1,0 +1,38 @@
+"""Shared helpers for the end-to-end tests: run the real `mlops-nb` command in a scratch directory."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def clean_env(**extra) -> dict:
+    "The environment without any store settings of the caller, so each test uses its own scratch store."
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
+    env.update(extra)
+    return env
+
+
+def mlops_nb(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
+    "Run the installed `mlops-nb` command in `cwd`; returns the completed process (text output)."
+    exe = Path(sys.executable).parent / 'mlops-nb'
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=env or clean_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    "An empty working directory outside any project (no settings.ini above it)."
+    d = tmp_path / 'work'
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def store(workdir):
+    "An MlflowClient on the embedded default store of `workdir`."
+    from mlflow import MlflowClient
+    return lambda: MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
