@@ -61,7 +61,7 @@ def test_evaluate_run_and_registered_versions(quickstart):
     versions = c.search_model_versions("name='breast_cancer'")
     assert sorted(int(v.version) for v in versions) == [1, 2]  # running it twice adds a version
     champ = c.get_model_version_by_alias('breast_cancer', 'champion')
-    assert champ.version == '2' and champ.run_id == res['train']['run_id']
+    assert str(champ.version) == '2' and champ.run_id == res['train']['run_id']
     assert champ.tags['mlops_nb.data_fingerprint'] == c.get_run(champ.run_id).data.tags['mlops_nb.data_fingerprint']
 
 
@@ -74,3 +74,37 @@ def test_champion_loads_with_plain_mlflow(quickstart):
     X = load_dataset('breast_cancer').drop(columns='target').head(5)
     assert len(model.predict(X)) == 5
     mlflow.set_tracking_uri(None)
+
+
+def test_champion_is_served_over_http(quickstart):
+    "The quickstart's next step works: `mlops-nb serve models:/breast_cancer@champion` answers real requests."
+    import socket, subprocess, sys, time, urllib.request
+    from pathlib import Path
+    from conftest import clean_env
+    from mlops_nb.data import load_dataset
+    d, _, _ = quickstart
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / 'mlops-nb'
+    proc = subprocess.Popen([str(exe), 'serve', 'models:/breast_cancer@champion', '--port', str(port)], cwd=d,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=2) as r:
+                    if r.status == 200: break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.time() < deadline, 'server did not answer /ping within 120 s'
+                time.sleep(0.5)
+        X = load_dataset('breast_cancer').drop(columns='target').head(3)
+        body = json.dumps({'dataframe_split': {'columns': list(X.columns), 'data': X.values.tolist()}}).encode()
+        req = urllib.request.Request(f'http://127.0.0.1:{port}/invocations', body, {'Content-Type': 'application/json'})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            preds = json.loads(r.read())['predictions']
+        assert len(preds) == 3 and set(preds) <= {0, 1}
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired: proc.kill()
