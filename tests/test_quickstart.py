@@ -58,6 +58,9 @@ def test_evaluate_run_and_registered_versions(quickstart):
     ev = c.get_run(res['evaluate']['run_id'])
     assert ev.info.status == 'FINISHED' and ev.data.params['train_run_id'] == res['train']['run_id']
     assert ev.data.metrics['roc_auc'] > 0.95
+    train = c.get_run(res['train']['run_id'])  # evaluated on the train job's held-out rows, never on training rows
+    assert ev.data.tags['mlops_nb.data_fingerprint.eval'] == train.data.tags['mlops_nb.data_fingerprint.test']
+    assert abs(ev.data.metrics['roc_auc'] - train.data.metrics['roc_auc']) < 1e-9
     versions = c.search_model_versions("name='breast_cancer'")
     assert sorted(int(v.version) for v in versions) == [1, 2]  # running it twice adds a version
     champ = c.get_model_version_by_alias('breast_cancer', 'champion')
