@@ -67,3 +67,18 @@ def test_successful_job_records_into_its_run(workdir):
     res = json.loads(r.stdout)
     assert res['metrics']['square'] == 25.0 and res['recorded']['square'] == 25.0
     assert res['parameters'] == {'n': 5}
+
+
+def test_two_jobs_starting_together_on_a_fresh_store_both_finish(workdir):
+    "Creating the SQLite store is serialised: parallel first jobs must not collide on its tables."
+    import subprocess, sys
+    from pathlib import Path
+    from conftest import clean_env
+    nb = _notebook(workdir / 'sq.ipynb', 'import mlops_nb\nmlops_nb.record("square", n * n)')
+    exe = Path(sys.executable).parent / 'mlops-nb'
+    procs = [subprocess.Popen([str(exe), 'run', str(nb), '-p', 'n', str(i), '--json'], cwd=workdir, env=clean_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (2, 3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert sorted(json.loads(o[0])['metrics']['square'] for o in outs) == [4.0, 9.0]
+    assert len(_runs(workdir)) == 2
