@@ -76,5 +76,6 @@ setuptools.setup(
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+        'papermill.engine': ['mlops_nb = mlops_nb.engine:FastEngine'],  # `papermill --engine mlops_nb`
     },
 )

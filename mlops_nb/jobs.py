@@ -12,11 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import Settings, get_settings, job_notebook
+from .core import ParameterError, Settings, get_settings, job_notebook
+from .engine import ENGINES, REDACTED, execute, mark_failure, redact_file, render_html, warm_up
 from .params import check_params, read_params
 
+TAG = 'mlops_nb.'  # prefix of mlops_nb's run tags
+
 # %% auto #0
-__all__ = ['JobResult', 'read_recorded', 'default_output', 'run_job']
+__all__ = ['TAG', 'JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'run_job']
 
 # %% ../nbs/08_jobs.ipynb #83abe93e
 @dataclass
@@ -32,6 +35,9 @@ class JobResult:
     error: dict | None = None  # {'reason', 'cell', 'ename', 'evalue'} when it failed
     duration: float = 0.0  # seconds, wall clock
     html: Path | None = None  # the HTML render
+    engine: str = 'fast'  # what executed the cells
+    attempts: list = field(default_factory=list)  # run ids of every attempt, oldest first (this run last)
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM
 
     @property
     def ok(self) -> bool: return self.status == 'FINISHED'
@@ -46,7 +52,7 @@ class JobResult:
         return s
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration')}
+        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
                  recorded={k: v for k, v in self.recorded.items() if _jsonable(v)})
         return d
@@ -70,102 +76,138 @@ def read_recorded(nb) -> dict:
     return out
 
 # %% ../nbs/08_jobs.ipynb #3b177419
-@contextmanager
-def _environ(values: dict):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try: yield
-    finally:
-        for k, v in old.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
+def _kernelspec(nb) -> tuple[str, str]:
+    ks = nb.metadata.get('kernelspec', {})
+    return ks.get('name') or 'python3', ks.get('language') or nb.metadata.get('language_info', {}).get('name') or 'python'
 
-def _render_html(nb_path: Path) -> Path | None:
-    "An HTML render of the executed notebook next to it (None if rendering fails)."
-    try:
-        from nbconvert import HTMLExporter
-        import nbformat
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-        out = nb_path.with_suffix('.html'); out.write_text(body, encoding='utf-8')
-        return out
-    except Exception as e:
-        print(f"mlops_nb: could not render {nb_path} as HTML: {e}")
-        return None
-
-def _has_kernelspec(nb_path: Path) -> bool:
-    "Whether the notebook names its kernel (papermill refuses one that does not, unless told)."
-    try: return bool(json.loads(nb_path.read_text(encoding='utf-8')).get('metadata', {}).get('kernelspec', {}).get('name'))
-    except (OSError, ValueError): return False
-
-def _failure(e: BaseException) -> dict:
-    "Reason, cell, error name and value of a failed execution."
-    name = type(e).__name__
-    if name == 'PapermillExecutionError':
-        return dict(reason='error', cell=e.cell_index, execution_count=e.exec_count, ename=e.ename, evalue=e.evalue)
-    if isinstance(e, KeyboardInterrupt): return dict(reason='interrupted', cell=None, ename=name, evalue='interrupted by the user')
-    if name == 'DeadKernelError' or 'kernel died' in str(e).lower():
-        return dict(reason='kernel_died', cell=None, ename=name, evalue=str(e).strip().splitlines()[0] if str(e).strip() else 'kernel died')
-    if name in ('CellTimeoutError', 'TimeoutError'):
-        return dict(reason='timeout', cell=None, ename=name, evalue=str(e).strip().splitlines()[-1] if str(e).strip() else 'timeout')
-    return dict(reason='error', cell=None, ename=name, evalue=str(e))
+def prepare_notebook(notebook: Path, # the job notebook
+                     values: dict, # checked values, as `check_params` returns them
+                     secrets: set, # names whose values must stay out of the notebook
+                    ):
+    "The parameterised notebook and the environment variables that carry the secret values."
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    nb = load_notebook_node(str(notebook))
+    kernel, language = _kernelspec(nb)
+    if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    if not values: return nb, {}
+    hidden = {k for k in values if k in secrets}
+    nb = parameterize_notebook(nb, {k: (REDACTED if k in hidden else v) for k, v in values.items()}, kernel_name=kernel, language=language)
+    if hidden:
+        cell = next(c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', []))
+        lines = [l for l in cell.source.splitlines() if not any(l.startswith(f'{k} = ') for k in hidden)]
+        lines += ['from mlops_nb.params import secret_from_env  # secret values come from the environment, never from this notebook']
+        lines += [f'{k} = secret_from_env({k!r})' for k in sorted(hidden)]
+        cell.source = '\n'.join(lines)
+    return nb, {secret_env_name(k): str(values[k]) for k in hidden}
 
 # %% ../nbs/08_jobs.ipynb #ba85f205
 def default_output(run_id: str, notebook: Path, cwd: Path | None = None) -> Path:
     "Where an executed notebook is kept locally: `.mlops_nb/outputs/RUN_ID/NAME.ipynb` in the working directory."
     return Path(cwd or os.getcwd()) / '.mlops_nb' / 'outputs' / run_id / notebook.name
 
+def default_engine() -> str:
+    "The engine jobs use unless told: `MLOPS_NB_ENGINE`, else 'fast'."
+    return os.environ.get('MLOPS_NB_ENGINE') or 'fast'
+
+def _check_engine(engine: str):
+    if engine not in ENGINES:
+        raise ParameterError(f"Unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.",
+                             hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
+
+# %% ../nbs/08_jobs.ipynb #a0f7d14f
 def run_job(notebook: str | Path, # a notebook path, or the name of a bundled job ('train', 'evaluate')
             parameters: dict | None = None, # values for the notebook's parameters (strings are coerced)
             settings: Settings | None = None, # where to track; `get_settings()` if None
             experiment: str | None = None, # experiment name; the settings' if None
             output: str | Path | None = None, # where to write the executed notebook
-            cell_timeout: float | None = None, # seconds any one cell may run (papermill's execution_timeout)
-            kernel_name: str | None = None, # Jupyter kernel; the notebook's own if None
-            log_output: bool = False, # stream the notebook's output to this process's log
-            progress: bool = False, # show papermill's progress bar
+            timeout: float | None = None, # seconds the whole job may run
+            cell_timeout: float | None = None, # seconds any one cell may run
+            retries: int = 0, # rerun a failed job this many times (new runs, linked by tags)
+            engine: str | None = None, # 'fast' (warm forked worker) or 'papermill' (a Jupyter kernel); `default_engine()` if None
+            kernel_name: str | None = None, # Jupyter kernel for the papermill engine; the notebook's own if None
+            log_output: bool = False, # stream the notebook's output to this process's stdout/stderr
+            progress: bool = False, # show papermill's progress bar over cells
             run_name: str | None = None, # MLflow run name; the notebook's stem if None
             tags: dict | None = None, # extra run tags
             allow_no_parameters: bool = False, # run a notebook that has no `parameters` cell
+            parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
            ) -> JobResult:
-    "Execute `notebook` with papermill as an MLflow run; the run always ends FINISHED or FAILED."
-    import papermill as pm
-    from mlops_nb.tracking import create_run, TAG
+    "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb = job_notebook(str(notebook))
     spec = read_params(nb, allow_no_parameters=allow_no_parameters)
     values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
+    engine = engine or default_engine()
+    _check_engine(engine)
+    if retries < 0: raise ParameterError(f"retries must be 0 or more, got {retries}.")
+    if timeout is not None and timeout <= 0: raise ParameterError(f"timeout must be a positive number of seconds, got {timeout}.")
+    secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
+    prepared, secret_env = prepare_notebook(nb, values, secret)
+    s = settings or get_settings(experiment=experiment)
+    tags = {**(tags or {}), **({'mlflow.parentRunId': parent_run_id} if parent_run_id else {})}
+    attempts = []
+    for attempt in range(1, retries + 2):
+        extra = {f'{TAG}attempt': str(attempt)} if retries else {}
+        if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
+        res = _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
+                       log_output, progress, run_name, {**tags, **extra})
+        attempts.append(res.run_id)
+        res.attempts = list(attempts)
+        if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
+        if res.ok: break
+    return res
+
+# %% ../nbs/08_jobs.ipynb #22b849ae
+def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
+             log_output, progress, run_name, tags) -> JobResult:
+    from mlops_nb.tracking import create_run
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
     mask = lambda d: {k: ('***' if k in secret else v) for k, v in d.items()}
     full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
-    s = settings or get_settings(experiment=experiment)
-    run = create_run(settings=s, experiment=experiment, run_name=run_name or nb.stem, notebook=nb,
-                     seed=full.get('seed'), params=mask(full),
-                     tags={f'{TAG}job': nb.stem, 'mlflow.source.name': str(nb), 'mlflow.source.type': 'NOTEBOOK', **(tags or {})})
-    language = None
-    if kernel_name is None and not _has_kernelspec(nb): kernel_name, language = 'python3', 'python'  # e.g. written by a script
+    if engine == 'fast': warm_up()  # the warm worker imports while the run is created
+    run = create_run(settings=s, experiment=experiment, run_name=run_name or nb.stem, notebook=nb, seed=full.get('seed'),
+                     params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
+                                              'mlflow.source.type': 'NOTEBOOK', **tags})
     out = Path(output) if output else default_output(run.run_id, nb)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id}
-    t0, err = time.time(), None
+    log = out.with_suffix('.log')
+    env = {**os.environ, **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
+    redact = [v for v in secret_env.values() if v]
+    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=os.getcwd(), env=env, papermill_engine=ENGINES[engine],
+               kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
+               redact=redact, html=True)
+    ex, err = None, None
+    try: ex = execute(job, timeout=timeout)
+    except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
+    failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
+    ok = ex is not None and ex.status == 'ok'
+    html = Path(ex.html) if ex is not None and ex.html else None
     try:
-        with _environ(env):
-            pm.execute_notebook(str(nb), str(out), parameters=values, kernel_name=kernel_name, language=language, log_output=log_output,
-                                progress_bar=progress, execution_timeout=cell_timeout, cwd=os.getcwd())
-    except BaseException as e:  # every way a job can fail ends its run; the error is re-raised only for Ctrl-C
-        err = e
-    duration = time.time() - t0
-    failure = _failure(err) if err is not None else None
-    html = _render_html(out) if out.exists() else None
-    try:
+        if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
+            idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
+            if idx is not None and failure.get('cell') is None: failure['cell'] = idx
+            html = render_html(out)
+        for f in (out, html, log): redact_file(f, redact) if f else None
         if out.exists(): run.log_artifact(out, 'notebook')
-        if html: run.log_artifact(html, 'notebook')
+        if html and html.exists(): run.log_artifact(html, 'notebook')
+        if log.exists() and log.stat().st_size: run.log_artifact(log, 'notebook')
         if failure:
             for k, v in failure.items():
-                if v is not None: run.batch.tag(f'{TAG}failure_{k}' if k != 'reason' else f'{TAG}failure_reason', str(v)[:7900])
-        run.batch.metric('job_duration_s', duration)
+                if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
+        run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
     finally:
-        run.end('FAILED' if err is not None else 'FINISHED', error=err, reason=failure['reason'] if failure else None)
-    if isinstance(err, KeyboardInterrupt): raise err
+        run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
+                error=err if err is not None else (_JobError(failure) if failure else None))
     metrics = run.client.get_run(run.run_id).data.metrics
-    return JobResult(notebook=nb, run_id=run.run_id, status='FAILED' if err is not None else 'FINISHED', output=out,
-                     parameters=mask(values), metrics=dict(metrics), recorded=read_recorded(out) if out.exists() else {},
-                     error=failure, duration=duration, html=html)
+    return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
+                     metrics=dict(metrics), recorded=read_recorded(out) if out.exists() else {}, error=failure,
+                     duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
+                     interrupted=bool(ex is not None and ex.interrupted))
+
+class _JobError(Exception):
+    "How a job failed, as the exception recorded on its run."
+    def __init__(self, failure: dict):
+        self.failure = failure
+        where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
+        super().__init__(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}")

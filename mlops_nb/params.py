@@ -20,14 +20,27 @@ from typing import Any, NamedTuple
 from .core import ParameterError
 
 # %% auto #0
-__all__ = ['SECRET_PATTERNS', 'Secret', 'is_secret_name', 'Param', 'find_parameters_cell', 'read_params', 'ParamValues',
-           'parse_param_args', 'check_params', 'format_params', 'params_json']
+__all__ = ['SECRET_PATTERNS', 'Secret', 'secret_env_name', 'secret_from_env', 'is_secret_name', 'Param', 'find_parameters_cell',
+           'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params', 'params_json']
 
 # %% ../nbs/07_params.ipynb #14f28c6c
 class Secret(str):
     "A str whose value is passed to the kernel but never written to outputs, MLflow or logs."
     __slots__ = ()
     def __repr__(self): return "'***'"
+
+def secret_env_name(name: str) -> str:
+    "The environment variable a job runner passes secret parameter `name` in."
+    return 'MLOPS_NB_SECRET_' + name.upper()
+
+def secret_from_env(name: str # the secret parameter
+                   ) -> Secret:
+    "The value of secret parameter `name`, taken (and removed) from the job's environment; used by the injected cell."
+    var = secret_env_name(name)
+    if var not in os.environ:
+        raise ParameterError(f"Secret parameter {name!r} has no value: {var} is not set (already read, or not run by mlops-nb).",
+                             hint=f"Run the notebook with `mlops-nb run NB -p {name} VALUE`, or set {var}.", parameter=name)
+    return Secret(os.environ.pop(var))
 
 # %% ../nbs/07_params.ipynb #11d48395
 SECRET_PATTERNS = ('*_token', '*token', '*password*', '*secret*', '*api_key*')  # names treated as secrets
