@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_serve', 'cmd_ui', 'cmd_promote', 'cmd_rollback',
-           'cmd_models', 'cmd_quickstart', 'main']
+__all__ = ['EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_serve', 'cmd_ui', 'cmd_promote',
+           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -24,6 +26,8 @@ examples:
   mlops-nb quickstart                                 train, evaluate and register a model here
   mlops-nb params train                               the parameters of the bundled train job
   mlops-nb run train -p n_estimators 50 -p seed 1     run a job notebook as an MLflow run
+  mlops-nb run nbs/jobs/*.ipynb --timeout 600         several notebooks, one warm worker
+  mlops-nb reproduce RUN_ID                           rerun a recorded job, compare metrics
   mlops-nb run nbs/jobs/train.ipynb -f params.yaml    your own notebook, values from YAML
   mlops-nb promote breast_cancer --run RUN_ID --gate gate.yaml   gate a train run, then make it champion
   mlops-nb rollback breast_cancer                     champion back to the previous champion
@@ -57,21 +61,52 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--dataset', default='breast_cancer', help='dataset for the train job (default: breast_cancer)')
     _common(q)
 
-    r = sub.add_parser('run', help='run a notebook as a tracked job',
-                       description='Execute NOTEBOOK with papermill as an MLflow run: parameters are checked first, '
-                       'the executed notebook and its HTML render are stored with the run.',
-                       epilog='example: mlops-nb run train -p model gradient_boosting -p seed 3',
+    r = sub.add_parser('run', help='run notebooks as tracked jobs',
+                       description='Execute each NOTEBOOK as an MLflow run: parameters are checked for every notebook before '
+                       'any starts; the executed notebook, its HTML render and its log are stored with the run. The default '
+                       'engine forks each job from a warm worker that has already imported pandas, scikit-learn and MLflow, '
+                       'so a batch of short jobs costs little more than their cells; --engine papermill starts a Jupyter '
+                       'kernel per job instead.',
+                       epilog='examples:\n'
+                       '  mlops-nb run train -p model gradient_boosting -p seed 3\n'
+                       '  mlops-nb run nbs/jobs/*.ipynb -p seed 1        several notebooks, one warm worker; -p applies where declared\n'
+                       '  mlops-nb run --batch jobs.yaml                  a YAML list of {notebook: NB, parameters: {...}}\n'
+                       '  mlops-nb run etl.ipynb --timeout 600 --retries 2 -p api_token "$TOKEN"\n\n'
+                       'failures: a raising cell, a dead kernel (os._exit, SIGKILL, out of memory), --timeout or Ctrl-C/SIGTERM '
+                       'end the run FAILED\nwith reason error, kernel_died, timeout or interrupted, and keep the partial notebook.\n'
+                       'secrets: parameters typed Secret or named like *_token, *password*, *secret*, *api_key* reach the job '
+                       'but are\nreplaced by *** in the notebook, its HTML, its log and MLflow params.\n'
+                       'exit codes: 0 every job finished, 1 a job failed, 2 bad input (nothing started), 130 interrupted.',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument('notebook', help='notebook path, or a bundled job name (train, evaluate)')
+    r.add_argument('notebook', nargs='*', help='notebook paths, or bundled job names (train, evaluate)')
     r.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'), help='a parameter value (repeatable)')
     r.add_argument('-f', '--parameters-file', action='append', default=[], metavar='YAML', help='parameter values from a YAML file')
     r.add_argument('-y', '--parameters-yaml', action='append', default=[], metavar='YAML', help='parameter values as a YAML string')
-    r.add_argument('--output', help='where to write the executed notebook (default: .mlops_nb/outputs/RUN_ID/NAME.ipynb)')
-    r.add_argument('--cell-timeout', type=float, help='seconds any one cell may run')
-    r.add_argument('--kernel', help='Jupyter kernel name (default: the notebook\'s)')
-    r.add_argument('--log-output', action='store_true', help='stream the notebook\'s output while it runs')
+    r.add_argument('--batch', metavar='YAML', help='jobs to run: a YAML list of notebook paths or {notebook, parameters} mappings')
+    r.add_argument('--output', help='where to write the executed notebook, for one notebook (default: .mlops_nb/outputs/RUN_ID/NAME.ipynb)')
+    r.add_argument('--timeout', type=float, metavar='S', help='seconds each whole job may run; then it is stopped and FAILED (timeout)')
+    r.add_argument('--cell-timeout', type=float, metavar='S', help='seconds any one cell may run')
+    r.add_argument('--retries', type=int, default=0, metavar='N', help='rerun a failed job up to N times, as new linked runs (default 0)')
+    r.add_argument('--engine', help="'fast' (default: warm forked worker, IPython shell) or 'papermill' (a Jupyter kernel per job)")
+    r.add_argument('--kernel', help="Jupyter kernel name for --engine papermill (default: the notebook's)")
+    r.add_argument('--log-output', action='store_true', help="stream the notebook's output while it runs")
     r.add_argument('--allow-no-parameters', action='store_true', help='run a notebook that has no `parameters` cell')
     _common(r)
+
+    rp = sub.add_parser('reproduce', help='rerun a recorded job and compare its metrics',
+                        description='Rerun the job of RUN_ID from the notebook and parameter values stored with the run, as a '
+                        'new run tagged reproduction_of=RUN_ID. Refuses when a data file the run read is gone or changed; '
+                        'prints each metric of both runs and their difference.',
+                        epilog='exit codes: 0 reproduced with identical metrics and data, 1 it ran but differs or failed, '
+                        '2 cannot reproduce (data changed, run missing).\n'
+                        'a run that used secrets needs them again: mlops-nb reproduce RUN_ID -p api_token "$TOKEN"',
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument('run_id', help='the run to reproduce')
+    rp.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
+                    help='a value for a secret (unrecorded) parameter, or a deliberate override')
+    rp.add_argument('--engine', help='engine for the rerun (default: fast)')
+    rp.add_argument('--timeout', type=float, metavar='S', help='seconds the rerun may take')
+    _common(rp)
 
     pa = sub.add_parser('params', help="print a notebook's parameter schema",
                         description="Print the parameters a job notebook takes: name, type, default and doc, read from "
@@ -141,21 +176,99 @@ def cmd_params(a) -> int:
     else: print(f"{nb}\n{format_params(ps)}")
     return 0
 
-def cmd_run(a) -> int:
-    from mlops_nb.jobs import run_job
+def _batch_items(a) -> list[tuple[str, dict]]:
+    "(notebook, values) for each job asked for: the NOTEBOOK arguments and the --batch file."
+    from mlops_nb.core import ParameterError
     from mlops_nb.params import parse_param_args
     values = parse_param_args(a.parameters, a.parameters_file, a.parameters_yaml)
+    items = [(nb, None) for nb in a.notebook]
+    if a.batch:
+        import yaml
+        try: spec = yaml.safe_load(Path(a.batch).read_text(encoding='utf-8'))
+        except (OSError, yaml.YAMLError) as e: raise ParameterError(f"Cannot read batch file {a.batch}: {e}") from None
+        if not isinstance(spec, list):
+            raise ParameterError(f"Batch file {a.batch} must be a YAML list of notebook paths or {{notebook, parameters}} mappings.")
+        for i, it in enumerate(spec):
+            if isinstance(it, str): items.append((it, None))
+            elif isinstance(it, dict) and 'notebook' in it and isinstance(it.get('parameters', {}), dict):
+                items.append((str(it['notebook']), dict(it.get('parameters') or {})))
+            else: raise ParameterError(f"Entry {i} of batch file {a.batch} is not a notebook path or a {{notebook, parameters}} mapping: {it!r}")
+    if not items: raise ParameterError("Nothing to run: give NOTEBOOK paths or --batch FILE.", hint='mlops-nb run train')
+    if a.output and len(items) > 1: raise ParameterError("--output names one executed notebook; drop it to run several.")
+    return _spread(items, values)
+
+def _spread(items, values) -> list[tuple[str, dict]]:
+    "Give each notebook the -p/-f/-y values it declares; with several notebooks a name none declares is an error."
+    from mlops_nb.core import ParameterError, job_notebook
+    from mlops_nb.params import read_params
+    if len(items) == 1: return [(items[0][0], {**values, **(items[0][1] or {})})]
+    declared, out = set(), []
+    for nb, own in items:
+        names = set(read_params(job_notebook(nb), allow_no_parameters=True) or {})
+        declared |= names
+        out.append((nb, {**{k: v for k, v in values.items() if k in names}, **(own or {})}))
+    unknown = sorted(set(values) - declared)
+    if unknown: raise ParameterError(f"Parameter(s) {', '.join(unknown)} are declared by none of the {len(items)} notebooks.",
+                                     hint='Check the names with `mlops-nb params NB`.', parameter=unknown[0])
+    return out
+
+def cmd_run(a) -> int:
+    from mlops_nb.engine import warm_up
+    from mlops_nb.jobs import check_job, run_job
+    items = _batch_items(a)
+    for nb, values in items:  # every job's parameters are checked before the first starts
+        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters)
+    if (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
+        from mlops_nb.core import job_notebook
+        warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
     s = _settings(a)
-    res = run_job(a.notebook, values, settings=s, experiment=a.experiment, output=a.output, cell_timeout=a.cell_timeout,
-                  kernel_name=a.kernel, log_output=a.log_output, progress=not a.json and sys.stderr.isatty(),
-                  allow_no_parameters=a.allow_no_parameters)
-    if a.json: _print_json(res.to_dict())
-    else:
-        print(res.summary())
-        if res.metrics: print('  metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(res.metrics.items())))
-        print(f"  executed notebook: {res.output}")
-        if not res.ok: print(f"  open it to see the failing cell; the run is FAILED in {s.tracking_uri}")
-    return 0 if res.ok else 1
+    results, bar = [], None
+    if len(items) > 1 and not a.json and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(items), unit='job', desc='jobs')
+    try:
+        for nb, values in items:
+            res = run_job(nb, values, settings=s, experiment=a.experiment, output=a.output, timeout=a.timeout,
+                          cell_timeout=a.cell_timeout, retries=a.retries, engine=a.engine, kernel_name=a.kernel,
+                          log_output=a.log_output, progress=len(items) == 1 and not a.json and sys.stderr.isatty(),
+                          allow_no_parameters=a.allow_no_parameters)
+            results.append(res)
+            if bar is not None: bar.update(1); bar.set_postfix(failed=sum(not r.ok for r in results))
+            if not a.json: _print_result(res, s, bar)
+    finally:
+        if bar is not None: bar.close()
+    if a.json: _print_json(results[0].to_dict() if len(items) == 1 else {'jobs': [r.to_dict() for r in results]})
+    elif len(results) > 1:
+        bad = [r for r in results if not r.ok]
+        print(f"\n{len(results) - len(bad)} of {len(results)} jobs finished" + (f", {len(bad)} failed: " + ', '.join(
+            f"{r.notebook.name} ({r.error['reason']}, run {r.run_id})" for r in bad) if bad else ''))
+    return 0 if all(r.ok for r in results) else 1
+
+def _print_result(res, s, bar=None):
+    lines = [res.summary()]
+    if len(res.attempts) > 1: lines.append(f"  attempts: {len(res.attempts)} (runs {', '.join(res.attempts)})")
+    if res.metrics: lines.append('  metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(res.metrics.items())))
+    lines.append(f"  executed notebook: {res.output}")
+    if not res.ok: lines.append(f"  open it to see the failing cell; the run is FAILED in {s.tracking_uri}")
+    text = '\n'.join(lines)
+    if bar is not None: bar.write(text)
+    else: print(text, flush=True)
+
+def cmd_reproduce(a) -> int:
+    from mlops_nb.jobs import reproduce
+    r = reproduce(a.run_id, parameters=dict(a.parameters) or None, settings=_settings(a), engine=a.engine, timeout=a.timeout)
+    if a.json: _print_json(r.to_dict()); return 0 if r.identical else 1
+    print(r.result.summary())
+    print(f"reproduction of run {a.run_id}: new run {r.result.run_id}")
+    w = max([len(k) for k in r.metrics] + [6])
+    print(f"  {'metric':<{w}}  {'original':>12}  {'reproduced':>12}  {'diff':>10}")
+    f = lambda v: f'{v:12.6g}' if v is not None else f"{'-':>12}"
+    for k, m in r.metrics.items():
+        d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
+        print(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
+    for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
+    print('identical: same data, same metrics' if r.identical else 'NOT identical: see the differences above')
+    return 0 if r.identical else 1
 
 def cmd_serve(a) -> int:
     import subprocess
@@ -280,7 +393,7 @@ def cmd_quickstart(a) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #a5869a69
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
             'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui}
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,12 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.command:
         parser.print_help(); return 2
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
+    def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
     try:
         rc = COMMANDS[a.command](a)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: the run is marked FAILED (interrupted)", file=sys.stderr)
+        print("interrupted: the running job's run is marked FAILED (interrupted), its partial notebook kept", file=sys.stderr)
         rc = 130
     return rc

@@ -16,14 +16,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'REDACTED', 'CellRunner', 'CellTimeoutError', 'register_engine',
-           'warm_up', 'Execution', 'failure', 'Job', 'execute', 'redact_file', 'render_html', 'mark_failure']
+__all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'REDACTED', 'CellRunner', 'CellTimeoutError',
+           'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure', 'Job', 'execute', 'redact_text',
+           'redact_file', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
+def _clean(data: dict | None) -> dict:
+    "Mime bundle values as a kernel sends them: bytes (e.g. PNG) base64-encoded."
+    import base64
+    return {k: (base64.b64encode(v).decode('ascii') if isinstance(v, (bytes, bytearray)) else v) for k, v in (data or {}).items()}
+
+FLUSH_INTERVAL = 0.2  # seconds stream text may wait, as ipykernel's OutStream.flush_interval
+
 class _Outputs:
     "The outputs of the cell being executed, in nbformat's shape."
     def __init__(self, echo: bool = False):
         self.items, self.echo = [], echo
+        self._pending, self._since = {}, 0.0
         self._display_ids: dict[str, list] = {}
         self._clear_pending = False
 
@@ -32,28 +41,42 @@ class _Outputs:
         self.items.append(out)
 
     def stream(self, name: str, text: str):
+        "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
         if not text: return
         if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(text)
-        last = self.items[-1] if self.items and not self._clear_pending else None
-        if last is not None and last['output_type'] == 'stream' and last['name'] == name: last['text'] += text
-        else: self._append({'output_type': 'stream', 'name': name, 'text': text})
+        if not any(self._pending.values()): self._since = time.monotonic()
+        self._pending[name] = self._pending.get(name, '') + text
+        if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
+
+    def flush(self):
+        "Send buffered stream text, stdout first (ipykernel's order)."
+        for name in ('stdout', 'stderr'):
+            text = self._pending.pop(name, '')
+            if not text: continue
+            last = self.items[-1] if self.items and not self._clear_pending else None
+            if last is not None and last['output_type'] == 'stream' and last['name'] == name: last['text'] += text
+            else: self._append({'output_type': 'stream', 'name': name, 'text': text})
 
     def display(self, data: dict, metadata: dict | None, transient: dict | None, update: bool):
+        self.flush()
         did = (transient or {}).get('display_id')
         if update:  # update_display_data changes earlier outputs in place, as nbclient does
-            for o in self._display_ids.get(did, []): o['data'], o['metadata'] = data, metadata or {}
+            for o in self._display_ids.get(did, []): o['data'], o['metadata'] = _clean(data), metadata or {}
             return
-        out = {'output_type': 'display_data', 'data': data, 'metadata': metadata or {}}
+        out = {'output_type': 'display_data', 'data': _clean(data), 'metadata': metadata or {}}
         if did: self._display_ids.setdefault(did, []).append(out)
         self._append(out)
 
     def result(self, data: dict, metadata: dict | None, count: int):
-        self._append({'output_type': 'execute_result', 'data': data, 'metadata': metadata or {}, 'execution_count': count})
+        self.flush()
+        self._append({'output_type': 'execute_result', 'data': _clean(data), 'metadata': metadata or {}, 'execution_count': count})
 
     def error(self, ename: str, evalue: str, traceback: list[str]):
+        self.flush()
         self._append({'output_type': 'error', 'ename': ename, 'evalue': evalue, 'traceback': traceback})
 
     def clear(self, wait: bool = False):
+        self.flush()
         if wait: self._clear_pending = True
         else: self.items.clear()
 
@@ -141,7 +164,9 @@ class CellRunner:
         self.shell.outputs = outs = _Outputs(self.echo)
         count = self.shell.execution_count
         try: res = self.shell.run_cell(source, store_history=True)
-        finally: self.shell.outputs = None
+        finally:
+            outs.flush()
+            self.shell.outputs = None
         return count, outs.items, not res.success
 
     def close(self):
@@ -248,10 +273,37 @@ def _context():
         _CTX.set_forkserver_preload(['mlops_nb.warm'])
     return _CTX
 
-def warm_up():
-    "Start the warm worker now, in the background, so it is ready when the first job needs it."
+def notebook_imports(notebooks) -> list[str]:
+    "Modules the code cells of `notebooks` import (read with `ast`, never run), for the warm worker to load ahead."
+    import ast
+    mods = []
+    for path in notebooks:
+        try: cells = json.loads(Path(path).read_text(encoding='utf-8'))['cells']
+        except (OSError, ValueError, KeyError, TypeError): continue
+        for c in cells:
+            if c.get('cell_type') != 'code': continue
+            src = ''.join(c.get('source', ''))
+            src = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
+            try: tree = ast.parse(src)
+            except SyntaxError: continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import): mods += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level: mods.append(node.module)
+    if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlflow', 'mlops_nb.tracking']  # `record` logs
+    dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
+    local = lambda m: any((d / m.split('.')[0]).exists() or (d / f"{m.split('.')[0]}.py").exists() for d in dirs)
+    return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
+
+_WARM_LOCK = threading.Lock()
+def warm_up(notebooks=() # notebooks about to run: what they import is loaded ahead too
+           ):
+    "Start the warm worker now, in the background, so it is ready when the first job needs it (first call decides what it loads)."
     from multiprocessing import forkserver
-    _context()
+    with _WARM_LOCK:
+        ctx = _context()
+        if getattr(ctx, '_mlops_nb_started', False): return
+        ctx._mlops_nb_started = True
+        os.environ['MLOPS_NB_WARM_NOTEBOOK_MODULES'] = ','.join(notebook_imports(notebooks))  # read by mlops_nb.warm
     threading.Thread(target=forkserver.ensure_running, daemon=True).start()
 
 # %% ../nbs/08a_engine.ipynb #aa1a1805
@@ -335,9 +387,9 @@ class Job:
         ctx = _context()
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
         self._recv, send = ctx.Pipe(duplex=False)
-        self.t0 = time.time()
         self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"mlops_nb job {Path(job['input']).name}")
-        self.proc.start()
+        self.proc.start()  # returns once the warm worker has forked the job (it may still be importing, the first time)
+        self.t0 = time.time()  # the timeout counts from here: the job's time, not the warm-up's
         send.close()
 
     def stop(self, reason: str = 'interrupted'):
@@ -404,15 +456,19 @@ def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd
 # %% ../nbs/08a_engine.ipynb #0db4b303
 REDACTED = '***'
 
+def redact_text(text: str, values) -> str:
+    "`text` with every occurrence of each secret value (raw, JSON-escaped, or escaped twice) replaced by `***`."
+    for v in sorted((v for v in values if v), key=len, reverse=True):
+        for form in {v, json.dumps(v)[1:-1], json.dumps(json.dumps(v)[1:-1])[1:-1]}: text = text.replace(form, REDACTED)
+    return text
+
 def redact_file(path: Path, values) -> bool:
-    "Replace every occurrence of each secret value in the text file `path` (raw and JSON-escaped); whether any was found."
+    "Redact the secret `values` in the text file `path`; whether any was found."
     values = [v for v in values if v]
     if not values or not Path(path).exists(): return False
-    text = Path(path).read_text(encoding='utf-8')
-    new = text
-    for v in sorted(values, key=len, reverse=True):
-        for form in {v, json.dumps(v)[1:-1], json.dumps(json.dumps(v)[1:-1])[1:-1]}: new = new.replace(form, REDACTED)
-    if new != text: Path(path).write_text(new, encoding='utf-8')
+    text = Path(path).read_text(encoding='utf-8', errors='surrogateescape')
+    new = redact_text(text, values)
+    if new != text: Path(path).write_text(new, encoding='utf-8', errors='surrogateescape')
     return new != text
 
 def render_html(nb_path: Path) -> Path | None:
@@ -446,7 +502,7 @@ def mark_failure(nb_path: Path, error: dict) -> int | None:
         banner = new_markdown_cell(f'<span style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-serif; font-size:2em;">'
                                    f'{error.get("reason", "failed").replace("_", " ").capitalize()}: {error.get("evalue", "")}</span>')
         banner.metadata['tags'] = ['papermill-error-cell-tag']
-        nb.cells.insert(0, banner); idx += 1
+        nb.cells.insert(0, banner)
     nb.metadata.setdefault('papermill', {})['exception'] = True
     nbformat.write(nb, str(nb_path))
-    return idx
+    return idx  # as papermill counts: before its banner

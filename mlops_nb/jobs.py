@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import ParameterError, Settings, get_settings, job_notebook
-from .engine import ENGINES, REDACTED, execute, mark_failure, redact_file, render_html, warm_up
-from .params import check_params, read_params
+from .engine import ENGINES, REDACTED, execute, mark_failure, redact_file, redact_text, render_html, warm_up
+from .params import check_params, read_params, secret_env_name
 
 TAG = 'mlops_nb.'  # prefix of mlops_nb's run tags
 
 # %% auto #0
-__all__ = ['TAG', 'JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'run_job']
+__all__ = ['TAG', 'JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job',
+           'Reproduction', 'reproduce']
 
 # %% ../nbs/08_jobs.ipynb #83abe93e
 @dataclass
@@ -47,7 +48,8 @@ class JobResult:
         s = f"{self.notebook.name}: {self.status} in {self.duration:.1f}s  run {self.run_id}"
         if self.error:
             e = self.error
-            where = f" in cell {e['cell']} (In [{e.get('execution_count')}])" if e.get('cell') is not None else ''
+            where = f" in cell {e['cell']}" if e.get('cell') is not None else ''
+            if e.get('execution_count') is not None: where += f" (In [{e['execution_count']}])"
             s += f"\n  {e['reason']}{where}: {e.get('ename') or ''}: {e.get('evalue') or ''}".rstrip(': ')
         return s
 
@@ -117,6 +119,20 @@ def _check_engine(engine: str):
                              hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
 
 # %% ../nbs/08_jobs.ipynb #a0f7d14f
+def check_job(notebook: str | Path, # a notebook path or bundled job name
+              parameters: dict | None = None, # values to check
+              engine: str | None = None, timeout: float | None = None, retries: int = 0, allow_no_parameters: bool = False):
+    "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError`."
+    nb = job_notebook(str(notebook))
+    spec = read_params(nb, allow_no_parameters=allow_no_parameters)
+    values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
+    engine = engine or default_engine()
+    _check_engine(engine)
+    if retries < 0: raise ParameterError(f"retries must be 0 or more, got {retries}.")
+    if timeout is not None and timeout <= 0: raise ParameterError(f"timeout must be a positive number of seconds, got {timeout}.")
+    return nb, spec or {}, values, engine
+
+# %% ../nbs/08_jobs.ipynb #0346792a
 def run_job(notebook: str | Path, # a notebook path, or the name of a bundled job ('train', 'evaluate')
             parameters: dict | None = None, # values for the notebook's parameters (strings are coerced)
             settings: Settings | None = None, # where to track; `get_settings()` if None
@@ -135,13 +151,8 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
             parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
-    nb = job_notebook(str(notebook))
-    spec = read_params(nb, allow_no_parameters=allow_no_parameters)
-    values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
-    engine = engine or default_engine()
-    _check_engine(engine)
-    if retries < 0: raise ParameterError(f"retries must be 0 or more, got {retries}.")
-    if timeout is not None and timeout <= 0: raise ParameterError(f"timeout must be a positive number of seconds, got {timeout}.")
+    nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
+                                         allow_no_parameters=allow_no_parameters)
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
     prepared, secret_env = prepare_notebook(nb, values, secret)
     s = settings or get_settings(experiment=experiment)
@@ -165,7 +176,7 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
     mask = lambda d: {k: ('***' if k in secret else v) for k, v in d.items()}
     full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
-    if engine == 'fast': warm_up()  # the warm worker imports while the run is created
+    if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
     run = create_run(settings=s, experiment=experiment, run_name=run_name or nb.stem, notebook=nb, seed=full.get('seed'),
                      params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
                                               'mlflow.source.type': 'NOTEBOOK', **tags})
@@ -181,6 +192,7 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     try: ex = execute(job, timeout=timeout)
     except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
     failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
+    if failure: failure = {k: (redact_text(v, redact) if isinstance(v, str) else v) for k, v in failure.items()}  # a message may quote a secret
     ok = ex is not None and ex.status == 'ok'
     html = Path(ex.html) if ex is not None and ex.html else None
     try:
@@ -211,3 +223,98 @@ class _JobError(Exception):
         self.failure = failure
         where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
         super().__init__(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}")
+
+# %% ../nbs/08_jobs.ipynb #3c88c9a6
+@dataclass
+class Reproduction:
+    "A rerun of a recorded job and how it compares."
+    original: str  # the run reproduced
+    result: JobResult  # the new run
+    metrics: dict  # name -> {'original', 'reproduced', 'diff'}
+    data_changed: dict  # dataset name -> (original fingerprint, new fingerprint) where they differ
+
+    @property
+    def identical(self) -> bool:
+        return self.result.ok and not self.data_changed and all(m['diff'] == 0 for m in self.metrics.values())
+
+    def to_dict(self) -> dict:
+        return {'original': self.original, 'run': self.result.to_dict(), 'metrics': self.metrics,
+                'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'identical': self.identical}
+
+def _stripped(executed, dst: Path) -> Path:
+    "The executed notebook as it was before papermill: no injected cell, no error banner, no outputs."
+    import nbformat
+    nb = nbformat.read(str(executed), as_version=4)
+    drop = ('injected-parameters', 'papermill-error-cell-tag')
+    nb.cells = [c for c in nb.cells if not any(t in c.get('metadata', {}).get('tags', []) for t in drop)]
+    for c in nb.cells:
+        c.metadata.pop('papermill', None); c.metadata.pop('execution', None)
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    nb.metadata.pop('papermill', None)
+    nbformat.write(nb, str(dst))
+    return dst
+
+def _data_check(run, run_id: str):
+    "Refuse (DataError) when a local data file the run read is gone or changed."
+    from mlops_nb.core import DataError
+    from mlops_nb.tracking import file_sha256
+    tags = run.data.tags
+    for k, src in tags.items():
+        if not k.startswith(f'{TAG}data_source.'): continue
+        name = k.split('.', 2)[-1]
+        recorded = tags.get(f'{TAG}data_source_sha256.{name}')
+        p = Path(src)
+        if not recorded and not p.suffix: continue  # a bundled dataset name, not a file
+        if not p.exists():
+            raise DataError(f"Run {run_id} read {name!r} data from {src}, which no longer exists; it cannot be reproduced.",
+                            hint="Restore the file (the run's data fingerprint tells whether it is the same data).", path=src)
+        if recorded and file_sha256(p) != recorded:
+            raise DataError(f"The {name!r} data of run {run_id} changed: {src} has SHA-256 {file_sha256(p)[:12]}…, "
+                            f"the run read {recorded[:12]}….", hint="Reproduce with the original file, or start a new run.", path=src)
+
+# %% ../nbs/08_jobs.ipynb #d936f7e3
+def reproduce(run_id: str, # the run to rerun
+              parameters: dict | None = None, # values for secret parameters (not recorded), or deliberate overrides
+              settings: Settings | None = None, # the store the run is in; `get_settings()` if None
+              engine: str | None = None, # engine for the rerun
+              timeout: float | None = None, # seconds the rerun may take
+             ) -> Reproduction:
+    "Rerun the job of `run_id` from its recorded notebook and parameters, and compare data and metrics."
+    import tempfile
+    from mlops_nb.core import TrackingError
+    from mlops_nb.tracking import client, download_artifact, file_sha256
+    s = settings or get_settings()
+    c = client(s)
+    try: old = c.get_run(run_id)
+    except Exception as e:
+        raise TrackingError(f"No run {run_id!r} in {s.tracking_uri} ({type(e).__name__}).",
+                            hint="List runs with `mlops-nb ui`; set --tracking-uri to the store the run is in.", run_id=run_id) from None
+    tags = old.data.tags
+    source = Path(tags.get('mlflow.source.name') or f"{tags.get(f'{TAG}job', 'job')}.ipynb")
+    tmp = Path(tempfile.mkdtemp(prefix='mlops_nb_reproduce_'))
+    executed = download_artifact(run_id, f'notebook/{source.name}', tmp, settings=s)
+    import nbformat
+    recorded = dict(nbformat.read(str(executed), as_version=4).metadata.get('papermill', {}).get('parameters') or {})
+    values = {**recorded, **(parameters or {})}
+    hidden = [k for k, v in values.items() if v == REDACTED]
+    if hidden:
+        raise ParameterError(f"Run {run_id} used secret parameter(s) {', '.join(hidden)}, whose values are not recorded.",
+                             hint='Pass them again: ' + ' '.join(f'-p {k} VALUE' for k in hidden), parameter=hidden[0])
+    _data_check(old, run_id)
+    same = source.exists() and tags.get(f'{TAG}notebook_sha256') == file_sha256(source)
+    nb = source if same else _stripped(executed, tmp / source.name)
+    exp = c.get_experiment(old.info.experiment_id).name
+    res = run_job(nb, values, settings=s, experiment=exp, engine=engine, timeout=timeout, run_name=f"{old.info.run_name} (reproduction)",
+                  tags={f'{TAG}reproduction_of': run_id})
+    new = c.get_run(res.run_id)
+    skip = {'job_duration_s'}
+    metrics = {}
+    for k in sorted((set(old.data.metrics) | set(new.data.metrics)) - skip):
+        a, b = old.data.metrics.get(k), new.data.metrics.get(k)
+        metrics[k] = {'original': a, 'reproduced': b, 'diff': (b - a) if a is not None and b is not None else None}
+    fp = f'{TAG}data_fingerprint'
+    changed = {k[len(fp) + 1:] or 'primary': (v, new.data.tags.get(k)) for k, v in tags.items()
+               if k.startswith(fp) and new.data.tags.get(k) != v}
+    r = Reproduction(run_id, res, metrics, changed)
+    c.set_tag(res.run_id, f'{TAG}reproduction', 'identical' if r.identical else 'differs')
+    return r

@@ -11,11 +11,7 @@ import os
 
 os.environ.setdefault('MPLBACKEND', 'module://matplotlib_inline.backend_inline')  # what ipykernel sets in a kernel
 
-WARM_MODULES = ('numpy', 'pandas', 'scipy.stats', 'sklearn', 'sklearn.pipeline', 'sklearn.compose', 'sklearn.preprocessing',
-                'sklearn.impute', 'sklearn.linear_model', 'sklearn.ensemble', 'sklearn.metrics', 'sklearn.model_selection',
-                'matplotlib', 'matplotlib.pyplot', 'pyarrow', 'mlflow', 'mlflow.sklearn', 'IPython', 'IPython.core.interactiveshell',
-                'nbformat', 'nbconvert', 'papermill', 'papermill.engines', 'yaml', 'mlops_nb', 'mlops_nb.data', 'mlops_nb.features',
-                'mlops_nb.train', 'mlops_nb.evaluate', 'mlops_nb.tracking', 'mlops_nb.engine')
+WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine')  # every job needs these
 
 def _load(names):
     for name in names:
@@ -33,5 +29,6 @@ def _exporter():
         HTML_EXPORTER.from_notebook_node(nbformat.v4.new_notebook())  # compiles the template now
     except BaseException: HTML_EXPORTER = None
 
-_load(WARM_MODULES + tuple(m for m in os.environ.get('MLOPS_NB_WARM_MODULES', '').split(',') if m.strip()))
+_load(WARM_MODULES + tuple(m for var in ('MLOPS_NB_WARM_NOTEBOOK_MODULES', 'MLOPS_NB_WARM_MODULES')
+                            for m in os.environ.get(var, '').split(',') if m.strip()))
 _exporter()
