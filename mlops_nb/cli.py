@@ -18,7 +18,7 @@ from .core import MlopsNbError, get_settings
 
 # %% auto #0
 __all__ = ['EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_serve', 'cmd_ui', 'cmd_promote',
-           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'main']
+           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -28,6 +28,7 @@ examples:
   mlops-nb run train -p n_estimators 50 -p seed 1     run a job notebook as an MLflow run
   mlops-nb run nbs/jobs/*.ipynb --timeout 600         several notebooks, one warm worker
   mlops-nb reproduce RUN_ID                           rerun a recorded job, compare metrics
+  mlops-nb sweep train --grid n_estimators=50,100 --grid max_depth=3,None --metric roc_auc   a sweep
   mlops-nb run nbs/jobs/train.ipynb -f params.yaml    your own notebook, values from YAML
   mlops-nb promote breast_cancer --run RUN_ID --gate gate.yaml   gate a train run, then make it champion
   mlops-nb rollback breast_cancer                     champion back to the previous champion
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'aliases, metrics of the training run, lineage and promotion records.')
     mo.add_argument('name', nargs='?', help='registered model name')
     _common(mo)
+
+    from mlops_nb.sweeps import add_sweep_parser
+    add_sweep_parser(sub)
 
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
                        description='Start `mlflow ui` on the same store jobs write to.')
@@ -393,7 +397,11 @@ def cmd_quickstart(a) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #a5869a69
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
+def cmd_sweep(a) -> int:
+    from mlops_nb.sweeps import cmd_sweep as sweep
+    return sweep(a)
+
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
             'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui}
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,14 +11,15 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'REDACTED', 'CellRunner', 'CellTimeoutError',
-           'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure', 'Job', 'execute', 'redact_text',
-           'redact_file', 'render_html', 'mark_failure']
+           'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure', 'Job', 'stop_all', 'execute',
+           'redact_text', 'redact_file', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -381,6 +382,19 @@ def failure(e: BaseException) -> dict:
     return dict(reason='error', cell=None, ename=name, evalue=str(e))
 
 # %% ../nbs/08a_engine.ipynb #d37bc581
+_LIVE: set = set()  # jobs of this process that have not ended
+
+@contextmanager
+def _may_have_children():
+    "Let a daemonic process (a Dask worker under its nanny) start a job's process."
+    import multiprocessing
+    cfg = getattr(multiprocessing.current_process(), '_config', {})
+    was = cfg.get('daemon', False)
+    if was: cfg['daemon'] = False  # multiprocessing refuses children of daemons because it could not join them at exit;
+    try: yield                     # a Job is always waited for (or killed) before `execute` returns
+    finally:
+        if was: cfg['daemon'] = True
+
 class Job:
     "One notebook executing in its own process; `wait()` for how it ended, `stop()` to interrupt it."
     def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0):
@@ -388,9 +402,10 @@ class Job:
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
         self._recv, send = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"mlops_nb job {Path(job['input']).name}")
-        self.proc.start()  # returns once the warm worker has forked the job (it may still be importing, the first time)
+        with _may_have_children(): self.proc.start()  # returns once the warm worker forked the job (it may still be importing)
         self.t0 = time.time()  # the timeout counts from here: the job's time, not the warm-up's
         send.close()
+        _LIVE.add(self)
 
     def stop(self, reason: str = 'interrupted'):
         "Interrupt the job (SIGTERM: the running cell raises, the notebook is saved); SIGKILL after the grace period."
@@ -420,6 +435,7 @@ class Job:
         self.proc.join(self.grace)
         if self.proc.exitcode is None: self._kill(); self.proc.join()
         self._kill()  # anything the job left running in its process group goes with it
+        _LIVE.discard(self)
         return self._result(report)
 
     def _result(self, report: dict | None) -> Execution:
@@ -438,6 +454,10 @@ class Job:
             return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
                                             evalue=f"the job's process died with {how}{hint}"), code, dur)
         return Execution(report['status'], report['error'], code, dur, html=report.get('html'))
+
+def stop_all(reason: str = 'interrupted'):
+    "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."
+    for j in list(_LIVE): j.stop(reason)
 
 def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd', 'env', engine, kernel, 'log'
             timeout: float | None = None, # seconds the whole job may take

@@ -191,7 +191,9 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     ex, err = None, None
     try: ex = execute(job, timeout=timeout)
     except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
-    failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
+    if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
+        failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
+    else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
     if failure: failure = {k: (redact_text(v, redact) if isinstance(v, str) else v) for k, v in failure.items()}  # a message may quote a secret
     ok = ex is not None and ex.status == 'ok'
     html = Path(ex.html) if ex is not None and ex.html else None
@@ -215,7 +217,7 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
                      metrics=dict(metrics), recorded=read_recorded(out) if out.exists() else {}, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
-                     interrupted=bool(ex is not None and ex.interrupted))
+                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt))
 
 class _JobError(Exception):
     "How a job failed, as the exception recorded on its run."

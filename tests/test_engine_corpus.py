@@ -140,3 +140,17 @@ def test_bundled_train_job_gives_the_same_notebook_through_both_engines(tmp_path
             for o in outs:
                 if o[0] != 'stream' and o[0] != 'error': o[1].pop('text/html', None)
         assert f == k
+
+
+def test_plain_papermill_users_get_the_engine_by_name(tmp_path):
+    "Installed with mlops_nb, the engine is registered under papermill's entry point: `papermill --engine mlops_nb`."
+    import subprocess, sys
+    from pathlib import Path
+    src = tmp_path / 'p.ipynb'
+    _notebook(src, ['print(f"n is {n}")', 'n * 10'])
+    r = subprocess.run([str(Path(sys.executable).parent / 'papermill'), str(src), str(tmp_path / 'out.ipynb'), '-p', 'n', '4',
+                        '--engine', 'mlops_nb', '--no-progress-bar'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cells = _normal(tmp_path / 'out.ipynb')['cells']
+    assert cells[-2]['outputs'] == [['stream', 'stdout', 'n is 4\n']]
+    assert cells[-1]['outputs'] == [['execute_result', {'text/plain': '40'}, cells[-1]['count']]]
