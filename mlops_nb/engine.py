@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'REDACTED', 'CellRunner', 'CellTimeoutError',
-           'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure', 'Job', 'stop_all', 'execute',
-           'redact_text', 'redact_file', 'render_html', 'mark_failure']
+__all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS', 'MLFLOW_STORE_MODULES', 'REDACTED',
+           'CellRunner', 'CellTimeoutError', 'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure',
+           'Job', 'stop_all', 'execute', 'redact_text', 'redact_file', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -265,14 +265,31 @@ def _papermill_engine(name: str):
     return ENGINES[name]
 
 _CTX = None
+JOB_PROCESS = 'mlops_nb job'  # name prefix of jobs' processes
+
+def _without_main(get_preparation_data):
+    "A job's process needs nothing from the caller's `__main__`: do not re-run the caller's script (or `<stdin>`) in it."
+    def prepare(name):
+        d = get_preparation_data(name)
+        if name.startswith(JOB_PROCESS): d.pop('init_main_from_path', None); d.pop('init_main_from_name', None)
+        return d
+    prepare.__wrapped__ = get_preparation_data
+    return prepare
+
 def _context():
     "The forkserver context, preloading `mlops_nb.warm` (started on first use, shared by every job of this process)."
     global _CTX
     if _CTX is None:
         import multiprocessing as mp
+        from multiprocessing import spawn
+        if not hasattr(spawn.get_preparation_data, '__wrapped__'): spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
         _CTX = mp.get_context('forkserver')
         _CTX.set_forkserver_preload(['mlops_nb.warm'])
     return _CTX
+
+MLFLOW_STORE_MODULES = ['mlflow', 'mlflow.tracking', 'mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store',
+                        'mlflow.store.artifact.local_artifact_repo', 'mlflow.store.tracking.rest_store', 'sqlalchemy.dialects.sqlite']
+# what opening a store imports: about a second per job when each job's process imports it itself
 
 def notebook_imports(notebooks) -> list[str]:
     "Modules the code cells of `notebooks` import (read with `ast`, never run), for the warm worker to load ahead."
@@ -290,7 +307,8 @@ def notebook_imports(notebooks) -> list[str]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import): mods += [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level: mods.append(node.module)
-    if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlflow', 'mlops_nb.tracking']  # `record` logs
+    if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
+    if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
     local = lambda m: any((d / m.split('.')[0]).exists() or (d / f"{m.split('.')[0]}.py").exists() for d in dirs)
     return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
@@ -401,7 +419,7 @@ class Job:
         ctx = _context()
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
         self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"mlops_nb job {Path(job['input']).name}")
+        self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"{JOB_PROCESS} {Path(job['input']).name}")
         with _may_have_children(): self.proc.start()  # returns once the warm worker forked the job (it may still be importing)
         self.t0 = time.time()  # the timeout counts from here: the job's time, not the warm-up's
         send.close()

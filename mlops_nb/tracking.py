@@ -14,9 +14,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,20 @@ _READY: set[str] = set()  # SQLite stores this process has opened (created and m
 
 def client(settings: Settings | None = None # resolved settings; `get_settings()` if None
           ):
-    "An `MlflowClient` on the tracking (and registry) store of `settings`."
+    "An `MlflowClient` on the tracking (and registry) store of `settings`; on SQLite, one whose writes take turns."
     from mlflow import MlflowClient
     s = settings or get_settings()
     try:
-        make = lambda: MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri or s.tracking_uri)
         db = _sqlite_path(s.tracking_uri)
+        def make():
+            c = (MlflowClient if db is None else _turn_taking_client())(tracking_uri=s.tracking_uri,
+                                                                       registry_uri=s.registry_uri or s.tracking_uri)
+            if db is not None: c.write_db = db.resolve()
+            return c
         if db is None or s.tracking_uri in _READY: return make()
-        # A SQLite store is created and migrated when a process first opens it; two jobs starting
-        # together on a fresh directory would both try. One at a time: the second finds the tables made.
+        # A SQLite store is created and migrated when a process first opens it (making the client may
+        # already do it); two jobs starting together on a fresh directory would both try. One at a
+        # time: the second finds the tables made.
         with _file_lock(db.with_name(db.name + '.init.lock')):
             c = make()
             c.search_experiments(max_results=1)
@@ -84,6 +90,67 @@ def experiment_id(settings: Settings | None = None, # resolved settings
         exp = c.get_experiment_by_name(name)
         if exp is None: raise
         return exp.experiment_id
+
+# %% ../nbs/05_tracking.ipynb #b9b2ea24
+_WRITE_PREFIXES = ('create_', 'delete_', 'log_', 'set_', 'update_', 'rename_', 'restore_', 'finalize_', 'link_', 'unlink_',
+                   'transition_', 'copy_', 'register_', 'detach_', 'add_', 'remove_', 'start_', 'end_')
+_FILE_WRITES = {'log_artifact', 'log_artifacts', 'log_text', 'log_dict', 'log_figure', 'log_image', 'log_table', 'log_stream',
+                'log_model_artifact', 'log_model_artifacts'}  # write files only (any tag goes through `set_tag`)
+_RETRY_WAITS = (0.1, 0.3, 1, 3, 10)  # seconds before each retry of a write that met "database is locked"
+
+_THREAD_LOCKS: dict[Path, threading.RLock] = {}
+_DEPTH: dict[Path, int] = {}  # nesting of the write lock, per database; changed only by the thread holding it
+
+def _forget_write_locks():  # a forked child holds none of its parent's locks
+    _THREAD_LOCKS.clear(); _DEPTH.clear()
+if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_forget_write_locks)
+
+@contextmanager
+def _write_lock(db: Path # the resolved SQLite file
+               ):
+    "Be the only mlops_nb writer to `db`, among threads and processes; re-entrant."
+    with _THREAD_LOCKS.setdefault(db, threading.RLock()):
+        depth = _DEPTH.get(db, 0)
+        _DEPTH[db] = depth + 1
+        try:
+            if depth: yield
+            else:
+                with _file_lock(db.with_name(db.name + '.write.lock')): yield
+        finally: _DEPTH[db] = depth
+
+def _is_db_locked(e: BaseException | None) -> bool:
+    "Whether `e` or an exception it came from is SQLite's `database is locked`."
+    while e is not None:
+        if 'database is locked' in str(e): return True
+        e = e.__cause__ or e.__context__
+    return False
+
+def _taking_turns(write):
+    "An `MlflowClient` write method that holds the store's write lock, retried on `database is locked`."
+    @functools.wraps(write)
+    def method(self, *args, **kwargs):
+        for wait in (*_RETRY_WAITS, None):
+            try:
+                with _write_lock(self.write_db): return write(self, *args, **kwargs)
+            except Exception as e:
+                if wait is None or not _is_db_locked(e): raise
+            time.sleep(wait)  # without the lock: others of ours may write meanwhile
+    return method
+
+@functools.cache
+def _turn_taking_client():
+    "The `MlflowClient` subclass `client()` returns for SQLite stores (set `write_db` on each instance)."
+    import inspect
+    from mlflow import MlflowClient
+    writes = {n: _taking_turns(f) for n, f in vars(MlflowClient).items()
+              if n.startswith(_WRITE_PREFIXES) and n not in _FILE_WRITES and inspect.isfunction(f)}
+    return type('TurnTakingMlflowClient', (MlflowClient,), {'__module__': __name__, '__doc__': _turn_taking_client.__doc__,
+                                                           'write_db': None, **writes})
+
+def _store_writes(settings: Settings):
+    "Hold the write lock of `settings`' SQLite store (nothing for other stores), for MLflow calls made without our client."
+    db = _sqlite_path(settings.tracking_uri)
+    return _write_lock(db.resolve()) if db is not None else nullcontext()
 
 # %% ../nbs/05_tracking.ipynb #b30c2263
 TAG = 'mlops_nb.'
@@ -396,7 +463,10 @@ def log_dataset(df, # the frame used
     if name == 'train' or not run.recorded.get('_primary_dataset'):
         run.batch.tag(f'{TAG}data_fingerprint', fp)
         run.recorded['_primary_dataset'] = name
-    if source: run.batch.tag(f'{TAG}data_source.{name}', source)
+    if source:
+        run.batch.tag(f'{TAG}data_source.{name}', source)
+        if Path(source).is_file():  # a local file: `reproduce` refuses when it changed
+            run.batch.tag(f'{TAG}data_source_sha256.{name}', file_sha256(source))
     run.flush()
     try:
         import mlflow.data
@@ -426,10 +496,11 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
         import skops.io
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # we built it in this process
     except Exception: trusted = None
-    info = mlflow.sklearn.log_model(model, name=name, signature=sig, input_example=example, run_id=run.run_id,
-                                    skops_trusted_types=trusted,
-                                    pip_requirements=[f'mlflow=={mlflow.__version__}', f'scikit-learn=={sklearn.__version__}',
-                                                      'pandas', 'skops'])
+    with _store_writes(run.settings):  # MLflow writes the model's records with its own client: our turn for all of them
+        info = mlflow.sklearn.log_model(model, name=name, signature=sig, input_example=example, run_id=run.run_id,
+                                        skops_trusted_types=trusted,
+                                        pip_requirements=[f'mlflow=={mlflow.__version__}', f'scikit-learn=={sklearn.__version__}',
+                                                          'pandas', 'skops'])
     run.batch.tag(f'{TAG}model_uri', info.model_uri)
     run.flush()
     run.recorded[name] = info.model_uri

@@ -26,7 +26,11 @@ def _exporter():
         from nbconvert import HTMLExporter
         import nbformat
         HTML_EXPORTER = HTMLExporter()
-        HTML_EXPORTER.from_notebook_node(nbformat.v4.new_notebook())  # compiles the template now
+        v4 = nbformat.v4
+        sample = v4.new_notebook(cells=[v4.new_markdown_cell('# t\n*x* <b>y</b>'), v4.new_code_cell('1', outputs=[
+            v4.new_output('stream', name='stdout', text='a'), v4.new_output('display_data', data={'text/html': '<b>h</b>', 'text/plain': 'h'}),
+            v4.new_output('error', ename='E', evalue='e', traceback=['\x1b[31mE\x1b[0m'])])])
+        HTML_EXPORTER.from_notebook_node(sample)  # compiles the template and loads the markdown and HTML machinery now
     except BaseException: HTML_EXPORTER = None
 
 _load(WARM_MODULES + tuple(m for var in ('MLOPS_NB_WARM_NOTEBOOK_MODULES', 'MLOPS_NB_WARM_MODULES')

@@ -15,9 +15,11 @@ def _notebook(path, *cells, params='n: int = 3  # how many metrics'):
 
 
 def _runs(d):
-    from mlflow import MlflowClient
+    "Every run in `d`'s store; through mlops_nb's client, which waits while a job is still creating the store."
+    from mlops_nb.core import get_settings
+    from mlops_nb.tracking import client
     if not (d / 'mlflow.db').exists(): return []
-    c = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
+    c = client(get_settings(tracking_uri=f"sqlite:///{d / 'mlflow.db'}"))
     return [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])]
 
 
