@@ -24,3 +24,6 @@ export:  ## clean notebooks and export the package (run after editing nbs/)
 bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/fingerprint.py
 	$(PY) bench/record.py
+	$(PY) bench/jobs.py
+	$(PY) bench/sweep.py
+	$(PY) bench/store_concurrency.py
