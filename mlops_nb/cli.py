@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--cell-timeout', type=float, metavar='S', help='seconds any one cell may run')
     r.add_argument('--retries', type=int, default=0, metavar='N', help='rerun a failed job up to N times, as new linked runs (default 0)')
     r.add_argument('--engine', help="'fast' (default: warm forked worker, IPython shell) or 'papermill' (a Jupyter kernel per job)")
-    r.add_argument('--kernel', help="Jupyter kernel name for --engine papermill (default: the notebook's)")
+    r.add_argument('--kernel', help="Jupyter kernel name; implies --engine papermill (as does a notebook whose kernel is not Python)")
     r.add_argument('--log-output', action='store_true', help="stream the notebook's output while it runs")
     r.add_argument('--allow-no-parameters', action='store_true', help='run a notebook that has no `parameters` cell')
     _common(r)
@@ -221,8 +221,8 @@ def cmd_run(a) -> int:
     from mlops_nb.jobs import check_job, run_job
     items = _batch_items(a)
     for nb, values in items:  # every job's parameters are checked before the first starts
-        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters)
-    if (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
+        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)
+    if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
         from mlops_nb.core import job_notebook
         warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
     s = _settings(a)

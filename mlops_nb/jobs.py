@@ -113,6 +113,30 @@ def default_engine() -> str:
     "The engine jobs use unless told: `MLOPS_NB_ENGINE`, else 'fast'."
     return os.environ.get('MLOPS_NB_ENGINE') or 'fast'
 
+def _engine_for(nb: Path, engine: str | None, kernel_name: str | None) -> str:
+    "The engine to run `nb` with: the fast engine runs Python in this interpreter, so another kernel means papermill."
+    try: ks = json.loads(nb.read_text(encoding='utf-8')).get('metadata', {}).get('kernelspec', {})
+    except (OSError, ValueError): ks = {}
+    language = (ks.get('language') or 'python').lower()
+    if engine is None and (language != 'python' or kernel_name): engine = 'papermill'  # a kernel was asked for: start it
+    engine = engine or default_engine()
+    _check_engine(engine)
+    if ENGINES[engine] is None: _check_kernel(nb, kernel_name or ks.get('name') or 'python3')
+    if ENGINES[engine] == 'mlops_nb' and (language != 'python' or kernel_name):
+        raise ParameterError(f"{nb.name} needs kernel {kernel_name or ks.get('name')!r} ({language}); engine {engine!r} runs "
+                             "Python cells in this interpreter only.", hint='Use --engine papermill.')
+    return engine
+
+def _check_kernel(nb: Path, name: str):
+    "Refuse before anything starts when the Jupyter kernel `name` is not installed here."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    ksm = KernelSpecManager()
+    try: ksm.get_kernel_spec(name)
+    except NoSuchKernel:
+        raise ParameterError(f"{nb.name} needs Jupyter kernel {name!r}, which is not installed here "
+                             f"(installed: {', '.join(sorted(ksm.find_kernel_specs())) or 'none'}).",
+                             hint='Install that kernel, or pass --kernel NAME.') from None
+
 def _check_engine(engine: str):
     if engine not in ENGINES:
         raise ParameterError(f"Unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.",
@@ -121,13 +145,13 @@ def _check_engine(engine: str):
 # %% ../nbs/08_jobs.ipynb #a0f7d14f
 def check_job(notebook: str | Path, # a notebook path or bundled job name
               parameters: dict | None = None, # values to check
-              engine: str | None = None, timeout: float | None = None, retries: int = 0, allow_no_parameters: bool = False):
+              engine: str | None = None, timeout: float | None = None, retries: int = 0, allow_no_parameters: bool = False,
+              kernel_name: str | None = None):
     "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError`."
     nb = job_notebook(str(notebook))
     spec = read_params(nb, allow_no_parameters=allow_no_parameters)
     values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
-    engine = engine or default_engine()
-    _check_engine(engine)
+    engine = _engine_for(nb, engine, kernel_name)
     if retries < 0: raise ParameterError(f"retries must be 0 or more, got {retries}.")
     if timeout is not None and timeout <= 0: raise ParameterError(f"timeout must be a positive number of seconds, got {timeout}.")
     return nb, spec or {}, values, engine
@@ -152,7 +176,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
-                                         allow_no_parameters=allow_no_parameters)
+                                         allow_no_parameters=allow_no_parameters, kernel_name=kernel_name)
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
     prepared, secret_env = prepare_notebook(nb, values, secret)
     s = settings or get_settings(experiment=experiment)

@@ -229,3 +229,15 @@ def test_reproduce_reruns_with_the_same_metrics_and_refuses_changed_data(workdir
     r = mlops_nb('reproduce', old, cwd=workdir)
     assert r.returncode == 2 and 'changed' in r.stderr and 'data.csv' in r.stderr
     assert len(_runs(workdir)) == n  # refused before any run started
+
+
+def test_a_notebook_for_another_kernel_runs_on_papermill_or_is_refused_before_starting(workdir):
+    nb = _notebook(workdir / 'r.ipynb', 'x <- 1')
+    doc = nbformat.read(nb, as_version=4)
+    doc.metadata['kernelspec'] = {'name': 'ir', 'display_name': 'R', 'language': 'R'}
+    nbformat.write(doc, nb)
+    r = mlops_nb('run', nb, '--engine', 'fast', cwd=workdir)
+    assert r.returncode == 2 and "engine 'fast' runs Python" in r.stderr
+    r = mlops_nb('run', nb, cwd=workdir)  # the default goes to papermill, which needs the kernel: not installed here
+    assert r.returncode == 2 and "kernel 'ir'" in r.stderr and 'python3' in r.stderr
+    assert _runs(workdir) == []
