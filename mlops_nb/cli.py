@@ -410,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if not a.command:
         parser.print_help(); return 2
+    from mlops_nb.engine import lean_jsonschema
+    lean_jsonschema()  # nbformat's import, a second faster
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C

@@ -18,8 +18,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS', 'MLFLOW_STORE_MODULES', 'REDACTED',
-           'CellRunner', 'CellTimeoutError', 'register_engine', 'notebook_imports', 'warm_up', 'Execution', 'failure',
-           'Job', 'stop_all', 'execute', 'redact_text', 'redact_file', 'render_html', 'mark_failure']
+           'CellRunner', 'CellTimeoutError', 'register_engine', 'notebook_imports', 'lean_jsonschema', 'warm_up',
+           'Execution', 'failure', 'Job', 'stop_all', 'execute', 'redact_text', 'redact_file', 'render_html',
+           'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -312,6 +313,15 @@ def notebook_imports(notebooks) -> list[str]:
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
     local = lambda m: any((d / m.split('.')[0]).exists() or (d / f"{m.split('.')[0]}.py").exists() for d in dirs)
     return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
+
+def lean_jsonschema():
+    """Import jsonschema without its optional `rfc3987_syntax` IRI checker, which builds a grammar on import (about 0.9 s,
+    most of nbformat's import time); nbformat never validates IRIs. Later imports of that package work as usual."""
+    if 'jsonschema' in sys.modules or 'rfc3987_syntax' in sys.modules: return
+    sys.modules['rfc3987_syntax'] = None  # jsonschema sees an ImportError and skips the checker
+    try: import jsonschema  # noqa: F401
+    except ImportError: pass
+    finally: sys.modules.pop('rfc3987_syntax', None)
 
 _WARM_LOCK = threading.Lock()
 def warm_up(notebooks=() # notebooks about to run: what they import is loaded ahead too

@@ -13,6 +13,11 @@ os.environ.setdefault('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
 
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine')  # every job needs these
 
+try:
+    from mlops_nb.engine import lean_jsonschema
+    lean_jsonschema()
+except BaseException: pass
+
 def _load(names):
     for name in names:
         try: importlib.import_module(name.strip())
