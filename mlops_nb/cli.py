@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -230,12 +231,14 @@ def cmd_run(a) -> int:
     if len(items) > 1 and not a.json and sys.stderr.isatty():
         from tqdm.auto import tqdm
         bar = tqdm(total=len(items), unit='job', desc='jobs')
+    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout: the JSON document only
     try:
         for nb, values in items:
-            res = run_job(nb, values, settings=s, experiment=a.experiment, output=a.output, timeout=a.timeout,
-                          cell_timeout=a.cell_timeout, retries=a.retries, engine=a.engine, kernel_name=a.kernel,
-                          log_output=a.log_output, progress=len(items) == 1 and not a.json and sys.stderr.isatty(),
-                          allow_no_parameters=a.allow_no_parameters)
+            with quiet:  # MLflow prints "View run ... at URL" on stdout when the store is a server
+                res = run_job(nb, values, settings=s, experiment=a.experiment, output=a.output, timeout=a.timeout,
+                              cell_timeout=a.cell_timeout, retries=a.retries, engine=a.engine, kernel_name=a.kernel,
+                              log_output=a.log_output, progress=len(items) == 1 and not a.json and sys.stderr.isatty(),
+                              allow_no_parameters=a.allow_no_parameters)
             results.append(res)
             if bar is not None: bar.update(1); bar.set_postfix(failed=sum(not r.ok for r in results))
             if not a.json: _print_result(res, s, bar)

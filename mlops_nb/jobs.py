@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ConfigError, MlopsNbError, ParameterError, Registry, Settings, get_settings, job_notebook
+from .core import ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
 from .params import check_params, read_params
 
 # %% auto #0
