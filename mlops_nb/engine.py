@@ -18,9 +18,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS', 'MLFLOW_STORE_MODULES', 'REDACTED',
-           'CellRunner', 'CellTimeoutError', 'register_engine', 'notebook_imports', 'lean_jsonschema', 'warm_up',
-           'Execution', 'failure', 'Job', 'stop_all', 'execute', 'redact_text', 'redact_file', 'render_html',
-           'mark_failure']
+           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'notebook_imports',
+           'lean_jsonschema', 'warm_up', 'Execution', 'failure', 'Job', 'stop_all', 'execute', 'redact_text',
+           'redact_file', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -238,14 +238,20 @@ def _execute_managed(nb_man, log_output: bool = False, execution_timeout: float 
     finally:
         runner.close()
 
+def kernelspec(nb: dict) -> tuple[str, str]:
+    "The kernel name and language a notebook (a dict or NotebookNode) asks for; python3 / python when it does not say."
+    md = nb.get('metadata', {})
+    ks = md.get('kernelspec', {})
+    return ks.get('name') or 'python3', (ks.get('language') or md.get('language_info', {}).get('name') or 'python').lower()
+
 def __getattr__(name):
     if name == 'FastEngine':  # built on first use: papermill is imported only when its engine is asked for
         global FastEngine
         FastEngine = type('FastEngine', (_engine_base(),), {
             '__doc__': "papermill engine `mlops_nb`: cells run in IPython's shell in this process, no kernel.",
             'execute_managed_notebook': classmethod(lambda cls, nb_man, kernel_name, **kw: _execute_managed(nb_man, **kw)),
-            'nb_kernel_name': classmethod(lambda cls, nb, name=None: name or nb.metadata.get('kernelspec', {}).get('name') or 'python3'),
-            'nb_language': classmethod(lambda cls, nb, language=None: language or nb.metadata.get('kernelspec', {}).get('language') or 'python')})
+            'nb_kernel_name': classmethod(lambda cls, nb, name=None: name or kernelspec(nb)[0]),
+            'nb_language': classmethod(lambda cls, nb, language=None: language or kernelspec(nb)[1])})
         return FastEngine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -253,13 +259,15 @@ def __getattr__(name):
 ENGINES = {'fast': 'mlops_nb', 'papermill': None}  # mlops_nb engine name -> papermill engine name
 
 def register_engine(name: str, # the name `--engine` takes
-                    papermill_engine: str | None # the papermill engine it runs (None: papermill's default, a kernel)
+                    runs: str | None # the papermill engine it runs (None: papermill's default, a kernel)
                    ):
     "Make `name` a choice of `run_job(engine=...)` and `mlops-nb run --engine`."
-    ENGINES[name] = papermill_engine
+    ENGINES[name] = runs
 
-def _papermill_engine(name: str):
-    from .core import ParameterError
+def papermill_engine(name: str # an engine name, as `--engine` takes it
+                    ) -> str | None:
+    "The papermill engine `name` runs; a `ParameterError` naming the choices when it is unknown."
+    from mlops_nb.core import ParameterError
     if name not in ENGINES:
         raise ParameterError(f"Unknown engine {name!r}; choose one of {', '.join(sorted(ENGINES))}.",
                              hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
@@ -343,7 +351,7 @@ class Execution:
     error: dict | None  # {'reason', 'cell', 'execution_count', 'ename', 'evalue'} when it failed
     exitcode: int | None  # the process's exit code; negative: killed by that signal
     duration: float  # seconds
-    html: str | None = None  # the HTML render the job's process wrote
+    html: str | None = None  # the HTML render the job's process wrote (after redacting the notebook)
     interrupted: bool = False  # the caller was interrupted (Ctrl-C, SIGTERM) and stopped the job: re-raise after recording
 
 def _child(job: dict, conn):
@@ -354,7 +362,7 @@ def _child(job: dict, conn):
     sys.path.insert(0, job['cwd'])
     def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise KeyboardInterrupt(f"stopped by the job runner ({job.get('stop_reason', 'signal')})")
+        raise KeyboardInterrupt("stopped by the job runner")
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job through the runner only
     if job.get('log'):
@@ -468,20 +476,18 @@ class Job:
 
     def _result(self, report: dict | None) -> Execution:
         code, dur = self.proc.exitcode, time.time() - self.t0
-        if self._stop_reason == 'timeout':
-            err = {**((report or {}).get('error') or {}), 'reason': 'timeout', 'ename': 'JobTimeout',
-                   'evalue': f"the job ran longer than its timeout of {self.timeout:g} s and was stopped"}
-            return Execution('failed', err, code, dur)
-        if self._stop_reason == 'interrupted':
-            err = {**((report or {}).get('error') or {}), 'reason': 'interrupted', 'ename': 'KeyboardInterrupt',
-                   'evalue': 'interrupted (Ctrl-C or SIGTERM): the job was stopped'}
-            return Execution('failed', err, code, dur)
+        html = (report or {}).get('html')
+        if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
+            ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
+                             if self._stop_reason == 'timeout' else ('KeyboardInterrupt', 'interrupted (Ctrl-C or SIGTERM): the job was stopped'))
+            err = {**((report or {}).get('error') or {}), 'reason': self._stop_reason, 'ename': ename, 'evalue': evalue}
+            return Execution('failed', err, code, dur, html=html)
         if report is None:
             how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
             hint = ' (killed: out of memory or by another process?)' if code == -signal.SIGKILL else ''
             return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
                                             evalue=f"the job's process died with {how}{hint}"), code, dur)
-        return Execution(report['status'], report['error'], code, dur, html=report.get('html'))
+        return Execution(report['status'], report['error'], code, dur, html=html)
 
 def stop_all(reason: str = 'interrupted'):
     "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."

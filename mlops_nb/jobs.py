@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import ParameterError, Settings, get_settings, job_notebook
-from .engine import ENGINES, REDACTED, execute, mark_failure, redact_file, redact_text, render_html, warm_up
+from .engine import REDACTED, execute, kernelspec, mark_failure, papermill_engine, redact_file, redact_text, render_html, warm_up
 from .params import check_params, read_params, secret_env_name
-
-TAG = 'mlops_nb.'  # prefix of mlops_nb's run tags
+from .tracking import TAG
 
 # %% auto #0
-__all__ = ['TAG', 'JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job',
+__all__ = ['JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job',
            'Reproduction', 'reproduce']
 
 # %% ../nbs/08_jobs.ipynb #83abe93e
@@ -76,10 +75,6 @@ def read_recorded(nb) -> dict:
     return out
 
 # %% ../nbs/08_jobs.ipynb #3b177419
-def _kernelspec(nb) -> tuple[str, str]:
-    ks = nb.metadata.get('kernelspec', {})
-    return ks.get('name') or 'python3', ks.get('language') or nb.metadata.get('language_info', {}).get('name') or 'python'
-
 def prepare_notebook(notebook: Path, # the job notebook
                      values: dict, # checked values, as `check_params` returns them
                      secrets: set, # names whose values must stay out of the notebook
@@ -88,7 +83,7 @@ def prepare_notebook(notebook: Path, # the job notebook
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
     nb = load_notebook_node(str(notebook))
-    kernel, language = _kernelspec(nb)
+    kernel, language = kernelspec(nb)
     if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
         nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
     if not values: return nb, {}
@@ -113,15 +108,14 @@ def default_engine() -> str:
 
 def _engine_for(nb: Path, engine: str | None, kernel_name: str | None) -> str:
     "The engine to run `nb` with: the fast engine runs Python in this interpreter, so another kernel means papermill."
-    try: ks = json.loads(nb.read_text(encoding='utf-8')).get('metadata', {}).get('kernelspec', {})
-    except (OSError, ValueError): ks = {}
-    language = (ks.get('language') or 'python').lower()
+    try: name, language = kernelspec(json.loads(nb.read_text(encoding='utf-8')))
+    except (OSError, ValueError): name, language = kernelspec({})
     if engine is None and (language != 'python' or kernel_name): engine = 'papermill'  # a kernel was asked for: start it
     engine = engine or default_engine()
-    _check_engine(engine)
-    if ENGINES[engine] is None: _check_kernel(nb, kernel_name or ks.get('name') or 'python3')
-    if ENGINES[engine] == 'mlops_nb' and (language != 'python' or kernel_name):
-        raise ParameterError(f"{nb.name} needs kernel {kernel_name or ks.get('name')!r} ({language}); engine {engine!r} runs "
+    runs = papermill_engine(engine)
+    if runs is None: _check_kernel(nb, kernel_name or name)
+    elif runs == 'mlops_nb' and (language != 'python' or kernel_name):
+        raise ParameterError(f"{nb.name} needs kernel {kernel_name or name!r} ({language}); engine {engine!r} runs "
                              "Python cells in this interpreter only.", hint='Use --engine papermill.')
     return engine
 
@@ -134,11 +128,6 @@ def _check_kernel(nb: Path, name: str):
         raise ParameterError(f"{nb.name} needs Jupyter kernel {name!r}, which is not installed here "
                              f"(installed: {', '.join(sorted(ksm.find_kernel_specs())) or 'none'}).",
                              hint='Install that kernel, or pass --kernel NAME.') from None
-
-def _check_engine(engine: str):
-    if engine not in ENGINES:
-        raise ParameterError(f"Unknown engine {engine!r}; choose one of {', '.join(sorted(ENGINES))}.",
-                             hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
 
 # %% ../nbs/08_jobs.ipynb #a0f7d14f
 def check_job(notebook: str | Path, # a notebook path or bundled job name
@@ -183,8 +172,8 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
     for attempt in range(1, retries + 2):
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
-        res = _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-                       log_output, progress, run_name, {**tags, **extra})
+        res = _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine,
+                       kernel_name, log_output, progress, run_name, {**tags, **extra})
         attempts.append(res.run_id)
         res.attempts = list(attempts)
         if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
@@ -192,10 +181,9 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
     return res
 
 # %% ../nbs/08_jobs.ipynb #22b849ae
-def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
+def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
              log_output, progress, run_name, tags) -> JobResult:
     from mlops_nb.tracking import create_run
-    secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
     mask = lambda d: {k: ('***' if k in secret else v) for k, v in d.items()}
     full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
     if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
@@ -207,7 +195,7 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     log = out.with_suffix('.log')
     env = {**os.environ, **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
     redact = [v for v in secret_env.values() if v]
-    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=os.getcwd(), env=env, papermill_engine=ENGINES[engine],
+    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=os.getcwd(), env=env, papermill_engine=papermill_engine(engine),
                kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
                redact=redact, html=True)
     ex, err = None, None
@@ -221,10 +209,11 @@ def _attempt(nb, prepared, spec, values, secret_env, s, experiment, output, time
     html = Path(ex.html) if ex is not None and ex.html else None
     try:
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
+            redact_file(out, redact)  # a process that died did not redact its notebook itself
             idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
             if idx is not None and failure.get('cell') is None: failure['cell'] = idx
             html = render_html(out)
-        for f in (out, html, log): redact_file(f, redact) if f else None
+        redact_file(log, redact)  # the notebook and HTML were redacted by the job's process, or just above
         if out.exists(): run.log_artifact(out, 'notebook')
         if html and html.exists(): run.log_artifact(html, 'notebook')
         if log.exists() and log.stat().st_size: run.log_artifact(log, 'notebook')

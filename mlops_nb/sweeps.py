@@ -22,13 +22,13 @@ from pathlib import Path
 
 from .core import ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
 from .params import check_params, read_params
+from .tracking import TAG
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'TAG', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'SWEEP_EPILOG', 'parse_grid',
-           'grid_combinations', 'parse_space_spec', 'random_combinations', 'Sweep', 'build_sweep', 'check_sweep',
-           'run_sweep_job', 'Executor', 'LocalExecutor', 'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize',
-           'SweepResult', 'run_sweep', 'SweepInterrupted', 'load_sweep', 'resume_sweep', 'add_sweep_parser',
-           'cmd_sweep']
+__all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'SWEEP_EPILOG', 'parse_grid', 'grid_combinations',
+           'parse_space_spec', 'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job',
+           'Executor', 'LocalExecutor', 'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult',
+           'run_sweep', 'SweepInterrupted', 'load_sweep', 'resume_sweep', 'add_sweep_parser', 'cmd_sweep']
 
 # %% ../nbs/09_sweeps.ipynb #c6a29cbb
 def _split_spec(spec: str, flag: str) -> tuple[str, str]:
@@ -187,7 +187,6 @@ def check_sweep(sweep: Sweep) -> list[dict]:
     return out
 
 # %% ../nbs/09_sweeps.ipynb #5c09e52a
-TAG = 'mlops_nb.'
 SWEEP_ID, SWEEP_INDEX, WORKER = f'{TAG}sweep_id', f'{TAG}sweep_index', f'{TAG}worker'
 _PAGE = 1000
 
