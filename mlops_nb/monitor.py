@@ -25,11 +25,13 @@ import pandas as pd
 from .core import MlopsNbError, Registry
 
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'META_PREFIX', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
            'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts', 'ColumnData',
            'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test', 'DriftOptions',
            'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift', 'performance_drift',
-           'drift_chunked']
+           'drift_chunked', 'parse_window', 'window_bounds', 'features_only', 'load_sample', 'alert_payload',
+           'write_latest', 'post_webhook', 'metric_key', 'drift_metrics', 'record_drift', 'drift_history',
+           'plot_histograms', 'plot_history']
 
 # %% ../nbs/11_monitor.ipynb #e01d1284
 class MonitorError(MlopsNbError):
@@ -590,3 +592,208 @@ def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or funct
                else _chunked_numeric(c, tallies[0][c], tallies[1][c], plans[c], counts[0][c], counts[1][c]))
         out[c] = evaluate_column(col, o)
     return DriftResult(out, o.drift_share, rows[0], rows[1], time.perf_counter() - t0)
+
+# %% ../nbs/11_monitor.ipynb #f63a0a06
+META_PREFIX = '_mlops_'
+
+def parse_window(window: str # a length: '90s', '30m', '24h', '7d'
+                ) -> pd.Timedelta:
+    "The length of a window written as a number and a unit (s, m, h, d)."
+    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([smhd])\s*', str(window))
+    if not m: raise MonitorError(f"Cannot read window {window!r}.", hint="Write a number and a unit: 90s, 30m, 24h or 7d.")
+    return pd.Timedelta(float(m[1]), unit={'s': 's', 'm': 'min', 'h': 'h', 'd': 'D'}[m[2]])
+
+def window_bounds(window: str = '', start: str = '', end: str = '', # a length ending at `end` (or now), or explicit bounds
+                 ) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    "UTC (start, end) of a window; None where open."
+    ts = lambda v: pd.Timestamp(v).tz_localize('UTC') if pd.Timestamp(v).tzinfo is None else pd.Timestamp(v).tz_convert('UTC')
+    e = ts(end) if end else (pd.Timestamp.now(tz='UTC') if window else None)
+    s = ts(start) if start else (e - parse_window(window) if window else None)
+    return s, e
+
+# %% ../nbs/11_monitor.ipynb #1ca6980c
+def features_only(df: pd.DataFrame) -> pd.DataFrame:
+    "The frame without the request log's meta columns."
+    return df[[c for c in df.columns if not str(c).startswith(META_PREFIX)]]
+
+def load_sample(source: str | Path, # CSV/Parquet file, or a request-log directory
+                start=None, end=None, # window bounds on `_mlops_ts` (request log only)
+                model_version: str | None = None, # keep only rows scored by this version (request log only)
+               ) -> pd.DataFrame:
+    "Read a sample to compare: a file, or a window of the request log; meta columns dropped."
+    p = Path(source)
+    if p.is_dir():
+        try: from mlops_nb.reqlog import read_log
+        except ImportError as e:
+            raise MonitorError(f"{p} is a directory, and reading a request log needs mlops_nb.reqlog: {e}",
+                               hint="Upgrade mlops_nb, or pass a CSV/Parquet file.", path=str(p)) from None
+        df = read_log(p, start=start, end=end, model_version=model_version)
+        if not len(df): raise MonitorError(f"No logged requests in {p} between {start or 'the start'} and {end or 'now'}.",
+                                           hint="Widen the window, or check that the server logs requests there.", path=str(p))
+        return features_only(df)
+    from mlops_nb.core import DataError
+    from mlops_nb.data import load_dataset
+    try: return features_only(load_dataset(p))
+    except DataError as e: raise MonitorError(e.message, hint=e.hint, path=str(p)) from None
+
+# %% ../nbs/11_monitor.ipynb #7b9b9340
+def _num(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+def alert_payload(result: DriftResult, # the drift result
+                  model_name: str | None = None, model_version: str | None = None, # whose inputs these were
+                  window: dict | None = None, # {'start', 'end', 'rows'} of the current sample
+                  ts: datetime | None = None, # when; now if None
+                 ) -> dict:
+    "The drift document read by the server (latest.json) and sent to webhooks."
+    ts = (ts or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    w = {'start': None, 'end': None, 'rows': result.n_current, **(window or {})}
+    return {'ts': ts.strftime('%Y-%m-%dT%H:%M:%SZ'), 'model_name': model_name, 'model_version': model_version,
+            'window': {k: (str(v) if v is not None and k != 'rows' else v) for k, v in w.items()},
+            'share_drifted': result.share_drifted, 'drifted': result.drifted,
+            'columns': {c: {'kind': d.kind, 'stat': d.stat, 'score': _num(d.score), 'threshold': d.threshold,
+                            'drifted': d.drifted, 'p_value': _num(d.p_value)} for c, d in result.columns.items()}}
+
+def write_latest(log_dir: str | Path, # the request-log directory the server writes
+                 payload: dict, # `alert_payload(...)`
+                ) -> Path:
+    "Write `<log_dir>/drift/latest.json` atomically; returns its path."
+    d = Path(log_dir) / 'drift'
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f'.latest.json.{os.getpid()}.tmp'
+    tmp.write_text(json.dumps(payload, indent=1), encoding='utf-8')
+    os.replace(tmp, d / 'latest.json')
+    return d / 'latest.json'
+
+# %% ../nbs/11_monitor.ipynb #8568fb02
+def post_webhook(url: str, # where to POST
+                 payload: dict, # JSON body
+                 retries: int = 3, # further attempts after the first
+                 timeout: float = 5.0, # seconds per attempt
+                 backoff: float = 0.5, # seconds before the first retry, doubled after each
+                ) -> dict:
+    "POST `payload` as JSON; returns {'ok', 'status', 'attempts', 'error'}."
+    body = json.dumps(payload).encode()
+    err, status = None, None
+    for attempt in range(1, retries + 2):
+        req = urllib.request.Request(url, data=body, method='POST',
+                                     headers={'Content-Type': 'application/json', 'User-Agent': 'mlops_nb-monitor'})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return {'ok': True, 'status': r.status, 'attempts': attempt, 'error': None}
+        except urllib.error.HTTPError as e:
+            status, err = e.code, f'HTTP {e.code} {e.reason}'
+            if e.code < 500 and e.code != 429: break
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            status, err = None, f'{type(getattr(e, "reason", e)).__name__}: {getattr(e, "reason", e)}'
+        if attempt <= retries: time.sleep(backoff * 2 ** (attempt - 1))
+    return {'ok': False, 'status': status, 'attempts': attempt, 'error': err}
+
+# %% ../nbs/11_monitor.ipynb #3225e678
+_BAD_KEY = re.compile(r'[^\w\-. /]')
+
+def metric_key(name: str) -> str:
+    "`name` with characters MLflow refuses in metric names replaced by '_'."
+    return _BAD_KEY.sub('_', str(name))
+
+def drift_metrics(result: DriftResult) -> dict:
+    "The metrics a monitor run records."
+    m = {'drift_share': result.share_drifted, 'drift_detected': float(result.drifted), 'drift_columns': float(len(result.drifted_columns))}
+    for c, d in result.columns.items():
+        if np.isfinite(d.score): m[f'drift.{metric_key(c)}'] = d.score
+        for k, v in d.stats.items():
+            if v is not None and np.isfinite(v): m[f'drift_stat.{k}.{metric_key(c)}'] = v
+    return m
+
+def record_drift(result: DriftResult, # the result to record
+                 extra: dict | None = None, # more fields for drift.json (window, model, ...)
+                ) -> dict:
+    "Log metrics, decision tags and drift.json to the current run (if any); returns the metrics."
+    from mlops_nb import tracking
+    m = drift_metrics(result)
+    run = tracking.current_run()
+    if run is None: return m
+    for k, v in m.items(): run.batch.metric(k, float(v))
+    run.batch.tag(f'{tracking.TAG}drift.detected', str(result.drifted).lower())
+    run.batch.tag(f'{tracking.TAG}drift.columns', ','.join(map(str, result.drifted_columns))[:5000])
+    for c, d in result.columns.items(): run.batch.tag(f'{tracking.TAG}drift.{metric_key(c)}', 'drift' if d.drifted else 'ok')
+    run.flush()
+    doc = {**result.to_dict(), **(extra or {}), 'bins': {c: d.bins for c, d in result.columns.items()}}
+    run.log_text(json.dumps(doc, default=str), 'drift.json')
+    return m
+
+# %% ../nbs/11_monitor.ipynb #95aa26c4
+def drift_history(settings=None, # where the monitor runs are; `get_settings()` if None
+                  experiment: str | None = None, # their experiment; the settings' if None
+                  max_runs: int = 50, # newest runs to read
+                  job: str = 'monitor', # the job whose runs to read
+                 ) -> pd.DataFrame:
+    "Deciding scores per column and the share of drifted columns of earlier monitor runs, oldest first."
+    from mlops_nb.tracking import job_runs
+    rows = []
+    for r in job_runs(job, settings, experiment, max_runs):
+        ms = r['metrics']
+        rows.append({'time': pd.Timestamp(r['start_time'], unit='ms', tz='UTC'), 'run_id': r['run_id'],
+                     'drift_share': ms.get('drift_share'),
+                     **{k[len('drift.'):]: v for k, v in ms.items() if k.startswith('drift.')}})
+    return pd.DataFrame(rows).sort_values('time').reset_index(drop=True) if rows else pd.DataFrame(columns=['time', 'run_id', 'drift_share'])
+
+# %% ../nbs/11_monitor.ipynb #f3227d10
+def plot_histograms(result: DriftResult, # a drift result
+                    columns: list | None = None, # which columns; all if None
+                    ncols: int = 4, # panels per row
+                    max_labels: int = 12, # categories shown by name; the rest are summed as 'other'
+                   ):
+    "Overlaid reference/current histograms, one panel per column; returns the matplotlib Figure."
+    import matplotlib.pyplot as plt
+    cols = list(columns or result.columns)
+    nrows = max(1, math.ceil(len(cols) / ncols))
+    fig, axes = plt.subplots(nrows, min(ncols, max(len(cols), 1)), figsize=(3.6 * min(ncols, max(len(cols), 1)), 2.6 * nrows), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        d = result.columns[c]; b = d.bins
+        r, k = np.asarray(b['reference']), np.asarray(b['current'])
+        if 'edges' in b:
+            e = np.asarray(b['edges']); w = np.diff(e)
+            ax.bar(e[:-1], r, width=w, align='edge', alpha=0.5, label='reference', color='tab:blue')
+            ax.bar(e[:-1], k, width=w, align='edge', alpha=0.5, label='current', color='tab:orange')
+        else:
+            labels = list(b['labels'])
+            if len(labels) > max_labels:
+                top = np.argsort(-(r + k))[:max_labels - 1]
+                rest = np.setdiff1d(np.arange(len(labels)), top)
+                labels = [labels[i] for i in top] + ['other']
+                r, k = np.append(r[top], r[rest].sum()), np.append(k[top], k[rest].sum())
+            x = np.arange(len(labels))
+            ax.bar(x - 0.2, r, width=0.4, label='reference', color='tab:blue', alpha=0.7)
+            ax.bar(x + 0.2, k, width=0.4, label='current', color='tab:orange', alpha=0.7)
+            ax.set_xticks(x, [str(l)[:10] for l in labels], rotation=45, ha='right', fontsize=7)
+        ax.set_title(f"{str(c)[:28]}\n{d.stat} = {d.score:.3g}" + (' DRIFT' if d.drifted else ''), fontsize=9,
+                     color='tab:red' if d.drifted else 'black')
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(cols):]: ax.axis('off')
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+def plot_history(history: pd.DataFrame, # `drift_history(...)`, with the current run appended if wanted
+                 result: DriftResult | None = None, # for thresholds (dashed) and column order
+                 columns: list | None = None, # which columns; the drifted ones first, up to 8, if None
+                ):
+    "Deciding scores per column across windows; returns the matplotlib Figure."
+    import matplotlib.pyplot as plt
+    cols = columns or ([c for c in (result.drifted_columns if result else [])] +
+                       [c for c in history.columns if c not in ('time', 'run_id', 'drift_share')])
+    cols = [c for c in dict.fromkeys(map(metric_key, cols)) if c in history.columns][:8]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
+    for c in cols: ax1.plot(history['time'], history[c], marker='o', label=c)
+    if result is not None:
+        for c, d in result.columns.items():
+            if metric_key(c) in cols and d.stat in ('wasserstein', 'jensenshannon', 'psi'):
+                ax1.axhline(d.threshold, ls='--', lw=0.8, color='grey')
+    ax1.set_title('deciding score per column', fontsize=9); ax1.legend(fontsize=7)
+    ax2.plot(history['time'], history['drift_share'], marker='o', color='tab:red')
+    if result is not None: ax2.axhline(result.drift_share, ls='--', lw=0.8, color='grey')
+    ax2.set_ylim(0, 1.05); ax2.set_title('share of drifted columns', fontsize=9)
+    for ax in (ax1, ax2): ax.tick_params(labelsize=7, axis='x', rotation=30)
+    fig.tight_layout()
+    return fig
