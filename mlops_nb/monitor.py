@@ -28,10 +28,10 @@ from .core import MlopsNbError, Registry
 __all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'META_PREFIX', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
            'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts', 'ColumnData',
            'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test', 'DriftOptions',
-           'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift', 'performance_drift',
-           'drift_chunked', 'parse_window', 'window_bounds', 'features_only', 'load_sample', 'alert_payload',
-           'write_latest', 'post_webhook', 'metric_key', 'drift_metrics', 'record_drift', 'drift_history',
-           'plot_histograms', 'plot_history']
+           'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift',
+           'performance_drift', 'drift_chunked', 'parse_window', 'window_bounds', 'features_only', 'load_sample',
+           'alert_payload', 'write_latest', 'post_webhook', 'metric_key', 'drift_metrics', 'record_drift',
+           'drift_history', 'plot_histograms', 'plot_history']
 
 # %% ../nbs/11_monitor.ipynb #e01d1284
 class MonitorError(MlopsNbError):
@@ -325,15 +325,15 @@ class DriftOptions:
     "How to compare: which columns, which test and threshold decide (for all or per column), binning."
     columns: list | None = None  # columns to compare; None: every column the two samples share
     categorical: list | None = None  # columns to treat as categorical; others by dtype (numbers are numeric)
-    stattest: str | dict | None = None  # test for every column, or {column: test}; None: `default_test`
-    threshold: float | dict | None = None  # threshold for every column, or {column: value}; None: the test's default
+    stattest: str | dict | None = None  # test for every column, or {column: test} ('*': the rest); None: `default_test`
+    threshold: float | dict | None = None  # threshold for every column, or {column: value} ('*': the rest); None: the test's default
     drift_share: float = 0.5  # the dataset drifts when at least this share of columns drift
     n_bins: int | str = 'sturges'  # bins for numeric PSI / Jensen–Shannon: a number, or Sturges' rule as in Evidently 0.7
     small_sample: int = 1000  # up to this many reference rows, p-value tests decide by default
     workers: int | None = None  # threads over columns; None: the number of cores (at most 4)
 
     def _per(self, value, column):
-        return value.get(column) if isinstance(value, dict) else value
+        return value.get(column, value.get('*')) if isinstance(value, dict) else value
 
     def test_for(self, col: ColumnData) -> DriftTest:
         "The drift test deciding for `col`."
@@ -350,7 +350,21 @@ class DriftOptions:
         t = self._per(self.threshold, col.name)
         return float(test.threshold if t is None else t)
 
-# %% ../nbs/11_monitor.ipynb #c7aaafd6
+# %% ../nbs/11_monitor.ipynb #63890b39
+def parse_per_column(text: str | None, # 'V', 'COL=V,...' or a mix; V for every other column
+                     cast: Callable = str, # type of the values (float for thresholds)
+                    ):
+    "A value for every column, or {column: value} with '*' for the rest; None for empty text."
+    if text is None or not str(text).strip(): return None
+    out = {}
+    for part in (p.strip() for p in str(text).split(',') if p.strip()):
+        col, _, v = part.rpartition('=') if '=' in part else ('*', '', part)
+        try: out[col.strip() or '*'] = cast(v.strip())
+        except ValueError: raise MonitorError(f"Cannot read {v.strip()!r} in {text!r} as {cast.__name__}.",
+                                              hint="Write VALUE, COLUMN=VALUE, or several separated by commas.") from None
+    return out['*'] if list(out) == ['*'] else out
+
+# %% ../nbs/11_monitor.ipynb #090f617a
 @dataclass
 class ColumnDrift:
     "The drift decision for one column, with every statistic computed for it."
@@ -380,7 +394,7 @@ class ColumnDrift:
         d['stats'] = {k: f(v) for k, v in self.stats.items()}
         return d
 
-# %% ../nbs/11_monitor.ipynb #1997163c
+# %% ../nbs/11_monitor.ipynb #bf86710e
 @dataclass
 class DriftResult:
     "Per-column drift decisions and the dataset decision."
@@ -416,7 +430,7 @@ class DriftResult:
         return (f"{'DRIFT' if self.drifted else 'no drift'}: {len(self.drifted_columns)} of {n} columns drifted "
                 f"({self.share_drifted:.0%}, dataset threshold {self.drift_share:.0%})")
 
-# %% ../nbs/11_monitor.ipynb #a82741b4
+# %% ../nbs/11_monitor.ipynb #3bcbc760
 def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
     "The decision and statistics for one summarised column."
     test = options.test_for(col)
@@ -434,7 +448,7 @@ def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
                        st, col.n_reference, col.n_current, col.missing_reference, col.missing_current, col.unseen, col.unseen_rows,
                        bins, col.exact)
 
-# %% ../nbs/11_monitor.ipynb #c8d152b5
+# %% ../nbs/11_monitor.ipynb #77de0395
 def _kinds(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions) -> dict:
     "Column -> 'numeric' or 'categorical', for the columns to compare."
     cols = list(options.columns) if options.columns else [c for c in reference.columns if c in current.columns]
@@ -459,17 +473,20 @@ def _workers(options: DriftOptions) -> int:
 def drift(reference: pd.DataFrame, # the sample the model was trained or validated on
           current: pd.DataFrame, # the sample to compare (a window of production data)
           options: DriftOptions | None = None, # tests, thresholds, columns; defaults if None
+          on_column: Callable | None = None, # called with each column's name when it is done (progress bars)
           **kwargs) -> DriftResult: # or DriftOptions fields as keywords
     "Compare every shared column of `current` with `reference`: per-column decisions and the dataset decision."
     o = options or DriftOptions(**kwargs)
     t0 = time.perf_counter()
     kinds = _kinds(reference, current, o)
     def one(c):
-        return evaluate_column(_summarise(c, kinds[c], reference[c], current[c], o), o)
+        d = evaluate_column(_summarise(c, kinds[c], reference[c], current[c], o), o)
+        if on_column is not None: on_column(c)
+        return d
     with ThreadPoolExecutor(_workers(o)) as ex: out = list(ex.map(one, kinds))
     return DriftResult({d.column: d for d in out}, o.drift_share, len(reference), len(current), time.perf_counter() - t0)
 
-# %% ../nbs/11_monitor.ipynb #39ec4d0e
+# %% ../nbs/11_monitor.ipynb #fe19ffb6
 def prediction_drift(reference, # reference predictions (array or Series)
                      current, # current predictions
                      options: DriftOptions | None = None, **kwargs) -> ColumnDrift:
@@ -487,7 +504,7 @@ def performance_drift(y_ref, pred_ref, # labels and predictions of the reference
         return np.abs(y - p) if numeric else (y == p).astype(str)
     return drift(pd.DataFrame({'error': err(y_ref, pred_ref)}), pd.DataFrame({'error': err(y_cur, pred_cur)}), options, **kwargs).columns['error']
 
-# %% ../nbs/11_monitor.ipynb #2e548729
+# %% ../nbs/11_monitor.ipynb #a1513935
 def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[], Iterator[pd.DataFrame]]:
     "A function returning a fresh iterator of frames over `source`."
     if callable(source): return source
@@ -501,7 +518,7 @@ def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[]
     if '.csv' in p.suffixes: return lambda: pd.read_csv(p, chunksize=chunk_rows, usecols=columns)
     raise MonitorError(f"Cannot read {p} in chunks: not Parquet or CSV.", hint="Use a .parquet or .csv file.", path=str(p))
 
-# %% ../nbs/11_monitor.ipynb #ec2ba9eb
+# %% ../nbs/11_monitor.ipynb #45aa4ecc
 @dataclass
 class _Tally:
     "First-pass counts of one numeric column in one sample."
@@ -525,7 +542,7 @@ def _pass(src, kinds: dict, visit):
     for chunk in src():
         for c in kinds: visit(c, chunk[c])
 
-# %% ../nbs/11_monitor.ipynb #e81ff254
+# %% ../nbs/11_monitor.ipynb #60d4e325
 def _plan(name, a: _Tally, b: _Tally, n_bins: int, grid_bins: int) -> dict:
     "Bins for a numeric column from the first pass: Evidently's bins, and the support KS / Wasserstein are read on."
     if not a.n or not b.n:
@@ -555,7 +572,7 @@ def _chunked_numeric(name, a: _Tally, b: _Tally, plan: dict, ca: list, cb: list)
                       plan['edges'], ref_std=math.sqrt(a.m2 / a.n), n_unique=plan['n_unique'], n_values=plan['n_values'], missing_reference=a.missing,
                       missing_current=b.missing, support=(x, ca[1], cb[1]), exact=plan['exact'])
 
-# %% ../nbs/11_monitor.ipynb #c409c937
+# %% ../nbs/11_monitor.ipynb #41910fc1
 def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or function returning an iterator of frames
                   current, # the same, for the current sample
                   options: DriftOptions | None = None, # as for `drift`
@@ -593,7 +610,7 @@ def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or funct
         out[c] = evaluate_column(col, o)
     return DriftResult(out, o.drift_share, rows[0], rows[1], time.perf_counter() - t0)
 
-# %% ../nbs/11_monitor.ipynb #f63a0a06
+# %% ../nbs/11_monitor.ipynb #f9219624
 META_PREFIX = '_mlops_'
 
 def parse_window(window: str # a length: '90s', '30m', '24h', '7d'
@@ -611,7 +628,7 @@ def window_bounds(window: str = '', start: str = '', end: str = '', # a length e
     s = ts(start) if start else (e - parse_window(window) if window else None)
     return s, e
 
-# %% ../nbs/11_monitor.ipynb #1ca6980c
+# %% ../nbs/11_monitor.ipynb #62dc99df
 def features_only(df: pd.DataFrame) -> pd.DataFrame:
     "The frame without the request log's meta columns."
     return df[[c for c in df.columns if not str(c).startswith(META_PREFIX)]]
@@ -636,7 +653,7 @@ def load_sample(source: str | Path, # CSV/Parquet file, or a request-log directo
     try: return features_only(load_dataset(p))
     except DataError as e: raise MonitorError(e.message, hint=e.hint, path=str(p)) from None
 
-# %% ../nbs/11_monitor.ipynb #7b9b9340
+# %% ../nbs/11_monitor.ipynb #044665f8
 def _num(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
@@ -665,7 +682,7 @@ def write_latest(log_dir: str | Path, # the request-log directory the server wri
     os.replace(tmp, d / 'latest.json')
     return d / 'latest.json'
 
-# %% ../nbs/11_monitor.ipynb #8568fb02
+# %% ../nbs/11_monitor.ipynb #551196ab
 def post_webhook(url: str, # where to POST
                  payload: dict, # JSON body
                  retries: int = 3, # further attempts after the first
@@ -689,7 +706,7 @@ def post_webhook(url: str, # where to POST
         if attempt <= retries: time.sleep(backoff * 2 ** (attempt - 1))
     return {'ok': False, 'status': status, 'attempts': attempt, 'error': err}
 
-# %% ../nbs/11_monitor.ipynb #3225e678
+# %% ../nbs/11_monitor.ipynb #903d7ffb
 _BAD_KEY = re.compile(r'[^\w\-. /]')
 
 def metric_key(name: str) -> str:
@@ -722,7 +739,7 @@ def record_drift(result: DriftResult, # the result to record
     run.log_text(json.dumps(doc, default=str), 'drift.json')
     return m
 
-# %% ../nbs/11_monitor.ipynb #95aa26c4
+# %% ../nbs/11_monitor.ipynb #b027e020
 def drift_history(settings=None, # where the monitor runs are; `get_settings()` if None
                   experiment: str | None = None, # their experiment; the settings' if None
                   max_runs: int = 50, # newest runs to read
@@ -738,7 +755,7 @@ def drift_history(settings=None, # where the monitor runs are; `get_settings()` 
                      **{k[len('drift.'):]: v for k, v in ms.items() if k.startswith('drift.')}})
     return pd.DataFrame(rows).sort_values('time').reset_index(drop=True) if rows else pd.DataFrame(columns=['time', 'run_id', 'drift_share'])
 
-# %% ../nbs/11_monitor.ipynb #f3227d10
+# %% ../nbs/11_monitor.ipynb #39f13f83
 def plot_histograms(result: DriftResult, # a drift result
                     columns: list | None = None, # which columns; all if None
                     ncols: int = 4, # panels per row
