@@ -18,8 +18,8 @@ from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_serve', 'cmd_ui', 'cmd_promote',
-           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_serve', 'cmd_ui',
+           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlops_nb.sweeps import add_sweep_parser
     add_sweep_parser(sub)
+    _add_drift_parser(sub)
 
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
                        description='Start `mlflow ui` on the same store jobs write to.')
@@ -399,13 +400,133 @@ def cmd_quickstart(a) -> int:
     print(f"  mlops-nb promote {a.model_name} --run RUN_ID   gate another train run; champion if it passes")
     return 0
 
+# %% ../nbs/13_cli.ipynb #dr8320bf
+DRIFT_EPILOG = """\
+examples:
+  mlops-nb drift train.parquet today.parquet                      decision per column; exit 1 on drift
+  mlops-nb drift train.parquet requests/ --window 24h             the last day of the serving request log
+  mlops-nb drift train.csv new.csv --threshold 0.2 --threshold age=0.3 --stattest city=chisquare
+  mlops-nb drift train.parquet new.parquet --report drift.html    the executed report notebook, as an MLflow run
+  mlops-nb drift ref.parquet cur.parquet --json | jq .columns     for programs
+
+defaults: up to 1,000 reference rows a p-value test decides (ks p < 0.05 numeric, chisquare p < 0.05
+categorical); above, a distance (wasserstein >= 0.1 reference std numeric, jensenshannon >= 0.1
+categorical), so large samples do not flag every column. The dataset drifts when at least
+--drift-share (0.5) of the columns drift.
+exit codes: 0 no drift, 1 drift detected, 2 bad input (nothing computed), 3 the report job failed.
+"""
+
+def _add_drift_parser(sub):
+    d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
+                       description='Compare every column CURRENT shares with REFERENCE (KS, Wasserstein, PSI, Jensen-Shannon, '
+                       'chi-squared) and decide per column and for the dataset. REFERENCE and CURRENT are CSV or Parquet '
+                       'files; CURRENT may be a request-log directory written by the server (then --window/--start/--end).',
+                       epilog=DRIFT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument('reference', help='reference sample: CSV or Parquet (e.g. the training data)')
+    d.add_argument('current', help='current sample: CSV or Parquet, or a request-log directory')
+    d.add_argument('--threshold', action='append', default=[], metavar='[COL=]T',
+                   help='threshold for every column, or COL=T for one (repeatable); default: each test\'s own')
+    d.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST',
+                   help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
+    d.add_argument('--columns', help='comma-separated columns to compare (default: every shared column)')
+    d.add_argument('--categorical', help='comma-separated columns to treat as categorical (default: by dtype)')
+    d.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+    d.add_argument('--window', help='request log: window ending at --end or now, e.g. 24h, 30m, 7d')
+    d.add_argument('--start', help='request log: window start (UTC ISO 8601)')
+    d.add_argument('--end', help='request log: window end (UTC ISO 8601)')
+    d.add_argument('--model-version', help='request log: only rows this model version scored')
+    d.add_argument('--chunked', action='store_true', help='read files in chunks, in bounded memory (KS/Wasserstein approximate on many-valued columns)')
+    d.add_argument('--webhook', metavar='URL', help='POST the decision as JSON here when drift is detected')
+    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here')
+    _common(d)
+
+# %% ../nbs/13_cli.ipynb #dr90d9b0
+def _drift_direct(a):
+    "Compute drift in this process; returns (result dict, alert payload)."
+    from mlops_nb.monitor import DriftOptions, alert_payload, drift, drift_chunked, load_sample, parse_per_column, post_webhook, window_bounds
+    split = lambda s: [c.strip() for c in (s or '').split(',') if c.strip()]
+    o = DriftOptions(columns=split(a.columns) or None, categorical=split(a.categorical) or None, drift_share=a.drift_share,
+                     stattest=parse_per_column(','.join(a.stattest)), threshold=parse_per_column(','.join(a.threshold), float))
+    lo, hi = window_bounds(a.window or '', a.start or '', a.end or '')
+    log = Path(a.current).is_dir()
+    if a.chunked and not log: res = drift_chunked(a.reference, a.current, o)
+    else:
+        ref = load_sample(a.reference)
+        cur = load_sample(a.current, start=lo, end=hi, model_version=a.model_version) if log else load_sample(a.current)
+        bar = None
+        if not a.json and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(o.columns or [c for c in ref.columns if c in cur.columns]), unit='col', desc='drift', file=sys.stderr)
+        try: res = drift(ref, cur, o, on_column=(lambda c: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None: bar.close()
+    payload = alert_payload(res, window={'start': lo, 'end': hi, 'rows': res.n_current})
+    if a.webhook and res.drifted: payload['webhook'] = post_webhook(a.webhook, payload)
+    return res.to_dict(), payload
+
+def _drift_report(a):
+    "Run the monitor job for the report; returns (result dict, alert payload, job result)."
+    from mlops_nb.core import ParameterError
+    from mlops_nb.jobs import run_job
+    from mlops_nb.tracking import download_artifact
+    for p in (a.reference, a.current):
+        if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
+    values = {'reference': a.reference, 'current': a.current, 'window': a.window or '', 'start': a.start or '', 'end': a.end or '',
+              'model_version': a.model_version or '', 'columns': a.columns or '', 'categorical': a.categorical or '',
+              'stattest': ','.join(a.stattest), 'threshold': ','.join(a.threshold), 'drift_share': a.drift_share,
+              'chunked': a.chunked, 'webhook_url': a.webhook or ''}
+    s = _settings(a)
+    with contextlib.redirect_stdout(sys.stderr):
+        job = run_job('monitor', values, settings=s, experiment=a.experiment, progress=not a.json and sys.stderr.isatty())
+    if not job.ok: return None, None, job
+    doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
+    out = Path(a.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(Path(job.html).read_bytes())
+    doc.pop('bins', None)
+    return doc, {'run_id': job.run_id, 'report': str(out)}, job
+
+# %% ../nbs/13_cli.ipynb #dr4e9a0a
+def _drift_table(doc: dict) -> str:
+    cols = doc['columns']
+    w = max([len(str(c)) for c in cols] + [6])
+    f = lambda v: '-' if v is None else f'{v:.4g}'
+    lines = [f"{'column':<{w}}  {'kind':<11}  {'test':<13}  {'score':>9}  {'threshold':>9}  {'p-value':>9}  drift"]
+    for c, d in cols.items():
+        lines.append(f"{str(c):<{w}}  {d['kind']:<11}  {d['stat']:<13}  {f(d['score']):>9}  {f(d['threshold']):>9}  {f(d['p_value']):>9}  "
+                     + ('DRIFT' if d['drifted'] else 'ok'))
+    n = len(cols)
+    lines.append(f"\n{'DRIFT' if doc['drifted'] else 'no drift'}: {len(doc['drifted_columns'])} of {n} columns drifted "
+                 f"({doc['share_drifted']:.0%}; the dataset drifts at {doc['drift_share']:.0%})")
+    return '\n'.join(lines)
+
+def cmd_drift(a) -> int:
+    if a.report:
+        doc, extra, job = _drift_report(a)
+        if doc is None:
+            msg = job.summary()
+            if a.json: _print_json({'job': job.to_dict()})
+            else: print(f"{msg}\n  executed notebook: {job.output}", file=sys.stderr)
+            return 3
+    else: doc, extra = _drift_direct(a)
+    if a.json: _print_json({**doc, **({'webhook': extra['webhook']} if 'webhook' in extra else {}),
+                            **({'run_id': extra['run_id'], 'report': extra['report']} if 'report' in extra else {})})
+    else:
+        print(_drift_table(doc))
+        if 'webhook' in extra:
+            h = extra['webhook']
+            print(f"webhook: {'sent' if h['ok'] else 'FAILED: ' + str(h['error'])} ({h['attempts']} attempt(s))")
+        if 'report' in extra: print(f"report: {extra['report']}  (run {extra['run_id']}; mlops-nb ui to browse)")
+    return 1 if doc['drifted'] else 0
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
-            'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui}
+            'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui,
+            'drift': cmd_drift}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."
