@@ -18,8 +18,9 @@ from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_serve', 'cmd_ui',
-           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run',
+           'cmd_reproduce', 'cmd_serve', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart',
+           'cmd_drift', 'cmd_monitor', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -41,6 +42,13 @@ store: MLflow on ./mlflow.db with artifacts in ./mlartifacts unless MLFLOW_TRACK
 [mlops_nb] tracking_uri in settings.ini, or --tracking-uri says otherwise.
 exit codes: 0 success, 1 a job ran and failed, 2 bad usage or bad input (nothing started).
 """
+
+_SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
+
+def subcommand(add):
+    "Register `add(sub)`, which adds one command's parser; `build_parser` calls each in order."
+    _SUBCOMMANDS.append(add)
+    return add
 
 def _common(p: argparse.ArgumentParser):
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
@@ -159,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlops_nb.sweeps import add_sweep_parser
     add_sweep_parser(sub)
-    _add_drift_parser(sub)
+    for add in _SUBCOMMANDS: add(sub)
 
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
                        description='Start `mlflow ui` on the same store jobs write to.')
@@ -416,6 +424,7 @@ categorical), so large samples do not flag every column. The dataset drifts when
 exit codes: 0 no drift, 1 drift detected, 2 bad input (nothing computed), 3 the report job failed.
 """
 
+@subcommand
 def _add_drift_parser(sub):
     d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
                        description='Compare every column CURRENT shares with REFERENCE (KS, Wasserstein, PSI, Jensen-Shannon, '
@@ -519,6 +528,67 @@ def cmd_drift(a) -> int:
         if 'report' in extra: print(f"report: {extra['report']}  (run {extra['run_id']}; mlops-nb ui to browse)")
     return 1 if doc['drifted'] else 0
 
+# %% ../nbs/13_cli.ipynb #2695b5d4
+MONITOR_EPILOG = """\
+examples:
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 24h                  drift of the last day; alert only
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 24h --labels labels.parquet --label-column label
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 1h --labels labels.csv --dry-run   what it would do
+  mlops-nb monitor fraud --log-dir /var/log/mlops_nb --start 2026-11-01 --end 2026-11-08 --gate gate.yaml --json
+
+the chain: window -> monitor job (drift per column, an MLflow run with its report) -> if drift and labels:
+train job on the labelled window with the champion's recipe -> evaluate job -> promote through the gate
+(default: the candidate must beat the champion, both scored on the new window's held-out rows).
+labels: a CSV/Parquet file with the request id the server returned (--id-column, default request_id), the
+label (--label-column), and a `row` column when one request scored several rows.
+on a schedule: cron (`0 * * * * mlops-nb monitor MODEL --log-dir DIR --window 1h --json`) or a Kubernetes
+CronJob (mlops_nb.loop.cronjob_manifest).
+exit codes: 0 no drift, or drift answered by a new champion; 1 drift stands (no labels, too few, a failed job,
+or a refused candidate); 2 bad input (nothing started).
+"""
+
+@subcommand
+def _add_monitor_parser(sub):
+    m = sub.add_parser('monitor', help='one pass of the closed loop: drift on the request log, then retrain and promote if labels allow',
+                       description='Read a window of the request log of MODEL\'s server, run the monitor job against the champion\'s '
+                       'training data, and when the inputs drifted and --labels are given, retrain on the labelled window, evaluate, '
+                       'and promote through the gate. Each step is an MLflow run; retrain and evaluate are children of the monitor run.',
+                       epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument('model', help='registered model name (its champion is watched)')
+    m.add_argument('--log-dir', required=True, metavar='DIR', help='the request log the server (serve --log-dir) or batch job writes')
+    m.add_argument('--window', default='24h', help="window ending at --end or now: 30m, 24h, 7d (default 24h); '' for the whole log")
+    m.add_argument('--start', default='', help='window start (UTC ISO 8601); overrides --window')
+    m.add_argument('--end', default='', help='window end (UTC ISO 8601; default now)')
+    m.add_argument('--labels', metavar='FILE', help='CSV/Parquet of labels for the window; without it drift only alerts')
+    m.add_argument('--label-column', default='label', help='label column in --labels (default label)')
+    m.add_argument('--id-column', default='request_id', help='request id column in --labels (default request_id)')
+    m.add_argument('--reference', metavar='FILE', help="reference sample (default: the champion's training data)")
+    m.add_argument('--threshold', action='append', default=[], metavar='[COL=]T', help='drift threshold, for all or one column (repeatable)')
+    m.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST', help='deciding drift test, for all or one column')
+    m.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+    m.add_argument('--min-rows', type=int, default=100, help='fewer rows in the window: too few to judge (default 100)')
+    m.add_argument('--min-labelled', type=int, default=100, help='fewer labelled rows: too few to retrain on (default 100)')
+    m.add_argument('--gate', metavar='GATE.yaml', help="gate for the retrained model (default: beat the champion on the new rows)")
+    m.add_argument('-p', '--parameter', nargs=2, action='append', default=[], dest='train_params', metavar=('NAME', 'VALUE'),
+                   help="override a value of the champion's train recipe for the retrain (e.g. -p n_estimators 300)")
+    m.add_argument('--alias', default='champion', help='the alias watched and moved (default champion)')
+    m.add_argument('--dry-run', action='store_true', help='compute drift here and say what would happen; write nothing')
+    _common(m)
+
+# %% ../nbs/13_cli.ipynb #235fe4be
+def cmd_monitor(a) -> int:
+    from mlops_nb.loop import LoopConfig, run_loop
+    cfg = LoopConfig(model=a.model, log_dir=a.log_dir, window=a.window, start=a.start, end=a.end, labels=a.labels,
+                     label_column=a.label_column, id_column=a.id_column, reference=a.reference, threshold=','.join(a.threshold),
+                     stattest=','.join(a.stattest), drift_share=a.drift_share, min_rows=a.min_rows, min_labelled=a.min_labelled,
+                     gate=a.gate, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
+    say = lambda m: print(f"[monitor] {m} ...", file=sys.stderr if a.json else sys.stdout, flush=True)
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        r = run_loop(cfg, _settings(a), on_step=say)
+    if a.json: _print_json(r.to_dict())
+    else: print(r.summary())
+    return r.exit_code
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
@@ -526,7 +596,7 @@ def cmd_sweep(a) -> int:
 
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
             'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui,
-            'drift': cmd_drift}
+            'drift': cmd_drift, 'monitor': cmd_monitor}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."
