@@ -344,7 +344,7 @@ def rollback(name: str, # registered model name
 # %% ../nbs/06_registry.ipynb #7f49a02c
 SERVING_INFO = 'serving.json'
 
-def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local folder
+def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/PATH or a folder
                       settings: Settings | None = None) -> dict:
     "Who `uri` is: `{uri, name, version, alias, run_id, source}` (None where it does not apply)."
     info = dict(uri=uri, name=None, version=None, alias=None, run_id=None, source=uri)
@@ -361,6 +361,12 @@ def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs
             raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"mlops-nb models {name} lists its versions.",
                                 name=name, version=version) from None
         return {**info, 'name': name, 'version': str(version), 'alias': alias, 'run_id': mv.run_id, 'source': mv.source}
+    m = re.fullmatch(r'models:/(m-[0-9a-f]+)/?', uri)  # a logged model, by id (what log_model returns)
+    if m:
+        try: run_id = client(settings).get_logged_model(m.group(1)).source_run_id
+        except Exception:
+            raise RegistryError(f"No logged model {m.group(1)!r} in the store.", hint="Check the URI and --tracking-uri.", uri=uri) from None
+        return {**info, 'run_id': run_id}
     m = re.fullmatch(r'runs:/([0-9a-f]+)/(.+)', uri)
     if m:
         _get_run(client(settings), m.group(1), settings or get_settings())
