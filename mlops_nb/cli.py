@@ -19,8 +19,8 @@ from .core import MlopsNbError, get_settings
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run',
-           'cmd_reproduce', 'cmd_serve', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart',
-           'cmd_drift', 'cmd_monitor', 'cmd_sweep', 'main']
+           'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift',
+           'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -36,6 +36,7 @@ examples:
   mlops-nb rollback breast_cancer                     champion back to the previous champion
   mlops-nb models breast_cancer                       versions, aliases, metrics, lineage
   mlops-nb serve models:/breast_cancer@champion       serve the champion over HTTP
+  mlops-nb deploy models:/breast_cancer@champion --out ctx   Dockerfile + Kubernetes manifests + model
   mlops-nb ui                                         browse runs in the MLflow UI
 
 store: MLflow on ./mlflow.db with artifacts in ./mlartifacts unless MLFLOW_TRACKING_URI,
@@ -124,17 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument('notebook', help='notebook path, or a bundled job name')
     pa.add_argument('--json', action='store_true', help='print JSON')
 
-    sv = sub.add_parser('serve', help='serve a registered or logged model over HTTP (MLflow scoring protocol)',
-                        description="Serve MODEL_URI with MLflow's scoring server (POST /invocations, GET /ping) on the "
-                        "configured store, in this environment (no conda/virtualenv is built).",
-                        epilog='example: mlops-nb serve models:/breast_cancer@champion --port 5001\n'
-                        "then:    curl -s localhost:5001/invocations -H 'Content-Type: application/json' "
-                        "-d '{\"dataframe_split\": {\"columns\": [...], \"data\": [[...]]}}'",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sv.add_argument('model_uri', help='models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model')
-    sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--port', default='5001')
-    sv.add_argument('--workers', type=int, default=1, help='server worker processes')
-    sv.add_argument('--tracking-uri', help='MLflow tracking URI')
 
     pr = sub.add_parser('promote', help='register a train run\'s model and move an alias to it through a gate',
                         description='Register the model of train run RUN_ID as a version of MODEL (once), score it and the '
@@ -285,15 +275,6 @@ def cmd_reproduce(a) -> int:
     for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
     print('identical: same data, same metrics' if r.identical else 'NOT identical: see the differences above')
     return 0 if r.identical else 1
-
-def cmd_serve(a) -> int:
-    import subprocess
-    s = get_settings(tracking_uri=a.tracking_uri)
-    cmd = [sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', a.model_uri, '--env-manager', 'local',
-           '-h', a.host, '-p', str(a.port), '-w', str(a.workers)]
-    print(f"serving {a.model_uri} from {s.tracking_uri} at http://{a.host}:{a.port}/invocations (Ctrl-C stops it)", flush=True)
-    try: return subprocess.call(cmd, env={**os.environ, **s.as_env()})
-    except KeyboardInterrupt: return 0
 
 def cmd_ui(a) -> int:
     import subprocess
@@ -589,6 +570,90 @@ def cmd_monitor(a) -> int:
     else: print(r.summary())
     return r.exit_code
 
+# %% ../nbs/13_cli.ipynb #ea259872
+_SERVE_EPILOG = """\
+examples:
+  mlops-nb serve models:/breast_cancer@champion --port 5001
+  mlops-nb serve models:/breast_cancer@champion --workers 2 --watch --log-dir requests/
+  mlops-nb serve models:/breast_cancer/3 --onnx off          always predict with scikit-learn
+  mlops-nb serve ./ctx/model                                  a local model folder (no registry needed)
+
+then:
+  curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
+       -d '{"dataframe_split": {"columns": ["mean radius", ...], "data": [[17.99, ...]]}}'
+  curl -s localhost:5001/version; curl -s localhost:5001/metrics; open http://localhost:5001/docs
+
+formats: dataframe_split, dataframe_records, instances, inputs (JSON) or text/csv, as MLflow's server;
+add "params": {"predict_method": "predict_proba"} for class probabilities. Bad input gets a 4xx naming
+the column, row and expected type. SIGTERM lets in-flight requests finish, then flushes the request log."""
+
+@subcommand
+def _add_serving_parser(sub):
+    sv = sub.add_parser('serve', help='serve a model over HTTP (MLflow scoring protocol, metrics, batching)',
+                        description='Serve MODEL_URI: POST /invocations in MLflow\'s formats, checked against the model '
+                        'signature; GET /ping and /health (200 once loaded), /version, /metrics (Prometheus), /docs. '
+                        'Concurrent requests are batched into one model call; the model runs compiled by ONNX Runtime '
+                        'when that gives the same predictions on its held-out rows.',
+                        epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument('model_uri', help='models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local model folder')
+    sv.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1; 0.0.0.0 for all)')
+    sv.add_argument('--port', type=int, default=5001, help='port (default 5001)')
+    sv.add_argument('--workers', type=int, default=1, help='server processes (default 1); /metrics sums them')
+    sv.add_argument('--watch', action='store_true', help='follow the alias of a models:/NAME@ALIAS URI and hot-swap when it moves')
+    sv.add_argument('--watch-interval', type=float, default=10.0, metavar='S', help='seconds between alias checks (default 10)')
+    sv.add_argument('--log-dir', metavar='DIR', help='write the request log (Parquet parts) here, for the monitor job')
+    sv.add_argument('--log-max-age-days', type=float, default=30.0, metavar='D', help='request log retention: remove parts older than D days (default 30)')
+    sv.add_argument('--log-max-mb', type=float, metavar='MB', help='request log retention: then remove the oldest parts beyond MB')
+    sv.add_argument('--max-rows', type=int, default=10_000, help='rows one request may hold (default 10000; more get 413)')
+    sv.add_argument('--max-body-mb', type=float, default=10.0, help='body size limit in MiB (default 10; more get 413)')
+    sv.add_argument('--max-batch-rows', type=int, default=1024, help='rows gathered into one model call (default 1024)')
+    sv.add_argument('--max-wait-ms', type=float, default=2.0, help='longest wait for concurrent requests to join a batch (default 2)')
+    sv.add_argument('--onnx', choices=['auto', 'off', 'require'], default='auto',
+                    help='ONNX fast path: auto uses it when it matches scikit-learn on held-out rows (default)')
+    sv.add_argument('--tracking-uri', help='MLflow tracking URI')
+
+    dp = sub.add_parser('deploy', help='write a Docker build context and Kubernetes manifests for a model',
+                        description='Write to --out a folder that `docker build` turns into an image serving MODEL_URI with no '
+                        'access to the registry: the model files, pinned requirements, this mlops_nb, a Dockerfile (slim Python, '
+                        'non-root, HEALTHCHECK on /health, entrypoint `mlops-nb serve model`) and k8s/ manifests (Deployment with '
+                        'probes and resources, Service, HorizontalPodAutoscaler, Prometheus scrape annotations).',
+                        epilog='examples:\n  mlops-nb deploy models:/breast_cancer@champion --out build/bc\n'
+                        '  docker build -t bc:1 build/bc && docker run -p 8080:8080 bc:1\n  kubectl apply -f build/bc/k8s/',
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    dp.add_argument('model_uri', help='models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local model folder')
+    dp.add_argument('--out', required=True, metavar='DIR', help='the build context folder (new or empty)')
+    dp.add_argument('--port', type=int, default=8080, help='port in the container (default 8080)')
+    dp.add_argument('--workers', type=int, default=2, help='server processes in the container (default 2)')
+    dp.add_argument('--image', help='image name for the manifests (default mlops-nb-NAME:VERSION)')
+    dp.add_argument('--no-onnx', action='store_true', help='leave the ONNX fast path packages out of the image')
+    dp.add_argument('--tracking-uri', help='MLflow tracking URI')
+    dp.add_argument('--json', action='store_true', help='print a JSON document')
+
+# %% ../nbs/13_cli.ipynb #b65ec64c
+def cmd_serve(a) -> int:
+    from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
+    s = get_settings(tracking_uri=a.tracking_uri)
+    info = prepare_model_dir(a.model_uri, None, s)
+    cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
+                      watch=a.watch, watch_interval=a.watch_interval, log_dir=a.log_dir, log_max_age_days=a.log_max_age_days,
+                      log_max_mb=a.log_max_mb, max_rows=a.max_rows,
+                      max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx)
+    who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
+    print(f"serving {who} at http://{a.host}:{a.port}/invocations ({a.workers} worker{'s' * (a.workers > 1)}); "
+          f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
+    try: run_server(cfg)
+    except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
+    return 0
+
+def cmd_deploy(a) -> int:
+    from mlops_nb.deploy import deploy_context
+    r = deploy_context(a.model_uri, a.out, settings=get_settings(tracking_uri=a.tracking_uri), port=a.port, workers=a.workers,
+                       image=a.image, onnx=not a.no_onnx)
+    if a.json: _print_json(r); return 0
+    print(f"wrote {a.out}: {r['name'] or a.model_uri} version {r['version']} ({len(r['files'])} files)")
+    print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
@@ -596,7 +661,7 @@ def cmd_sweep(a) -> int:
 
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
             'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui,
-            'drift': cmd_drift, 'monitor': cmd_monitor}
+            'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."

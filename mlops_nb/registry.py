@@ -11,6 +11,7 @@ import json
 import os
 import re
 import time
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,8 +21,9 @@ from .core import GateFailed, MlopsNbError, RegistryError, Settings, get_setting
 from .tracking import TAG, client, download_artifact, load_model
 
 # %% auto #0
-__all__ = ['LINEAGE_KEYS', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions', 'alias_version',
-           'eval_data', 'lock_path', 'promotion_lock', 'alias_history', 'Promotion', 'promote', 'rollback']
+__all__ = ['LINEAGE_KEYS', 'SERVING_INFO', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions',
+           'alias_version', 'eval_data', 'lock_path', 'promotion_lock', 'alias_history', 'Promotion', 'promote',
+           'rollback', 'resolve_model_uri', 'fetch_model']
 
 # %% ../nbs/06_registry.ipynb #38c3498e
 LINEAGE_KEYS = ('git_sha', 'git_dirty', 'notebook', 'notebook_sha256', 'data_fingerprint', 'seed', 'package_version')
@@ -338,3 +340,56 @@ def rollback(name: str, # registered model name
             c.set_model_version_tag(name, current, f'{TAG}{k}', v)
         c.set_registered_model_tag(name, _history_key(alias), json.dumps(hist))
     return dict(name=name, alias=alias, version=target, previous=current)
+
+# %% ../nbs/06_registry.ipynb #7f49a02c
+SERVING_INFO = 'serving.json'
+
+def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/PATH or a folder
+                      settings: Settings | None = None) -> dict:
+    "Who `uri` is: `{uri, name, version, alias, run_id, source}` (None where it does not apply)."
+    info = dict(uri=uri, name=None, version=None, alias=None, run_id=None, source=uri)
+    if Path(uri).expanduser().is_dir():
+        f = Path(uri).expanduser() / SERVING_INFO
+        return {**info, 'source': str(Path(uri).expanduser().resolve()), **(json.loads(f.read_text()) if f.exists() else {})}
+    m = re.fullmatch(r'models:/([^/@]+)(?:@([^/]+)|/(\d+))/?', uri)
+    if m:
+        name, alias, version = m.groups()
+        c = client(settings)
+        if alias: version = alias_version(name, alias, settings)
+        try: mv = c.get_model_version(name, version)
+        except Exception:
+            raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"mlops-nb models {name} lists its versions.",
+                                name=name, version=version) from None
+        return {**info, 'name': name, 'version': str(version), 'alias': alias, 'run_id': mv.run_id, 'source': mv.source}
+    m = re.fullmatch(r'models:/(m-[0-9a-f]+)/?', uri)  # a logged model, by id (what log_model returns)
+    if m:
+        try: run_id = client(settings).get_logged_model(m.group(1)).source_run_id
+        except Exception:
+            raise RegistryError(f"No logged model {m.group(1)!r} in the store.", hint="Check the URI and --tracking-uri.", uri=uri) from None
+        return {**info, 'run_id': run_id}
+    m = re.fullmatch(r'runs:/([0-9a-f]+)/(.+)', uri)
+    if m:
+        _get_run(client(settings), m.group(1), settings or get_settings())
+        return {**info, 'run_id': m.group(1)}
+    raise RegistryError(f"Cannot serve {uri!r}: not a model URI nor an existing folder.",
+                        hint="Use models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local MLflow model folder.", uri=uri)
+
+# %% ../nbs/06_registry.ipynb #96fd3f4a
+def fetch_model(uri: str, # as for `resolve_model_uri`
+                dst: str | Path | None = None, # folder to download into (a local folder `uri` is used in place)
+                settings: Settings | None = None) -> dict:
+    "The model's files on local disk: `resolve_model_uri(uri)` plus `path`, the local model folder."
+    s = settings or get_settings()
+    info = resolve_model_uri(uri, s)
+    if Path(uri).expanduser().is_dir(): return {**info, 'path': str(Path(uri).expanduser().resolve())}
+    import mlflow.artifacts
+    _point_mlflow_at(s)
+    dst = Path(dst or tempfile.mkdtemp(prefix='mlops_nb_model_'))
+    dst.mkdir(parents=True, exist_ok=True)
+    # a models:/ alias is pinned to the version just resolved, so the files match `info` even if the alias moves meanwhile
+    src = f"models:/{info['name']}/{info['version']}" if info['name'] else uri
+    try: path = mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=str(dst))
+    except Exception as e:
+        raise RegistryError(f"Cannot download model {uri}: {type(e).__name__}: {e}", hint="Check the URI and the store (--tracking-uri).",
+                            uri=uri) from None
+    return {**info, 'path': str(path)}

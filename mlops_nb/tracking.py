@@ -28,7 +28,7 @@ from .core import Settings, TrackingError, get_settings
 __all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RECORD_MIME', 'client', 'experiment_id', 'git_info',
            'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run', 'create_run', 'start_run', 'current_run',
            'record', 'recorded', 'log_dataset', 'log_model', 'run_data', 'download_artifact', 'load_model',
-           'latest_run', 'job_runs', 'set_run_tags']
+           'latest_run', 'job_runs', 'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -569,3 +569,16 @@ def set_run_tags(run_id: str, # the run to tag
     "Set tags on an existing run, in one batch."
     from mlflow.entities import RunTag
     client(settings).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+# %% ../nbs/05_tracking.ipynb #31a5a17a
+def model_signature(path: str | Path # a local MLflow model folder (holding `MLmodel`)
+                   ) -> dict:
+    "The model's signature as plain values: `{'inputs': [{'name', 'type', 'required'}], 'outputs': [...], 'params': [...]}`."
+    from mlflow.models import Model
+    try: sig = Model.load(str(path)).signature
+    except Exception as e:
+        raise TrackingError(f"{path} is not an MLflow model folder ({type(e).__name__}: {e}).",
+                            hint="Give a folder holding an MLmodel file, or a models:/ or runs:/ URI.", path=str(path)) from None
+    if sig is None: return {'inputs': [], 'outputs': [], 'params': []}
+    d = sig.to_dict()
+    return {k: json.loads(d[k]) if d.get(k) else [] for k in ('inputs', 'outputs', 'params')}

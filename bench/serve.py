@@ -1,0 +1,148 @@
+"""Benchmark `mlops-nb serve` against `mlflow models serve` on the same model, same worker count.
+
+The model is the quickstart's: a random forest pipeline (scikit-learn defaults, 100 trees) trained on
+breast_cancer, registered as `bench@champion` in a fresh SQLite store in a temp dir. Both servers run
+from that store with `--workers W` (default 1): MLflow's with `--env-manager local`.
+
+Before timing, both servers answer the same 100 rows and the answers must be identical (else exit 1).
+Load generator: wrk (Debian's `wrk`, 4.1), one POST body per cell (`dataframe_split`, 1 or 100 rows),
+`-c C` connections for C in (1, 16), `-d S` seconds after a 2 s warm-up run, `--latency` for the
+percentiles. Cells are measured one server at a time (the other idles).
+
+Prints, per cell: requests/s, p50 and p99 for each server, the throughput ratio (ours / MLflow) and the
+p99 ratio (MLflow / ours; above 1 means ours is lower), and any non-2xx answers.
+
+Usage: python bench/serve.py [--duration S] [--workers W]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+LUA = '''wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
+'''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def wait_ready(url, proc, timeout=300):
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        if proc.poll() is not None: sys.exit(f'server exited: {proc.args}')
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200: return
+        except OSError: pass
+        time.sleep(0.5)
+    sys.exit(f'not ready: {url}')
+
+
+def post(url, body: bytes):
+    req = urllib.request.Request(url, data=body, headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=60) as r: return json.loads(r.read())
+
+
+def train(d: Path):
+    from mlops_nb.core import get_settings
+    from mlops_nb.data import infer_schema, load_dataset, split
+    from mlops_nb.registry import register_run_model
+    from mlops_nb.tracking import log_model, record, start_run
+    from mlops_nb.train import fit
+    s = get_settings(cwd=d, env={})
+    tr, te = split(load_dataset('breast_cancer'), test_size=0.2, seed=0, stratify='target')
+    schema = infer_schema(tr, target='target')
+    with start_run(settings=s, params=dict(dataset='breast_cancer', target='target', model='random_forest', test_size=0.2, seed=0),
+                   seed=0, tags={'mlops_nb.job': 'train'}) as run:
+        f = d / 'schema.json'; schema.save(f); record('schema.json', f)
+        log_model(fit(tr, schema, 'random_forest', seed=0), tr.drop(columns='target').head())
+    register_run_model('bench', run.run_id, s, alias='champion')
+    return te.drop(columns='target')
+
+
+def seconds(v: str) -> float:
+    m = re.fullmatch(r'([\d.]+)(us|ms|s|m)', v)
+    return float(m.group(1)) * {'us': 1e-6, 'ms': 1e-3, 's': 1.0, 'm': 60.0}[m.group(2)]
+
+
+def wrk(url, body_file, conns, duration, lua):
+    env = {**os.environ, 'BODY_FILE': str(body_file)}
+    base = ['wrk', '-t', str(min(conns, 2)), '-c', str(conns), '-s', str(lua), '--latency', url]
+    subprocess.run([*base[:1], '-d', '2s', *base[1:]], env=env, capture_output=True)  # warm-up
+    out = subprocess.run([*base[:1], '-d', f'{duration}s', *base[1:]], env=env, capture_output=True, text=True).stdout
+    rps = float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1))
+    pct = {p: seconds(v) for p, v in re.findall(r'^\s+(50|99)%\s+(\S+)', out, re.M)}
+    bad = re.search(r'Non-2xx or 3xx responses: (\d+)', out)
+    errs = re.search(r'Socket errors: .*', out)
+    return dict(rps=rps, p50=pct['50'], p99=pct['99'], non2xx=int(bad.group(1)) if bad else 0, socket_errors=errs.group(0) if errs else '')
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--duration', type=int, default=10, help='seconds per cell (default 10)')
+    ap.add_argument('--workers', type=int, default=1, help='worker processes of each server (default 1)')
+    a = ap.parse_args()
+    if not shutil.which('wrk'): sys.exit('wrk is not installed (apt-get install wrk)')
+    d = Path(tempfile.mkdtemp(prefix='bench_serve_'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true')
+    os.environ.update(MLFLOW_DISABLE_TELEMETRY='true')
+    X = train(d)
+    bodies = {}
+    for n in (1, 100):
+        rows = X.sample(n, replace=n > len(X), random_state=0)
+        bodies[n] = d / f'body{n}.json'
+        bodies[n].write_text(json.dumps({'dataframe_split': json.loads(rows.to_json(orient='split', index=False))}))
+    lua = d / 'post.lua'; lua.write_text(LUA)
+    ports = {'mlflow': free_port(), 'mlops_nb': free_port()}
+    cmds = {'mlflow': [sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', 'models:/bench@champion', '--env-manager', 'local',
+                       '-h', '127.0.0.1', '-p', str(ports['mlflow']), '-w', str(a.workers)],
+            'mlops_nb': [str(Path(sys.executable).parent / 'mlops-nb'), 'serve', 'models:/bench@champion', '--port', str(ports['mlops_nb']),
+                         '--workers', str(a.workers)]}
+    procs = {k: subprocess.Popen(c, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=open(d / f'{k}.log', 'w'), start_new_session=True)
+             for k, c in cmds.items()}
+    try:
+        for k, p in procs.items(): wait_ready(f'http://127.0.0.1:{ports[k]}/ping', p)
+        time.sleep(2)  # our server answers /ping once loaded; let MLflow's workers settle too
+        big = bodies[100].read_bytes()
+        answers = {k: post(f'http://127.0.0.1:{ports[k]}/invocations', big) for k in ports}
+        engine = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports['mlops_nb']}/version").read())['engine']
+        identical = answers['mlflow'] == answers['mlops_nb']
+        print(f"model: random forest (100 trees) on breast_cancer; workers: {a.workers} each; mlops_nb engine: {engine}")
+        print(f"load generator: wrk 4.1 (Debian), {a.duration} s per cell after a 2 s warm-up; predictions identical on 100 rows: "
+              f"{'yes' if identical else 'NO'}\n")
+        hdr = f"{'rows':>4} {'conc':>4} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'mlops_nb req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 x':>7}"
+        print(hdr); print('-' * len(hdr))
+        for n in (1, 100):
+            for c in (1, 16):
+                r = {k: wrk(f'http://127.0.0.1:{ports[k]}/invocations', bodies[n], c, a.duration, lua) for k in ports}
+                m, o = r['mlflow'], r['mlops_nb']
+                print(f"{n:>4} {c:>4} | {m['rps']:>12.1f} {m['p50'] * 1e3:>8.1f} {m['p99'] * 1e3:>8.1f} | {o['rps']:>14.1f} "
+                      f"{o['p50'] * 1e3:>8.1f} {o['p99'] * 1e3:>8.1f} | {o['rps'] / m['rps']:>12.1f} {m['p99'] / o['p99']:>7.1f}"
+                      + ''.join(f"  [{k}: {v['non2xx']} non-2xx {v['socket_errors']}]" for k, v in r.items() if v['non2xx'] or v['socket_errors']),
+                      flush=True)
+        return 0 if identical else 1
+    finally:
+        for p in procs.values():
+            try: os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError: pass
+        for p in procs.values():
+            try: p.wait(30)
+            except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`mlops-nb deploy`: the build context is linted (hadolint), its manifests validated offline against Kubernetes' schemas,
+and the Dockerfile's own install and entrypoint steps run in a fresh virtual environment serving the copied model
+with no access to the registry."""
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import mlops_nb
+from serve_helpers import Proc, http, post_json, store_env, train_and_register
+
+
+@pytest.fixture(scope='module')
+def context(tmp_path_factory):
+    d = tmp_path_factory.mktemp('deploy')
+    train_and_register(d, 'bc', 20)
+    r = mlops_nb('deploy', 'models:/bc@champion', '--out', d / 'ctx', '--json', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return d, json.loads(r.stdout)
+
+
+def _tool(name):
+    exe = Path(sys.executable).parent / name
+    if not exe.exists(): pytest.skip(f'{name} is not installed (pip install -e ".[dev]" installs it)')
+    return str(exe)
+
+
+def test_context_holds_what_the_image_needs(context):
+    d, r = context
+    ctx = d / 'ctx'
+    assert (r['name'], r['version'], r['alias']) == ('bc', '1', 'champion')
+    for f in ('Dockerfile', 'requirements.txt', 'model/MLmodel', 'model/serving.json', 'model/holdout.parquet',
+              'k8s/deployment.yaml', 'k8s/service.yaml', 'k8s/hpa.yaml', 'src/pyproject.toml', 'src/mlops_nb/serve.py'):
+        assert (ctx / f).exists(), f
+    reqs = (ctx / 'requirements.txt').read_text().split()
+    assert reqs and all('==' in x for x in reqs)
+    text = (ctx / 'Dockerfile').read_text()
+    assert '-slim' in text and 'USER 10001' in text and 'HEALTHCHECK' in text and '/health' in text
+    again = mlops_nb('deploy', 'models:/bc@champion', '--out', ctx, cwd=d, env=store_env(d))
+    assert again.returncode == 2 and 'is not empty' in again.stderr
+
+
+def test_dockerfile_lints_clean(context):
+    d, _ = context
+    r = subprocess.run([_tool('hadolint'), str(d / 'ctx' / 'Dockerfile')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_manifests_validate_against_kubernetes_schemas(context):
+    d, _ = context
+    files = sorted((d / 'ctx' / 'k8s').glob('*.yaml'))
+    r = subprocess.run([_tool('kubernetes-validate'), '--strict', *map(str, files)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count('passed') == 3, r.stdout
+    import yaml
+    dep = yaml.safe_load((d / 'ctx' / 'k8s' / 'deployment.yaml').read_text())
+    pod = dep['spec']['template']
+    c = pod['spec']['containers'][0]
+    assert c['readinessProbe']['httpGet']['path'] == '/ping' and c['livenessProbe']['httpGet']['path'] == '/health'
+    assert c['resources']['requests'] and pod['metadata']['annotations']['prometheus.io/scrape'] == 'true'
+
+
+def _steps(dockerfile: str):
+    "The Dockerfile's RUN commands that install, and its ENTRYPOINT + CMD argv."
+    runs, argv = [], []
+    for line in dockerfile.splitlines():
+        word, _, rest = line.partition(' ')
+        if word == 'RUN' and 'pip install' in rest: runs.append(rest)
+        elif word in ('ENTRYPOINT', 'CMD'): argv += json.loads(rest)
+    return runs, argv
+
+
+def test_dockerfile_steps_serve_the_copied_model_without_the_registry(context, tmp_path):
+    "The install steps in a fresh venv, then the entrypoint, with the store out of reach: predictions as the model's own."
+    d, r = context
+    app = tmp_path / 'app'
+    shutil.copytree(d / 'ctx', app)  # the image's WORKDIR
+    subprocess.run([sys.executable, '-m', 'venv', str(tmp_path / 'venv')], check=True)
+    bin_ = tmp_path / 'venv' / 'bin'
+    runs, argv = _steps((app / 'Dockerfile').read_text())
+    assert len(runs) == 2 and argv[:3] == ['mlops-nb', 'serve', 'model']
+    for cmd in runs:
+        args = shlex.split(cmd)
+        p = subprocess.run([str(bin_ / 'pip'), *args[1:]] if args[0] == 'pip' else args, cwd=app, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    argv = [str(bin_ / 'mlops-nb'), *argv[1:]]
+    argv[argv.index('--port') + 1] = '{port}'
+    argv[argv.index('--host') + 1] = '127.0.0.1'
+    argv[argv.index('--log-dir') + 1] = str(tmp_path / 'requests')
+    env = store_env(tmp_path, MLFLOW_TRACKING_URI='http://127.0.0.1:9')  # no registry: nothing listens there
+    env['PATH'] = f"{bin_}:{env.get('PATH', '')}"
+    srv = Proc(argv, app, env)
+    try:
+        v = json.loads(http('GET', srv.base + '/version')[2])
+        assert (v['name'], v['version'], v['alias']) == ('bc', '1', 'champion')
+        from mlops_nb.data import load_dataset
+        from mlops_nb.tracking import load_model
+        X = load_dataset('breast_cancer').drop(columns='target').head(50)
+        st, _, doc = post_json(srv.base, {'dataframe_split': json.loads(X.to_json(orient='split', index=False))})
+        assert st == 200 and doc['predictions'] == load_model(str(d / 'ctx' / 'model')).predict(X).tolist()
+    finally:
+        assert srv.terminate() == 0, srv.output()

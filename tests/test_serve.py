@@ -1,0 +1,223 @@
+"""The prediction server over real HTTP: MLflow's formats against a real `mlflow models serve`, bad inputs,
+/metrics, SIGTERM with requests in flight, the request log, hot swap under load, and a bounded load test."""
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from serve_helpers import Proc, http, mlops_nb_exe, post_json, set_alias, store_env, train_and_register
+
+MODEL = 'bc'
+
+
+@pytest.fixture(scope='module')
+def store(tmp_path_factory):
+    "A store with model `bc` (version 1 champion) and `swap` (v1 champion, v2 a stronger forest) trained once."
+    d = tmp_path_factory.mktemp('serve')
+    train_and_register(d, MODEL, 30)
+    train_and_register(d, 'swap', 5, alias='champion')
+    train_and_register(d, 'swap', 40, seed=1, alias=None)
+    return d
+
+
+@pytest.fixture(scope='module')
+def rows():
+    from mlops_nb.data import load_dataset
+    return load_dataset('breast_cancer').drop(columns='target').sample(100, random_state=1)
+
+
+@pytest.fixture(scope='module')
+def ours(store):
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--log-dir', store / 'reqlog'],
+             store, store_env(store))
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope='module')
+def mlflow_server(store):
+    "MLflow's own scoring server on the same model, the reference for every answer."
+    p = Proc([sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', f'models:/{MODEL}@champion', '--env-manager', 'local',
+              '-h', '127.0.0.1', '-p', '{port}'], store, store_env(store), ready_path='/ping')
+    yield p
+    p.stop()
+
+
+def payloads(df):
+    "Every request format of MLflow's scoring protocol, for the same rows."
+    split = json.loads(df.to_json(orient='split', index=False))
+    return {
+        'dataframe_split': json.dumps({'dataframe_split': split}).encode(),
+        'dataframe_records': json.dumps({'dataframe_records': df.to_dict('records')}).encode(),
+        'instances': json.dumps({'instances': df.to_dict('records')}).encode(),
+        'inputs': json.dumps({'inputs': df.to_dict('list')}).encode(),
+        'params ignored': json.dumps({'dataframe_split': split, 'params': {'anything': 1}}).encode(),
+        'csv': df.to_csv(index=False).encode(),
+    }
+
+
+@pytest.mark.parametrize('n', [1, 100])
+def test_every_format_answers_as_mlflow_does(ours, mlflow_server, rows, n):
+    for fmt, body in payloads(rows.head(n)).items():
+        ctype = 'text/csv' if fmt == 'csv' else 'application/json'
+        got = http('POST', ours.base + '/invocations', body, ctype)
+        want = http('POST', mlflow_server.base + '/invocations', body, ctype)
+        assert (got[0], want[0]) == (200, 200), (fmt, got[2][:300], want[2][:300])
+        assert json.loads(got[2]) == json.loads(want[2]), fmt
+        assert len(json.loads(got[2])['predictions']) == n
+
+
+def test_probabilities_when_asked(ours, rows, store):
+    from mlops_nb.tracking import load_model
+    from mlops_nb.core import get_settings
+    st, _, doc = post_json(ours.base, {'dataframe_split': json.loads(rows.to_json(orient='split', index=False)),
+                                       'params': {'predict_method': 'predict_proba'}})
+    assert st == 200 and doc['classes'] == [0, 1]
+    want = load_model(f'models:/{MODEL}@champion', get_settings(cwd=store, env={})).predict_proba(rows)
+    assert max(abs(a - b) for g, w in zip(doc['predictions'], want.tolist()) for a, b in zip(g, w)) < 1e-4
+
+
+def test_bad_inputs_get_4xx_naming_the_problem(ours, rows):
+    one = rows.head(2).to_dict('records')
+    col = rows.columns[3]
+    cases = {
+        'missing column': ({'dataframe_records': [{k: v for k, v in r.items() if k != col} for r in one]}, 400, col, 0),
+        'extra column': ({'dataframe_records': [{**one[0], 'surprise': 1.0}]}, 400, 'surprise', 0),
+        'wrong type': ({'dataframe_records': [one[0], {**one[1], col: 'big'}]}, 400, col, 1),
+        'null': ({'dataframe_records': [one[0], {**one[1], col: None}]}, 400, col, 1),
+        'two formats': ({'dataframe_records': one, 'inputs': one}, 400, None, None),
+    }
+    for name, (doc, status, column, row) in cases.items():
+        st, h, body = post_json(ours.base, doc)
+        assert st == status, (name, body)
+        assert body['error_code'] == 'BAD_REQUEST' and body['request_id'] == h['x-request-id'], (name, body)
+        if column: assert (body['column'], body['row']) == (column, row), (name, body)
+        if name == 'wrong type': assert body['expected'] == 'double' and "got string 'big'" in body['message']
+    assert post_json(ours.base, b'{"inputs": [1, ')[0] == 400                                          # malformed JSON
+    assert http('POST', ours.base + '/invocations', b'a,b\n1,"2', 'text/csv')[0] == 400              # malformed CSV
+    assert http('POST', ours.base + '/invocations', b'{}', 'application/xml')[0] == 415              # content type
+    big = json.dumps({'inputs': {c: [1.0] * 10_001 for c in rows.columns}}).encode()
+    st, _, body = post_json(ours.base, big)
+    assert st == 413 and 'limit is 10000' in body['message']                                          # too many rows
+    assert post_json(ours.base, b'{"inputs": "' + b'x' * (11 * 2**20) + b'"}')[0] == 413              # body over the limit
+    st, _, body = post_json(ours.base, {'dataframe_records': one})
+    assert st == 200 and len(body['predictions']) == 2                                                # still serving
+
+
+def test_metrics_version_and_docs(ours, rows):
+    from prometheus_client.parser import text_string_to_metric_families
+    for _ in range(3): post_json(ours.base, {'dataframe_records': rows.head(4).to_dict('records')})
+    st, h, text = http('GET', ours.base + '/metrics')
+    assert st == 200 and h['content-type'].startswith('text/plain')
+    fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    ok = [s for s in fams['mlops_nb_requests'].samples if s.name == 'mlops_nb_requests_total'
+          and s.labels == {'route': '/invocations', 'method': 'POST', 'status': '200'}]
+    assert ok and ok[0].value >= 3
+    hist = [s for s in fams['mlops_nb_request_duration_seconds'].samples if s.name.endswith('_count') and s.labels['route'] == '/invocations']
+    assert hist[0].value >= 3
+    assert any(s.value >= 12 for s in fams['mlops_nb_predicted_rows'].samples if s.name == 'mlops_nb_predicted_rows_total')
+    assert [s.name for s in fams['mlops_nb_batch_rows'].samples if s.name.endswith('_count')]
+    assert 'mlops_nb_requests_in_flight' in fams
+    info = [s for s in fams['mlops_nb_model_info'].samples if s.value == 1][0].labels
+    assert (info['name'], info['version'], info['alias']) == (MODEL, '1', 'champion')
+    v = json.loads(http('GET', ours.base + '/version')[2])
+    assert (v['name'], v['version'], v['alias'], v['engine']) == (MODEL, '1', 'champion', info['engine'])
+    assert v['run_id'] and v['package_version']
+    assert rows.columns[0] in http('GET', ours.base + '/docs')[2].decode()
+    assert http('GET', ours.base + '/ping')[0] == 200
+
+
+def test_drift_gauges_from_the_monitor_file(ours, store):
+    (store / 'reqlog' / 'drift').mkdir(parents=True, exist_ok=True)
+    doc = {'ts': '2026-11-27T08:00:00Z', 'model_name': MODEL, 'model_version': '1', 'share_drifted': 0.25, 'drifted': True,
+           'columns': {'mean radius': {'kind': 'numeric', 'stat': 'wasserstein', 'score': 0.31, 'threshold': 0.1, 'drifted': True}}}
+    (store / 'reqlog' / 'drift' / 'latest.json.tmp').write_text(json.dumps(doc))
+    os.replace(store / 'reqlog' / 'drift' / 'latest.json.tmp', store / 'reqlog' / 'drift' / 'latest.json')
+    from prometheus_client.parser import text_string_to_metric_families
+    fams = {f.name: f for f in text_string_to_metric_families(http('GET', ours.base + '/metrics')[2].decode())}
+    assert [(s.labels, s.value) for s in fams['mlops_nb_drift_score'].samples] == [({'column': 'mean radius', 'stat': 'wasserstein'}, 0.31)]
+    assert fams['mlops_nb_drift_detected'].samples[0].value == 1 and fams['mlops_nb_drift_share'].samples[0].value == 0.25
+    assert fams['mlops_nb_drift_timestamp_seconds'].samples[0].value == 1795766400.0
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_flushes_the_log(store, rows):
+    "16 large requests (scikit-learn engine, so each takes a while); SIGTERM once they are sent: all answer 200, the log has every row."
+    from mlops_nb.reqlog import read_log
+    log_dir = store / 'reqlog-sigterm'
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--onnx', 'off', '--log-dir', log_dir,
+              '--max-batch-rows', '2000'], store, store_env(store))
+    big = json.dumps({'dataframe_records': rows.sample(2000, replace=True, random_state=0).to_dict('records')}).encode()
+    sent = threading.Barrier(17)
+    def call():
+        sent.wait()
+        return post_json(p.base, big)
+    with ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(call) for _ in range(16)]
+        sent.wait(); time.sleep(0.5)  # let the requests reach the server
+        rc = p.terminate()
+        res = [f.result() for f in futs]
+    assert [r[0] for r in res] == [200] * 16, [r[2] for r in res if r[0] != 200][:2]
+    assert rc == 0, p.output()
+    log = read_log(log_dir)
+    assert len(log) == 16 * 2000
+    assert set(log['_mlops_request_id']) == {r[1]['x-request-id'] for r in res}
+
+
+def _hammer(base, body, stop, results):
+    while not stop.is_set():
+        try: results.append(http('POST', base + '/invocations', body, timeout=30)[0])
+        except OSError as e: results.append(repr(e))
+
+
+def test_hot_swap_under_load_fails_no_request(store, rows):
+    from mlops_nb.reqlog import read_log
+    log_dir = store / 'reqlog-swap'
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/swap@champion', '--port', '{port}', '--watch', '--watch-interval', '0.5',
+              '--log-dir', log_dir], store, store_env(store))
+    try:
+        assert json.loads(http('GET', p.base + '/version')[2])['version'] == '1'
+        body = json.dumps({'dataframe_records': rows.head(5).to_dict('records')}).encode()
+        stop, results = threading.Event(), []
+        threads = [threading.Thread(target=_hammer, args=(p.base, body, stop, results)) for _ in range(4)]
+        for t in threads: t.start()
+        set_alias(store, 'swap', 'champion', '2')
+        deadline = time.monotonic() + 120
+        while json.loads(http('GET', p.base + '/version')[2])['version'] != '2' and time.monotonic() < deadline: time.sleep(0.3)
+        n_at_swap = len(results)
+        while len(results) < n_at_swap + 20 and time.monotonic() < deadline: time.sleep(0.1)  # keep going on the new model
+        stop.set()
+        for t in threads: t.join()
+        assert json.loads(http('GET', p.base + '/version')[2])['version'] == '2', p.output()
+        assert results and set(results) == {200}, [r for r in results if r != 200][:3]
+        assert 'serving swap version 2' in p.output()
+    finally:
+        assert p.terminate() == 0
+    assert set(read_log(log_dir)['_mlops_model_version']) == {'1', '2'}
+
+
+def test_bounded_load_no_errors_memory_flat(store, rows):
+    """Loopback load for MLOPS_NB_LOAD_SECONDS (default 10 s here; the full run is 60 s:
+    MLOPS_NB_LOAD_SECONDS=60 pytest tests/test_serve.py -k bounded_load): no errors, resident memory flat."""
+    psutil = pytest.importorskip('psutil')
+    seconds = float(os.environ.get('MLOPS_NB_LOAD_SECONDS', '10'))
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--log-dir', store / 'reqlog-load'],
+             store, store_env(store))
+    try:
+        bodies = [json.dumps({'dataframe_records': rows.head(n).to_dict('records')}).encode() for n in (1, 100)]
+        proc = psutil.Process(p.p.pid)
+        stop, results, rss = threading.Event(), [], []
+        threads = [threading.Thread(target=_hammer, args=(p.base, bodies[i % 2], stop, results)) for i in range(8)]
+        for t in threads: t.start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(seconds / 20); rss.append(proc.memory_info().rss)
+        stop.set()
+        for t in threads: t.join()
+        assert results and set(results) == {200}, [r for r in results if r != 200][:3]
+        warm, end = max(rss[2:5]), max(rss[-3:])
+        assert end - warm < 64 * 2**20, f'resident memory grew {(end - warm) / 2**20:.0f} MiB under load: {[r // 2**20 for r in rss]}'
+    finally:
+        assert p.terminate() == 0
