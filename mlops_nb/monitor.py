@@ -22,10 +22,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from .core import MlopsNbError, Registry
+from .core import DataError, MlopsNbError, Registry
+from .reqlog import META_PREFIX
 
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'META_PREFIX', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
            'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts', 'ColumnData',
            'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test', 'DriftOptions',
            'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift',
@@ -610,9 +611,7 @@ def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or funct
         out[c] = evaluate_column(col, o)
     return DriftResult(out, o.drift_share, rows[0], rows[1], time.perf_counter() - t0)
 
-# %% ../nbs/11_monitor.ipynb #f9219624
-META_PREFIX = '_mlops_'
-
+# %% ../nbs/11_monitor.ipynb #15f85fc8
 def parse_window(window: str # a length: '90s', '30m', '24h', '7d'
                 ) -> pd.Timedelta:
     "The length of a window written as a number and a unit (s, m, h, d)."
@@ -638,20 +637,17 @@ def load_sample(source: str | Path, # CSV/Parquet file, or a request-log directo
                 model_version: str | None = None, # keep only rows scored by this version (request log only)
                ) -> pd.DataFrame:
     "Read a sample to compare: a file, or a window of the request log; meta columns dropped."
-    p = Path(source)
-    if p.is_dir():
-        try: from mlops_nb.reqlog import read_log
-        except ImportError as e:
-            raise MonitorError(f"{p} is a directory, and reading a request log needs mlops_nb.reqlog: {e}",
-                               hint="Upgrade mlops_nb, or pass a CSV/Parquet file.", path=str(p)) from None
-        df = read_log(p, start=start, end=end, model_version=model_version)
-        if not len(df): raise MonitorError(f"No logged requests in {p} between {start or 'the start'} and {end or 'now'}.",
-                                           hint="Widen the window, or check that the server logs requests there.", path=str(p))
-        return features_only(df)
-    from mlops_nb.core import DataError
     from mlops_nb.data import load_dataset
-    try: return features_only(load_dataset(p))
+    from mlops_nb.reqlog import read_log
+    p = Path(source)
+    try:
+        if not p.is_dir(): return features_only(load_dataset(p))
+        df = read_log(p, start=start, end=end, model_version=model_version)
     except DataError as e: raise MonitorError(e.message, hint=e.hint, path=str(p)) from None
+    if not len(df): raise MonitorError(f"No logged requests in {p} between {start or 'the start'} and {end or 'now'}"
+                                       + (f" for model version {model_version}" if model_version else '') + '.',
+                                       hint="Widen the window, or check that the server logs requests there.", path=str(p))
+    return features_only(df)
 
 # %% ../nbs/11_monitor.ipynb #044665f8
 def _num(v):
