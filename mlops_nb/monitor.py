@@ -449,10 +449,11 @@ def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
                        st, col.n_reference, col.n_current, col.missing_reference, col.missing_current, col.unseen, col.unseen_rows,
                        bins, col.exact)
 
-# %% ../nbs/11_monitor.ipynb #77de0395
+# %% ../nbs/11_monitor.ipynb #38913011
 def _kinds(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions) -> dict:
     "Column -> 'numeric' or 'categorical', for the columns to compare."
-    cols = list(options.columns) if options.columns else [c for c in reference.columns if c in current.columns]
+    when = lambda s: pd.api.types.is_datetime64_any_dtype(s.dtype) or pd.api.types.is_timedelta64_dtype(s.dtype)
+    cols = list(options.columns) if options.columns else [c for c in reference.columns if c in current.columns and not when(reference[c])]
     missing = {name: [c for c in cols if c not in df.columns] for name, df in (('reference', reference), ('current', current))}
     for name, m in missing.items():
         if m: raise MonitorError(f"Column(s) {', '.join(map(str, m))} missing from the {name} sample.",
