@@ -121,7 +121,6 @@ def worker(tool: str, ref_path: str, cur_path: str) -> dict:
         import warnings; warnings.filterwarnings('ignore')
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
-        dd = DataDefinition(numerical_columns=num, categorical_columns=cat)
         def evid(r, c, columns):
             d = DataDefinition(numerical_columns=[x for x in columns if x in num], categorical_columns=[x for x in columns if x in cat])
             rep = Report([DataDriftPreset(num_method='wasserstein', cat_method='jensenshannon')])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -438,7 +438,7 @@ def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
     thr = options.threshold_for(col, test)
     score, p = test.fn(col)
     st = {}
-    for name in (NUMERIC_STATS if col.kind == 'numeric' else CATEGORICAL_STATS) + ((test.name,) if test.name not in st else ()):
+    for name in dict.fromkeys((NUMERIC_STATS if col.kind == 'numeric' else CATEGORICAL_STATS) + (test.name,)):
         s, sp = DRIFT_TESTS.get(name).fn(col)
         st[name] = float(s)
         if sp is not None: st[f'{name}_p_value'] = float(sp)
