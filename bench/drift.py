@@ -7,7 +7,7 @@ goes through:
                     Wasserstein / reference std, PSI and Jensen-Shannon for every numeric column;
                     chi-squared, Jensen-Shannon and PSI for every categorical one; the decision by
                     Wasserstein (numeric) and Jensen-Shannon (categorical) above 1,000 rows
-  mlops_nb chunked  `drift_chunked(ref.parquet, cur.parquet)`: reads the files itself in 200k-row
+  mlops_nb chunked  `drift_chunked(ref.parquet, cur.parquet)`: reads the files itself in 100k-row
                     chunks, never holds a whole sample (time includes reading the files, twice)
   evidently         Evidently 0.7.23 `Report([DataDriftPreset(num_method='wasserstein',
                     cat_method='jensenshannon')])` on `Dataset.from_pandas` of the same frames: the

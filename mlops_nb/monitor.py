@@ -516,7 +516,8 @@ def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[]
     if not p.exists(): raise MonitorError(f"File {p} does not exist.", hint="Check the path.", path=str(p))
     if p.suffix in ('.parquet', '.pq'):
         import pyarrow.parquet as pq
-        return lambda: (b.to_pandas() for b in pq.ParquetFile(p).iter_batches(chunk_rows, columns=columns))
+        # pre_buffer=False: read a column chunk when it is decoded, not a whole row group ahead (hundreds of MB)
+        return lambda: (b.to_pandas() for b in pq.ParquetFile(p, pre_buffer=False).iter_batches(chunk_rows, columns=columns, use_threads=False))
     if '.csv' in p.suffixes: return lambda: pd.read_csv(p, chunksize=chunk_rows, usecols=columns)
     raise MonitorError(f"Cannot read {p} in chunks: not Parquet or CSV.", hint="Use a .parquet or .csv file.", path=str(p))
 
@@ -578,7 +579,7 @@ def _chunked_numeric(name, a: _Tally, b: _Tally, plan: dict, ca: list, cb: list)
 def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or function returning an iterator of frames
                   current, # the same, for the current sample
                   options: DriftOptions | None = None, # as for `drift`
-                  chunk_rows: int = 200_000, # rows per chunk read from files
+                  chunk_rows: int = 100_000, # rows per chunk read from files (memory grows with it)
                   grid_bins: int = 4096, # fine-grid bins for KS / Wasserstein on columns with many values
                   **kwargs) -> DriftResult:
     "Drift computed chunk by chunk in bounded memory; binned results equal `drift`'s."
