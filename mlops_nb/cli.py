@@ -505,7 +505,9 @@ def _drift_table(doc: dict) -> str:
 
 def cmd_drift(a) -> int:
     if a.report:
-        doc, extra, job = _drift_report(a)
+        from mlops_nb.core import JobFailed
+        try: doc, extra, job = _drift_report(a)
+        except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
         if doc is None:
             msg = job.summary()
             if a.json: _print_json({'job': job.to_dict()})
