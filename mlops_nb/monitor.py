@@ -541,10 +541,6 @@ class _Tally:
             self.values = np.union1d(self.values, np.unique(v))
             if len(self.values) > 1000: self.values = None
 
-def _pass(src, kinds: dict, visit):
-    for chunk in src():
-        for c in kinds: visit(c, chunk[c])
-
 # %% ../nbs/11_monitor.ipynb #60d4e325
 def _plan(name, a: _Tally, b: _Tally, n_bins: int, grid_bins: int) -> dict:
     "Bins for a numeric column from the first pass: Evidently's bins, and the support KS / Wasserstein are read on."
