@@ -28,3 +28,4 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/sweep.py
 	$(PY) bench/store_concurrency.py
 	$(PY) bench/serve.py
+	$(PY) bench/drift.py

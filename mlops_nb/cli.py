@@ -456,7 +456,7 @@ def _drift_direct(a):
 
 def _drift_report(a):
     "Run the monitor job for the report; returns (result dict, alert payload, job result)."
-    from mlops_nb.core import ParameterError
+    from mlops_nb.core import JobFailed, ParameterError
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import download_artifact
     for p in (a.reference, a.current):
@@ -471,6 +471,9 @@ def _drift_report(a):
     if not job.ok: return None, None, job
     doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
     out = Path(a.report)
+    if not job.html or not Path(job.html).exists():
+        raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
+                        hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(Path(job.html).read_bytes())
     doc.pop('bins', None)
@@ -492,7 +495,9 @@ def _drift_table(doc: dict) -> str:
 
 def cmd_drift(a) -> int:
     if a.report:
-        doc, extra, job = _drift_report(a)
+        from mlops_nb.core import JobFailed
+        try: doc, extra, job = _drift_report(a)
+        except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
         if doc is None:
             msg = job.summary()
             if a.json: _print_json({'job': job.to_dict()})

@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from .core import MlopsNbError, Registry
+from .core import DataError, MlopsNbError, Registry
+from .reqlog import META_PREFIX
 
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'META_PREFIX', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
            'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts', 'ColumnData',
            'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test', 'DriftOptions',
            'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift',
@@ -437,7 +438,7 @@ def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
     thr = options.threshold_for(col, test)
     score, p = test.fn(col)
     st = {}
-    for name in (NUMERIC_STATS if col.kind == 'numeric' else CATEGORICAL_STATS) + ((test.name,) if test.name not in st else ()):
+    for name in dict.fromkeys((NUMERIC_STATS if col.kind == 'numeric' else CATEGORICAL_STATS) + (test.name,)):
         s, sp = DRIFT_TESTS.get(name).fn(col)
         st[name] = float(s)
         if sp is not None: st[f'{name}_p_value'] = float(sp)
@@ -448,10 +449,11 @@ def evaluate_column(col: ColumnData, options: DriftOptions) -> ColumnDrift:
                        st, col.n_reference, col.n_current, col.missing_reference, col.missing_current, col.unseen, col.unseen_rows,
                        bins, col.exact)
 
-# %% ../nbs/11_monitor.ipynb #77de0395
+# %% ../nbs/11_monitor.ipynb #38913011
 def _kinds(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions) -> dict:
     "Column -> 'numeric' or 'categorical', for the columns to compare."
-    cols = list(options.columns) if options.columns else [c for c in reference.columns if c in current.columns]
+    when = lambda s: pd.api.types.is_datetime64_any_dtype(s.dtype) or pd.api.types.is_timedelta64_dtype(s.dtype)
+    cols = list(options.columns) if options.columns else [c for c in reference.columns if c in current.columns and not when(reference[c])]
     missing = {name: [c for c in cols if c not in df.columns] for name, df in (('reference', reference), ('current', current))}
     for name, m in missing.items():
         if m: raise MonitorError(f"Column(s) {', '.join(map(str, m))} missing from the {name} sample.",
@@ -514,7 +516,8 @@ def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[]
     if not p.exists(): raise MonitorError(f"File {p} does not exist.", hint="Check the path.", path=str(p))
     if p.suffix in ('.parquet', '.pq'):
         import pyarrow.parquet as pq
-        return lambda: (b.to_pandas() for b in pq.ParquetFile(p).iter_batches(chunk_rows, columns=columns))
+        # pre_buffer=False: read a column chunk when it is decoded, not a whole row group ahead (hundreds of MB)
+        return lambda: (b.to_pandas() for b in pq.ParquetFile(p, pre_buffer=False).iter_batches(chunk_rows, columns=columns, use_threads=False))
     if '.csv' in p.suffixes: return lambda: pd.read_csv(p, chunksize=chunk_rows, usecols=columns)
     raise MonitorError(f"Cannot read {p} in chunks: not Parquet or CSV.", hint="Use a .parquet or .csv file.", path=str(p))
 
@@ -537,10 +540,6 @@ class _Tally:
         if self.values is not None:
             self.values = np.union1d(self.values, np.unique(v))
             if len(self.values) > 1000: self.values = None
-
-def _pass(src, kinds: dict, visit):
-    for chunk in src():
-        for c in kinds: visit(c, chunk[c])
 
 # %% ../nbs/11_monitor.ipynb #60d4e325
 def _plan(name, a: _Tally, b: _Tally, n_bins: int, grid_bins: int) -> dict:
@@ -576,7 +575,7 @@ def _chunked_numeric(name, a: _Tally, b: _Tally, plan: dict, ca: list, cb: list)
 def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or function returning an iterator of frames
                   current, # the same, for the current sample
                   options: DriftOptions | None = None, # as for `drift`
-                  chunk_rows: int = 200_000, # rows per chunk read from files
+                  chunk_rows: int = 100_000, # rows per chunk read from files (memory grows with it)
                   grid_bins: int = 4096, # fine-grid bins for KS / Wasserstein on columns with many values
                   **kwargs) -> DriftResult:
     "Drift computed chunk by chunk in bounded memory; binned results equal `drift`'s."
@@ -610,9 +609,7 @@ def drift_chunked(reference, # Parquet/CSV path, frame, list of frames, or funct
         out[c] = evaluate_column(col, o)
     return DriftResult(out, o.drift_share, rows[0], rows[1], time.perf_counter() - t0)
 
-# %% ../nbs/11_monitor.ipynb #f9219624
-META_PREFIX = '_mlops_'
-
+# %% ../nbs/11_monitor.ipynb #15f85fc8
 def parse_window(window: str # a length: '90s', '30m', '24h', '7d'
                 ) -> pd.Timedelta:
     "The length of a window written as a number and a unit (s, m, h, d)."
@@ -638,20 +635,17 @@ def load_sample(source: str | Path, # CSV/Parquet file, or a request-log directo
                 model_version: str | None = None, # keep only rows scored by this version (request log only)
                ) -> pd.DataFrame:
     "Read a sample to compare: a file, or a window of the request log; meta columns dropped."
-    p = Path(source)
-    if p.is_dir():
-        try: from mlops_nb.reqlog import read_log
-        except ImportError as e:
-            raise MonitorError(f"{p} is a directory, and reading a request log needs mlops_nb.reqlog: {e}",
-                               hint="Upgrade mlops_nb, or pass a CSV/Parquet file.", path=str(p)) from None
-        df = read_log(p, start=start, end=end, model_version=model_version)
-        if not len(df): raise MonitorError(f"No logged requests in {p} between {start or 'the start'} and {end or 'now'}.",
-                                           hint="Widen the window, or check that the server logs requests there.", path=str(p))
-        return features_only(df)
-    from mlops_nb.core import DataError
     from mlops_nb.data import load_dataset
-    try: return features_only(load_dataset(p))
+    from mlops_nb.reqlog import read_log
+    p = Path(source)
+    try:
+        if not p.is_dir(): return features_only(load_dataset(p))
+        df = read_log(p, start=start, end=end, model_version=model_version)
     except DataError as e: raise MonitorError(e.message, hint=e.hint, path=str(p)) from None
+    if not len(df): raise MonitorError(f"No logged requests in {p} between {start or 'the start'} and {end or 'now'}"
+                                       + (f" for model version {model_version}" if model_version else '') + '.',
+                                       hint="Widen the window, or check that the server logs requests there.", path=str(p))
+    return features_only(df)
 
 # %% ../nbs/11_monitor.ipynb #044665f8
 def _num(v):

@@ -166,14 +166,15 @@ def test_latest_json_from_a_request_log_window(tmp_path):
         w.append(part, np.zeros(len(part)), meta={'request_id': f'r{i}', 'model_name': 'demo', 'model_version': '1',
                                                   'latency_ms': 1.0, 'source': 'serve'})
     w.close()
-    frame(20_000, 1).to_parquet(tmp_path / 'ref.parquet')
+    frame(20_000, 1).assign(prediction=0.0).to_parquet(tmp_path / 'ref.parquet')  # with the model's outputs: prediction drift too
     r = mlops_nb('run', 'monitor', '-p', 'reference', 'ref.parquet', '-p', 'current', 'requests', '-p', 'window', '1h',
                  '-p', 'model_name', 'demo', '--json', cwd=tmp_path, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr
     latest = json.loads((log / 'drift' / 'latest.json').read_text())
     assert latest['model_name'] == 'demo' and latest['window']['rows'] == 6_000
     assert latest['columns']['x0'] == {**latest['columns']['x0'], 'stat': 'wasserstein', 'drifted': True, 'p_value': None}
-    assert 'prediction' in latest['columns'] and not any(c.startswith('_mlops_') for c in latest['columns'])
+    assert set(latest['columns']) == {*cur.columns, 'prediction'}  # meta columns (_mlops_*) are not features
+    assert latest['columns']['prediction']['drifted'] is False
 
 
 def test_latest_json_is_what_the_server_reads(tmp_path):
