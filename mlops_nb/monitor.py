@@ -668,12 +668,13 @@ def alert_payload(result: DriftResult, # the drift result
 def write_latest(log_dir: str | Path, # the request-log directory the server writes
                  payload: dict, # `alert_payload(...)`
                 ) -> Path:
-    "Write `<log_dir>/drift/latest.json` atomically; returns its path."
+    "Write `<log_dir>/drift/latest.json` atomically, and append it to `history.jsonl` (the dashboard's windows); returns its path."
     d = Path(log_dir) / 'drift'
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f'.latest.json.{os.getpid()}.tmp'
     tmp.write_text(json.dumps(payload, indent=1), encoding='utf-8')
     os.replace(tmp, d / 'latest.json')
+    with open(d / 'history.jsonl', 'a', encoding='utf-8') as f: f.write(json.dumps(payload) + '\n')  # one line: readers skip a cut one
     return d / 'latest.json'
 
 # %% ../nbs/11_monitor.ipynb #551196ab
