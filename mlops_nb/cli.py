@@ -500,9 +500,12 @@ def cmd_pipeline(a) -> int:
     p = load_pipeline(a.pipeline, params=dict(a.param) or None)
     s = _settings(a)
     if a.action == 'show': return _pipeline_show(p, s, a)
-    from tqdm.auto import tqdm
-    bar = None if a.json else tqdm(total=len(p.steps), unit='step', desc=p.name, file=sys.stderr, dynamic_ncols=True)
-    def event(kind, n, r):
+    bar = None
+    def event(kind, n, r):  # the first event comes once the file is checked: a refused file shows no bar
+        nonlocal bar
+        if bar is None and not a.json:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(p.steps), unit='step', desc=p.name, file=sys.stderr, dynamic_ncols=True)
         if kind != 'end': return
         if bar is not None: bar.update(1); bar.set_postfix_str(f"{n} {r.state}")
         else: print(json.dumps(dict(event='step', step=n, state=r.state, run_id=r.run_id)), file=sys.stderr, flush=True)

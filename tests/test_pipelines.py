@@ -226,23 +226,27 @@ def test_cli_refuses_an_invalid_file_before_anything_starts(small, change):
 def test_failing_step_resume_cache_and_an_edited_notebook(small):
     d = small
     (d / 'stop.txt').write_text('stop')
-    rc, doc, p = run_json(d, 'pipeline.yaml')
-    assert rc == 1, p.stdout + p.stderr
-    st = {k: s['state'] for k, s in doc['steps'].items()}
-    assert st == {'a': 'finished', 'b': 'failed', 'd': 'finished', 'c': 'not_run'}, st  # the sibling d still ran
-    assert doc['failed'] == ['b'] and doc['not_run'] == ['c'] and 'the flag is up' in doc['steps']['b']['error']
+    p = mlops_nb('pipeline', 'run', 'pipeline.yaml', cwd=d)
+    assert p.returncode == 1, p.stdout + p.stderr
+    # text output names what failed and what did not run, and how to resume
+    assert 'failed: b' in p.stdout and 'not run: c' in p.stdout and '--resume' in p.stdout, p.stdout
+    pid = p.stdout.split('parent run ')[1].split()[0]
     c = client(d)
-    assert c.get_run(doc['run_id']).info.status == 'FAILED'
-    human = mlops_nb('pipeline', 'show', 'pipeline.yaml', cwd=d).stdout
-    assert ' failed ' in human and ' not_run ' in human
+    parent = c.get_run(pid)
+    assert parent.info.status == 'FAILED'
+    st = {k: parent.data.tags[f'{TAG}step.{k}.state'] for k in 'abcd'}
+    assert st == {'a': 'finished', 'b': 'failed', 'c': 'not_run', 'd': 'finished'}, st  # the sibling d still ran
+    a_run = parent.data.tags[f'{TAG}step.a.run_id']
+    b_run = c.get_run(parent.data.tags[f'{TAG}step.b.run_id'])
+    assert b_run.info.status == 'FAILED' and 'the flag is up' in b_run.data.tags[f'{TAG}failure_evalue']
 
     # resume: the finished steps stand, the failed one and what it stopped run, in the same parent run
     (d / 'stop.txt').unlink()
-    rc, res, p = run_json(d, 'pipeline.yaml', '--resume', doc['run_id'])
+    rc, res, p = run_json(d, 'pipeline.yaml', '--resume', pid)
     assert rc == 0, p.stdout + p.stderr
-    assert res['run_id'] == doc['run_id'] and c.get_run(doc['run_id']).info.status == 'FINISHED'
+    assert res['run_id'] == pid and c.get_run(pid).info.status == 'FINISHED'
     assert {k: s['state'] for k, s in res['steps'].items()} == {'a': 'reused', 'b': 'finished', 'd': 'reused', 'c': 'finished'}
-    assert res['steps']['a']['run_id'] == doc['steps']['a']['run_id']
+    assert res['steps']['a']['run_id'] == a_run
     assert res['steps']['c']['metrics']['z'] == 2 * 2 + 1
 
     # nothing changed: every step reuses its run
@@ -256,9 +260,3 @@ def test_failing_step_resume_cache_and_an_edited_notebook(small):
     rc, edited, p = run_json(d, 'pipeline.yaml')
     assert rc == 0, p.stdout + p.stderr
     assert {k: s['state'] for k, s in edited['steps'].items()} == {'a': 'reused', 'b': 'finished', 'd': 'reused', 'c': 'finished'}
-
-    # text output names what failed and what did not run, and how to resume
-    (d / 'stop.txt').write_text('stop')
-    p = mlops_nb('pipeline', 'run', 'pipeline.yaml', '--force', 'b', cwd=d)
-    assert p.returncode == 1
-    assert 'failed: b' in p.stdout and 'not run: c' in p.stdout and '--resume' in p.stdout, p.stdout
