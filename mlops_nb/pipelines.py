@@ -524,18 +524,26 @@ def _follow(ctx: _Ctx, steps: list, parent, emit, slots: int):
         parent.flush()
         emit('end', n, r)
     with cf.ThreadPoolExecutor(slots, thread_name_prefix='mlops-nb-step') as pool:
-        while todo or pending:
-            for n in list(todo):
-                needs = ctx.p.steps[n].needs
-                stopped = [m for m in needs if m in ctx.results and ctx.results[m].status != 'FINISHED']
-                if stopped:
-                    todo.remove(n); ended(n, StepResult(n, 'NOT_RUN', error=f"{', '.join(stopped)} did not finish"))
-                elif all(m in ctx.results for m in needs):
-                    todo.remove(n); emit('start', n, None)
-                    pending[pool.submit(_run_step, ctx, ctx.p.steps[n])] = n
-            if not pending: continue
-            done, _ = cf.wait(set(pending), return_when=cf.FIRST_COMPLETED)
-            for f in done: ended(pending.pop(f), f.result())
+        try:
+            while todo or pending:
+                for n in list(todo):
+                    needs = ctx.p.steps[n].needs
+                    stopped = [m for m in needs if m in ctx.results and ctx.results[m].status != 'FINISHED']
+                    if stopped:
+                        todo.remove(n); ended(n, StepResult(n, 'NOT_RUN', error=f"{', '.join(stopped)} did not finish"))
+                    elif all(m in ctx.results for m in needs):
+                        todo.remove(n); emit('start', n, None)
+                        pending[pool.submit(_run_step, ctx, ctx.p.steps[n])] = n
+                if not pending: continue
+                done, _ = cf.wait(set(pending), return_when=cf.FIRST_COMPLETED)
+                for f in done: ended(pending.pop(f), f.result())
+        except KeyboardInterrupt:  # Ctrl-C: no step starts; running jobs end FAILED (interrupted), then the pool closes
+            import mlops_nb.sweeps as sweeps
+            from mlops_nb.engine import stop_all
+            for f in pending: f.cancel()
+            sweeps._STOPPING = True  # grid jobs not started do not start
+            stop_all('interrupted')
+            raise
 
 # %% ../nbs/09b_pipelines.ipynb #21654d42
 COLOURS = {'finished': '#8fd18f', 'reused': '#a6cee3', 'failed': '#f08a8a', 'not_run': '#dddddd', 'pending': '#ffffff'}
