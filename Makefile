@@ -29,3 +29,4 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/store_concurrency.py
 	$(PY) bench/serve.py
 	$(PY) bench/drift.py
+	$(PY) bench/pipeline.py

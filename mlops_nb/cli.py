@@ -18,9 +18,9 @@ from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run',
-           'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift',
-           'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params',
+           'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart',
+           'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_pipeline', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -32,6 +32,7 @@ examples:
   mlops-nb reproduce RUN_ID                           rerun a recorded job, compare metrics
   mlops-nb sweep train --grid n_estimators=50,100 --grid max_depth=3,None --metric roc_auc   a sweep
   mlops-nb run nbs/jobs/train.ipynb -f params.yaml    your own notebook, values from YAML
+  mlops-nb pipeline run pipeline.yaml                 notebooks as a DAG: cached, resumable, one parent run
   mlops-nb promote breast_cancer --run RUN_ID --gate gate.yaml   gate a train run, then make it champion
   mlops-nb rollback breast_cancer                     champion back to the previous champion
   mlops-nb models breast_cancer                       versions, aliases, metrics, lineage
@@ -343,45 +344,50 @@ def cmd_models(a) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #6490e823
+_QS_HEADS = {'train': "\n[1/3] train job on {dataset} ...", 'evaluate': "\n[2/3] evaluate job on the trained model's held-out split ...",
+             'promote': "\n[3/3] promote to {model!r}@champion through the default gate ..."}
+
+def _quickstart_event(a):
+    "What the quickstart prints as each step of its pipeline starts and ends."
+    def event(kind, step, r):
+        if a.json: return
+        if kind == 'start': print(_QS_HEADS[step].format(dataset=a.dataset, model=a.model_name), flush=True)
+        elif r.job is not None:
+            print('  ' + r.job.summary().replace('\n', '\n  '))
+            if not r.job.ok: print(f"  executed notebook: {r.job.output}")
+        elif r.promotion is not None:
+            print('  ' + _gate_lines(r.promotion).replace('\n', '\n  '))
+            if r.status != 'FINISHED': print(f"  refused: champion stays on version {r.promotion.previous}")
+        elif r.status == 'FAILED': print(f"  failed: {r.error}")
+    return event
+
 def cmd_quickstart(a) -> int:
-    from mlops_nb.core import GateFailed
-    from mlops_nb.jobs import run_job
-    from mlops_nb.registry import promote
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
     s = _settings(a)
-    show = not a.json
-    if show: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}\n\n[1/3] train job on {a.dataset} ...", flush=True)
-    train = run_job('train', {'dataset': a.dataset}, settings=s, experiment=a.experiment)
-    if show: print('  ' + train.summary().replace('\n', '\n  '))
-    if not train.ok:
-        if show: print(f"  executed notebook: {train.output}")
-        else: _print_json({'train': train.to_dict()})
+    if not a.json: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}", flush=True)
+    p = load_pipeline('quickstart', params={'dataset': a.dataset, 'model_name': a.model_name})
+    res = run_pipeline(p, settings=s, cache=False, on_event=_quickstart_event(a))  # a new train run each time, as before
+    st = res.steps
+    out = {n: st[n].job.to_dict() for n in ('train', 'evaluate') if st[n].job is not None}
+    p = st['promote'].promotion
+    if p is not None: out['promotion'] = p.to_dict()
+    out['pipeline_run_id'] = res.run_id
+    if res.status != 'FINISHED':
+        if a.json: _print_json(out)
         return 1
-    if show: print("\n[2/3] evaluate job on the trained model's held-out split ...", flush=True)
-    ev = run_job('evaluate', {'train_run_id': train.run_id}, settings=s, experiment=a.experiment)  # its held-out split
-    if show: print('  ' + ev.summary().replace('\n', '\n  '))
-    if not ev.ok:
-        if show: print(f"  executed notebook: {ev.output}")
-        else: _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict()})
-        return 1
-    if show: print(f"\n[3/3] promote to {a.model_name!r}@champion through the default gate ...", flush=True)
-    try: p = promote(a.model_name, train.run_id, settings=s, alias='champion', reason='quickstart')
-    except GateFailed as e:
-        p = e.promotion
-        if a.json: _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict(), 'promotion': p.to_dict()})
-        else: print('  ' + _gate_lines(p).replace('\n', '\n  ') + f"\n  refused: champion stays on version {p.previous}")
-        return 1
+    train, ev = st['train'].job, st['evaluate'].job
     keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if k in ev.metrics]
     if a.json:
-        _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict(), 'promotion': p.to_dict(),
-                     'model': {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}})
+        out['model'] = {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}
+        _print_json(out)
         return 0
-    print('  ' + _gate_lines(p).replace('\n', '\n  '))
     print(f"  version {p.version} of {a.model_name!r} is now 'champion'\n")
     print("done.")
     print(f"  train run:     {train.run_id}")
     print("  metrics (test): " + ', '.join(f'{k}={ev.metrics[k]:.4f}' for k in keys))
     print(f"  notebooks:     {train.output}\n                 {ev.output}")
     print(f"  model:         models:/{a.model_name}@champion (version {p.version})")
+    print(f"  pipeline run:  {res.run_id}   (mlops-nb pipeline show quickstart)")
     print("\nnext:")
     print("  mlops-nb ui                                        browse the runs")
     print(f"  mlops-nb serve models:/{a.model_name}@champion       serve the champion over HTTP")
@@ -660,14 +666,134 @@ def cmd_deploy(a) -> int:
     print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
     return 0
 
+# %% ../nbs/13_cli.ipynb #a359aa7a
+PIPELINE_EPILOG = """\
+pipeline file (YAML):
+  name: demo
+  params: {rows: 500}                       # ${params.rows}; -p rows 1000 overrides it
+  steps:
+    prepare: {notebook: prepare.ipynb, parameters: {rows: "${params.rows}"}}
+    train:
+      notebook: train                       # a bundled job, or a path relative to this file
+      parameters: {dataset: "${prepare.artifacts.data.csv}"}
+      grid: {n_estimators: [50, 100, 200]}  # one job per value, run as a sweep
+      metric: roc_auc                       # ${train.best.run_id} is the best of them
+    evaluate: {notebook: evaluate, parameters: {train_run_id: "${train.best.run_id}"}}
+    promote:
+      needs: [evaluate]
+      promote: {model: demo, candidate: "${train.best.run_id}", gate: gate.yaml}
+references: ${STEP.run_id}, ${STEP.metrics.NAME}, ${STEP.artifacts.PATH}, ${STEP.best.…} (grid), ${params.NAME}
+
+examples:
+  mlops-nb pipeline run pipeline.yaml                   unchanged steps reuse their last FINISHED run
+  mlops-nb pipeline run pipeline.yaml --force train     rerun train and everything after it
+  mlops-nb pipeline run pipeline.yaml --resume RUN_ID   rerun the failed and not-run steps of that run
+  mlops-nb pipeline run pipeline.yaml --executor dask --scheduler tcp://HOST:8786
+  mlops-nb pipeline show pipeline.yaml                  the DAG with each step's last state
+  mlops-nb pipeline run quickstart                      the bundled quickstart, cached
+
+caching: a step reuses the newest FINISHED run with the same notebook sha256, resolved parameters, upstream
+run ids and data file hashes (shown as reused); --no-cache runs every step.
+exit codes: 0 every step finished, 1 a step failed (its descendants did not run), 2 bad file (nothing started).
+"""
+
+@subcommand
+def _add_pipeline_parser(sub):
+    "`mlops-nb pipeline run|show`."
+    fmt = argparse.RawDescriptionHelpFormatter
+    pl = sub.add_parser('pipeline', help='run notebooks as a DAG: cached, resumable, one parent run', epilog=PIPELINE_EPILOG,
+                        description='Run the steps of a pipeline file (notebooks, grids of a notebook, promotions) as one parent '
+                        'MLflow run with a child run per step, independent steps in parallel.', formatter_class=fmt)
+    acts = pl.add_subparsers(dest='action', metavar='ACTION', required=True)
+    r = acts.add_parser('run', help='check the file, then run the steps', epilog=PIPELINE_EPILOG, formatter_class=fmt,
+                        description='Check every step (references, cycles, parameters against each notebook, files), then run '
+                        'them: a step starts when what it needs has finished; a failed step stops its descendants only.')
+    sh = acts.add_parser('show', help="print the DAG with each step's last state", epilog=PIPELINE_EPILOG, formatter_class=fmt,
+                         description="Print the steps in order, indented by depth, with what each needs and its state in the "
+                         "pipeline's newest run (the picture is pipeline.svg on that run).")
+    for q in (r, sh):
+        q.add_argument('pipeline', metavar='PIPELINE.yaml', help='a pipeline file, or a bundled pipeline name (quickstart)')
+        q.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
+                       help="a value for the file's params: (repeatable)")
+        _common(q)
+    r.add_argument('--force', action='append', default=[], metavar='STEP', help='run STEP even if cached (repeatable); its descendants follow')
+    r.add_argument('--no-cache', action='store_true', help='run every step, reusing nothing')
+    r.add_argument('--resume', metavar='PIPELINE_RUN_ID', help='continue that run: its finished steps stand, the rest run')
+    r.add_argument('--executor', default='local', choices=['local', 'dask'], help='where jobs run (default: local)')
+    r.add_argument('--workers', type=int, metavar='N', help='steps (and grid jobs) at once; Dask workers of a started cluster')
+    r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
+
+# %% ../nbs/13_cli.ipynb #92162775
+def _step_lines(p, states: dict, run_ids: dict, extra: dict | None = None) -> list[str]:
+    "The DAG as text: steps in run order, indented by depth, each with its state and what it needs."
+    from mlops_nb.pipelines import order, substitute
+    depth, out = {}, []
+    steps = order(p)
+    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    w = max(len(n) + 2 * depth[n] for n in steps)
+    for n in steps:
+        st = p.steps[n]
+        model = substitute(st.promote['model'], lambda s, v: p.params[v] if s == 'params' else f'${{{s}.{v}}}') if st.promote else None
+        what = f"promote {model}" if st.kind == 'promote' else st.notebook.name + (' (grid)' if st.kind == 'grid' else '')
+        line = f"  {'  ' * depth[n] + n:<{w}}  {states.get(n, 'pending'):<8}  {what}"
+        if st.needs: line += f"  <- {', '.join(st.needs)}"
+        if run_ids.get(n): line += f"  run {run_ids[n]}"
+        if extra and extra.get(n): line += f"  {extra[n]}"
+        out.append(line)
+    return out
+
+# %% ../nbs/13_cli.ipynb #0e69310f
+def _pipeline_show(p, s, a) -> int:
+    from mlops_nb.pipelines import last_run
+    last = last_run(p, s)
+    states, ids = (last['states'], last['run_ids']) if last else ({}, {})
+    if a.json:
+        _print_json(dict(pipeline=p.name, file=p.where, last_run=last, steps={n: dict(kind=st.kind, needs=st.needs,
+                    notebook=str(st.notebook) if st.notebook else None, state=states.get(n, 'pending')) for n, st in p.steps.items()}))
+        return 0
+    print(f"pipeline {p.name} ({p.where})")
+    print(f"last run: {last['run_id']} {last['status']}  (picture: pipeline.svg on that run)" if last else f"never run in {s.tracking_uri}")
+    print('\n'.join(_step_lines(p, states, ids)))
+    return 0
+
+def cmd_pipeline(a) -> int:
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
+    p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+    s = _settings(a)
+    if a.action == 'show': return _pipeline_show(p, s, a)
+    bar = None
+    def event(kind, n, r):  # the first event comes once the file is checked: a refused file shows no bar
+        nonlocal bar
+        if bar is None and not a.json:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(p.steps), unit='step', desc=p.name, file=sys.stderr, dynamic_ncols=True)
+        if kind != 'end': return
+        if bar is not None: bar.update(1); bar.set_postfix_str(f"{n} {r.state}")
+        else: print(json.dumps(dict(event='step', step=n, state=r.state, run_id=r.run_id)), file=sys.stderr, flush=True)
+    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout: the JSON document only
+    try:
+        with quiet:
+            res = run_pipeline(p, s, executor=a.executor, workers=a.workers, scheduler=a.scheduler, cache=not a.no_cache,
+                               force=a.force, resume=a.resume, on_event=event)
+    finally:
+        if bar is not None: bar.close()
+    if a.json: _print_json(res.to_dict()); return 0 if res.status == 'FINISHED' else 1
+    print(f"pipeline {p.name}: {res.status} in {res.duration:.1f}s, parent run {res.run_id}")
+    r = res.steps
+    print('\n'.join(_step_lines(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
+                                {n: (f"best {x.best_run_id}" if x.best_run_id else '') + (f"  {x.error}" if x.error else '') for n, x in r.items()})))
+    if res.failed: print("failed: " + ', '.join(res.failed))
+    if res.not_run: print("not run: " + ', '.join(res.not_run))
+    if res.status != 'FINISHED': print(f"fix it, then: mlops-nb pipeline run {a.pipeline} --resume {res.run_id}")
+    print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
+    return 0 if res.status == 'FINISHED' else 1
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
-            'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui,
-            'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy}
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."
