@@ -14,18 +14,21 @@ from batch_helpers import make_rows, train_and_register
 from conftest import clean_env, mlops_nb
 
 N = 1_000_000
+M = 300_000
 URI = 'models:/batchdemo@champion'
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    "A registered classifier, a 1,000,000-row Parquet input (50 row groups), and the model's own predictions on it."
+    "A registered classifier, a 1,000,000-row Parquet input (50 row groups), a 300,000-row one (60 row groups), and the model's own predictions on them."
     d = tmp_path_factory.mktemp('batch')
     est, schema, s = train_and_register(d, model='random_forest', n_estimators=10, max_depth=6)
     rows = make_rows(N)
     rows.to_parquet(d / 'big.parquet', row_group_size=20_000)
     expected = pd.DataFrame({'id': rows['id'], 'prediction': est.predict(rows[schema.features])})
-    return dict(dir=d, model=est, schema=schema, settings=s, expected=expected)
+    mid = rows.head(M)
+    mid.to_parquet(d / 'mid.parquet', row_group_size=5_000)  # many small partitions: time to kill or interrupt mid-run
+    return dict(dir=d, model=est, schema=schema, settings=s, expected=expected, expected_mid=expected.head(M))
 
 
 def _env():
@@ -118,20 +121,21 @@ def _parts(d: Path):
 
 
 def test_dask_output_equals_local_and_a_killed_worker_is_rescored(setup, cluster):
+    "On a LocalCluster the output is the model's own predictions, as the local executor's is (test above)."
     lc, client = cluster
     d = setup['dir']
-    r = _predict(setup, URI, 'big.parquet', '--out', 'dask_out', '--keep', 'id', '--executor', 'dask',
+    r = _predict(setup, URI, 'mid.parquet', '--out', 'dask_out', '--keep', 'id', '--executor', 'dask',
                  '--scheduler', lc.scheduler_address, '--json')
     assert r.returncode == 0, r.stderr[-3000:]
     got = pd.read_parquet(d / 'dask_out')
-    pd.testing.assert_frame_equal(got, setup['expected'], check_dtype=False)
-    assert len(_parts(d / 'dask_out')) == 50
+    pd.testing.assert_frame_equal(got, setup['expected_mid'], check_dtype=False)
+    assert len(_parts(d / 'dask_out')) == 60
     c, _ = _runs(setup)
     m = c.get_run(json.loads(r.stdout)['run_id']).data.metrics
     assert m['model_loads'] <= 2  # once per worker process, not per partition
 
     # Kill a worker process as soon as the first part lands; its partitions are scored again elsewhere.
-    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'big.parquet', '--out', 'killed_out',
+    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'mid.parquet', '--out', 'killed_out',
                           '--keep', 'id', '--executor', 'dask', '--scheduler', lc.scheduler_address, '--json'],
                          cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -141,13 +145,13 @@ def test_dask_output_equals_local_and_a_killed_worker_is_rescored(setup, cluster
     os.kill(pid, signal.SIGKILL)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
-    assert len(_parts(d / 'killed_out')) == 50  # each partition written exactly once
-    pd.testing.assert_frame_equal(pd.read_parquet(d / 'killed_out'), setup['expected'], check_dtype=False)
+    assert len(_parts(d / 'killed_out')) == 60  # each partition written exactly once
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'killed_out'), setup['expected_mid'], check_dtype=False)
 
 
 def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
     d = setup['dir']
-    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'big.parquet', '--out', 'resumed.parquet',
+    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'mid.parquet', '--out', 'resumed.parquet',
                           '--keep', 'id'], cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     staging = d / 'resumed.parquet.parts'
     deadline = time.time() + 300
@@ -157,7 +161,7 @@ def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, err[-3000:]
     kept = len(_parts(staging))
-    assert 0 < kept < 50 and not (d / 'resumed.parquet').exists()
+    assert 0 < kept < 60 and not (d / 'resumed.parquet').exists()
     c, runs = _runs(setup)
     failed = [r for r in runs if r.data.params.get('output_path', '').endswith('resumed.parquet')]
     assert len(failed) == 1 and failed[0].info.status == 'FAILED'
@@ -167,5 +171,5 @@ def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
     res = json.loads(r.stdout)
     run = c.get_run(res['run_id'])
     assert run.data.tags['mlops_nb.resume_of'] == failed[0].info.run_id
-    assert run.data.metrics['scored'] == 50 - kept and run.data.metrics['rows_out'] == N
-    pd.testing.assert_frame_equal(pd.read_parquet(d / 'resumed.parquet'), setup['expected'], check_dtype=False)
+    assert run.data.metrics['scored'] == 60 - kept and run.data.metrics['rows_out'] == M
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'resumed.parquet'), setup['expected_mid'], check_dtype=False)
