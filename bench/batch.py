@@ -2,8 +2,10 @@
 
 `mlflow models predict` reads CSV or JSON only, so it gets the CSV written from the same frame as the
 Parquet file that `mlops-nb predict` reads (a row of `mlops-nb` on the CSV is shown too). Wall time and
-peak memory of the whole process tree (psutil polling every 50 ms, children included: the job process
-forked from the warm worker, MLflow's scoring process). Prints a table with ratios.
+peak memory of the whole process tree: the sum of every process's proportional set size (PSS, so
+pages shared between the CLI, the warm worker and the job forked from it count once), polled every
+0.1 s with psutil, children included. Peak RSS of the largest single process is shown too. Prints a
+table with ratios.
 
     python bench/batch.py [--rows 1000000 5000000] [--model logistic]
 """
@@ -22,25 +24,26 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from batch_helpers import make_rows, train_and_register  # noqa: E402
 
 
-def measure(cmd, cwd, env) -> tuple[float, float, int]:
-    "(seconds, peak MB of the process tree, exit code) of running `cmd`."
+def measure(cmd, cwd, env) -> tuple[float, float, float, int]:
+    "(seconds, peak MB of the process tree (summed PSS), peak RSS MB of one process, exit code) of running `cmd`."
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    root, peak = psutil.Process(p.pid), 0
+    root, peak, peak_one = psutil.Process(p.pid), 0, 0
     while p.poll() is None:
         try:
-            procs = [root, *root.children(recursive=True)]
-            rss = 0
-            for q in procs:
-                try: rss += q.memory_info().rss
+            pss = 0
+            for q in [root, *root.children(recursive=True)]:
+                try:
+                    m = q.memory_full_info()
+                    pss += m.pss; peak_one = max(peak_one, m.rss)
                 except psutil.Error: pass
-            peak = max(peak, rss)
+            peak = max(peak, pss)
         except psutil.Error: pass
-        time.sleep(0.05)
+        time.sleep(0.1)
     err = p.stderr.read()
     dt = time.perf_counter() - t0
     if p.returncode: print(f"  {cmd[:3]} exited {p.returncode}: {err[-1500:]}", file=sys.stderr)
-    return dt, peak / 2**20, p.returncode
+    return dt, peak / 2**20, peak_one / 2**20, p.returncode
 
 
 def main():
@@ -72,8 +75,8 @@ def main():
             print(f"{n:>9,} rows  {name} ...", flush=True)
             res[name] = measure(cmd, d, env)
         base = res['mlflow models predict (CSV)']
-        for name, (t, m, rc) in res.items():
-            rows_out.append((n, name, t, m, base[0] / t, m / base[1], rc))
+        for name, (t, m, one, rc) in res.items():
+            rows_out.append((n, name, t, m, one, base[0] / t, m / base[1], rc))
         if n == a.rows[0]:  # the same predictions
             import json
             import pandas as pd
@@ -81,10 +84,11 @@ def main():
             ours = pd.read_parquet(d / f'ours_{n}.parquet')['prediction'].tolist()
             print(f"  same predictions as mlflow on {n:,} rows: {theirs == ours}")
         for f in d.glob(f'*_{n}.*'): f.unlink(missing_ok=True) if f.is_file() else None
-    print(f"\n{'rows':>10}  {'tool':<30} {'seconds':>8} {'peak MB':>8} {'speed-up':>9} {'memory':>8}")
-    for n, name, t, m, sp, mr, rc in rows_out:
-        print(f"{n:>10,}  {name:<30} {t:8.1f} {m:8.0f} {sp:8.2f}x {mr:7.2f}x" + ('' if rc == 0 else f'  (exit {rc})'))
-    print("\nspeed-up: mlflow's seconds / these seconds; memory: this peak / mlflow's peak (lower is better).")
+    print(f"\n{'rows':>10}  {'tool':<30} {'seconds':>8} {'peak MB':>8} {'1 proc':>7} {'speed-up':>9} {'memory':>8}")
+    for n, name, t, m, one, sp, mr, rc in rows_out:
+        print(f"{n:>10,}  {name:<30} {t:8.1f} {m:8.0f} {one:7.0f} {sp:8.2f}x {mr:7.2f}x" + ('' if rc == 0 else f'  (exit {rc})'))
+    print("\npeak MB: summed PSS of the process tree; 1 proc: peak RSS of its largest process.")
+    print("speed-up: mlflow's seconds / these seconds; memory: this peak / mlflow's peak (lower is better).")
 
 
 if __name__ == '__main__':
