@@ -21,7 +21,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tests'))
-from batch_helpers import make_rows, train_and_register  # noqa: E402
+from batch_helpers import make_rows, train_and_register
 
 
 def measure(cmd, cwd, env) -> tuple[float, float, float, int]:

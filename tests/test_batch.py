@@ -52,7 +52,7 @@ def test_million_rows_equal_the_models_own_predict(setup):
     got = pd.read_parquet(setup['dir'] / 'scored.parquet')
     pd.testing.assert_frame_equal(got, setup['expected'], check_dtype=False)
     assert (out['rows_in'], out['rows_out'], out['rows_rejected']) == (N, N, 0)
-    c, runs = _runs(setup)
+    c, _ = _runs(setup)
     run = c.get_run(out['run_id'])
     assert run.info.status == 'FINISHED'
     m, p = run.data.metrics, run.data.params
@@ -143,7 +143,7 @@ def test_dask_output_equals_local_and_a_killed_worker_is_rescored(setup, cluster
     assert p.poll() is None, 'the job ended before a worker could be killed'
     pid = next(iter(client.run(os.getpid).values()))
     os.kill(pid, signal.SIGKILL)
-    out, err = p.communicate(timeout=600)
+    _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     assert len(_parts(d / 'killed_out')) == 60  # each partition written exactly once
     pd.testing.assert_frame_equal(pd.read_parquet(d / 'killed_out'), setup['expected_mid'], check_dtype=False)
@@ -158,7 +158,7 @@ def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
     while not _parts(staging) and time.time() < deadline and p.poll() is None: time.sleep(0.02)
     assert p.poll() is None, 'the job ended before it could be interrupted'
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=300)
+    _, err = p.communicate(timeout=300)
     assert p.returncode == 130, err[-3000:]
     kept = len(_parts(staging))
     assert 0 < kept < 60 and not (d / 'resumed.parquet').exists()
