@@ -30,3 +30,4 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/serve.py
 	$(PY) bench/drift.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/batch.py
