@@ -115,4 +115,5 @@ def loaded_images(driver) -> list[str]:
 def network_errors(driver) -> list[str]:
     "Browser console errors about failed loads (a CDN the page tried to reach, a missing file)."
     return [e['message'] for e in driver.get_log('browser')
-            if e.get('level') == 'SEVERE' and ('net::' in e['message'] or 'Failed to load' in e['message'])]
+            if e.get('level') == 'SEVERE' and ('net::' in e['message'] or 'Failed to load' in e['message'])
+            and '/favicon.ico' not in e['message']]  # the browser asks for one whether the page links it or not
