@@ -2,7 +2,7 @@
 
 Usage (any test that checks a page a person looks at):
 
-    from browser import chromium_missing, serve_dir, chromium, wait_for, loaded_images
+    from browser import chromium_missing, serve_dir, chromium, wait_for, loaded_images, full_screenshot
 
     def test_page(tmp_path):
         if (why := chromium_missing()): pytest.skip(why)
@@ -104,6 +104,17 @@ def wait_for(driver, css: str, timeout: float = 20, text: str | None = None):
         if time.monotonic() > end:
             raise AssertionError(f"no visible {css!r}" + (f" containing {text!r}" if text else '') + f" on {driver.current_url}")
         time.sleep(0.2)
+
+
+def full_screenshot(driver, path: str | Path, max_height: int = 5000):
+    "Save a screenshot of the whole page (up to `max_height` pixels tall), not just the window."
+    w, h = driver.get_window_size()['width'], driver.get_window_size()['height']
+    full = driver.execute_script('return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)')
+    driver.set_window_size(w, min(max(full, h), max_height))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(w, h)
 
 
 def loaded_images(driver) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import chromium, chromium_missing, loaded_images, network_errors, out_dir, serve_dir, wait_for
+from browser import chromium, chromium_missing, full_screenshot, loaded_images, network_errors, out_dir, serve_dir, wait_for
 from conftest import ROOT, clean_env, mlops_nb
 
 
@@ -80,7 +80,7 @@ def test_site_in_chromium(site):
         wait_for(d, 'table', text='roc_auc')
         imgs = loaded_images(d)
         assert len(imgs) >= 2 and any(s.endswith('roc.png') for s in imgs), imgs  # the train job's evaluation plots
-        d.save_screenshot(str(shots / 'run_report.png'))
+        full_screenshot(d, shots / 'run_report.png')  # tables, then the plots
         d.get(url + f"runs/{site['run_id']}-notebook.html")
         wait_for(d, 'h1', text='Executed notebook')
         assert loaded_images(d), 'the executed notebook shows its stored plot'
