@@ -90,3 +90,20 @@ def test_fresh_venv_installs_tests_and_trains(project, tmp_path):
             '--tracking-uri', f"sqlite:///{store / 'mlflow.db'}")
     job = json.loads(r.stdout)
     assert job['status'] == 'FINISHED' and job['metrics']['roc_auc'] > 0.9, job
+
+
+def test_new_project_gets_a_docs_site_and_a_broken_link_fails_it(project):
+    path, _ = project
+    env = clean_env(MLFLOW_DISABLE_TELEMETRY='true')
+    r = mlops_nb('docs', '--out', path / '_site', '--json', cwd=path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {'index', 'core', 'jobs/train', 'jobs/evaluate', 'command-line'} <= set(json.loads(r.stdout)['pages'])
+    assert 'make_model' in (path / '_site' / 'core.html').read_text()  # show_doc rendered from the starter notebook
+    readme = path / 'README.md'
+    readme.write_text(readme.read_text() + '\nSee [the guide](guide.md).\n')
+    try:
+        r = mlops_nb('docs', '--out', path / '_site', cwd=path, env=env)
+    finally:
+        readme.write_text(readme.read_text().replace('\nSee [the guide](guide.md).\n', ''))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'guide.md' in r.stderr and 'Sphinx refused the site' in r.stderr
