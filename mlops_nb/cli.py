@@ -403,8 +403,8 @@ def cmd_quickstart(a) -> int:
 # %% ../nbs/13_cli.ipynb #76296ff8
 def _add_docs_parser(sub):
     d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
-                       description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells '
-                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search, '
+                       description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
+                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search;\n'
                        'the README is the index and this command\'s --help the CLI reference. Broken internal links fail the build.',
                        epilog='examples:\n'
                        '  mlops-nb docs                                   build into _docs/ (settings.ini doc_path)\n'
@@ -421,8 +421,8 @@ def _add_docs_parser(sub):
     d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
     _common(d)
     i = sub.add_parser('init', help='start a new notebook-first project',
-                       description='Write a new project in this layout: nbs/ with a starter module notebook and train and '
-                       'evaluate job notebooks, settings.ini (nbdev 2), setup.py, tests/, a README with its two commands, '
+                       description='Write a new project in this layout: nbs/ with a starter module notebook and train and\n'
+                       'evaluate job notebooks, settings.ini (nbdev 2), setup.py, tests/, a README with its two commands,\n'
                        '.ci/run, a GitHub Actions workflow, .gitattributes and nbdev\'s merge driver.',
                        epilog='example:\n  mlops-nb init churn && cd churn && pip install -e ".[dev]" && bash .ci/run',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -437,8 +437,12 @@ def cmd_docs(a) -> int:
     s = _settings(a)
     runs = list(a.runs) + [champion_run(m, settings=s) for m in a.champion]
     with tqdm(total=3, desc='docs', unit='step', file=sys.stderr, disable=a.json, leave=False) as bar:
-        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s,
-                          progress=lambda n: (bar.set_description(n), bar.update(1)))
+        started = []
+        def step(name):  # called as each step starts: the previous one is done
+            if started: bar.update(1)
+            started.append(name); bar.set_description(name)
+        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s, progress=step)
+        bar.update(1)
     if a.json: _print_json({'out': str(site.out), 'index': str(site.index), 'pages': site.pages, 'runs': site.runs, 'notes': site.notes})
     else:
         print(f"site: {site.index} ({len(site.pages)} pages" + (f", {len(runs)} run report(s))" if runs else ")"))
