@@ -30,3 +30,4 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/jobs.py
 	$(PY) bench/sweep.py
 	$(PY) bench/store_concurrency.py
+	$(PY) bench/docs.py
