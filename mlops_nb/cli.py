@@ -21,7 +21,7 @@ from .core import MlopsNbError, get_settings
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand',
            'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback',
            'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_predict',
-           'cmd_pipeline', 'cmd_sweep', 'main']
+           'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -760,6 +760,73 @@ def cmd_predict(a) -> int:
         print(f"  executed notebook: {res.output}")
     return 0 if res.ok else 1
 
+# %% ../nbs/13_cli.ipynb #76296ff8
+@subcommand
+def _add_docs_parser(sub):
+    d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
+                       description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
+                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search;\n'
+                       'the README is the index and this command\'s --help the CLI reference. Broken internal links fail the build.',
+                       epilog='examples:\n'
+                       '  mlops-nb docs                                   build into _docs/ (settings.ini doc_path)\n'
+                       '  mlops-nb docs --serve                           build, then serve it on http://127.0.0.1:8000\n'
+                       '  mlops-nb docs --champion breast_cancer          add a report on the champion\'s train run\n'
+                       '  mlops-nb docs --runs RUN_ID RUN_ID --out site   reports on chosen runs, into site/\n\n'
+                       'publish: the output folder is a plain static site (GitHub Pages, any web server).\n'
+                       'exit codes: 0 built, 1 Sphinx or the link check refused the site, 2 bad input.',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument('--out', metavar='DIR', help='output folder (default: settings.ini doc_path, _docs)')
+    d.add_argument('--runs', nargs='+', default=[], metavar='RUN_ID', help='add a report page for each run')
+    d.add_argument('--champion', action='append', default=[], metavar='MODEL', help="add a report on MODEL's champion (repeatable)")
+    d.add_argument('--serve', action='store_true', help='serve the built site until Ctrl-C')
+    d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
+    _common(d)
+    i = sub.add_parser('init', help='start a new notebook-first project',
+                       description='Write a new project in this layout: nbs/ with a starter module notebook and train and\n'
+                       'evaluate job notebooks, settings.ini (nbdev 2), setup.py, tests/, a README with its two commands,\n'
+                       '.ci/run, a GitHub Actions workflow, .gitattributes and nbdev\'s merge driver.',
+                       epilog='example:\n  mlops-nb init churn && cd churn && pip install -e ".[dev]" && bash .ci/run',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument('path', help='the new project folder (must not exist, or be empty)')
+    i.add_argument('--name', help='package name (default: from the folder name)')
+    i.add_argument('--json', action='store_true', help='print JSON')
+
+# %% ../nbs/13_cli.ipynb #5caf913c
+def cmd_docs(a) -> int:
+    from tqdm import tqdm
+    from mlops_nb.docs import build_site, champion_run, serve_site
+    s = _settings(a)
+    runs = list(a.runs) + [champion_run(m, settings=s) for m in a.champion]
+    with tqdm(total=3, desc='docs', unit='step', file=sys.stderr, disable=a.json, leave=False) as bar:
+        started = []
+        def step(name):  # called as each step starts: the previous one is done
+            if started: bar.update(1)
+            started.append(name); bar.set_description(name)
+        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s, progress=step)
+        bar.update(1)
+    if a.json: _print_json({'out': str(site.out), 'index': str(site.index), 'pages': site.pages, 'runs': site.runs, 'notes': site.notes})
+    else:
+        print(f"site: {site.index} ({len(site.pages)} pages" + (f", {len(runs)} run report(s))" if runs else ")"))
+        for n in site.notes: print(f"  note: {n}")
+    if not a.serve:
+        if not a.json: print(f"next: mlops-nb docs --serve   (or publish {site.out} as a static site)")
+        return 0
+    srv = serve_site(site.out, a.host, a.port)
+    print(f"serving {site.out} at http://{a.host}:{srv.server_port}/ (Ctrl-C stops it)", file=sys.stderr if a.json else sys.stdout, flush=True)
+    try: srv.serve_forever()
+    except KeyboardInterrupt: pass
+    finally: srv.server_close()
+    return 0
+
+def cmd_init(a) -> int:
+    from mlops_nb.docs import init_project
+    files = init_project(a.path, name=a.name)
+    if a.json: _print_json({'path': str(a.path), 'files': [str(f) for f in files]}); return 0
+    print(f"created {a.path}: {len(files)} files (nbs/, settings.ini, setup.py, tests/, .ci/run, .github/workflows/ci.yml)")
+    print(f"next:\n  cd {a.path}\n  pip install -e \".[dev]\" && mlops-nb run nbs/jobs/train.ipynb -p n_estimators 50\n"
+          "  bash .ci/run                 everything its CI runs")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #a359aa7a
 PIPELINE_EPILOG = """\
 pipeline file (YAML):
@@ -887,7 +954,7 @@ def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict}
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."
