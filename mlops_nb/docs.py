@@ -24,8 +24,8 @@ from .core import MlopsNbError, Settings, find_project
 
 # %% auto #0
 __all__ = ['DocsError', 'site_notebooks', 'page_name', 'proc_notebooks', 'myst_notebook', 'sphinx_conf', 'cli_reference',
-           'index_page', 'champion_run', 'run_report', 'check_links', 'Site', 'build_site', 'serve_site',
-           'package_name', 'template_files', 'init_project']
+           'index_page', 'champion_run', 'run_report', 'check_links', 'Site', 'readme_for_site', 'build_site',
+           'serve_site', 'package_name', 'template_files', 'init_project']
 
 # %% ../nbs/12a_docs.ipynb #a15ca4dd
 class DocsError(MlopsNbError):
@@ -355,6 +355,27 @@ class Site:
     @property
     def index(self) -> Path: return self.out / 'index.html'
 
+# %% ../nbs/12a_docs.ipynb #97e01648
+def readme_for_site(text: str, # the README's markdown
+                    project: Path, # the project root (where the README's relative paths start)
+                    src: Path, # the Sphinx source folder (pictures are copied here)
+                    repo_url: str = '', # e.g. https://github.com/org/proj/blob/main; '' leaves such links alone
+                   ) -> str:
+    "The README with its local pictures copied into the site and its links to repository files made absolute."
+    def image(m):
+        rel = m.group(2)
+        f = project / rel
+        if '://' not in rel and f.is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, src / rel)
+        return m.group(0)
+    text = re.sub(r'!\[([^\]]*)\]\(([^)\s]+)\)', image, text)
+    def link(m):
+        rel = m.group(2)
+        if not repo_url or '://' in rel or rel.startswith(('#', 'mailto:')) or not (project / rel.split('#')[0]).exists(): return m.group(0)
+        return f"[{m.group(1)}]({repo_url.rstrip('/')}/{rel})"
+    return re.sub(r'(?<!!)\[([^\]\n]*)\]\(([^)\s]+)\)', link, text)
+
 # %% ../nbs/12a_docs.ipynb #7c9a7f56
 def _stage(project: Path, src: Path, parser, runs, settings, notes: list[str]) -> list[str]:
     "Write the Sphinx source folder; returns its pages."
@@ -381,6 +402,8 @@ def _stage(project: Path, src: Path, parser, runs, settings, notes: list[str]) -
     sections['Run reports'] = [run_report(r, src, settings).relative_to(src).with_suffix('').as_posix() for r in runs]
     readme = project / 'README.md'
     intro = readme.read_text(encoding='utf-8') if readme.exists() else f"# {cfg.get('title', project.name)}\n"
+    repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
+    if readme.exists(): intro = readme_for_site(intro, project, src, repo)
     (src / 'index.md').write_text(index_page(intro, sections), encoding='utf-8')
     (src / 'conf.py').write_text(sphinx_conf(cfg.get('title', project.name), cfg.get('author', '')), encoding='utf-8')
     return ['index'] + [p for ps in sections.values() for p in ps]
