@@ -221,3 +221,23 @@ def test_bounded_load_no_errors_memory_flat(store, rows):
         assert end - warm < 64 * 2**20, f'resident memory grew {(end - warm) / 2**20:.0f} MiB under load: {[r // 2**20 for r in rss]}'
     finally:
         assert p.terminate() == 0
+
+
+def test_workers_share_one_metrics_view(store, rows):
+    "With --workers 2, /metrics (answered by either worker) counts the requests of both."
+    from prometheus_client.parser import text_string_to_metric_families
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--workers', '2'], store, store_env(store))
+    try:
+        for _ in range(2):  # both workers have loaded once each has answered a 200 /health
+            deadline = time.monotonic() + 120
+            while http('GET', p.base + '/health')[0] != 200 and time.monotonic() < deadline: time.sleep(0.3)
+        body = {'dataframe_records': rows.head(3).to_dict('records')}
+        with ThreadPoolExecutor(4) as ex:
+            assert [r[0] for r in ex.map(lambda _: post_json(p.base, body), range(20))] == [200] * 20
+        fams = {f.name: f for f in text_string_to_metric_families(http('GET', p.base + '/metrics')[2].decode())}
+        ok = sum(s.value for s in fams['mlops_nb_requests'].samples if s.name == 'mlops_nb_requests_total'
+                 and s.labels.get('route') == '/invocations' and s.labels.get('status') == '200')
+        assert ok == 20
+        assert sum(s.value for s in fams['mlops_nb_predicted_rows'].samples if s.name == 'mlops_nb_predicted_rows_total') == 60
+    finally:
+        assert p.terminate() == 0, p.output()
