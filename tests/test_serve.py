@@ -224,8 +224,8 @@ def test_bounded_load_no_errors_memory_flat(store, rows):
 
 
 def test_workers_share_one_metrics_view(store, rows):
-    "With --workers 2 every request is answered (a worker accepts only once its model is loaded), and /metrics (answered by
-    either worker) counts the requests of both."
+    """With --workers 2 every request is answered (a worker accepts only once its model is loaded), and /metrics
+    (answered by either worker) counts the requests of both."""
     from prometheus_client.parser import text_string_to_metric_families
     p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--workers', '2'], store, store_env(store))
     try:
