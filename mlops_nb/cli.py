@@ -412,6 +412,8 @@ def _add_serving_parser(sub):
     sv.add_argument('--watch', action='store_true', help='follow the alias of a models:/NAME@ALIAS URI and hot-swap when it moves')
     sv.add_argument('--watch-interval', type=float, default=10.0, metavar='S', help='seconds between alias checks (default 10)')
     sv.add_argument('--log-dir', metavar='DIR', help='write the request log (Parquet parts) here, for the monitor job')
+    sv.add_argument('--log-flush-seconds', type=float, default=60.0, metavar='S',
+                    help='write a request log part at least every S seconds (default 60; also every 50,000 rows)')
     sv.add_argument('--log-max-age-days', type=float, default=30.0, metavar='D', help='request log retention: remove parts older than D days (default 30)')
     sv.add_argument('--log-max-mb', type=float, metavar='MB', help='request log retention: then remove the oldest parts beyond MB')
     sv.add_argument('--max-rows', type=int, default=10_000, help='rows one request may hold (default 10000; more get 413)')
@@ -445,7 +447,7 @@ def cmd_serve(a) -> int:
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
-                      watch=a.watch, watch_interval=a.watch_interval, log_dir=a.log_dir, log_max_age_days=a.log_max_age_days,
+                      watch=a.watch, watch_interval=a.watch_interval, log_dir=a.log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
                       log_max_mb=a.log_max_mb, max_rows=a.max_rows,
                       max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx)
     who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
