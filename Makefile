@@ -15,8 +15,8 @@ check:  ## notebooks clean (nbdev_clean) and mlops_nb/ in sync with nbs/ (nbdev_
 nbtest:  ## run every notebook in nbs/ with nbdev_test
 	@$(STAGE) nbdev_test nbdev_test --n_workers 2 --timing
 
-pytest:  ## end-to-end tests in tests/ and the job notebooks under nbval
-	@$(STAGE) pytest $(PY) .ci/pytest_strict.py --nbval-lax -p no:cacheprovider tests nbs/jobs
+pytest:  ## end-to-end tests in tests/ and the job notebooks under nbval (two workers, one file per worker at a time)
+	@$(STAGE) pytest $(PY) .ci/pytest_strict.py -n 2 --dist loadgroup --durations=30 --nbval-lax -p no:cacheprovider tests nbs/jobs
 
 export:  ## clean notebooks and export the package (run after editing nbs/)
 	nbdev_clean && nbdev_export
@@ -28,3 +28,5 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/sweep.py
 	$(PY) bench/store_concurrency.py
 	$(PY) bench/serve.py
+	$(PY) bench/drift.py
+	$(PY) bench/pipeline.py

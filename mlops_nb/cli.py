@@ -18,8 +18,9 @@ from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'COMMANDS', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote',
-           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_serve', 'cmd_deploy', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params',
+           'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart',
+           'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_pipeline', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -31,6 +32,7 @@ examples:
   mlops-nb reproduce RUN_ID                           rerun a recorded job, compare metrics
   mlops-nb sweep train --grid n_estimators=50,100 --grid max_depth=3,None --metric roc_auc   a sweep
   mlops-nb run nbs/jobs/train.ipynb -f params.yaml    your own notebook, values from YAML
+  mlops-nb pipeline run pipeline.yaml                 notebooks as a DAG: cached, resumable, one parent run
   mlops-nb promote breast_cancer --run RUN_ID --gate gate.yaml   gate a train run, then make it champion
   mlops-nb rollback breast_cancer                     champion back to the previous champion
   mlops-nb models breast_cancer                       versions, aliases, metrics, lineage
@@ -42,6 +44,13 @@ store: MLflow on ./mlflow.db with artifacts in ./mlartifacts unless MLFLOW_TRACK
 [mlops_nb] tracking_uri in settings.ini, or --tracking-uri says otherwise.
 exit codes: 0 success, 1 a job ran and failed, 2 bad usage or bad input (nothing started).
 """
+
+_SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
+
+def subcommand(add):
+    "Register `add(sub)`, which adds one command's parser; `build_parser` calls each in order."
+    _SUBCOMMANDS.append(add)
+    return add
 
 def _common(p: argparse.ArgumentParser):
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
@@ -117,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument('notebook', help='notebook path, or a bundled job name')
     pa.add_argument('--json', action='store_true', help='print JSON')
 
-    _add_serving_parser(sub)
 
     pr = sub.add_parser('promote', help='register a train run\'s model and move an alias to it through a gate',
                         description='Register the model of train run RUN_ID as a version of MODEL (once), score it and the '
@@ -150,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlops_nb.sweeps import add_sweep_parser
     add_sweep_parser(sub)
+    for add in _SUBCOMMANDS: add(sub)
 
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
                        description='Start `mlflow ui` on the same store jobs write to.')
@@ -335,51 +344,242 @@ def cmd_models(a) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #6490e823
+_QS_HEADS = {'train': "\n[1/3] train job on {dataset} ...", 'evaluate': "\n[2/3] evaluate job on the trained model's held-out split ...",
+             'promote': "\n[3/3] promote to {model!r}@champion through the default gate ..."}
+
+def _quickstart_event(a):
+    "What the quickstart prints as each step of its pipeline starts and ends."
+    def event(kind, step, r):
+        if a.json: return
+        if kind == 'start': print(_QS_HEADS[step].format(dataset=a.dataset, model=a.model_name), flush=True)
+        elif r.job is not None:
+            print('  ' + r.job.summary().replace('\n', '\n  '))
+            if not r.job.ok: print(f"  executed notebook: {r.job.output}")
+        elif r.promotion is not None:
+            print('  ' + _gate_lines(r.promotion).replace('\n', '\n  '))
+            if r.status != 'FINISHED': print(f"  refused: champion stays on version {r.promotion.previous}")
+        elif r.status == 'FAILED': print(f"  failed: {r.error}")
+    return event
+
 def cmd_quickstart(a) -> int:
-    from mlops_nb.core import GateFailed
-    from mlops_nb.jobs import run_job
-    from mlops_nb.registry import promote
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
     s = _settings(a)
-    show = not a.json
-    if show: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}\n\n[1/3] train job on {a.dataset} ...", flush=True)
-    train = run_job('train', {'dataset': a.dataset}, settings=s, experiment=a.experiment)
-    if show: print('  ' + train.summary().replace('\n', '\n  '))
-    if not train.ok:
-        if show: print(f"  executed notebook: {train.output}")
-        else: _print_json({'train': train.to_dict()})
+    if not a.json: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}", flush=True)
+    p = load_pipeline('quickstart', params={'dataset': a.dataset, 'model_name': a.model_name})
+    res = run_pipeline(p, settings=s, cache=False, on_event=_quickstart_event(a))  # a new train run each time, as before
+    st = res.steps
+    out = {n: st[n].job.to_dict() for n in ('train', 'evaluate') if st[n].job is not None}
+    p = st['promote'].promotion
+    if p is not None: out['promotion'] = p.to_dict()
+    out['pipeline_run_id'] = res.run_id
+    if res.status != 'FINISHED':
+        if a.json: _print_json(out)
         return 1
-    if show: print("\n[2/3] evaluate job on the trained model's held-out split ...", flush=True)
-    ev = run_job('evaluate', {'train_run_id': train.run_id}, settings=s, experiment=a.experiment)  # its held-out split
-    if show: print('  ' + ev.summary().replace('\n', '\n  '))
-    if not ev.ok:
-        if show: print(f"  executed notebook: {ev.output}")
-        else: _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict()})
-        return 1
-    if show: print(f"\n[3/3] promote to {a.model_name!r}@champion through the default gate ...", flush=True)
-    try: p = promote(a.model_name, train.run_id, settings=s, alias='champion', reason='quickstart')
-    except GateFailed as e:
-        p = e.promotion
-        if a.json: _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict(), 'promotion': p.to_dict()})
-        else: print('  ' + _gate_lines(p).replace('\n', '\n  ') + f"\n  refused: champion stays on version {p.previous}")
-        return 1
+    train, ev = st['train'].job, st['evaluate'].job
     keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if k in ev.metrics]
     if a.json:
-        _print_json({'train': train.to_dict(), 'evaluate': ev.to_dict(), 'promotion': p.to_dict(),
-                     'model': {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}})
+        out['model'] = {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}
+        _print_json(out)
         return 0
-    print('  ' + _gate_lines(p).replace('\n', '\n  '))
     print(f"  version {p.version} of {a.model_name!r} is now 'champion'\n")
     print("done.")
     print(f"  train run:     {train.run_id}")
     print("  metrics (test): " + ', '.join(f'{k}={ev.metrics[k]:.4f}' for k in keys))
     print(f"  notebooks:     {train.output}\n                 {ev.output}")
     print(f"  model:         models:/{a.model_name}@champion (version {p.version})")
+    print(f"  pipeline run:  {res.run_id}   (mlops-nb pipeline show quickstart)")
     print("\nnext:")
     print("  mlops-nb ui                                        browse the runs")
     print(f"  mlops-nb serve models:/{a.model_name}@champion       serve the champion over HTTP")
     print("  mlops-nb run train -p model gradient_boosting      try another model")
     print(f"  mlops-nb promote {a.model_name} --run RUN_ID   gate another train run; champion if it passes")
     return 0
+
+# %% ../nbs/13_cli.ipynb #dr8320bf
+DRIFT_EPILOG = """\
+examples:
+  mlops-nb drift train.parquet today.parquet                      decision per column; exit 1 on drift
+  mlops-nb drift train.parquet requests/ --window 24h             the last day of the serving request log
+  mlops-nb drift train.csv new.csv --threshold 0.2 --threshold age=0.3 --stattest city=chisquare
+  mlops-nb drift train.parquet new.parquet --report drift.html    the executed report notebook, as an MLflow run
+  mlops-nb drift ref.parquet cur.parquet --json | jq .columns     for programs
+
+defaults: up to 1,000 reference rows a p-value test decides (ks p < 0.05 numeric, chisquare p < 0.05
+categorical); above, a distance (wasserstein >= 0.1 reference std numeric, jensenshannon >= 0.1
+categorical), so large samples do not flag every column. The dataset drifts when at least
+--drift-share (0.5) of the columns drift.
+exit codes: 0 no drift, 1 drift detected, 2 bad input (nothing computed), 3 the report job failed.
+"""
+
+@subcommand
+def _add_drift_parser(sub):
+    d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
+                       description='Compare every column CURRENT shares with REFERENCE (KS, Wasserstein, PSI, Jensen-Shannon, '
+                       'chi-squared) and decide per column and for the dataset. REFERENCE and CURRENT are CSV or Parquet '
+                       'files; CURRENT may be a request-log directory written by the server (then --window/--start/--end).',
+                       epilog=DRIFT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument('reference', help='reference sample: CSV or Parquet (e.g. the training data)')
+    d.add_argument('current', help='current sample: CSV or Parquet, or a request-log directory')
+    d.add_argument('--threshold', action='append', default=[], metavar='[COL=]T',
+                   help='threshold for every column, or COL=T for one (repeatable); default: each test\'s own')
+    d.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST',
+                   help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
+    d.add_argument('--columns', help='comma-separated columns to compare (default: every shared column)')
+    d.add_argument('--categorical', help='comma-separated columns to treat as categorical (default: by dtype)')
+    d.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+    d.add_argument('--window', help='request log: window ending at --end or now, e.g. 24h, 30m, 7d')
+    d.add_argument('--start', help='request log: window start (UTC ISO 8601)')
+    d.add_argument('--end', help='request log: window end (UTC ISO 8601)')
+    d.add_argument('--model-version', help='request log: only rows this model version scored')
+    d.add_argument('--chunked', action='store_true', help='read files in chunks, in bounded memory (KS/Wasserstein approximate on many-valued columns)')
+    d.add_argument('--webhook', metavar='URL', help='POST the decision as JSON here when drift is detected')
+    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here')
+    _common(d)
+
+# %% ../nbs/13_cli.ipynb #dr90d9b0
+def _drift_direct(a):
+    "Compute drift in this process; returns (result dict, alert payload)."
+    from mlops_nb.monitor import DriftOptions, alert_payload, drift, drift_chunked, load_sample, parse_per_column, post_webhook, window_bounds
+    split = lambda s: [c.strip() for c in (s or '').split(',') if c.strip()]
+    o = DriftOptions(columns=split(a.columns) or None, categorical=split(a.categorical) or None, drift_share=a.drift_share,
+                     stattest=parse_per_column(','.join(a.stattest)), threshold=parse_per_column(','.join(a.threshold), float))
+    lo, hi = window_bounds(a.window or '', a.start or '', a.end or '')
+    log = Path(a.current).is_dir()
+    if a.chunked and not log: res = drift_chunked(a.reference, a.current, o)
+    else:
+        ref = load_sample(a.reference)
+        cur = load_sample(a.current, start=lo, end=hi, model_version=a.model_version) if log else load_sample(a.current)
+        bar = None
+        if not a.json and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(o.columns or [c for c in ref.columns if c in cur.columns]), unit='col', desc='drift', file=sys.stderr)
+        try: res = drift(ref, cur, o, on_column=(lambda c: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None: bar.close()
+    payload = alert_payload(res, window={'start': lo, 'end': hi, 'rows': res.n_current})
+    if a.webhook and res.drifted: payload['webhook'] = post_webhook(a.webhook, payload)
+    return res.to_dict(), payload
+
+def _drift_report(a):
+    "Run the monitor job for the report; returns (result dict, alert payload, job result)."
+    from mlops_nb.core import JobFailed, ParameterError
+    from mlops_nb.jobs import run_job
+    from mlops_nb.tracking import download_artifact
+    for p in (a.reference, a.current):
+        if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
+    values = {'reference': a.reference, 'current': a.current, 'window': a.window or '', 'start': a.start or '', 'end': a.end or '',
+              'model_version': a.model_version or '', 'columns': a.columns or '', 'categorical': a.categorical or '',
+              'stattest': ','.join(a.stattest), 'threshold': ','.join(a.threshold), 'drift_share': a.drift_share,
+              'chunked': a.chunked, 'webhook_url': a.webhook or ''}
+    s = _settings(a)
+    with contextlib.redirect_stdout(sys.stderr):
+        job = run_job('monitor', values, settings=s, experiment=a.experiment, progress=not a.json and sys.stderr.isatty())
+    if not job.ok: return None, None, job
+    doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
+    out = Path(a.report)
+    if not job.html or not Path(job.html).exists():
+        raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
+                        hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(Path(job.html).read_bytes())
+    doc.pop('bins', None)
+    return doc, {'run_id': job.run_id, 'report': str(out)}, job
+
+# %% ../nbs/13_cli.ipynb #dr4e9a0a
+def _drift_table(doc: dict) -> str:
+    cols = doc['columns']
+    w = max([len(str(c)) for c in cols] + [6])
+    f = lambda v: '-' if v is None else f'{v:.4g}'
+    lines = [f"{'column':<{w}}  {'kind':<11}  {'test':<13}  {'score':>9}  {'threshold':>9}  {'p-value':>9}  drift"]
+    for c, d in cols.items():
+        lines.append(f"{str(c):<{w}}  {d['kind']:<11}  {d['stat']:<13}  {f(d['score']):>9}  {f(d['threshold']):>9}  {f(d['p_value']):>9}  "
+                     + ('DRIFT' if d['drifted'] else 'ok'))
+    n = len(cols)
+    lines.append(f"\n{'DRIFT' if doc['drifted'] else 'no drift'}: {len(doc['drifted_columns'])} of {n} columns drifted "
+                 f"({doc['share_drifted']:.0%}; the dataset drifts at {doc['drift_share']:.0%})")
+    return '\n'.join(lines)
+
+def cmd_drift(a) -> int:
+    if a.report:
+        from mlops_nb.core import JobFailed
+        try: doc, extra, job = _drift_report(a)
+        except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
+        if doc is None:
+            msg = job.summary()
+            if a.json: _print_json({'job': job.to_dict()})
+            else: print(f"{msg}\n  executed notebook: {job.output}", file=sys.stderr)
+            return 3
+    else: doc, extra = _drift_direct(a)
+    if a.json: _print_json({**doc, **({'webhook': extra['webhook']} if 'webhook' in extra else {}),
+                            **({'run_id': extra['run_id'], 'report': extra['report']} if 'report' in extra else {})})
+    else:
+        print(_drift_table(doc))
+        if 'webhook' in extra:
+            h = extra['webhook']
+            print(f"webhook: {'sent' if h['ok'] else 'FAILED: ' + str(h['error'])} ({h['attempts']} attempt(s))")
+        if 'report' in extra: print(f"report: {extra['report']}  (run {extra['run_id']}; mlops-nb ui to browse)")
+    return 1 if doc['drifted'] else 0
+
+# %% ../nbs/13_cli.ipynb #2695b5d4
+MONITOR_EPILOG = """\
+examples:
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 24h                  drift of the last day; alert only
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 24h --labels labels.parquet --label-column label
+  mlops-nb monitor breast_cancer --log-dir requests/ --window 1h --labels labels.csv --dry-run   what it would do
+  mlops-nb monitor fraud --log-dir /var/log/mlops_nb --start 2026-11-01 --end 2026-11-08 --gate gate.yaml --json
+
+the chain: window -> monitor job (drift per column, an MLflow run with its report) -> if drift and labels:
+train job on the labelled window with the champion's recipe -> evaluate job -> promote through the gate
+(default: the candidate must beat the champion, both scored on the new window's held-out rows).
+labels: a CSV/Parquet file with the request id the server returned (--id-column, default request_id), the
+label (--label-column), and a `row` column when one request scored several rows.
+on a schedule: cron (`0 * * * * mlops-nb monitor MODEL --log-dir DIR --window 1h --json`) or a Kubernetes
+CronJob (mlops_nb.loop.cronjob_manifest).
+exit codes: 0 no drift, or drift answered by a new champion; 1 drift stands (no labels, too few, a failed job,
+or a refused candidate); 2 bad input (nothing started).
+"""
+
+@subcommand
+def _add_monitor_parser(sub):
+    m = sub.add_parser('monitor', help='one pass of the closed loop: drift on the request log, then retrain and promote if labels allow',
+                       description='Read a window of the request log of MODEL\'s server, run the monitor job against the champion\'s '
+                       'training data, and when the inputs drifted and --labels are given, retrain on the labelled window, evaluate, '
+                       'and promote through the gate. Each step is an MLflow run; retrain and evaluate are children of the monitor run.',
+                       epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument('model', help='registered model name (its champion is watched)')
+    m.add_argument('--log-dir', required=True, metavar='DIR', help='the request log the server (serve --log-dir) or batch job writes')
+    m.add_argument('--window', default='24h', help="window ending at --end or now: 30m, 24h, 7d (default 24h); '' for the whole log")
+    m.add_argument('--start', default='', help='window start (UTC ISO 8601); overrides --window')
+    m.add_argument('--end', default='', help='window end (UTC ISO 8601; default now)')
+    m.add_argument('--labels', metavar='FILE', help='CSV/Parquet of labels for the window; without it drift only alerts')
+    m.add_argument('--label-column', default='label', help='label column in --labels (default label)')
+    m.add_argument('--id-column', default='request_id', help='request id column in --labels (default request_id)')
+    m.add_argument('--reference', metavar='FILE', help="reference sample (default: the champion's training data)")
+    m.add_argument('--threshold', action='append', default=[], metavar='[COL=]T', help='drift threshold, for all or one column (repeatable)')
+    m.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST', help='deciding drift test, for all or one column')
+    m.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+    m.add_argument('--min-rows', type=int, default=100, help='fewer rows in the window: too few to judge (default 100)')
+    m.add_argument('--min-labelled', type=int, default=100, help='fewer labelled rows: too few to retrain on (default 100)')
+    m.add_argument('--gate', metavar='GATE.yaml', help="gate for the retrained model (default: beat the champion on the new rows)")
+    m.add_argument('-p', '--parameter', nargs=2, action='append', default=[], dest='train_params', metavar=('NAME', 'VALUE'),
+                   help="override a value of the champion's train recipe for the retrain (e.g. -p n_estimators 300)")
+    m.add_argument('--alias', default='champion', help='the alias watched and moved (default champion)')
+    m.add_argument('--dry-run', action='store_true', help='compute drift here and say what would happen; write nothing')
+    _common(m)
+
+# %% ../nbs/13_cli.ipynb #235fe4be
+def cmd_monitor(a) -> int:
+    from mlops_nb.loop import LoopConfig, run_loop
+    cfg = LoopConfig(model=a.model, log_dir=a.log_dir, window=a.window, start=a.start, end=a.end, labels=a.labels,
+                     label_column=a.label_column, id_column=a.id_column, reference=a.reference, threshold=','.join(a.threshold),
+                     stattest=','.join(a.stattest), drift_share=a.drift_share, min_rows=a.min_rows, min_labelled=a.min_labelled,
+                     gate=a.gate, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
+    say = lambda m: print(f"[monitor] {m} ...", file=sys.stderr if a.json else sys.stdout, flush=True)
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        r = run_loop(cfg, _settings(a), on_step=say)
+    if a.json: _print_json(r.to_dict())
+    else: print(r.summary())
+    return r.exit_code
 
 # %% ../nbs/13_cli.ipynb #ea259872
 _SERVE_EPILOG = """\
@@ -398,6 +598,7 @@ formats: dataframe_split, dataframe_records, instances, inputs (JSON) or text/cs
 add "params": {"predict_method": "predict_proba"} for class probabilities. Bad input gets a 4xx naming
 the column, row and expected type. SIGTERM lets in-flight requests finish, then flushes the request log."""
 
+@subcommand
 def _add_serving_parser(sub):
     sv = sub.add_parser('serve', help='serve a model over HTTP (MLflow scoring protocol, metrics, batching)',
                         description='Serve MODEL_URI: POST /invocations in MLflow\'s formats, checked against the model '
@@ -412,9 +613,8 @@ def _add_serving_parser(sub):
     sv.add_argument('--watch', action='store_true', help='follow the alias of a models:/NAME@ALIAS URI and hot-swap when it moves')
     sv.add_argument('--watch-interval', type=float, default=10.0, metavar='S', help='seconds between alias checks (default 10)')
     sv.add_argument('--log-dir', metavar='DIR', help='write the request log (Parquet parts) here, for the monitor job')
-    sv.add_argument('--log-flush-seconds', type=float, default=60.0, metavar='S',
-                    help='write a request log part at least every S seconds (default 60; also every 50,000 rows)')
     sv.add_argument('--log-max-age-days', type=float, default=30.0, metavar='D', help='request log retention: remove parts older than D days (default 30)')
+    sv.add_argument('--log-flush-seconds', type=float, default=60.0, metavar='S', help='request log: write a part at least every S seconds (default 60); the dashboard lags by this much')
     sv.add_argument('--log-max-mb', type=float, metavar='MB', help='request log retention: then remove the oldest parts beyond MB')
     sv.add_argument('--max-rows', type=int, default=10_000, help='rows one request may hold (default 10000; more get 413)')
     sv.add_argument('--max-body-mb', type=float, default=10.0, help='body size limit in MiB (default 10; more get 413)')
@@ -466,14 +666,134 @@ def cmd_deploy(a) -> int:
     print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
     return 0
 
+# %% ../nbs/13_cli.ipynb #a359aa7a
+PIPELINE_EPILOG = """\
+pipeline file (YAML):
+  name: demo
+  params: {rows: 500}                       # ${params.rows}; -p rows 1000 overrides it
+  steps:
+    prepare: {notebook: prepare.ipynb, parameters: {rows: "${params.rows}"}}
+    train:
+      notebook: train                       # a bundled job, or a path relative to this file
+      parameters: {dataset: "${prepare.artifacts.data.csv}"}
+      grid: {n_estimators: [50, 100, 200]}  # one job per value, run as a sweep
+      metric: roc_auc                       # ${train.best.run_id} is the best of them
+    evaluate: {notebook: evaluate, parameters: {train_run_id: "${train.best.run_id}"}}
+    promote:
+      needs: [evaluate]
+      promote: {model: demo, candidate: "${train.best.run_id}", gate: gate.yaml}
+references: ${STEP.run_id}, ${STEP.metrics.NAME}, ${STEP.artifacts.PATH}, ${STEP.best.…} (grid), ${params.NAME}
+
+examples:
+  mlops-nb pipeline run pipeline.yaml                   unchanged steps reuse their last FINISHED run
+  mlops-nb pipeline run pipeline.yaml --force train     rerun train and everything after it
+  mlops-nb pipeline run pipeline.yaml --resume RUN_ID   rerun the failed and not-run steps of that run
+  mlops-nb pipeline run pipeline.yaml --executor dask --scheduler tcp://HOST:8786
+  mlops-nb pipeline show pipeline.yaml                  the DAG with each step's last state
+  mlops-nb pipeline run quickstart                      the bundled quickstart, cached
+
+caching: a step reuses the newest FINISHED run with the same notebook sha256, resolved parameters, upstream
+run ids and data file hashes (shown as reused); --no-cache runs every step.
+exit codes: 0 every step finished, 1 a step failed (its descendants did not run), 2 bad file (nothing started).
+"""
+
+@subcommand
+def _add_pipeline_parser(sub):
+    "`mlops-nb pipeline run|show`."
+    fmt = argparse.RawDescriptionHelpFormatter
+    pl = sub.add_parser('pipeline', help='run notebooks as a DAG: cached, resumable, one parent run', epilog=PIPELINE_EPILOG,
+                        description='Run the steps of a pipeline file (notebooks, grids of a notebook, promotions) as one parent '
+                        'MLflow run with a child run per step, independent steps in parallel.', formatter_class=fmt)
+    acts = pl.add_subparsers(dest='action', metavar='ACTION', required=True)
+    r = acts.add_parser('run', help='check the file, then run the steps', epilog=PIPELINE_EPILOG, formatter_class=fmt,
+                        description='Check every step (references, cycles, parameters against each notebook, files), then run '
+                        'them: a step starts when what it needs has finished; a failed step stops its descendants only.')
+    sh = acts.add_parser('show', help="print the DAG with each step's last state", epilog=PIPELINE_EPILOG, formatter_class=fmt,
+                         description="Print the steps in order, indented by depth, with what each needs and its state in the "
+                         "pipeline's newest run (the picture is pipeline.svg on that run).")
+    for q in (r, sh):
+        q.add_argument('pipeline', metavar='PIPELINE.yaml', help='a pipeline file, or a bundled pipeline name (quickstart)')
+        q.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
+                       help="a value for the file's params: (repeatable)")
+        _common(q)
+    r.add_argument('--force', action='append', default=[], metavar='STEP', help='run STEP even if cached (repeatable); its descendants follow')
+    r.add_argument('--no-cache', action='store_true', help='run every step, reusing nothing')
+    r.add_argument('--resume', metavar='PIPELINE_RUN_ID', help='continue that run: its finished steps stand, the rest run')
+    r.add_argument('--executor', default='local', choices=['local', 'dask'], help='where jobs run (default: local)')
+    r.add_argument('--workers', type=int, metavar='N', help='steps (and grid jobs) at once; Dask workers of a started cluster')
+    r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
+
+# %% ../nbs/13_cli.ipynb #92162775
+def _step_lines(p, states: dict, run_ids: dict, extra: dict | None = None) -> list[str]:
+    "The DAG as text: steps in run order, indented by depth, each with its state and what it needs."
+    from mlops_nb.pipelines import order, substitute
+    depth, out = {}, []
+    steps = order(p)
+    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    w = max(len(n) + 2 * depth[n] for n in steps)
+    for n in steps:
+        st = p.steps[n]
+        model = substitute(st.promote['model'], lambda s, v: p.params[v] if s == 'params' else f'${{{s}.{v}}}') if st.promote else None
+        what = f"promote {model}" if st.kind == 'promote' else st.notebook.name + (' (grid)' if st.kind == 'grid' else '')
+        line = f"  {'  ' * depth[n] + n:<{w}}  {states.get(n, 'pending'):<8}  {what}"
+        if st.needs: line += f"  <- {', '.join(st.needs)}"
+        if run_ids.get(n): line += f"  run {run_ids[n]}"
+        if extra and extra.get(n): line += f"  {extra[n]}"
+        out.append(line)
+    return out
+
+# %% ../nbs/13_cli.ipynb #0e69310f
+def _pipeline_show(p, s, a) -> int:
+    from mlops_nb.pipelines import last_run
+    last = last_run(p, s)
+    states, ids = (last['states'], last['run_ids']) if last else ({}, {})
+    if a.json:
+        _print_json(dict(pipeline=p.name, file=p.where, last_run=last, steps={n: dict(kind=st.kind, needs=st.needs,
+                    notebook=str(st.notebook) if st.notebook else None, state=states.get(n, 'pending')) for n, st in p.steps.items()}))
+        return 0
+    print(f"pipeline {p.name} ({p.where})")
+    print(f"last run: {last['run_id']} {last['status']}  (picture: pipeline.svg on that run)" if last else f"never run in {s.tracking_uri}")
+    print('\n'.join(_step_lines(p, states, ids)))
+    return 0
+
+def cmd_pipeline(a) -> int:
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
+    p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+    s = _settings(a)
+    if a.action == 'show': return _pipeline_show(p, s, a)
+    bar = None
+    def event(kind, n, r):  # the first event comes once the file is checked: a refused file shows no bar
+        nonlocal bar
+        if bar is None and not a.json:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(p.steps), unit='step', desc=p.name, file=sys.stderr, dynamic_ncols=True)
+        if kind != 'end': return
+        if bar is not None: bar.update(1); bar.set_postfix_str(f"{n} {r.state}")
+        else: print(json.dumps(dict(event='step', step=n, state=r.state, run_id=r.run_id)), file=sys.stderr, flush=True)
+    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout: the JSON document only
+    try:
+        with quiet:
+            res = run_pipeline(p, s, executor=a.executor, workers=a.workers, scheduler=a.scheduler, cache=not a.no_cache,
+                               force=a.force, resume=a.resume, on_event=event)
+    finally:
+        if bar is not None: bar.close()
+    if a.json: _print_json(res.to_dict()); return 0 if res.status == 'FINISHED' else 1
+    print(f"pipeline {p.name}: {res.status} in {res.duration:.1f}s, parent run {res.run_id}")
+    r = res.steps
+    print('\n'.join(_step_lines(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
+                                {n: (f"best {x.best_run_id}" if x.best_run_id else '') + (f"  {x.error}" if x.error else '') for n, x in r.items()})))
+    if res.failed: print("failed: " + ', '.join(res.failed))
+    if res.not_run: print("not run: " + ', '.join(res.not_run))
+    if res.status != 'FINISHED': print(f"fix it, then: mlops-nb pipeline run {a.pipeline} --resume {res.run_id}")
+    print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
+    return 0 if res.status == 'FINISHED' else 1
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback,
-            'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui,
-            'deploy': cmd_deploy}
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."

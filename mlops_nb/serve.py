@@ -715,6 +715,12 @@ def create_app(config: ServeConfig, # what to serve and how
         if srv.writer is not None: srv.metrics.sync_log(srv.writer.stats())
         return Response(srv.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def dashboard(request):
+        from mlops_nb.dashboard import dashboard_data, render_dashboard
+        data = await asyncio.to_thread(dashboard_data, config.log_dir, request.query_params.get('window', '1h'))
+        if request.url.path.endswith('.json'): return JSONResponse(data)
+        return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
+
     async def docs(request): return HTMLResponse(_docs_html(srv.model))
     async def spec(request): return JSONResponse(openapi(srv.model))
 
@@ -726,7 +732,8 @@ def create_app(config: ServeConfig, # what to serve and how
 
     routes = [Route('/invocations', timed('/invocations', invocations), methods=['POST']),
               *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', ping), ('/version', version),
-                                                                    ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec)])]
+                                                                    ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
+                                                                    ('/dashboard', dashboard), ('/dashboard.json', dashboard)])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = srv
     return app

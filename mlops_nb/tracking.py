@@ -28,7 +28,7 @@ from .core import Settings, TrackingError, get_settings
 __all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RECORD_MIME', 'client', 'experiment_id', 'git_info',
            'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run', 'create_run', 'start_run', 'current_run',
            'record', 'recorded', 'log_dataset', 'log_model', 'run_data', 'download_artifact', 'load_model',
-           'latest_run', 'model_signature']
+           'latest_run', 'job_runs', 'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -547,6 +547,28 @@ def latest_run(job: str, # job name tag, e.g. 'train'
     rs = c.search_runs([exp.experiment_id], f"tags.`{TAG}job` = '{job}' and attributes.status = 'FINISHED'",
                        order_by=['attributes.start_time DESC'], max_results=1)
     return rs[0].info.run_id if rs else None
+
+# %% ../nbs/05_tracking.ipynb #d71f0a02
+def job_runs(job: str, # job name tag, e.g. 'monitor'
+             settings: Settings | None = None, experiment: str | None = None,
+             max_results: int = 100, # newest first, at most this many
+            ) -> list[dict]:
+    "The FINISHED runs of `job` in the experiment, newest first: run id, start time (ms), metrics, tags."
+    s = settings or get_settings()
+    c = client(s)
+    exp = c.get_experiment_by_name(experiment or s.experiment)
+    if exp is None: return []
+    rs = c.search_runs([exp.experiment_id], f"tags.`{TAG}job` = '{job}' and attributes.status = 'FINISHED'",
+                       order_by=['attributes.start_time DESC'], max_results=max_results)
+    return [dict(run_id=r.info.run_id, start_time=r.info.start_time, metrics=dict(r.data.metrics), tags=dict(r.data.tags)) for r in rs]
+
+# %% ../nbs/05_tracking.ipynb #c4935e1e
+def set_run_tags(run_id: str, # the run to tag
+                 tags: dict, # tag name -> value (values become strings)
+                 settings: Settings | None = None):
+    "Set tags on an existing run, in one batch."
+    from mlflow.entities import RunTag
+    client(settings).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 # %% ../nbs/05_tracking.ipynb #31a5a17a
 def model_signature(path: str | Path # a local MLflow model folder (holding `MLmodel`)
