@@ -18,6 +18,9 @@ nbtest:  ## run every notebook in nbs/ with nbdev_test
 pytest:  ## end-to-end tests in tests/ and the job notebooks under nbval (two workers, one file per worker at a time)
 	@$(STAGE) pytest $(PY) .ci/pytest_strict.py -n 2 --dist loadgroup --durations=30 --nbval-lax -p no:cacheprovider tests nbs/jobs
 
+docs:  ## build the docs site into _docs/ from nbs/ (then `mlops-nb docs --serve` to browse it)
+	mlops-nb docs
+
 export:  ## clean notebooks and export the package (run after editing nbs/)
 	nbdev_clean && nbdev_export
 
@@ -30,3 +33,5 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/serve.py
 	$(PY) bench/drift.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/batch.py
+	$(PY) bench/docs.py

@@ -18,9 +18,10 @@ from . import __version__
 from .core import MlopsNbError, get_settings
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params',
-           'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart',
-           'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_pipeline', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand',
+           'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback',
+           'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_predict',
+           'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -38,6 +39,7 @@ examples:
   mlops-nb models breast_cancer                       versions, aliases, metrics, lineage
   mlops-nb serve models:/breast_cancer@champion       serve the champion over HTTP
   mlops-nb deploy models:/breast_cancer@champion --out ctx   Dockerfile + Kubernetes manifests + model
+  mlops-nb predict models:/breast_cancer@champion data.parquet --out scored.parquet   score a file
   mlops-nb ui                                         browse runs in the MLflow UI
 
 store: MLflow on ./mlflow.db with artifacts in ./mlartifacts unless MLFLOW_TRACKING_URI,
@@ -666,6 +668,165 @@ def cmd_deploy(a) -> int:
     print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
     return 0
 
+# %% ../nbs/13_cli.ipynb #b253eb86
+PREDICT_EPILOG = """\
+examples:
+  mlops-nb predict models:/churn@champion customers.parquet --out scored.parquet --keep customer_id
+  mlops-nb predict models:/churn/3 day.csv --out scored/ --proba --on-bad-rows fail
+  mlops-nb predict models:/churn@champion parts/ --out scored/ --executor dask --scheduler tcp://10.0.0.5:8786
+  mlops-nb predict models:/churn@champion big.parquet --out scored.parquet --log-dir reqlog/   also feed the monitor
+  mlops-nb predict --resume RUN_ID                    after Ctrl-C or a failure: score only the missing parts
+
+bad rows: a value that is not a number where the model was trained on numbers, a fraction in a whole-number
+column, or a missing value where training had none is never scored: the row goes to NAME.rejects.csv
+(input row number, reason, values); --on-bad-rows fail stops at the first. A missing column or an unreadable
+file is refused before anything starts (exit 2).
+exit codes: 0 scored, 1 the job ran and failed, 2 bad input (no run started), 130 interrupted (resume it).
+"""
+
+@subcommand
+def _add_predict_parser(sub):
+    "The `predict` subcommand."
+    p = sub.add_parser('predict', help='score a CSV or Parquet file of any size with a model, as a tracked job',
+                       description='Score INPUT (a CSV or Parquet file, or a folder of Parquet parts) with MODEL_URI in '
+                       'chunks of bounded memory, checking every row against the model\'s training schema, and write '
+                       'the predictions to OUTPUT (.parquet, .csv or a folder of parts) as they come. The batch is an '
+                       'MLflow run of the predict job notebook: model version, input fingerprint, rows in/out and '
+                       'rejected, a summary of the predictions and a histogram.',
+                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('model_uri', nargs='?', help='models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model')
+    p.add_argument('input', nargs='?', help='CSV or Parquet file, or a folder of Parquet parts')
+    p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it)')
+    p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
+    p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
+    p.add_argument('--workers', type=int, metavar='N', help='processes of that local Dask cluster (default 2)')
+    p.add_argument('--on-bad-rows', default='reject', choices=['reject', 'fail'], help='reject (default): rejects file; fail: stop')
+    p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
+    p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')
+    p.add_argument('--chunk-rows', type=int, default=100_000, metavar='N', help='rows read and scored at a time (default 100000)')
+    p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output)')
+    p.add_argument('--log-dir', metavar='DIR', help='also append the scored rows to this request log (read by the monitor)')
+    p.add_argument('--resume', metavar='RUN_ID', help='continue an interrupted or failed predict run: score only missing parts')
+    _common(p)
+
+# %% ../nbs/13_cli.ipynb #7d47bcc3
+def _predict_request(a):
+    from mlops_nb.batch import BatchOptions, PredictRequest, resume_request
+    from mlops_nb.core import ParameterError
+    if a.resume: return resume_request(a.resume, _settings(a))
+    missing = [n for n, v in (('MODEL_URI', a.model_uri), ('INPUT', a.input), ('--out OUTPUT', a.out)) if not v]
+    if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
+                                     hint='mlops-nb predict models:/NAME@champion data.parquet --out scored.parquet')
+    return PredictRequest(a.model_uri, a.input, a.out, BatchOptions(a.executor, a.scheduler, a.workers, a.keep, a.proba,
+                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects))
+
+@contextlib.contextmanager
+def _parts_bar(req, show: bool):
+    "A progress bar over output parts while the job runs (a thread polls the parts folder)."
+    if not show: yield; return
+    from tqdm.auto import tqdm
+    from mlops_nb.batch import count_partitions, parts_done
+    bar, stop = tqdm(total=count_partitions(req.input_path), unit='part', desc='scoring', file=sys.stderr), threading.Event()
+    def poll():
+        while not stop.wait(0.5): bar.n = parts_done(req.output_path); bar.refresh()
+    t = threading.Thread(target=poll, daemon=True); t.start()
+    try: yield
+    finally: stop.set(); t.join(); bar.close()
+
+# %% ../nbs/13_cli.ipynb #0deaeddc
+def cmd_predict(a) -> int:
+    from mlops_nb.batch import default_rejects, run_predict, staging_dir
+    s, req = _settings(a), _predict_request(a)
+    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
+    try:
+        with quiet, _parts_bar(req, not a.json and sys.stderr.isatty()):
+            res = run_predict(req, s, resume_of=a.resume, experiment=a.experiment)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}\n  the parts written so far are kept in {staging_dir(req.output_path)}; "
+              "score the rest with: mlops-nb predict --resume RUN_ID", file=sys.stderr)
+        raise
+    m = res.metrics
+    rej = Path(req.options.rejects or default_rejects(req.output_path))
+    out = {**res.to_dict(), 'output': req.output_path, 'rejects': str(rej) if m.get('rows_rejected') else None,
+           'rows_in': m.get('rows_in'), 'rows_out': m.get('rows_out'), 'rows_rejected': m.get('rows_rejected')}
+    if a.json: _print_json(out)
+    else:
+        print(res.summary())
+        if res.ok:
+            print(f"  {int(m['rows_in'])} rows in, {int(m['rows_out'])} scored, {int(m['rows_rejected'])} rejected"
+                  + (f" (reasons in {rej})" if m['rows_rejected'] else '') + f"; {int(m['scored'])} of {int(m['partitions'])} parts scored now")
+            print(f"  predictions: {req.output_path}")
+        else: print(f"  parts written so far are kept; after fixing the cause: mlops-nb predict --resume {res.run_id}")
+        print(f"  executed notebook: {res.output}")
+    return 0 if res.ok else 1
+
+# %% ../nbs/13_cli.ipynb #76296ff8
+@subcommand
+def _add_docs_parser(sub):
+    d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
+                       description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
+                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search;\n'
+                       'the README is the index and this command\'s --help the CLI reference. Broken internal links fail the build.',
+                       epilog='examples:\n'
+                       '  mlops-nb docs                                   build into _docs/ (settings.ini doc_path)\n'
+                       '  mlops-nb docs --serve                           build, then serve it on http://127.0.0.1:8000\n'
+                       '  mlops-nb docs --champion breast_cancer          add a report on the champion\'s train run\n'
+                       '  mlops-nb docs --runs RUN_ID RUN_ID --out site   reports on chosen runs, into site/\n\n'
+                       'publish: the output folder is a plain static site (GitHub Pages, any web server).\n'
+                       'exit codes: 0 built, 1 Sphinx or the link check refused the site, 2 bad input.',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument('--out', metavar='DIR', help='output folder (default: settings.ini doc_path, _docs)')
+    d.add_argument('--runs', nargs='+', default=[], metavar='RUN_ID', help='add a report page for each run')
+    d.add_argument('--champion', action='append', default=[], metavar='MODEL', help="add a report on MODEL's champion (repeatable)")
+    d.add_argument('--serve', action='store_true', help='serve the built site until Ctrl-C')
+    d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
+    _common(d)
+    i = sub.add_parser('init', help='start a new notebook-first project',
+                       description='Write a new project in this layout: nbs/ with a starter module notebook and train and\n'
+                       'evaluate job notebooks, settings.ini (nbdev 2), setup.py, tests/, a README with its two commands,\n'
+                       '.ci/run, a GitHub Actions workflow, .gitattributes and nbdev\'s merge driver.',
+                       epilog='example:\n  mlops-nb init churn && cd churn && pip install -e ".[dev]" && bash .ci/run',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument('path', help='the new project folder (must not exist, or be empty)')
+    i.add_argument('--name', help='package name (default: from the folder name)')
+    i.add_argument('--json', action='store_true', help='print JSON')
+
+# %% ../nbs/13_cli.ipynb #5caf913c
+def cmd_docs(a) -> int:
+    from tqdm import tqdm
+    from mlops_nb.docs import build_site, champion_run, serve_site
+    s = _settings(a)
+    runs = list(a.runs) + [champion_run(m, settings=s) for m in a.champion]
+    with tqdm(total=3, desc='docs', unit='step', file=sys.stderr, disable=a.json, leave=False) as bar:
+        started = []
+        def step(name):  # called as each step starts: the previous one is done
+            if started: bar.update(1)
+            started.append(name); bar.set_description(name)
+        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s, progress=step)
+        bar.update(1)
+    if a.json: _print_json({'out': str(site.out), 'index': str(site.index), 'pages': site.pages, 'runs': site.runs, 'notes': site.notes})
+    else:
+        print(f"site: {site.index} ({len(site.pages)} pages" + (f", {len(runs)} run report(s))" if runs else ")"))
+        for n in site.notes: print(f"  note: {n}")
+    if not a.serve:
+        if not a.json: print(f"next: mlops-nb docs --serve   (or publish {site.out} as a static site)")
+        return 0
+    srv = serve_site(site.out, a.host, a.port)
+    print(f"serving {site.out} at http://{a.host}:{srv.server_port}/ (Ctrl-C stops it)", file=sys.stderr if a.json else sys.stdout, flush=True)
+    try: srv.serve_forever()
+    except KeyboardInterrupt: pass
+    finally: srv.server_close()
+    return 0
+
+def cmd_init(a) -> int:
+    from mlops_nb.docs import init_project
+    files = init_project(a.path, name=a.name)
+    if a.json: _print_json({'path': str(a.path), 'files': [str(f) for f in files]}); return 0
+    print(f"created {a.path}: {len(files)} files (nbs/, settings.ini, setup.py, tests/, .ci/run, .github/workflows/ci.yml)")
+    print(f"next:\n  cd {a.path}\n  pip install -e \".[dev]\" && mlops-nb run nbs/jobs/train.ipynb -p n_estimators 50\n"
+          "  bash .ci/run                 everything its CI runs")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #a359aa7a
 PIPELINE_EPILOG = """\
 pipeline file (YAML):
@@ -793,7 +954,7 @@ def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline}
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init}
 
 def main(argv: list[str] | None = None) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."

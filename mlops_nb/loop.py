@@ -16,8 +16,8 @@ import pandas as pd
 from .core import DataError, MlopsNbError, RegistryError, get_settings
 
 # %% auto #0
-__all__ = ['LOOP_TAG', 'LOOP_GATES', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion', 'reference_file',
-           'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
+__all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
+           'reference_file', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
 
 # %% ../nbs/12_loop.ipynb #bd135078
 class LoopError(MlopsNbError):
@@ -51,6 +51,7 @@ class LoopResult:
     window: dict = field(default_factory=dict)  # {'start', 'end', 'rows'}
     drift: dict = field(default_factory=dict)  # {'drifted', 'share_drifted', 'drifted_columns'}
     monitor_run_id: str | None = None
+    pipeline_run_id: str | None = None  # the retrain pipeline's parent run
     retrain_run_id: str | None = None
     evaluate_run_id: str | None = None
     labelled_rows: int = 0
@@ -68,7 +69,7 @@ class LoopResult:
         if self.drift: lines.append(f"  drift: {self.drift.get('share_drifted', 0):.0%} of columns "
                                     f"({', '.join(map(str, self.drift.get('drifted_columns', []))) or 'none'})")
         if self.window: lines.append(f"  window: {self.window.get('rows')} rows, {self.window.get('start') or 'start'} .. {self.window.get('end') or 'now'}")
-        for k in ('monitor_run_id', 'retrain_run_id', 'evaluate_run_id'):
+        for k in ('monitor_run_id', 'pipeline_run_id', 'retrain_run_id', 'evaluate_run_id'):
             if getattr(self, k): lines.append(f"  {k[:-7]} run: {getattr(self, k)}")
         if self.new_version: lines.append(f"  champion: version {self.champion_version} -> {self.new_version}")
         if self.detail: lines.append(f"  {self.detail}")
@@ -245,9 +246,7 @@ def _drift_options(cfg: LoopConfig) -> dict:
 
 # %% ../nbs/12_loop.ipynb #2d630540
 def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
-    from mlops_nb.core import GateFailed
     from mlops_nb.jobs import run_job
-    from mlops_nb.registry import promote
     say('monitor job: comparing the window with the reference')
     mon = run_job('monitor', {'reference': str(ref), 'current': str(cfg.log_dir), 'start': iso0 or '', 'end': iso1 or '',
                               'model_name': cfg.model, 'threshold': cfg.threshold, 'stattest': cfg.stattest,
@@ -268,31 +267,7 @@ def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataF
     if len(data) < cfg.min_labelled:
         res.action, res.detail = 'too_few_labels', f'{len(data)} labelled rows, fewer than min_labelled={cfg.min_labelled}'
         return _finish(res, s)
-    path = (Path('.mlops_nb') / 'loop' / mon.run_id / 'window.parquet').resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.to_parquet(path, index=False)
-    link = {LOOP_TAG + 'monitor_run': mon.run_id, LOOP_TAG + 'model': cfg.model, LOOP_TAG + 'champion_version': ch.version}
-    say(f'retrain: train job on {len(data)} labelled rows with version {ch.version}\'s recipe')
-    tr = run_job('train', {**ch.recipe(), **cfg.train_params, 'dataset': str(path), 'target': ch.target}, settings=s,
-                 tags=link, parent_run_id=mon.run_id, run_name='retrain')
-    res.retrain_run_id = tr.run_id
-    if tr.ok:
-        say('evaluate job on the retrained model')
-        ev = run_job('evaluate', {'train_run_id': tr.run_id}, settings=s, tags=link, parent_run_id=mon.run_id)
-        res.evaluate_run_id = ev.run_id
-    if not tr.ok or not ev.ok:
-        res.action, res.detail = 'retrain_failed', (tr if not tr.ok else ev).summary().replace('\n', ' ')
-        return _finish(res, s)
-    say(f'gate: the retrained model against version {ch.version} on the new rows')
-    gate = cfg.gate if cfg.gate is not None else LOOP_GATES[_task(tr.run_id, s)]
-    try:
-        p = promote(cfg.model, tr.run_id, settings=s, alias=cfg.alias, gate=gate,
-                    reason=f'closed loop: drift found by monitor run {mon.run_id}')
-        res.action, res.new_version, res.promotion = 'promoted', p.version, p.to_dict()
-    except GateFailed as e:
-        res.action, res.promotion = 'refused', e.promotion.to_dict()
-        res.detail = 'failed: ' + '; '.join(f"{r['check']} ({r['value']} vs {r['bound']})" for r in e.promotion.gate.failed)
-    return _finish(res, s)
+    return _retrain(cfg, s, ch, data, res, say)
 
 def _task(run_id: str, s) -> str:
     from mlops_nb.data import Schema
@@ -311,7 +286,72 @@ def _finish(res: LoopResult, s) -> LoopResult:
              'promoted_version': res.new_version, 'champion_version': res.champion_version}
     _tag(res.monitor_run_id, chain, s)
     _tag(res.retrain_run_id, {'action': res.action, 'promoted_version': res.new_version}, s)
+    _tag(res.pipeline_run_id, {'action': res.action, 'monitor_run': res.monitor_run_id}, s)
     return res
+
+# %% ../nbs/12_loop.ipynb #78e47130
+RETRAIN_PIPELINE = """\
+# The closed loop's retrain: the champion's recipe on a labelled window, evaluated, then gated against the champion.
+name: retrain
+params:
+  dataset: ""            # the labelled window (Parquet, written by the loop)
+  target: target         # its label column
+  model: random_forest   # the champion's recipe, from its train run
+  n_estimators: 100
+  max_depth: null
+  test_size: 0.2
+  seed: 0
+  model_name: ""         # the registered model
+  alias: champion
+  reason: closed loop
+steps:
+  train:
+    notebook: train
+    parameters: {dataset: "${params.dataset}", target: "${params.target}", model: "${params.model}",
+                 n_estimators: "${params.n_estimators}", max_depth: "${params.max_depth}",
+                 test_size: "${params.test_size}", seed: "${params.seed}"}
+  evaluate:
+    notebook: evaluate
+    parameters: {train_run_id: "${train.run_id}"}
+  promote:
+    needs: [evaluate]
+    promote: {model: "${params.model_name}", candidate: "${train.run_id}", gate: gate.yaml, alias: "${params.alias}", reason: "${params.reason}"}
+"""
+
+def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResult, say) -> LoopResult:
+    "Run the retrain pipeline on the labelled window; fill `res` from its steps."
+    import yaml
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
+    d = (Path('.mlops_nb') / 'loop' / res.monitor_run_id).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    data.to_parquet(d / 'window.parquet', index=False)
+    gate = cfg.gate if cfg.gate is not None else {'checks': LOOP_GATES[_task(ch.run_id, s)]}
+    (d / 'gate.yaml').write_text(Path(gate).read_text(encoding='utf-8') if isinstance(gate, (str, Path)) else
+                                 yaml.safe_dump(gate if isinstance(gate, dict) else {'checks': list(gate)}), encoding='utf-8')
+    (d / 'retrain.yaml').write_text(RETRAIN_PIPELINE, encoding='utf-8')
+    recipe = {**ch.recipe(), **cfg.train_params}
+    unknown = sorted(set(recipe) - set(_RECIPE))
+    if unknown: raise LoopError(f"Cannot override {', '.join(unknown)} in a retrain.", hint=f"The retrain takes: {', '.join(_RECIPE)}.")
+    params = {**recipe, 'dataset': str(d / 'window.parquet'), 'target': ch.target, 'model_name': cfg.model, 'alias': cfg.alias,
+              'reason': f'closed loop: drift found by monitor run {res.monitor_run_id}'}
+    say(f"retrain pipeline: train on {len(data)} labelled rows with version {ch.version}'s recipe, evaluate, gate")
+    out = run_pipeline(load_pipeline(d / 'retrain.yaml', params={k: (None if v == 'None' else v) for k, v in params.items()}),
+                       settings=s, cache=False)
+    res.pipeline_run_id = out.run_id
+    _tag(out.run_id, {'monitor_run': res.monitor_run_id}, s)
+    from mlops_nb.tracking import set_run_tags
+    set_run_tags(out.run_id, {'mlflow.parentRunId': res.monitor_run_id}, s)  # nested under the monitor run in the UI
+    tr, ev, pr = (out.steps.get(n) for n in ('train', 'evaluate', 'promote'))
+    res.retrain_run_id, res.evaluate_run_id = tr.run_id, ev.run_id
+    if tr.status != 'FINISHED' or ev.status != 'FINISHED':
+        res.action, res.detail = 'retrain_failed', f"{'train' if tr.status != 'FINISHED' else 'evaluate'}: {(tr if tr.status != 'FINISHED' else ev).error}"
+    elif pr.promotion is not None and pr.status == 'FINISHED':
+        res.action, res.new_version, res.promotion = 'promoted', pr.promotion.version, pr.promotion.to_dict()
+    elif pr.promotion is not None:
+        res.action, res.promotion = 'refused', pr.promotion.to_dict()
+        res.detail = 'failed: ' + '; '.join(f"{r['check']} ({r['value']} vs {r['bound']})" for r in pr.promotion.gate.failed)
+    else: res.action, res.detail = 'retrain_failed', f'promote: {pr.error}'
+    return _finish(res, s)
 
 # %% ../nbs/12_loop.ipynb #4a1d48e2
 def shift_data(n: int, # rows

@@ -23,7 +23,7 @@ from .tracking import TAG, client, download_artifact, load_model
 # %% auto #0
 __all__ = ['LINEAGE_KEYS', 'SERVING_INFO', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions',
            'alias_version', 'eval_data', 'lock_path', 'promotion_lock', 'alias_history', 'Promotion', 'promote',
-           'rollback', 'resolve_model_uri', 'fetch_model']
+           'rollback', 'resolve_model_uri', 'fetch_model', 'model_source']
 
 # %% ../nbs/06_registry.ipynb #38c3498e
 LINEAGE_KEYS = ('git_sha', 'git_dirty', 'notebook', 'notebook_sha256', 'data_fingerprint', 'seed', 'package_version')
@@ -393,3 +393,29 @@ def fetch_model(uri: str, # as for `resolve_model_uri`
         raise RegistryError(f"Cannot download model {uri}: {type(e).__name__}: {e}", hint="Check the URI and the store (--tracking-uri).",
                             uri=uri) from None
     return {**info, 'path': str(path)}
+
+# %% ../nbs/06_registry.ipynb #d2fc3ff6
+def model_source(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/PATH
+                 settings: Settings | None = None) -> dict:
+    "What `uri` points at now: `{'uri', 'name', 'version', 'run_id'}` (name and version None for a run's model)."
+    s = settings or get_settings()
+    c = client(s)
+    name = version = run_id = None
+    if uri.startswith('models:/') and ('@' in uri or uri.count('/') >= 2):
+        name, rest = (uri[len('models:/'):].split('@', 1) if '@' in uri else uri[len('models:/'):].split('/', 1))
+        _model(c, name)  # an unknown name lists the registered ones
+        version = alias_version(name, rest, s) if '@' in uri else rest
+        try: run_id = c.get_model_version(name, version).run_id
+        except Exception:
+            raise RegistryError(f"Model {name!r} has no version {version!r}.", hint=f"List its versions: mlops-nb models {name}",
+                                name=name, version=version) from None
+    elif uri.startswith(('models:/', 'runs:/')):
+        ref = uri.split(':/', 1)[1].strip('/').split('/')[0]
+        try: run_id = c.get_logged_model(ref).source_run_id if uri.startswith('models:/') else c.get_run(ref).info.run_id
+        except Exception:
+            raise RegistryError(f"No model {uri} in {s.tracking_uri}.", hint="Check the URI; `mlops-nb models` lists registered "
+                                "models, and a train run's model URI is its tag mlops_nb.model_uri.", uri=uri) from None
+    else:
+        raise RegistryError(f"Unsupported model URI {uri!r}.", hint="Use models:/NAME@ALIAS, models:/NAME/VERSION, "
+                            "models:/m-ID or runs:/RUN_ID/model.", uri=uri)
+    return dict(uri=uri, name=name, version=str(version) if version is not None else None, run_id=run_id)

@@ -111,16 +111,20 @@ def test_drift_after_the_shift_retrains_and_promotes(scenario):
     checks = {c['check']: c for c in doc['promotion']['gate']['checks']}
     beat = checks['roc_auc > champion']
     assert beat['passed'] and beat['value'] > beat['bound'] + 0.2  # the old rule is wrong on the new data
-    # the chain is linked both ways: retrain and evaluate are children of the monitor run
+    # the chain is linked both ways: the retrain pipeline's run is a child of the monitor run, its steps children of it
     from mlflow import MlflowClient
     c = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
-    mon, tr = c.get_run(doc['monitor_run_id']), c.get_run(doc['retrain_run_id'])
+    mon, pipe, tr = (c.get_run(doc[k]) for k in ('monitor_run_id', 'pipeline_run_id', 'retrain_run_id'))
     assert mon.data.tags['mlops_nb.loop.retrain_run'] == tr.info.run_id
-    assert mon.data.tags['mlops_nb.loop.action'] == 'promoted'
-    assert tr.data.tags['mlflow.parentRunId'] == mon.info.run_id
-    assert tr.data.tags['mlops_nb.loop.monitor_run'] == mon.info.run_id
-    assert c.get_run(doc['evaluate_run_id']).data.tags['mlflow.parentRunId'] == mon.info.run_id
-    assert mon.info.status == tr.info.status == 'FINISHED'
+    assert mon.data.tags['mlops_nb.loop.action'] == pipe.data.tags['mlops_nb.loop.action'] == 'promoted'
+    assert pipe.data.tags['mlflow.parentRunId'] == mon.info.run_id and pipe.data.tags['mlops_nb.pipeline'] == 'retrain'
+    assert tr.data.tags['mlflow.parentRunId'] == c.get_run(doc['evaluate_run_id']).data.tags['mlflow.parentRunId'] == pipe.info.run_id
+    assert mon.info.status == pipe.info.status == tr.info.status == 'FINISHED'
+    assert 'pipeline.svg' in [a.path for a in c.list_artifacts(pipe.info.run_id)]
+    # what ran can be read and run again by hand
+    ran = d / '.mlops_nb' / 'loop' / mon.info.run_id
+    assert {'retrain.yaml', 'gate.yaml', 'window.parquet'} <= {f.name for f in ran.iterdir()}
+    assert len(pd.read_parquet(ran / 'window.parquet')) == 600
 
 
 @pytest.mark.parametrize('args, says', [

@@ -1,0 +1,175 @@
+"""Batch scoring from outside: `mlops-nb predict` as a subprocess on generated files, a real MLflow store and a real Dask LocalCluster."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batch_helpers import make_rows, train_and_register
+from conftest import clean_env, mlops_nb
+
+N = 1_000_000
+M = 300_000
+URI = 'models:/batchdemo@champion'
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    "A registered classifier, a 1,000,000-row Parquet input (50 row groups), a 300,000-row one (60 row groups), and the model's own predictions on them."
+    d = tmp_path_factory.mktemp('batch')
+    est, schema, s = train_and_register(d, model='random_forest', n_estimators=10, max_depth=6)
+    rows = make_rows(N)
+    rows.to_parquet(d / 'big.parquet', row_group_size=20_000)
+    expected = pd.DataFrame({'id': rows['id'], 'prediction': est.predict(rows[schema.features])})
+    mid = rows.head(M)
+    mid.to_parquet(d / 'mid.parquet', row_group_size=5_000)  # many small partitions: time to kill or interrupt mid-run
+    return dict(dir=d, model=est, schema=schema, settings=s, expected=expected, expected_mid=expected.head(M))
+
+
+def _env():
+    return clean_env(MLFLOW_DISABLE_TELEMETRY='true')
+
+
+def _predict(setup, *args, **kw):
+    return mlops_nb('predict', *args, cwd=setup['dir'], env=_env(), **kw)
+
+
+def _runs(setup):
+    from mlflow import MlflowClient
+    c = MlflowClient(tracking_uri=setup['settings'].tracking_uri)
+    return c, c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.`mlops_nb.job` = 'predict'")
+
+
+def test_million_rows_equal_the_models_own_predict(setup):
+    r = _predict(setup, URI, 'big.parquet', '--out', 'scored.parquet', '--keep', 'id', '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    got = pd.read_parquet(setup['dir'] / 'scored.parquet')
+    pd.testing.assert_frame_equal(got, setup['expected'], check_dtype=False)
+    assert (out['rows_in'], out['rows_out'], out['rows_rejected']) == (N, N, 0)
+    c, _ = _runs(setup)
+    run = c.get_run(out['run_id'])
+    assert run.info.status == 'FINISHED'
+    m, p = run.data.metrics, run.data.params
+    assert (m['rows_in'], m['partitions'], m['model_loads']) == (N, 50, 1)
+    assert abs(m['prediction_share.1'] - setup['expected']['prediction'].mean()) < 1e-9
+    assert (p['model.name'], p['model.version']) == ('batchdemo', '1') and len(p['input_sha256']) == 64
+    arts = {a.path for a in c.list_artifacts(out['run_id'])} | {a.path for a in c.list_artifacts(out['run_id'], 'notebook')}
+    assert {'predictions_histogram.png', 'notebook/predict.ipynb', 'notebook/predict.html'} <= arts
+    assert not (setup['dir'] / 'scored.parquet.parts').exists()
+
+
+def test_bad_rows_go_to_rejects_with_reasons(setup):
+    d = setup['dir']
+    bad = make_rows(50, seed=7).astype({'x0': object, 'n_items': object})
+    bad.loc[3, 'x0'] = 'twelve'
+    bad.loc[5, 'n_items'] = 2.5
+    bad.loc[8, 'segment'] = None
+    bad.loc[9, 'x1'] = None
+    bad.to_csv(d / 'bad.csv', index=False)
+    r = _predict(setup, URI, 'bad.csv', '--out', 'bad_scored.csv', '--keep', 'id', '--log-dir', 'reqlog')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '4 rejected (reasons in' in r.stdout
+    rej = pd.read_csv(d / 'bad_scored.rejects.csv')
+    assert rej[['row', 'reason']].values.tolist() == [
+        [3, 'x0: not a number'], [5, 'n_items: not a whole number'],
+        [8, 'segment: missing (no missing values in training)'], [9, 'x1: missing (no missing values in training)']]
+    assert rej.loc[0, 'x0'] == 'twelve' and rej['id'].tolist() == [3, 5, 8, 9]
+    got = pd.read_csv(d / 'bad_scored.csv')
+    good = make_rows(50, seed=7).drop(index=[3, 5, 8, 9])
+    assert got['id'].tolist() == good['id'].tolist()
+    assert got['prediction'].tolist() == setup['model'].predict(good[setup['schema'].features]).tolist()
+    from mlops_nb.reqlog import read_log, split_log  # the monitor's reader
+    feats, preds, meta = split_log(read_log(d / 'reqlog'))
+    assert len(feats) == 46 and set(meta['source']) == {'batch'} and set(meta['model_version']) == {'1'}
+    assert preds['prediction'].tolist() == got['prediction'].tolist()
+    # --on-bad-rows fail: the job runs and fails, naming the row
+    r = _predict(setup, URI, 'bad.csv', '--out', 'bad_fail.parquet', '--on-bad-rows', 'fail')
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'Input row 3 of' in r.stdout and 'x0: not a number' in r.stdout
+
+
+def test_missing_column_is_refused_before_any_run(setup):
+    d = setup['dir']
+    make_rows(10).drop(columns=['x2']).to_csv(d / 'short.csv', index=False)
+    before = len(_runs(setup)[1])
+    r = _predict(setup, URI, 'short.csv', '--out', 'short_scored.parquet')
+    assert r.returncode == 2
+    assert "lacks column(s) 'x2' that the model needs" in r.stderr
+    (d / 'broken.parquet').write_bytes(b'not parquet at all')
+    r = _predict(setup, URI, 'broken.parquet', '--out', 'x.parquet')
+    assert r.returncode == 2 and 'Cannot read' in r.stderr and 'broken.parquet' in r.stderr
+    assert len(_runs(setup)[1]) == before
+    assert not (d / 'short_scored.parquet').exists() and not (d / 'short_scored.parquet.parts').exists()
+
+
+@pytest.fixture(scope='module')
+def cluster():
+    distributed = pytest.importorskip('distributed')
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        yield lc, client
+
+
+def _parts(d: Path):
+    return sorted(d.glob('part-*.parquet'))
+
+
+def test_dask_output_equals_local_and_a_killed_worker_is_rescored(setup, cluster):
+    "On a LocalCluster the output is the model's own predictions, as the local executor's is (test above)."
+    lc, client = cluster
+    d = setup['dir']
+    r = _predict(setup, URI, 'mid.parquet', '--out', 'dask_out', '--keep', 'id', '--executor', 'dask',
+                 '--scheduler', lc.scheduler_address, '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = pd.read_parquet(d / 'dask_out')
+    pd.testing.assert_frame_equal(got, setup['expected_mid'], check_dtype=False)
+    assert len(_parts(d / 'dask_out')) == 60
+    c, _ = _runs(setup)
+    m = c.get_run(json.loads(r.stdout)['run_id']).data.metrics
+    assert m['model_loads'] <= 2  # once per worker process, not per partition
+
+    # Kill a worker process as soon as the first part lands; its partitions are scored again elsewhere.
+    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'mid.parquet', '--out', 'killed_out',
+                          '--keep', 'id', '--executor', 'dask', '--scheduler', lc.scheduler_address, '--json'],
+                         cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not _parts(d / 'killed_out') and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    assert p.poll() is None, 'the job ended before a worker could be killed'
+    pid = next(iter(client.run(os.getpid).values()))
+    os.kill(pid, signal.SIGKILL)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert len(_parts(d / 'killed_out')) == 60  # each partition written exactly once
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'killed_out'), setup['expected_mid'], check_dtype=False)
+
+
+def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
+    d = setup['dir']
+    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'mid.parquet', '--out', 'resumed.parquet',
+                          '--keep', 'id'], cwd=d, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = d / 'resumed.parquet.parts'
+    deadline = time.time() + 300
+    while not _parts(staging) and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    assert p.poll() is None, 'the job ended before it could be interrupted'
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err[-3000:]
+    kept = len(_parts(staging))
+    assert 0 < kept < 60 and not (d / 'resumed.parquet').exists()
+    c, runs = _runs(setup)
+    failed = [r for r in runs if r.data.params.get('output_path', '').endswith('resumed.parquet')]
+    assert len(failed) == 1 and failed[0].info.status == 'FAILED'
+    assert failed[0].data.tags.get('mlops_nb.failure_reason') == 'interrupted'
+    r = _predict(setup, '--resume', failed[0].info.run_id, '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    run = c.get_run(res['run_id'])
+    assert run.data.tags['mlops_nb.resume_of'] == failed[0].info.run_id
+    assert run.data.metrics['scored'] == 60 - kept and run.data.metrics['rows_out'] == M
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'resumed.parquet'), setup['expected_mid'], check_dtype=False)
