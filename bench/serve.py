@@ -12,7 +12,7 @@ percentiles. Cells are measured one server at a time (the other idles).
 Prints, per cell: requests/s, p50 and p99 for each server, the throughput ratio (ours / MLflow) and the
 p99 ratio (MLflow / ours; above 1 means ours is lower), and any non-2xx answers.
 
-Usage: python bench/serve.py [--duration S] [--workers W]
+Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off]
 """
 import argparse
 import json
@@ -93,6 +93,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--duration', type=int, default=10, help='seconds per cell (default 10)')
     ap.add_argument('--workers', type=int, default=1, help='worker processes of each server (default 1)')
+    ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, scikit-learn predicts)")
     a = ap.parse_args()
     if not shutil.which('wrk'): sys.exit('wrk is not installed (apt-get install wrk)')
     d = Path(tempfile.mkdtemp(prefix='bench_serve_'))
@@ -110,7 +111,7 @@ def main():
     cmds = {'mlflow': [sys.executable, '-m', 'mlflow', 'models', 'serve', '-m', 'models:/bench@champion', '--env-manager', 'local',
                        '-h', '127.0.0.1', '-p', str(ports['mlflow']), '-w', str(a.workers)],
             'mlops_nb': [str(Path(sys.executable).parent / 'mlops-nb'), 'serve', 'models:/bench@champion', '--port', str(ports['mlops_nb']),
-                         '--workers', str(a.workers)]}
+                         '--workers', str(a.workers), '--onnx', a.onnx]}
     procs = {k: subprocess.Popen(c, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=open(d / f'{k}.log', 'w'), start_new_session=True)
              for k, c in cmds.items()}
     try:

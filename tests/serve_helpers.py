@@ -45,7 +45,8 @@ def set_alias(d: Path, name: str, alias: str, version: str):
 
 
 def store_env(d: Path, **extra) -> dict:
-    return clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true', **extra)
+    "The environment of a process using the store of `d` (`extra` overrides)."
+    return {**clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true'), **extra}
 
 
 def http(method: str, url: str, body: bytes | None = None, ctype: str = 'application/json', headers: dict | None = None, timeout=60):

@@ -203,8 +203,8 @@ def test_bounded_load_no_errors_memory_flat(store, rows):
     MLOPS_NB_LOAD_SECONDS=60 pytest tests/test_serve.py -k bounded_load): no errors, resident memory flat."""
     psutil = pytest.importorskip('psutil')
     seconds = float(os.environ.get('MLOPS_NB_LOAD_SECONDS', '10'))
-    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--log-dir', store / 'reqlog-load'],
-             store, store_env(store))
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--log-dir', store / 'reqlog-load',
+              '--log-flush-seconds', '2'], store, store_env(store))  # the log's queue holds at most 2 s of rows
     try:
         bodies = [json.dumps({'dataframe_records': rows.head(n).to_dict('records')}).encode() for n in (1, 100)]
         proc = psutil.Process(p.p.pid)
@@ -217,7 +217,25 @@ def test_bounded_load_no_errors_memory_flat(store, rows):
         stop.set()
         for t in threads: t.join()
         assert results and set(results) == {200}, [r for r in results if r != 200][:3]
-        warm, end = max(rss[2:5]), max(rss[-3:])
+        warm, end = max(rss[4:8]), max(rss[-4:])  # after the first parts are written (the queue is at its size), and at the end
         assert end - warm < 64 * 2**20, f'resident memory grew {(end - warm) / 2**20:.0f} MiB under load: {[r // 2**20 for r in rss]}'
     finally:
         assert p.terminate() == 0
+
+
+def test_workers_share_one_metrics_view(store, rows):
+    """With --workers 2 every request is answered (a worker accepts only once its model is loaded), and /metrics
+    (answered by either worker) counts the requests of both."""
+    from prometheus_client.parser import text_string_to_metric_families
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{MODEL}@champion', '--port', '{port}', '--workers', '2'], store, store_env(store))
+    try:
+        body = {'dataframe_records': rows.head(3).to_dict('records')}
+        with ThreadPoolExecutor(4) as ex:
+            assert [r[0] for r in ex.map(lambda _: post_json(p.base, body), range(20))] == [200] * 20
+        fams = {f.name: f for f in text_string_to_metric_families(http('GET', p.base + '/metrics')[2].decode())}
+        ok = sum(s.value for s in fams['mlops_nb_requests'].samples if s.name == 'mlops_nb_requests_total'
+                 and s.labels.get('route') == '/invocations' and s.labels.get('status') == '200')
+        assert ok == 20
+        assert sum(s.value for s in fams['mlops_nb_predicted_rows'].samples if s.name == 'mlops_nb_predicted_rows_total') == 60
+    finally:
+        assert p.terminate() == 0, p.output()
