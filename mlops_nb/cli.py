@@ -413,6 +413,14 @@ categorical), so large samples do not flag every column. The dataset drifts when
 exit codes: 0 no drift, 1 drift detected, 2 bad input (nothing computed), 3 the report job failed.
 """
 
+def _drift_test_args(p: argparse.ArgumentParser):
+    "The options that decide drift, shared by `drift` and `monitor`."
+    p.add_argument('--threshold', action='append', default=[], metavar='[COL=]T',
+                   help='threshold for every column, or COL=T for one (repeatable); default: each test\'s own')
+    p.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST',
+                   help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
+    p.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+
 @subcommand
 def _add_drift_parser(sub):
     d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
@@ -422,13 +430,9 @@ def _add_drift_parser(sub):
                        epilog=DRIFT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument('reference', help='reference sample: CSV or Parquet (e.g. the training data)')
     d.add_argument('current', help='current sample: CSV or Parquet, or a request-log directory')
-    d.add_argument('--threshold', action='append', default=[], metavar='[COL=]T',
-                   help='threshold for every column, or COL=T for one (repeatable); default: each test\'s own')
-    d.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST',
-                   help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
+    _drift_test_args(d)
     d.add_argument('--columns', help='comma-separated columns to compare (default: every shared column)')
     d.add_argument('--categorical', help='comma-separated columns to treat as categorical (default: by dtype)')
-    d.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
     d.add_argument('--window', help='request log: window ending at --end or now, e.g. 24h, 30m, 7d')
     d.add_argument('--start', help='request log: window start (UTC ISO 8601)')
     d.add_argument('--end', help='request log: window end (UTC ISO 8601)')
@@ -546,7 +550,7 @@ def _add_monitor_parser(sub):
     m = sub.add_parser('monitor', help='one pass of the closed loop: drift on the request log, then retrain and promote if labels allow',
                        description='Read a window of the request log of MODEL\'s server, run the monitor job against the champion\'s '
                        'training data, and when the inputs drifted and --labels are given, retrain on the labelled window, evaluate, '
-                       'and promote through the gate. Each step is an MLflow run; retrain and evaluate are children of the monitor run.',
+                       'and promote through the gate (the retrain pipeline). Each step is an MLflow run nested under the monitor run.',
                        epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument('model', help='registered model name (its champion is watched)')
     m.add_argument('--log-dir', required=True, metavar='DIR', help='the request log the server (serve --log-dir) or batch job writes')
@@ -557,9 +561,7 @@ def _add_monitor_parser(sub):
     m.add_argument('--label-column', default='label', help='label column in --labels (default label)')
     m.add_argument('--id-column', default='request_id', help='request id column in --labels (default request_id)')
     m.add_argument('--reference', metavar='FILE', help="reference sample (default: the champion's training data)")
-    m.add_argument('--threshold', action='append', default=[], metavar='[COL=]T', help='drift threshold, for all or one column (repeatable)')
-    m.add_argument('--stattest', action='append', default=[], metavar='[COL=]TEST', help='deciding drift test, for all or one column')
-    m.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
+    _drift_test_args(m)
     m.add_argument('--min-rows', type=int, default=100, help='fewer rows in the window: too few to judge (default 100)')
     m.add_argument('--min-labelled', type=int, default=100, help='fewer labelled rows: too few to retrain on (default 100)')
     m.add_argument('--gate', metavar='GATE.yaml', help="gate for the retrained model (default: beat the champion on the new rows)")
