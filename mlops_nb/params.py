@@ -17,30 +17,35 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
-from .core import ParameterError
+from .core import REDACTED, ParameterError, Secret, add_secret
 
 # %% auto #0
-__all__ = ['SECRET_PATTERNS', 'Secret', 'secret_env_name', 'secret_from_env', 'is_secret_name', 'Param', 'find_parameters_cell',
-           'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params', 'params_json']
+__all__ = ['SECRET_PATTERNS', 'secret_env_name', 'secret_env_value', 'secret_from_env', 'is_secret_name', 'Param',
+           'find_parameters_cell', 'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params',
+           'params_json']
 
 # %% ../nbs/07_params.ipynb #14f28c6c
-class Secret(str):
-    "A str whose value is passed to the kernel but never written to outputs, MLflow or logs."
-    __slots__ = ()
-    def __repr__(self): return "'***'"
-
 def secret_env_name(name: str) -> str:
     "The environment variable a job runner passes secret parameter `name` in."
     return 'MLOPS_NB_SECRET_' + name.upper()
 
+def secret_env_value(value) -> str:
+    "How a job runner writes a secret value into the job's environment: JSON, so its type survives."
+    return 'json:' + json.dumps(value)
+
 def secret_from_env(name: str # the secret parameter
-                   ) -> Secret:
-    "The value of secret parameter `name`, taken (and removed) from the job's environment; used by the injected cell."
+                   ):
+    "The value of secret parameter `name`, taken (and removed) from the job's environment, with its type; used by the injected cell."
     var = secret_env_name(name)
     if var not in os.environ:
         raise ParameterError(f"Secret parameter {name!r} has no value: {var} is not set (already read, or not run by mlops-nb).",
                              hint=f"Run the notebook with `mlops-nb run NB -p {name} VALUE`, or set {var}.", parameter=name)
-    return Secret(os.environ.pop(var))
+    raw = os.environ.pop(var)
+    v = json.loads(raw[5:]) if raw.startswith('json:') else raw
+    if isinstance(v, str): return Secret(v)
+    if isinstance(v, list): v = [Secret(x) if isinstance(x, str) else x for x in v]
+    add_secret(v)
+    return v
 
 # %% ../nbs/07_params.ipynb #11d48395
 SECRET_PATTERNS = ('*_token', '*token', '*password*', '*secret*', '*api_key*')  # names treated as secrets
@@ -282,7 +287,9 @@ def _check_value(p: Param, v, source: str, text: bool, nb: str | None = None):
             + (f", for example `{p.name}: float = {p.default_src}`." if t.kind == 'int' else " (`name: type = default`)."))
         raise ParameterError(f"Parameter {p.name!r}{where} expects {expects}, got {_shown(p, v)}{frm}{why}.",
                              hint=hint, path=nb, name=p.name, source=source) from None
-    return Secret(out) if p.secret and isinstance(out, str) else out
+    if p.secret and isinstance(out, str): return Secret(out)
+    if p.secret: add_secret(out)  # an int, a list of Secret: redacted everywhere all the same
+    return out
 
 # %% ../nbs/07_params.ipynb #e95f628b
 def find_parameters_cell(nb # a notebook: a dict as read from JSON, or an nbformat NotebookNode
@@ -437,7 +444,8 @@ def check_params(nb_path: str | Path, # the job notebook (named in messages)
     if params is None or (allow_no_parameters and not params):  # `{}` may stand for "no parameters cell"
         params = _schema(_read_nb(nb_path), nb_path)
         if params is None:
-            if allow_no_parameters: return dict(values)
+            if allow_no_parameters:  # no schema to check against, but the names still say what is secret
+                return {k: Secret(v) if isinstance(v, str) and is_secret_name(k) else v for k, v in values.items()}
             raise _no_cell(nb_path)
     nb = str(nb_path)
     sources, raw = getattr(values, 'sources', {}), getattr(values, 'raw', None)

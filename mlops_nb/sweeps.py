@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
-from .params import check_params, read_params
+from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
 
 # %% auto #0
@@ -173,6 +173,13 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
 def check_sweep(sweep: Sweep) -> list[dict]:
     "The values of every job, converted to the notebook's types; a `ParameterError` for the first bad combination."
     spec = read_params(sweep.notebook)
+    varied = sorted(set().union(*map(set, sweep.combinations)))
+    secret = [k for k in varied if (spec[k].secret if k in spec else is_secret_name(k))]
+    if secret:  # refused, not masked: a sweep names its jobs by their values, in the table, the files and the parent's params
+        raise ParameterError(f"Cannot sweep over secret parameter(s) {', '.join(secret)} of {sweep.notebook}: a sweep shows the "
+                             "values it varies (its table, sweep_summary.csv, sweep.json, run names), and secrets are never shown.",
+                             hint=f"Give a secret once with -p {secret[0]} VALUE (every job gets it) and sweep over other parameters.",
+                             path=str(sweep.notebook), name=secret[0])
     out, bad = [], []
     for i, values in enumerate(sweep.jobs()):
         try: out.append(check_params(sweep.notebook, values, params=spec))
