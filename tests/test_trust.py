@@ -121,14 +121,15 @@ def _slow_job(workdir: Path) -> Path:
     "A job whose second cell writes its pid to `started` and then waits (a long training step)."
     return write_nb(workdir / 'slow.ipynb', 'print("first cell")',
                     'import os, time\nopen("started", "w").write(str(os.getpid()))\nfor _ in range(1200): time.sleep(0.1)',
-                    'print("never reached")')
+                    'print("never reached")', params='n: int = 0')
 
 
 def _start(workdir, nb):
     exe = Path(sys.executable).parent / 'mlops-nb'
     p = subprocess.Popen([str(exe), 'run', str(nb)], cwd=workdir, env=clean_env(MLFLOW_DISABLE_TELEMETRY='true'),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: (workdir / 'started').exists() and (workdir / 'started').read_text(), 'the job to start')
+    wait_for(lambda: (workdir / 'started').exists() and (workdir / 'started').read_text() or p.poll() is not None, 'the job to start')
+    assert p.poll() is None, p.communicate()
     return p, int((workdir / 'started').read_text())
 
 
@@ -141,7 +142,7 @@ def test_killed_driver_ends_run_driver_lost(workdir):
     art = next(workdir.glob(f"mlartifacts/*/{run.info.run_id}/artifacts/notebook/slow.ipynb"))
     nb = nbformat.read(str(art), as_version=4)
     status = [c.metadata.get('papermill', {}).get('status') for c in nb.cells if c.cell_type == 'code']
-    assert status == ['completed', 'failed', 'pending'] and nb.metadata.papermill.exception  # the partial notebook, marked
+    assert status == ['completed', 'completed', 'failed', 'pending'] and nb.metadata.papermill.exception  # partial, marked
     wait_for(lambda: not Path(f'/proc/{job_pid}').exists() or 'Z' in Path(f'/proc/{job_pid}/stat').read_text().split(')')[1][:3],
              'the job process to exit')
 
@@ -164,11 +165,11 @@ def test_run_of_dead_processes_is_marked_lost_once(workdir):
 # --- failures marked the same on both engines --------------------------------------------------------------------
 
 def test_papermill_engine_kernel_death_is_marked(workdir):
-    nb = write_nb(workdir / 'die.ipynb', 'x = 1', 'import os\nos._exit(3)', 'print("never")')
+    nb = write_nb(workdir / 'die.ipynb', 'import os\nos._exit(3)', 'print("never")', params='n: int = 0')
     r = mlops_nb('run', nb, '--engine', 'papermill', '--json', cwd=workdir)
     assert r.returncode == 1, r.stderr
     res = json.loads(r.stdout)
-    assert res['error']['reason'] == 'kernel_died' and res['error']['cell'] == 1
+    assert res['error']['reason'] == 'kernel_died' and res['error']['cell'] == 1  # after the parameters cell
     out = nbformat.read(res['output'], as_version=4)
     assert 'papermill-error-cell-tag' in out.cells[0].metadata.get('tags', [])  # papermill's banner
     status = [c.metadata.papermill.get('status') for c in out.cells if c.cell_type == 'code']
@@ -189,7 +190,7 @@ def _first_run_id(workdir):
 def test_reproduce_refuses_when_a_file_read_changed(workdir):
     (workdir / 'data').mkdir()
     (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,3\n')
-    nb = write_nb(workdir / 'reader.ipynb', READER)
+    nb = write_nb(workdir / 'reader.ipynb', READER, params='n: int = 0')
     assert mlops_nb('run', nb, cwd=workdir).returncode == 0
     rid = _first_run_id(workdir)
     (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,4\n')  # rewritten; log_dataset never saw it
@@ -201,7 +202,7 @@ def test_reproduce_refuses_when_a_file_read_changed(workdir):
 def test_reproduce_from_another_directory_finds_the_files(workdir, tmp_path):
     (workdir / 'data').mkdir()
     (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,3\n')
-    nb = write_nb(workdir / 'reader.ipynb', READER)
+    nb = write_nb(workdir / 'reader.ipynb', READER, params='n: int = 0')
     assert mlops_nb('run', nb, cwd=workdir).returncode == 0
     rid = _first_run_id(workdir)
     elsewhere = tmp_path / 'elsewhere'
