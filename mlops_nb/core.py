@@ -214,6 +214,7 @@ def job_notebook(name: str # job name such as 'train', or a path to a notebook
     p = Path(name)
     if p.suffix == '.ipynb' or os.sep in name:
         if p.is_file(): return p.resolve()
+        if p.is_dir(): raise ConfigError(f"{name} is a directory, not a notebook.", hint="Pass the path of an .ipynb file inside it.", path=name)
         raise ConfigError(f"Notebook {name} does not exist.", hint="Check the path, or name a bundled job.", path=name)
     d = jobs_dir()
     fn = d / f'{name}.ipynb'

@@ -82,7 +82,14 @@ def prepare_notebook(notebook: Path, # the job notebook
     "The parameterised notebook and the environment variables that carry the secret values."
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    nb = load_notebook_node(str(notebook))
+    import warnings, uuid
+    from nbformat.validator import MissingIDFieldWarning
+    with warnings.catch_warnings():  # a notebook written by an older tool: give its cells ids, once, instead of a warning per save
+        warnings.simplefilter('ignore', MissingIDFieldWarning)
+        nb = load_notebook_node(str(notebook))
+    if nb.nbformat == 4 and nb.nbformat_minor >= 5:
+        for c in nb.cells:
+            if not c.get('id'): c['id'] = uuid.uuid4().hex[:8]
     kernel, language = kernelspec(nb)
     if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
         nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
+from .core import REDACTED, ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
 from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
 
@@ -425,7 +425,7 @@ class SweepResult:
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
 
 def _jsonable(d: dict, secret: set = frozenset()) -> dict:
-    return {k: ('***' if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
+    return {k: (REDACTED if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
 
 def _job_spec(sweep_id, i, nb, values, s: Settings, options) -> dict:
     return dict(sweep_id=sweep_id, index=i, notebook=str(nb), values=values, run_name=f"{nb.stem}-{i}", options=options,
@@ -611,7 +611,7 @@ def load_sweep(settings: Settings, sweep_id: str, fixed: dict | None = None) -> 
     except TrackingError as e:
         raise ParameterError(f"Cannot resume sweep {sweep_id}: {e.message}", hint=e.hint, run_id=sweep_id) from None
     f = {**d['fixed'], **(fixed or {})}
-    masked = [k for k, v in f.items() if v == '***']
+    masked = [k for k, v in f.items() if v == REDACTED]
     if masked: raise ParameterError(f"Secret parameter(s) {', '.join(masked)} of sweep {sweep_id} were not stored.", hint=' '.join(f"-p {k} VALUE" for k in masked) + ' to pass them again.')
     return Sweep(job_notebook(d['notebook']), d['combinations'], fixed=f, metric=d.get('metric'), maximize=d.get('maximize', True),
                  seed=d.get('seed', 0), definition={k: d.get(k) for k in ('grid', 'space', 'random', 'seed')})
