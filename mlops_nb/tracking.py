@@ -26,9 +26,9 @@ from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, pr
 
 # %% auto #0
 __all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client', 'experiment_id',
-           'git_info', 'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run', 'create_run', 'start_run',
-           'mark_lost_runs', 'current_run', 'record', 'recorded', 'log_dataset', 'log_model', 'run_data',
-           'download_artifact', 'load_model', 'latest_run']
+           'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run',
+           'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded', 'log_dataset', 'log_model',
+           'run_data', 'download_artifact', 'load_model', 'latest_run']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -90,6 +90,24 @@ def experiment_id(settings: Settings | None = None, # resolved settings
         exp = c.get_experiment_by_name(name)
         if exp is None: raise
         return exp.experiment_id
+
+# %% ../nbs/05_tracking.ipynb #5196c597
+def absent(e: BaseException, # what a store call raised
+           settings: Settings | None = None, # the store, named in the error
+          ) -> bool:
+    "True when `e` is MLflow's 'does not exist'; any other store error is raised as a `TrackingError` naming the store."
+    if getattr(e, 'error_code', None) == 'RESOURCE_DOES_NOT_EXIST': return True
+    uri = (settings or get_settings()).tracking_uri
+    raise TrackingError(f"The store {uri} failed: {type(e).__name__}: {e}",
+                        hint="Check that the store is reachable and not corrupt (for a server, that it is running).") from e
+
+def filter_value(v: str # a name or value to compare with in a filter string
+                ) -> str:
+    "`v` quoted for an MLflow filter string."
+    v = str(v)
+    if "'" not in v: return f"'{v}'"
+    if '"' not in v: return f'"{v}"'
+    raise TrackingError(f"{v!r} holds both quote kinds, which an MLflow filter string cannot express.", hint="Rename it without one of them.")
 
 # %% ../nbs/05_tracking.ipynb #b9b2ea24
 _WRITE_PREFIXES = ('create_', 'delete_', 'log_', 'set_', 'update_', 'rename_', 'restore_', 'finalize_', 'link_', 'unlink_',

@@ -210,3 +210,39 @@ def test_reproduce_from_another_directory_finds_the_files(workdir, tmp_path):
     r = mlops_nb('reproduce', rid, '--tracking-uri', f"sqlite:///{workdir / 'mlflow.db'}", cwd=elsewhere)
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'identical: same data (1 file checked), same metrics' in r.stdout
+
+
+# --- parameters, registry, house -------------------------------------------------------------------------------------
+
+def test_malformed_dict_parameter_is_refused(workdir):
+    nb = write_nb(workdir / 'cfg.ipynb', 'print(cfg)', params='cfg: dict = {}\nsteps: list[dict] = []')
+    r = mlops_nb('run', nb, '-p', 'cfg', '{"a": ', cwd=workdir)
+    assert r.returncode == 2 and "'cfg'" in r.stderr and 'not valid JSON or YAML' in r.stderr, r.stderr
+    r = mlops_nb('run', nb, '-p', 'steps', '[1, 2]', cwd=workdir)
+    assert r.returncode == 2 and "'steps'" in r.stderr and 'item 1' in r.stderr, r.stderr
+    assert not any(workdir.glob('.mlops_nb/outputs/*'))  # nothing started
+
+
+def test_rollback_of_unknown_model_makes_no_lock_file(workdir):
+    r = mlops_nb('rollback', "it's-not-there", cwd=workdir)
+    assert r.returncode == 2 and 'does not exist' in r.stderr, r.stderr
+    assert not list(workdir.glob('*not-there*.lock'))  # (the store's own init lock is not the model's)
+
+
+def test_ui_passes_sigterm_to_its_server(workdir):
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / 'mlops-nb'
+    p = subprocess.Popen([str(exe), 'ui', '--port', str(port)], cwd=workdir, env=clean_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+
+    def listening():
+        with socket.socket() as s: return s.connect_ex(('127.0.0.1', port)) == 0
+    try:
+        wait_for(lambda: listening() or p.poll() is not None, 'the UI to listen', limit=180)
+        assert p.poll() is None
+    finally:
+        p.send_signal(signal.SIGTERM)  # as a supervisor stops it
+        p.wait(60)
+    wait_for(lambda: not listening(), 'the port to be released')  # no orphaned server holds it
