@@ -19,10 +19,10 @@ from pathlib import Path
 from .core import REDACTED, JobFailed, _proc_start, add_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS', 'MLFLOW_STORE_MODULES', 'DRIVER_GRACE',
-           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'notebook_imports',
-           'lean_jsonschema', 'warm_up', 'Execution', 'redact_notebook', 'failure', 'Job', 'stop_all', 'execute',
-           'redact_file', 'job_failed', 'render_html', 'mark_failure']
+__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS',
+           'MLFLOW_STORE_MODULES', 'DRIVER_GRACE', 'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine',
+           'papermill_engine', 'notebook_imports', 'lean_jsonschema', 'warm_up', 'Execution', 'redact_notebook',
+           'failure', 'Job', 'stop_all', 'execute', 'redact_file', 'job_failed', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -31,6 +31,11 @@ def _clean(data: dict | None) -> dict:
     return {k: (base64.b64encode(v).decode('ascii') if isinstance(v, (bytes, bytearray)) else v) for k, v in (data or {}).items()}
 
 FLUSH_INTERVAL = 0.2  # seconds stream text may wait, as ipykernel's OutStream.flush_interval
+MAX_STREAM_CHARS = 10_000_000  # stream characters one cell keeps in the notebook (MLOPS_NB_MAX_STREAM_CHARS overrides)
+
+def _stream_limit() -> int:
+    try: return int(os.environ.get('MLOPS_NB_MAX_STREAM_CHARS') or MAX_STREAM_CHARS)
+    except ValueError: return MAX_STREAM_CHARS
 
 class _Outputs:
     "The outputs of the cell being executed, in nbformat's shape."
@@ -39,6 +44,7 @@ class _Outputs:
         self._pending, self._since = {}, 0.0
         self._display_ids: dict[str, list] = {}
         self._clear_pending = False
+        self.limit, self._streamed, self._cut = _stream_limit(), 0, False
 
     def _append(self, out: dict):
         if self._clear_pending: self.items.clear(); self._clear_pending = False
@@ -48,6 +54,13 @@ class _Outputs:
         "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
         if not text: return
         if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text))  # --log-output: never a secret
+        room, self._streamed = max(self.limit - self._streamed, 0), self._streamed + len(text)
+        if len(text) > room:  # past the cell's bound: the rest goes to the job's log, the notebook says so once
+            if not self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text[room:]))
+            text = text[:room] + ('' if self._cut else f"\n[mlops_nb: output truncated after {self.limit:,} characters; "
+                                                       "the rest is in the job's log]\n")
+            self._cut = True
+            if not text: return
         if not any(self._pending.values()): self._since = time.monotonic()
         self._pending[name] = self._pending.get(name, '') + text
         if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
@@ -138,6 +151,25 @@ def _shell_class():
 
     return FastShell
 
+# %% ../nbs/08a_engine.ipynb #6787b14e
+_FRESH_WARNINGS = [('default', DeprecationWarning, '__main__'), ('ignore', DeprecationWarning, ''),
+                   ('ignore', PendingDeprecationWarning, ''), ('ignore', ImportWarning, ''), ('ignore', ResourceWarning, '')]
+
+def _fresh_process_state():
+    "Give this process a new interpreter's logging, warning filters and argv; returns what restores the old ones."
+    import logging, warnings
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, warnings.filters[:], sys.argv[:], logging.root.manager.disable)
+    root.handlers, root.level = [], logging.WARNING
+    logging.disable(logging.NOTSET)
+    warnings.resetwarnings()
+    for action, category, module in reversed(_FRESH_WARNINGS): warnings.filterwarnings(action, category=category, module=module)
+    sys.argv = ['']
+    def restore():
+        root.handlers, root.level, warnings.filters[:], sys.argv = saved[0], saved[1], saved[2], saved[3]
+        logging.disable(saved[4]); warnings._filters_mutated()
+    return restore
+
 # %% ../nbs/08a_engine.ipynb #a84d2b3e
 INLINE_BACKEND = 'module://matplotlib_inline.backend_inline'
 
@@ -155,6 +187,7 @@ class CellRunner:
         self.shell.system = self.shell.system_piped  # `!cmd` output goes through sys.stdout, as in ipykernel
         self.echo = echo
         self._saved = sys.stdout, sys.stderr, sys.displayhook
+        self._restore_state = _fresh_process_state()  # what a new kernel has: no root handlers, default warnings, argv
         sys.stdout, sys.stderr = _Stream(self.shell, 'stdout', sys.stdout), _Stream(self.shell, 'stderr', sys.stderr)
         if 'matplotlib' in sys.modules:  # imported before this shell existed (the warm worker did): hook inline plots up to it
             try:
@@ -176,6 +209,7 @@ class CellRunner:
     def close(self):
         "Give the process its streams back and drop the shell (its namespace goes with it)."
         sys.stdout, sys.stderr, sys.displayhook = self._saved
+        self._restore_state()
         type(self.shell).clear_instance()
         for c, inst in self._outer.items(): c._instance = inst
 

@@ -246,3 +246,21 @@ def test_ui_passes_sigterm_to_its_server(workdir):
         p.send_signal(signal.SIGTERM)  # as a supervisor stops it
         p.wait(60)
     wait_for(lambda: not listening(), 'the port to be released')  # no orphaned server holds it
+
+
+def test_job_starts_fresh_and_its_streams_are_bounded(workdir):
+    nb = write_nb(workdir / 'fresh.ipynb',
+                  'import logging, sys, warnings\nlogging.basicConfig(level=logging.INFO)\nlogging.info("hello-log")\n'
+                  'print(sys.argv, [f[0] for f in warnings.filters[:2]])',
+                  'print("x" * 5000 + "END-OF-TEXT")', params='n: int = 0')
+    r = mlops_nb('run', nb, '--json', cwd=workdir, env=clean_env(MLOPS_NB_MAX_STREAM_CHARS='1000'))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    out = nbformat.read(res['output'], as_version=4)
+    first, second = out.cells[1].outputs, out.cells[2].outputs
+    assert any(o.name == 'stderr' and 'INFO:root:hello-log' in o.text for o in first)  # basicConfig works as in a new kernel
+    assert any(o.name == 'stdout' and "[''] ['default', 'ignore']" in o.text for o in first)
+    text = ''.join(o.text for o in second if o.output_type == 'stream')
+    assert len(text) < 1200 and 'output truncated after 1,000 characters' in text and 'END-OF-TEXT' not in text
+    log = Path(res['output']).with_suffix('.log').read_text()
+    assert 'END-OF-TEXT' in log  # the rest is kept with the run
