@@ -390,6 +390,7 @@ class Execution:
     html: str | None = None  # the HTML render the job's process wrote (after redacting the notebook)
     interrupted: bool = False  # the caller was interrupted (Ctrl-C, SIGTERM) and stopped the job: re-raise after recording
     reads: list | None = None  # data files the job read [{'path', 'sha256', 'size'}]; None when not watched (a kernel's reads)
+    recorded: dict | None = None  # values the job passed to `record` (fast engine); None: read them from the notebook
 
 def _child(job: dict, conn):
     "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
@@ -410,6 +411,7 @@ def _child(job: dict, conn):
         fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if not job.get('log_output'): os.dup2(fd, 1)
         if not (job.get('log_output') or job.get('progress')): os.dup2(fd, 2)  # papermill's progress bar writes to stderr
+    if job.get('papermill_engine') == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
     watch.start()
     try:
         _execute_notebook(job)
@@ -422,7 +424,7 @@ def _child(job: dict, conn):
             if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
         except Exception: pass
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if reads is not None: report['reads'] = reads.files()
+    if reads is not None: report['reads'], report['recorded'] = reads.files(), _recorded()
     if watch.claim():  # the driver is gone: nobody will read the report; end the run from here
         _finish_alone(job, report); os._exit(1)
     out = Path(job['output'])
@@ -430,6 +432,14 @@ def _child(job: dict, conn):
         redact_file(out)
         if job.get('html', True): report['html'] = str(render_html(out) or '') or None
     conn.send(report); conn.close()
+
+def _recorded() -> dict:
+    "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
+    from mlops_nb import tracking
+    run = tracking._ATTACHED
+    if run is None: return {}
+    ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))
+    return redact_value({k: v for k, v in run.recorded.items() if ok(v)})
 
 def _execute_notebook(job: dict):
     "papermill's `execute_notebook`, on a notebook the runner already parameterised."
@@ -656,18 +666,18 @@ class Job:
 
     def _result(self, report: dict | None) -> Execution:
         code, dur = self.proc.exitcode, time.time() - self.t0
-        html, reads = (report or {}).get('html'), (report or {}).get('reads')
+        html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
         if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
             ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
                              if self._stop_reason == 'timeout' else ('KeyboardInterrupt', 'interrupted (Ctrl-C or SIGTERM): the job was stopped'))
             err = {**((report or {}).get('error') or {}), 'reason': self._stop_reason, 'ename': ename, 'evalue': evalue}
-            return Execution('failed', err, code, dur, html=html, reads=reads)
+            return Execution('failed', err, code, dur, html=html, reads=reads, recorded=rec)
         if report is None:
             how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
             hint = ' (killed: out of memory or by another process?)' if code == -signal.SIGKILL else ''
             return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
                                             evalue=f"the job's process died with {how}{hint}"), code, dur)
-        return Execution(report['status'], report['error'], code, dur, html=html, reads=reads)
+        return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
 
 def stop_all(reason: str = 'interrupted'):
     "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."

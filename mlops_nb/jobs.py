@@ -29,7 +29,7 @@ class JobResult:
     output: Path  # the executed notebook (partial when the job failed)
     parameters: dict  # the values it ran with (secrets masked)
     metrics: dict = field(default_factory=dict)  # the run's metrics
-    recorded: dict = field(default_factory=dict)  # values the notebook passed to `record`, read back from its outputs
+    recorded: dict = field(default_factory=dict)  # values the notebook passed to `record` (from the job's process, or read back from its outputs)
     error: dict | None = None  # {'reason', 'cell', 'ename', 'evalue'} when it failed
     duration: float = 0.0  # seconds, wall clock
     html: Path | None = None  # the HTML render
@@ -238,7 +238,7 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                 error=err if err is not None else (job_failed(failure) if failure else None))
     metrics = run.client.get_run(run.run_id).data.metrics
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
-                     metrics=dict(metrics), recorded=read_recorded(out) if out.exists() else {}, error=failure,
+                     metrics=dict(metrics), recorded=ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
                      interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt))
 

@@ -484,7 +484,7 @@ def _flatten(d: dict, prefix: str) -> dict:
 
 def _display_record(name, value, run_id, kind: str):
     "Show a recorded scalar in the notebook under `RECORD_MIME`, readable from the executed notebook."
-    if kind not in ('metric', 'param', 'dict'): return
+    if kind not in ('metric', 'param', 'dict') or os.environ.get('MLOPS_NB_RECORD_DISPLAY') == '0': return  # a fast-engine job: none
     try:
         from IPython import get_ipython
         if get_ipython() is None: return
