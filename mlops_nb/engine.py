@@ -548,8 +548,8 @@ def _finish_alone(job: dict, report: dict | None):
             if f.is_file() and f.stat().st_size: run.log_artifact(f, 'notebook')
         for k, v in err.items():
             if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
-    finally:
-        run.end('FAILED', reason='driver_lost', error=job_failed(err))
+    finally:  # a sweep that saw its worker die may have ended the run already (`worker_lost`): keep its word
+        if run.client.get_run(run.run_id).info.status == 'RUNNING': run.end('FAILED', reason='driver_lost', error=job_failed(err))
 
 # %% ../nbs/08a_engine.ipynb #9cbaa418
 _SKIP_SUFFIXES = ('.py', '.pyc', '.pyi', '.pyo', '.so', '.pth', '.typed', '.mo', '.dylib')
