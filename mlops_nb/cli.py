@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .core import MlopsNbError, get_settings
+from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand',
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/13_cli.ipynb #7aa5d997
 def _settings(a):
-    return get_settings(tracking_uri=getattr(a, 'tracking_uri', None), experiment=getattr(a, 'experiment', None))
+    s = get_settings(tracking_uri=getattr(a, 'tracking_uri', None), experiment=getattr(a, 'experiment', None))
+    _report_lost(s)  # any command that opens the store ends the runs whose processes are gone
+    return s
 
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
 
@@ -276,7 +278,9 @@ def cmd_reproduce(a) -> int:
         d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
         print(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
     for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
-    print('identical: same data, same metrics' if r.identical else 'NOT identical: see the differences above')
+    if r.identical: print(f"identical: same data ({r.files_checked} file{'s' if r.files_checked != 1 else ''} checked), same metrics")
+    elif r.files_checked is None: print('NOT identical: the data was not checked (the run recorded no file reads: an older run, or --engine papermill)')
+    else: print('NOT identical: see the differences above')
     return 0 if r.identical else 1
 
 def cmd_ui(a) -> int:
@@ -286,8 +290,7 @@ def cmd_ui(a) -> int:
     cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
     if s.tracking_uri.startswith('sqlite:'):
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    try: return subprocess.call(cmd)
-    except KeyboardInterrupt: return 0
+    return _supervised(cmd)
 
 # %% ../nbs/13_cli.ipynb #14d53260
 def _gate_lines(p) -> str:
@@ -951,6 +954,34 @@ def cmd_pipeline(a) -> int:
     print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
     return 0 if res.status == 'FINISHED' else 1
 
+# %% ../nbs/13_cli.ipynb #994f0d4e
+class _Redacting:
+    "A text stream whose writes pass through `core.redact` first."
+    def __init__(self, stream): self._stream = stream
+    def write(self, s): return self._stream.write(redact(s) if isinstance(s, str) else s)
+    def writelines(self, lines):
+        for s in lines: self.write(s)
+    def __getattr__(self, name): return getattr(self._stream, name)
+
+def _report_lost(s):
+    from mlops_nb.tracking import mark_lost_runs
+    try: lost = mark_lost_runs(s)
+    except MlopsNbError: return  # the command itself says what is wrong with the store
+    for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
+
+def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
+    "Run a server in its own process group; Ctrl-C or SIGTERM stop the whole group (SIGKILL after `stop_after` s)."
+    import subprocess
+    p = subprocess.Popen(cmd, start_new_session=True)
+    try: return p.wait()
+    except KeyboardInterrupt:
+        for sig, wait in ((signal.SIGTERM, stop_after), (signal.SIGKILL, None)):
+            try: os.killpg(p.pid, sig)
+            except ProcessLookupError: break
+            try: p.wait(wait); break
+            except subprocess.TimeoutExpired: continue
+        return 0
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
@@ -969,6 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
     try:
         rc = COMMANDS[a.command](a)
     except MlopsNbError as e:
@@ -977,4 +1010,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the running job's run is marked FAILED (interrupted), its partial notebook kept", file=sys.stderr)
         rc = 130
+    finally:
+        sys.stdout, sys.stderr = streams
     return rc

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError', 'TrackingError',
-           'RegistryError', 'JobFailed', 'GateFailed', 'find_project', 'Settings', 'get_settings', 'jobs_dir',
-           'job_notebook', 'Registry']
+__all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
+           'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'Secret', 'add_secret', 'redact',
+           'redact_value', 'is_secret', 'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook',
+           'process_alive', 'Registry']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -53,6 +55,67 @@ class JobFailed(MlopsNbError):
 class GateFailed(MlopsNbError):
     "A promotion gate refused a candidate model."
     exit_code = 1
+
+# %% ../nbs/00_core.ipynb #c6de29b5
+REDACTED = '***'  # what every secret value is replaced with, everywhere
+
+_FORMS: set[str] = set()  # every text form of every secret this process has seen
+
+class Secret(str):
+    "A str whose value reaches the job but is never written to outputs, MLflow, logs or the terminal."
+    __slots__ = ()
+    def __new__(cls, value=''):
+        s = super().__new__(cls, value)
+        add_secret(str(s))
+        return s
+    def __repr__(self): return repr(REDACTED)
+
+# %% ../nbs/00_core.ipynb #6154c41e
+def _text_forms(s: str) -> set[str]:
+    "`s` as it may be written: raw, JSON-escaped (ASCII or not), HTML-escaped, inside a repr, and escaped twice."
+    import html
+    forms = {s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1], html.escape(s), html.escape(s, quote=False),
+             repr(str(s))[1:-1], repr(str(s)).encode('unicode_escape').decode('ascii')[1:-1]}
+    forms |= {json.dumps(f)[1:-1] for f in list(forms)} | {html.escape(f) for f in list(forms)}
+    return {f for f in forms if f}
+
+def add_secret(value # a secret value: text, a number, or a list/dict holding them (None and booleans hide nothing)
+              ):
+    "Remember every text form of `value` (each line too, when it spans lines) so `redact` removes it."
+    if value is None or isinstance(value, bool): return
+    if isinstance(value, dict): value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for v in value: add_secret(v)
+        return
+    s = str(value)
+    if not s: return
+    _FORMS.update(_text_forms(s))
+    lines = [l.strip() for l in s.splitlines()]
+    if len(lines) > 1:  # output split across lines (or chunks) still hides each long line
+        for l in lines:
+            if len(l) >= 8: _FORMS.update(_text_forms(l))
+
+# %% ../nbs/00_core.ipynb #920d6f12
+def redact(text: str # any text about to be written
+          ) -> str:
+    "`text` with every form of every known secret replaced by `REDACTED` (longest first)."
+    if not _FORMS or not isinstance(text, str): return text
+    for f in sorted(_FORMS, key=len, reverse=True):
+        if f in text: text = text.replace(f, REDACTED)
+    return text
+
+def redact_value(v):
+    "A copy of `v` (text, numbers, lists, dicts: keys and values) with every secret replaced by `REDACTED`."
+    if isinstance(v, str): return redact(v)
+    if isinstance(v, bool) or v is None: return v
+    if isinstance(v, (int, float)): return REDACTED if str(v) in _FORMS else v
+    if isinstance(v, dict): return {redact_value(k): redact_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return type(v)(redact_value(x) for x in v)
+    return v
+
+def is_secret(v) -> bool:
+    "Is `v` (or something inside it) a secret this process knows?"
+    return redact_value(v) != v if not isinstance(v, Secret) else True
 
 # %% ../nbs/00_core.ipynb #7fb26728
 _KEYS = ('tracking_uri', 'artifact_root', 'experiment', 'registry_uri')
@@ -151,12 +214,32 @@ def job_notebook(name: str # job name such as 'train', or a path to a notebook
     p = Path(name)
     if p.suffix == '.ipynb' or os.sep in name:
         if p.is_file(): return p.resolve()
+        if p.is_dir(): raise ConfigError(f"{name} is a directory, not a notebook.", hint="Pass the path of an .ipynb file inside it.", path=name)
         raise ConfigError(f"Notebook {name} does not exist.", hint="Check the path, or name a bundled job.", path=name)
     d = jobs_dir()
     fn = d / f'{name}.ipynb'
     if fn.is_file(): return fn
     known = ', '.join(sorted(o.stem for o in d.glob('*.ipynb')))
     raise ConfigError(f"Unknown job {name!r}.", hint=f"Bundled jobs: {known}; or pass a notebook path.", name=name)
+
+# %% ../nbs/00_core.ipynb #4e256d26
+def _proc_start(pid: int) -> str | None:
+    "The start time of process `pid` from /proc (None when it is gone or a zombie)."
+    try: stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError: return None
+    fields = stat.rsplit(')', 1)[1].split()
+    return None if fields[0] in ('Z', 'X') else fields[19]
+
+def process_alive(pid: int, # a process id
+                  start: str | None = None, # its start time as `_proc_start` read it, to tell a reused pid apart
+                 ) -> bool:
+    "Is process `pid` running (and, given `start`, still the same process)?"
+    if not Path('/proc/self/stat').exists():
+        try: os.kill(pid, 0); return True
+        except ProcessLookupError: return False
+        except PermissionError: return True
+    s = _proc_start(pid)
+    return s is not None and (start is None or s == start)
 
 # %% ../nbs/00_core.ipynb #b1488998
 class Registry:

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .core import REDACTED, JobFailed, _proc_start, add_secret, process_alive, redact, redact_value
+
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS', 'MLFLOW_STORE_MODULES', 'REDACTED',
-           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'notebook_imports',
-           'lean_jsonschema', 'warm_up', 'Execution', 'failure', 'Job', 'stop_all', 'execute', 'redact_text',
-           'redact_file', 'render_html', 'mark_failure']
+__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS',
+           'MLFLOW_STORE_MODULES', 'DRIVER_GRACE', 'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine',
+           'papermill_engine', 'notebook_imports', 'lean_jsonschema', 'warm_up', 'Execution', 'redact_notebook',
+           'failure', 'Job', 'stop_all', 'execute', 'redact_file', 'job_failed', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -29,6 +31,11 @@ def _clean(data: dict | None) -> dict:
     return {k: (base64.b64encode(v).decode('ascii') if isinstance(v, (bytes, bytearray)) else v) for k, v in (data or {}).items()}
 
 FLUSH_INTERVAL = 0.2  # seconds stream text may wait, as ipykernel's OutStream.flush_interval
+MAX_STREAM_CHARS = 10_000_000  # stream characters one cell keeps in the notebook (MLOPS_NB_MAX_STREAM_CHARS overrides)
+
+def _stream_limit() -> int:
+    try: return int(os.environ.get('MLOPS_NB_MAX_STREAM_CHARS') or MAX_STREAM_CHARS)
+    except ValueError: return MAX_STREAM_CHARS
 
 class _Outputs:
     "The outputs of the cell being executed, in nbformat's shape."
@@ -37,6 +44,7 @@ class _Outputs:
         self._pending, self._since = {}, 0.0
         self._display_ids: dict[str, list] = {}
         self._clear_pending = False
+        self.limit, self._streamed, self._cut = _stream_limit(), 0, False
 
     def _append(self, out: dict):
         if self._clear_pending: self.items.clear(); self._clear_pending = False
@@ -45,7 +53,14 @@ class _Outputs:
     def stream(self, name: str, text: str):
         "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
         if not text: return
-        if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(text)
+        if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text))  # --log-output: never a secret
+        room, self._streamed = max(self.limit - self._streamed, 0), self._streamed + len(text)
+        if len(text) > room:  # past the cell's bound: the rest goes to the job's log, the notebook says so once
+            if not self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text[room:]))
+            text = text[:room] + ('' if self._cut else f"\n[mlops_nb: output truncated after {self.limit:,} characters; "
+                                                       "the rest is in the job's log]\n")
+            self._cut = True
+            if not text: return
         if not any(self._pending.values()): self._since = time.monotonic()
         self._pending[name] = self._pending.get(name, '') + text
         if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
@@ -136,6 +151,25 @@ def _shell_class():
 
     return FastShell
 
+# %% ../nbs/08a_engine.ipynb #6787b14e
+_FRESH_WARNINGS = [('default', DeprecationWarning, '__main__'), ('ignore', DeprecationWarning, ''),
+                   ('ignore', PendingDeprecationWarning, ''), ('ignore', ImportWarning, ''), ('ignore', ResourceWarning, '')]
+
+def _fresh_process_state():
+    "Give this process a new interpreter's logging, warning filters and argv; returns what restores the old ones."
+    import logging, warnings
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, warnings.filters[:], sys.argv[:], logging.root.manager.disable)
+    root.handlers, root.level = [], logging.WARNING
+    logging.disable(logging.NOTSET)
+    warnings.resetwarnings()
+    for action, category, module in reversed(_FRESH_WARNINGS): warnings.filterwarnings(action, category=category, module=module)
+    sys.argv = ['']
+    def restore():
+        root.handlers, root.level, warnings.filters[:], sys.argv = saved[0], saved[1], saved[2], saved[3]
+        logging.disable(saved[4]); warnings._filters_mutated()
+    return restore
+
 # %% ../nbs/08a_engine.ipynb #a84d2b3e
 INLINE_BACKEND = 'module://matplotlib_inline.backend_inline'
 
@@ -153,6 +187,7 @@ class CellRunner:
         self.shell.system = self.shell.system_piped  # `!cmd` output goes through sys.stdout, as in ipykernel
         self.echo = echo
         self._saved = sys.stdout, sys.stderr, sys.displayhook
+        self._restore_state = _fresh_process_state()  # what a new kernel has: no root handlers, default warnings, argv
         sys.stdout, sys.stderr = _Stream(self.shell, 'stdout', sys.stdout), _Stream(self.shell, 'stderr', sys.stderr)
         if 'matplotlib' in sys.modules:  # imported before this shell existed (the warm worker did): hook inline plots up to it
             try:
@@ -174,6 +209,7 @@ class CellRunner:
     def close(self):
         "Give the process its streams back and drop the shell (its namespace goes with it)."
         sys.stdout, sys.stderr, sys.displayhook = self._saved
+        self._restore_state()
         type(self.shell).clear_instance()
         for c, inst in self._outer.items(): c._instance = inst
 
@@ -353,6 +389,8 @@ class Execution:
     duration: float  # seconds
     html: str | None = None  # the HTML render the job's process wrote (after redacting the notebook)
     interrupted: bool = False  # the caller was interrupted (Ctrl-C, SIGTERM) and stopped the job: re-raise after recording
+    reads: list | None = None  # data files the job read [{'path', 'sha256', 'size'}]; None when not watched (a kernel's reads)
+    recorded: dict | None = None  # values the job passed to `record` (fast engine); None: read them from the notebook
 
 def _child(job: dict, conn):
     "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
@@ -360,6 +398,10 @@ def _child(job: dict, conn):
     os.environ.clear(); os.environ.update(job['env'])
     os.chdir(job['cwd'])
     sys.path.insert(0, job['cwd'])
+    add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
+    _redacting_writes()
+    reads = _Reads(job) if job.get('papermill_engine') == 'mlops_nb' else None  # a kernel's reads happen in the kernel
+    watch = _DriverWatch(job)
     def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt("stopped by the job runner")
@@ -369,6 +411,8 @@ def _child(job: dict, conn):
         fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if not job.get('log_output'): os.dup2(fd, 1)
         if not (job.get('log_output') or job.get('progress')): os.dup2(fd, 2)  # papermill's progress bar writes to stderr
+    if job.get('papermill_engine') == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
+    watch.start()
     try:
         _execute_notebook(job)
         report = {'status': 'ok', 'error': None}
@@ -380,11 +424,22 @@ def _child(job: dict, conn):
             if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
         except Exception: pass
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if reads is not None: report['reads'], report['recorded'] = reads.files(), _recorded()
+    if watch.claim():  # the driver is gone: nobody will read the report; end the run from here
+        _finish_alone(job, report); os._exit(1)
     out = Path(job['output'])
     if out.exists():  # in the job's process, so a batch renders one job while the next runs
-        redact_file(out, job.get('redact', ()))
+        redact_file(out)
         if job.get('html', True): report['html'] = str(render_html(out) or '') or None
     conn.send(report); conn.close()
+
+def _recorded() -> dict:
+    "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
+    from mlops_nb import tracking
+    run = tracking._ATTACHED
+    if run is None: return {}
+    ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))
+    return redact_value({k: v for k, v in run.recorded.items() if ok(v)})
 
 def _execute_notebook(job: dict):
     "papermill's `execute_notebook`, on a notebook the runner already parameterised."
@@ -402,6 +457,139 @@ def _execute_notebook(job: dict):
         log_output=job.get('log_output', False), start_timeout=60, execution_timeout=job.get('cell_timeout'))
     raise_for_execution_errors(nb, job['output'])
     write_ipynb(nb, job['output'])
+
+# %% ../nbs/08a_engine.ipynb #6fb9a886
+def _text_mime(mime: str) -> bool:
+    return mime.startswith('text/') or mime.endswith(('json', '+xml', 'javascript', 'latex', 'markdown'))
+
+def _joined(t): return ''.join(t) if isinstance(t, list) else t
+
+def redact_notebook(nb # a notebook (dict or NotebookNode), changed in place
+                   ):
+    "Take every known secret out of `nb`'s content fields; its keys and structure stay as they are."
+    from mlops_nb.core import _FORMS
+    if not _FORMS: return nb
+    for cell in nb.get('cells', []):
+        cell['source'] = redact(_joined(cell.get('source', '')))
+        for o in cell.get('outputs', None) or []:
+            if 'text' in o: o['text'] = redact(_joined(o['text']))
+            data = o.get('data') or {}
+            for mime, v in list(data.items()):
+                if isinstance(v, dict): data[mime] = redact_value(v)
+                elif _text_mime(mime): data[mime] = redact(_joined(v))
+            if o.get('output_type') == 'error':
+                o['ename'], o['evalue'] = redact(o.get('ename', '')), redact(o.get('evalue', ''))
+                o['traceback'] = [redact(t) for t in o.get('traceback', [])]
+    pm = nb.get('metadata', {}).get('papermill') or {}
+    if pm.get('parameters'): pm['parameters'] = redact_value(dict(pm['parameters']))
+    return nb
+
+def _redacting_writes():
+    "Make papermill's notebook writes (every save of the output notebook) redact first."
+    import papermill.engines, papermill.execute, papermill.iorw
+    write = getattr(papermill.iorw.write_ipynb, '__wrapped__', papermill.iorw.write_ipynb)
+    def write_ipynb(nb, path, *args, **kwargs): return write(redact_notebook(nb), path, *args, **kwargs)
+    write_ipynb.__wrapped__ = write
+    for m in (papermill.iorw, papermill.engines, papermill.execute): m.write_ipynb = write_ipynb
+
+# %% ../nbs/08a_engine.ipynb #0e3aae63
+DRIVER_GRACE = 10.0  # seconds a job whose driver died waits for its running cell to stop
+
+# %% ../nbs/08a_engine.ipynb #f0f14706
+class _DriverWatch(threading.Thread):
+    "In a job's process: stop the job when its driver dies; beat a heartbeat into the run meanwhile."
+    def __init__(self, job: dict):
+        super().__init__(daemon=True, name='mlops_nb driver watch')
+        self.job, self.pid, self.start_time = job, job.get('driver'), job.get('driver_start')
+        self.lost, self._claimed, self._lock = False, False, threading.Lock()
+
+    def claim(self) -> bool:
+        "Whether the driver is lost; the first caller then owns ending the run (the main thread or this one, not both)."
+        with self._lock:
+            if not self.lost or self._claimed: return False
+            self._claimed = True; return True
+
+    def run(self):
+        if not self.pid: return
+        beat = float(os.environ.get('MLOPS_NB_HEARTBEAT') or 30)
+        next_beat = time.time() + beat
+        while process_alive(self.pid, self.start_time):
+            if time.time() >= next_beat: _heartbeat(); next_beat = time.time() + beat
+            time.sleep(0.5)
+        self.lost = True
+        os.kill(os.getpid(), signal.SIGTERM)  # the running cell raises KeyboardInterrupt; the main thread ends the run
+        time.sleep(DRIVER_GRACE)
+        if self.claim(): _finish_alone(self.job, None); os._exit(1)  # the cell did not give way
+
+def _heartbeat():
+    try:
+        from mlops_nb.core import get_settings
+        from mlops_nb.tracking import TAG, client
+        client(get_settings()).set_tag(os.environ['MLOPS_NB_RUN_ID'], f'{TAG}heartbeat', f'{time.time():.0f}')
+    except Exception: pass  # a missed beat only makes the run look older
+
+# %% ../nbs/08a_engine.ipynb #61fd80f0
+def _finish_alone(job: dict, report: dict | None):
+    "The driver is gone: end the job's run FAILED (`driver_lost`) from the job's process, keeping the partial notebook."
+    from mlops_nb.core import get_settings
+    from mlops_nb.tracking import TAG, Run
+    err = {**((report or {}).get('error') or {}), 'reason': 'driver_lost', 'ename': 'DriverLost',
+           'evalue': f"the process running this job (pid {job.get('driver')}) died; the job stopped itself"}
+    out, log = Path(job['output']), Path(job.get('log') or '')
+    run = Run(os.environ['MLOPS_NB_RUN_ID'], get_settings())
+    try:
+        if out.exists():
+            redact_file(out)
+            idx = mark_failure(out, err)
+            if err.get('cell') is None: err['cell'] = idx
+            render_html(out)
+        if job.get('log'): redact_file(log)
+        for f in (out, out.with_suffix('.html'), log):
+            if f.is_file() and f.stat().st_size: run.log_artifact(f, 'notebook')
+        for k, v in err.items():
+            if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
+    finally:  # a sweep that saw its worker die may have ended the run already (`worker_lost`): keep its word
+        if run.client.get_run(run.run_id).info.status == 'RUNNING': run.end('FAILED', reason='driver_lost', error=job_failed(err))
+
+# %% ../nbs/08a_engine.ipynb #9cbaa418
+_SKIP_SUFFIXES = ('.py', '.pyc', '.pyi', '.pyo', '.so', '.pth', '.typed', '.mo', '.dylib')
+
+class _Reads:
+    "Paths this process opens for reading (an audit hook) and, at the end, the data files among them with their SHA-256."
+    def __init__(self, job: dict):
+        self.cwd, self.read, self.written = job['cwd'], set(), set()
+        home = os.path.expanduser('~')
+        self.skip = tuple(dict.fromkeys(os.path.join(p, '') for p in (
+            sys.prefix, sys.base_prefix, sys.exec_prefix, '/proc', '/sys', '/dev', '/etc', '/usr', '/lib', '/run',
+            *(os.path.join(home, d) for d in ('.cache', '.config', '.local', '.ipython', '.jupyter', '.matplotlib', '.mlflow')),
+            str(Path(job['output']).resolve().parent))))
+        sys.addaudithook(self.hook)
+
+    def hook(self, event, args):
+        if event != 'open': return
+        path = os.fspath(args[0]) if isinstance(args[0], os.PathLike) else args[0]
+        if not isinstance(path, str): return
+        mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
+        writes = any(c in mode for c in 'wax+') if mode else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        (self.written if writes else self.read).add(path)
+
+    def files(self) -> list[dict]:
+        "[{'path', 'sha256', 'size'}] of the data files read, paths relative to the working directory where inside it."
+        import hashlib
+        written = {os.path.abspath(os.path.join(self.cwd, p)) for p in self.written}
+        out = {}
+        for p in list(self.read):
+            a = os.path.abspath(os.path.join(self.cwd, p))
+            if a in out or a in written or a.endswith(_SKIP_SUFFIXES) or a.startswith(self.skip) or '__pycache__' in a: continue
+            try:
+                if not os.path.isfile(a): continue
+                h = hashlib.sha256()
+                with open(a, 'rb') as f:
+                    for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+                out[a] = {'path': os.path.relpath(a, self.cwd) if a.startswith(os.path.join(self.cwd, '')) else a,
+                          'sha256': h.hexdigest(), 'size': os.path.getsize(a)}
+            except OSError: continue
+        return sorted(out.values(), key=lambda d: d['path'])
 
 # %% ../nbs/08a_engine.ipynb #cb753889
 def failure(e: BaseException) -> dict:
@@ -433,14 +621,16 @@ def _may_have_children():
 
 class Job:
     "One notebook executing in its own process; `wait()` for how it ended, `stop()` to interrupt it."
-    def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0):
+    def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0, on_start=None):
         ctx = _context()
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
         self._recv, send = ctx.Pipe(duplex=False)
+        job = {**job, 'driver': os.getpid(), 'driver_start': _proc_start(os.getpid())}  # the job watches this process
         self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"{JOB_PROCESS} {Path(job['input']).name}")
         with _may_have_children(): self.proc.start()  # returns once the warm worker forked the job (it may still be importing)
         self.t0 = time.time()  # the timeout counts from here: the job's time, not the warm-up's
         send.close()
+        if on_start is not None: on_start(self.proc.pid)  # e.g. record the job's pid on its run
         _LIVE.add(self)
 
     def stop(self, reason: str = 'interrupted'):
@@ -476,18 +666,18 @@ class Job:
 
     def _result(self, report: dict | None) -> Execution:
         code, dur = self.proc.exitcode, time.time() - self.t0
-        html = (report or {}).get('html')
+        html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
         if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
             ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
                              if self._stop_reason == 'timeout' else ('KeyboardInterrupt', 'interrupted (Ctrl-C or SIGTERM): the job was stopped'))
             err = {**((report or {}).get('error') or {}), 'reason': self._stop_reason, 'ename': ename, 'evalue': evalue}
-            return Execution('failed', err, code, dur, html=html)
+            return Execution('failed', err, code, dur, html=html, reads=reads, recorded=rec)
         if report is None:
             how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
             hint = ' (killed: out of memory or by another process?)' if code == -signal.SIGKILL else ''
             return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
                                             evalue=f"the job's process died with {how}{hint}"), code, dur)
-        return Execution(report['status'], report['error'], code, dur, html=html)
+        return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
 
 def stop_all(reason: str = 'interrupted'):
     "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."
@@ -495,9 +685,10 @@ def stop_all(reason: str = 'interrupted'):
 
 def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd', 'env', engine, kernel, 'log'
             timeout: float | None = None, # seconds the whole job may take
+            on_start=None, # called with the job's pid once its process started
            ) -> Execution:
     "Execute one prepared job in a process forked from the warm worker; Ctrl-C stops the job (`interrupted` is set)."
-    j = Job(job, timeout=timeout)
+    j = Job(job, timeout=timeout, on_start=on_start)
     try: return j.wait()
     except KeyboardInterrupt:
         j.stop('interrupted')
@@ -508,22 +699,29 @@ def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd
         return ex
 
 # %% ../nbs/08a_engine.ipynb #0db4b303
-REDACTED = '***'
-
-def redact_text(text: str, values) -> str:
-    "`text` with every occurrence of each secret value (raw, JSON-escaped, or escaped twice) replaced by `***`."
-    for v in sorted((v for v in values if v), key=len, reverse=True):
-        for form in {v, json.dumps(v)[1:-1], json.dumps(json.dumps(v)[1:-1])[1:-1]}: text = text.replace(form, REDACTED)
-    return text
-
-def redact_file(path: Path, values) -> bool:
-    "Redact the secret `values` in the text file `path`; whether any was found."
-    values = [v for v in values if v]
-    if not values or not Path(path).exists(): return False
-    text = Path(path).read_text(encoding='utf-8', errors='surrogateescape')
-    new = redact_text(text, values)
-    if new != text: Path(path).write_text(new, encoding='utf-8', errors='surrogateescape')
+def redact_file(path: Path, # a notebook (redacted field by field) or a text file such as a log
+                values=(), # secret values to know first, besides those this process already knows
+               ) -> bool:
+    "Take every known secret out of the file `path`; whether anything changed."
+    for v in values: add_secret(v)
+    from mlops_nb.core import _FORMS
+    path = Path(path)
+    if not _FORMS or not path.is_file(): return False
+    text = path.read_text(encoding='utf-8', errors='surrogateescape')
+    new = None
+    if path.suffix == '.ipynb':
+        try: new = json.dumps(redact_notebook(json.loads(text)), indent=1, ensure_ascii=False) + '\n'
+        except ValueError: new = None  # cut short by a kill: redact it as text
+    if new is None: new = redact(text)
+    if new != text: path.write_text(new, encoding='utf-8', errors='surrogateescape')
     return new != text
+
+def job_failed(failure: dict # {'reason', 'cell', 'ename', 'evalue', ...} of a failed job
+              ) -> JobFailed:
+    "The error a failed job is recorded (and raised) as, carrying the failure's facts."
+    where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
+    return JobFailed(redact(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}"),
+                     hint='Open the executed notebook to see the failing cell.', **{k: v for k, v in failure.items() if k != 'hint'})
 
 def render_html(nb_path: Path) -> Path | None:
     "An HTML render of the executed notebook next to it (None if rendering fails)."
@@ -535,7 +733,7 @@ def render_html(nb_path: Path) -> Path | None:
             from nbconvert import HTMLExporter
             exporter = HTMLExporter()
         body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-        out = Path(nb_path).with_suffix('.html'); out.write_text(body, encoding='utf-8')
+        out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
         return out
     except Exception as e:
         print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
@@ -546,7 +744,14 @@ def mark_failure(nb_path: Path, error: dict) -> int | None:
     import nbformat
     from nbformat.v4 import new_markdown_cell, new_output
     nb = nbformat.read(str(nb_path), as_version=4)
-    idx = next((i for i, c in enumerate(nb.cells) if c.get('metadata', {}).get('papermill', {}).get('status') == 'running'), None)
+    pm = lambda c: c.get('metadata', {}).get('papermill', {})
+    idx = next((i for i, c in enumerate(nb.cells) if pm(c).get('status') == 'running'), None)
+    if idx is None and error.get('reason') == 'kernel_died' and not nb.metadata.get('papermill', {}).get('exception'):
+        # papermill's own engine marks every cell "completed" when the kernel dies: the one that died is the last started
+        started = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and pm(c).get('start_time')]
+        idx = started[-1] if started else None
+        for c in nb.cells[idx + 1:] if idx is not None else []:
+            if not pm(c).get('start_time') and 'status' in pm(c): c.metadata.papermill.update(status='pending', end_time=None, duration=None)
     if idx is None: return None
     cell = nb.cells[idx]
     cell.metadata.papermill.update(status='failed', exception=True)

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ParameterError, Settings, get_settings, job_notebook
-from .engine import REDACTED, execute, kernelspec, mark_failure, papermill_engine, redact_file, redact_text, render_html, warm_up
-from .params import check_params, read_params, secret_env_name
+from .core import REDACTED, ParameterError, Secret, Settings, add_secret, get_settings, job_notebook, redact_value
+from .engine import execute, job_failed, kernelspec, mark_failure, papermill_engine, redact_file, render_html, warm_up
+from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .tracking import TAG
 
 # %% auto #0
@@ -29,7 +29,7 @@ class JobResult:
     output: Path  # the executed notebook (partial when the job failed)
     parameters: dict  # the values it ran with (secrets masked)
     metrics: dict = field(default_factory=dict)  # the run's metrics
-    recorded: dict = field(default_factory=dict)  # values the notebook passed to `record`, read back from its outputs
+    recorded: dict = field(default_factory=dict)  # values the notebook passed to `record` (from the job's process, or read back from its outputs)
     error: dict | None = None  # {'reason', 'cell', 'ename', 'evalue'} when it failed
     duration: float = 0.0  # seconds, wall clock
     html: Path | None = None  # the HTML render
@@ -53,7 +53,7 @@ class JobResult:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
-                 recorded={k: v for k, v in self.recorded.items() if _jsonable(v)})
+                 recorded=redact_value({k: v for k, v in self.recorded.items() if _jsonable(v)}))
         return d
 
 def _jsonable(v) -> bool:
@@ -82,7 +82,14 @@ def prepare_notebook(notebook: Path, # the job notebook
     "The parameterised notebook and the environment variables that carry the secret values."
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    nb = load_notebook_node(str(notebook))
+    import warnings, uuid
+    from nbformat.validator import MissingIDFieldWarning
+    with warnings.catch_warnings():  # a notebook written by an older tool: give its cells ids, once, instead of a warning per save
+        warnings.simplefilter('ignore', MissingIDFieldWarning)
+        nb = load_notebook_node(str(notebook))
+    if nb.nbformat == 4 and nb.nbformat_minor >= 5:
+        for c in nb.cells:
+            if not c.get('id'): c['id'] = uuid.uuid4().hex[:8]
     kernel, language = kernelspec(nb)
     if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
         nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
@@ -95,7 +102,7 @@ def prepare_notebook(notebook: Path, # the job notebook
         lines += ['from mlops_nb.params import secret_from_env  # secret values come from the environment, never from this notebook']
         lines += [f'{k} = secret_from_env({k!r})' for k in sorted(hidden)]
         cell.source = '\n'.join(lines)
-    return nb, {secret_env_name(k): str(values[k]) for k in hidden}
+    return nb, {secret_env_name(k): secret_env_value(values[k]) for k in hidden}
 
 # %% ../nbs/08_jobs.ipynb #ba85f205
 def default_output(run_id: str, notebook: Path, cwd: Path | None = None) -> Path:
@@ -160,11 +167,13 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
             tags: dict | None = None, # extra run tags
             allow_no_parameters: bool = False, # run a notebook that has no `parameters` cell
             parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
+            cwd: str | Path | None = None, # the job's working directory; this process's if None
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
                                          allow_no_parameters=allow_no_parameters, kernel_name=kernel_name)
-    secret = {k for k, p in spec.items() if getattr(p, 'secret', False)}
+    secret = {k for k, p in spec.items() if getattr(p, 'secret', False)} | {k for k in values if k not in spec and is_secret_name(k)}
+    for k in secret & set(values): add_secret(values[k])  # known to this process: redacted from all it writes
     prepared, secret_env = prepare_notebook(nb, values, secret)
     s = settings or get_settings(experiment=experiment)
     tags = {**(tags or {}), **({'mlflow.parentRunId': parent_run_id} if parent_run_id else {})}
@@ -173,7 +182,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
         res = _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine,
-                       kernel_name, log_output, progress, run_name, {**tags, **extra})
+                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd)
         attempts.append(res.run_id)
         res.attempts = list(attempts)
         if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
@@ -182,38 +191,41 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
 
 # %% ../nbs/08_jobs.ipynb #22b849ae
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-             log_output, progress, run_name, tags) -> JobResult:
+             log_output, progress, run_name, tags, cwd=None) -> JobResult:
+    import socket
     from mlops_nb.tracking import create_run
-    mask = lambda d: {k: ('***' if k in secret else v) for k, v in d.items()}
+    mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
+    cwd = str(Path(cwd or os.getcwd()).resolve())
     full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
     if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
     run = create_run(settings=s, experiment=experiment, run_name=run_name or nb.stem, notebook=nb, seed=full.get('seed'),
                      params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
-                                              'mlflow.source.type': 'NOTEBOOK', **tags})
+                                              'mlflow.source.type': 'NOTEBOOK', f'{TAG}host': socket.gethostname(),
+                                              f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
     out = Path(output) if output else default_output(run.run_id, nb)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix('.log')
     env = {**os.environ, **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
-    redact = [v for v in secret_env.values() if v]
-    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=os.getcwd(), env=env, papermill_engine=papermill_engine(engine),
+    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=cwd, env=env, papermill_engine=papermill_engine(engine),
                kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
-               redact=redact, html=True)
+               secrets=[values[k] for k in secret if k in values], html=True)
     ex, err = None, None
-    try: ex = execute(job, timeout=timeout)
+    try: ex = execute(job, timeout=timeout, on_start=lambda pid: run.client.set_tag(run.run_id, f'{TAG}pid', str(pid)))
     except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
     if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
         failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
     else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
-    if failure: failure = {k: (redact_text(v, redact) if isinstance(v, str) else v) for k, v in failure.items()}  # a message may quote a secret
+    if failure: failure = redact_value(failure)  # a message may quote a secret
     ok = ex is not None and ex.status == 'ok'
     html = Path(ex.html) if ex is not None and ex.html else None
     try:
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
-            redact_file(out, redact)  # a process that died did not redact its notebook itself
+            redact_file(out)  # a process that died did not redact its notebook itself
             idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
             if idx is not None and failure.get('cell') is None: failure['cell'] = idx
             html = render_html(out)
-        redact_file(log, redact)  # the notebook and HTML were redacted by the job's process, or just above
+        redact_file(log)  # the notebook and HTML were redacted by the job's process, or just above
+        if ex is not None and ex.reads is not None: run.log_text(json.dumps({'cwd': cwd, 'files': ex.reads}, indent=1), 'reads.json')
         if out.exists(): run.log_artifact(out, 'notebook')
         if html and html.exists(): run.log_artifact(html, 'notebook')
         if log.exists() and log.stat().st_size: run.log_artifact(log, 'notebook')
@@ -223,19 +235,13 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
         run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
     finally:
         run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
-                error=err if err is not None else (_JobError(failure) if failure else None))
+                error=err if err is not None else (job_failed(failure) if failure else None))
     metrics = run.client.get_run(run.run_id).data.metrics
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
-                     metrics=dict(metrics), recorded=read_recorded(out) if out.exists() else {}, error=failure,
+                     metrics=dict(metrics), recorded=ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
                      interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt))
 
-class _JobError(Exception):
-    "How a job failed, as the exception recorded on its run."
-    def __init__(self, failure: dict):
-        self.failure = failure
-        where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
-        super().__init__(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}")
 
 # %% ../nbs/08_jobs.ipynb #3c88c9a6
 @dataclass
@@ -245,14 +251,18 @@ class Reproduction:
     result: JobResult  # the new run
     metrics: dict  # name -> {'original', 'reproduced', 'diff'}
     data_changed: dict  # dataset name -> (original fingerprint, new fingerprint) where they differ
+    files_checked: int | None = None  # data files the run read, checked unchanged before the rerun; None: the run recorded none
 
     @property
     def identical(self) -> bool:
-        return self.result.ok and not self.data_changed and all(m['diff'] == 0 for m in self.metrics.values())
+        "Same metrics, and the data checked to be the same: never claimed without having checked."
+        return (self.result.ok and self.files_checked is not None and not self.data_changed
+                and all(m['diff'] == 0 for m in self.metrics.values()))
 
     def to_dict(self) -> dict:
         return {'original': self.original, 'run': self.result.to_dict(), 'metrics': self.metrics,
-                'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'identical': self.identical}
+                'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'files_checked': self.files_checked,
+                'identical': self.identical}
 
 def _stripped(executed, dst: Path) -> Path:
     "The executed notebook as it was before papermill: no injected cell, no error banner, no outputs."
@@ -267,8 +277,8 @@ def _stripped(executed, dst: Path) -> Path:
     nbformat.write(nb, str(dst))
     return dst
 
-def _data_check(run, run_id: str):
-    "Refuse (DataError) when a local data file the run read is gone or changed."
+def _data_check(run, run_id: str, base: Path):
+    "Refuse (DataError) when a local data file given to `log_dataset` is gone or changed (relative paths from `base`)."
     from mlops_nb.core import DataError
     from mlops_nb.tracking import file_sha256
     tags = run.data.tags
@@ -276,7 +286,7 @@ def _data_check(run, run_id: str):
         if not k.startswith(f'{TAG}data_source.'): continue
         name = k.split('.', 2)[-1]
         recorded = tags.get(f'{TAG}data_source_sha256.{name}')
-        p = Path(src)
+        p = base / src if not Path(src).is_absolute() else Path(src)
         if not recorded and not p.suffix: continue  # a bundled dataset name, not a file
         if not p.exists():
             raise DataError(f"Run {run_id} read {name!r} data from {src}, which no longer exists; it cannot be reproduced.",
@@ -284,6 +294,23 @@ def _data_check(run, run_id: str):
         if recorded and file_sha256(p) != recorded:
             raise DataError(f"The {name!r} data of run {run_id} changed: {src} has SHA-256 {file_sha256(p)[:12]}…, "
                             f"the run read {recorded[:12]}….", hint="Reproduce with the original file, or start a new run.", path=src)
+
+def _files_check(reads: dict | None, run_id: str) -> int | None:
+    "Refuse (DataError, naming each) when a file the job read is gone or changed; how many were checked (None: none recorded)."
+    from mlops_nb.core import DataError
+    from mlops_nb.tracking import file_sha256
+    if reads is None: return None
+    base, problems = Path(reads['cwd']), []
+    for f in reads['files']:
+        p = Path(f['path']) if Path(f['path']).is_absolute() else base / f['path']
+        if not p.is_file(): problems.append(f"{f['path']} is gone (looked for {p})")
+        elif (now := file_sha256(p)) != f['sha256']:
+            problems.append(f"{f['path']} changed (SHA-256 {now[:12]}… now, the run read {f['sha256'][:12]}…)")
+    if problems:
+        raise DataError(f"Run {run_id} cannot be reproduced: {len(problems)} file(s) it read changed or are gone:\n"
+                        + '\n'.join(f'  - {p}' for p in problems),
+                        hint="Restore the files as they were, or start a new run on the new data.", problems=problems)
+    return len(reads['files'])
 
 # %% ../nbs/08_jobs.ipynb #d936f7e3
 def reproduce(run_id: str, # the run to rerun
@@ -313,12 +340,16 @@ def reproduce(run_id: str, # the run to rerun
     if hidden:
         raise ParameterError(f"Run {run_id} used secret parameter(s) {', '.join(hidden)}, whose values are not recorded.",
                              hint='Pass them again: ' + ' '.join(f'-p {k} VALUE' for k in hidden), parameter=hidden[0])
-    _data_check(old, run_id)
+    try: reads = json.loads(Path(download_artifact(run_id, 'reads.json', tmp, settings=s)).read_text())
+    except Exception: reads = None  # an older run, or one whose reads happened in a kernel (--engine papermill)
+    base = Path(tags.get(f'{TAG}cwd') or (reads or {}).get('cwd') or os.getcwd())
+    _data_check(old, run_id, base)
+    checked = _files_check(reads, run_id)
     same = source.exists() and tags.get(f'{TAG}notebook_sha256') == file_sha256(source)
     nb = source if same else _stripped(executed, tmp / source.name)
     exp = c.get_experiment(old.info.experiment_id).name
     res = run_job(nb, values, settings=s, experiment=exp, engine=engine, timeout=timeout, run_name=f"{old.info.run_name} (reproduction)",
-                  tags={f'{TAG}reproduction_of': run_id})
+                  tags={f'{TAG}reproduction_of': run_id}, cwd=base if base.is_dir() else None)
     new = c.get_run(res.run_id)
     skip = {'job_duration_s'}
     metrics = {}
@@ -328,6 +359,6 @@ def reproduce(run_id: str, # the run to rerun
     fp = f'{TAG}data_fingerprint'
     changed = {k[len(fp) + 1:] or 'primary': (v, new.data.tags.get(k)) for k, v in tags.items()
                if k.startswith(fp) and new.data.tags.get(k) != v}
-    r = Reproduction(run_id, res, metrics, changed)
+    r = Reproduction(run_id, res, metrics, changed, checked)
     c.set_tag(res.run_id, f'{TAG}reproduction', 'identical' if r.identical else 'differs')
     return r

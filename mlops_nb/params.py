@@ -17,30 +17,35 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
-from .core import ParameterError
+from .core import REDACTED, ParameterError, Secret, add_secret
 
 # %% auto #0
-__all__ = ['SECRET_PATTERNS', 'Secret', 'secret_env_name', 'secret_from_env', 'is_secret_name', 'Param', 'find_parameters_cell',
-           'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params', 'params_json']
+__all__ = ['SECRET_PATTERNS', 'secret_env_name', 'secret_env_value', 'secret_from_env', 'is_secret_name', 'Param',
+           'find_parameters_cell', 'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params',
+           'params_json']
 
 # %% ../nbs/07_params.ipynb #14f28c6c
-class Secret(str):
-    "A str whose value is passed to the kernel but never written to outputs, MLflow or logs."
-    __slots__ = ()
-    def __repr__(self): return "'***'"
-
 def secret_env_name(name: str) -> str:
     "The environment variable a job runner passes secret parameter `name` in."
     return 'MLOPS_NB_SECRET_' + name.upper()
 
+def secret_env_value(value) -> str:
+    "How a job runner writes a secret value into the job's environment: JSON, so its type survives."
+    return 'json:' + json.dumps(value)
+
 def secret_from_env(name: str # the secret parameter
-                   ) -> Secret:
-    "The value of secret parameter `name`, taken (and removed) from the job's environment; used by the injected cell."
+                   ):
+    "The value of secret parameter `name`, taken (and removed) from the job's environment, with its type; used by the injected cell."
     var = secret_env_name(name)
     if var not in os.environ:
         raise ParameterError(f"Secret parameter {name!r} has no value: {var} is not set (already read, or not run by mlops-nb).",
                              hint=f"Run the notebook with `mlops-nb run NB -p {name} VALUE`, or set {var}.", parameter=name)
-    return Secret(os.environ.pop(var))
+    raw = os.environ.pop(var)
+    v = json.loads(raw[5:]) if raw.startswith('json:') else raw
+    if isinstance(v, str): return Secret(v)
+    if isinstance(v, list): v = [Secret(x) if isinstance(x, str) else x for x in v]
+    add_secret(v)
+    return v
 
 # %% ../nbs/07_params.ipynb #11d48395
 SECRET_PATTERNS = ('*_token', '*token', '*password*', '*secret*', '*api_key*')  # names treated as secrets
@@ -58,7 +63,7 @@ def is_secret_name(name: str # a parameter name
 # %% ../nbs/07_params.ipynb #2e72d1af
 class _T(NamedTuple):
     "What values a parameter takes."
-    kind: str  # 'int', 'float', 'bool', 'str', 'path', 'secret', 'list', 'literal', 'union', 'any' (or 'none' while parsing)
+    kind: str  # 'int', 'float', 'bool', 'str', 'path', 'secret', 'list', 'dict', 'literal', 'union', 'any' (or 'none' while parsing)
     args: tuple = ()  # list: (item type,); literal: the allowed values; union: the member types
     nullable: bool = False  # None is allowed
 
@@ -66,6 +71,7 @@ _ANY = _T('any', nullable=True)
 _NAMES = {'int': 'int', 'float': 'float', 'bool': 'bool', 'str': 'str', 'Secret': 'secret',
           'Path': 'path', 'PurePath': 'path', 'PosixPath': 'path', 'WindowsPath': 'path'}
 _LISTS = ('list', 'List', 'Sequence')
+_DICTS = ('dict', 'Dict', 'Mapping', 'MutableMapping')
 
 def _last_name(node) -> str | None:
     "The last part of a name: `typing.Optional` -> 'Optional'."
@@ -95,6 +101,7 @@ def _parse_ann(node) -> _T:
     if not isinstance(node, ast.Subscript):
         name = _last_name(node)
         if name in _LISTS: return _T('list', (_ANY,))
+        if name in _DICTS: return _T('dict')
         return _T(_NAMES[name]) if name in _NAMES else _ANY
     name, sl = _last_name(node.value), node.slice
     args = list(sl.elts) if isinstance(sl, ast.Tuple) else [sl]
@@ -102,6 +109,7 @@ def _parse_ann(node) -> _T:
     if name == 'Union': return _union([_parse_ann(a) for a in args])
     if name == 'Annotated': return _parse_ann(args[0])
     if name in _LISTS: return _T('list', (_parse_ann(args[0]),))
+    if name in _DICTS: return _T('dict')
     if name == 'Literal':
         try: vals = [ast.literal_eval(a) for a in args]
         except (ValueError, TypeError, SyntaxError): return _ANY
@@ -120,6 +128,7 @@ _PY = {bool: 'bool', int: 'int', float: 'float', str: 'str'}
 def _infer(default) -> _T:
     "The type of a parameter without annotation, from its default value."
     if type(default) in _PY: return _T(_PY[type(default)])
+    if isinstance(default, dict): return _T('dict')
     if isinstance(default, list):
         kinds = {_PY.get(type(v)) for v in default}
         if kinds == {'int', 'float'}: kinds = {'float'}
@@ -212,6 +221,12 @@ def _conv(t: _T, v, text: bool):
             try: out.append(_conv(item, x, items_text))
             except _Bad: raise _Bad(f"item {i} ({x!r}) is not {_type_name(item)}") from None
         return out
+    if k == 'dict':
+        if isinstance(v, str):
+            try: v = _yaml_load(v) if v.strip() else {}
+            except Exception: raise _Bad("not valid JSON or YAML") from None
+        if not isinstance(v, dict): raise _Bad(f"expected a mapping such as '{{\"a\": 1}}', not {type(v).__name__}")
+        return v
     if k == 'literal':
         for m in t.args:
             if _same(m, v): return m
@@ -262,7 +277,7 @@ class Param:
 
 # %% ../nbs/07_params.ipynb #ff00efc5
 def _shown(p: Param, v) -> str:
-    if p.secret and v is not None: return "'***'"
+    if p.secret and v is not None: return repr(REDACTED)
     r = repr(v)
     return r if len(r) <= 60 else r[:57] + '...'
 
@@ -282,7 +297,9 @@ def _check_value(p: Param, v, source: str, text: bool, nb: str | None = None):
             + (f", for example `{p.name}: float = {p.default_src}`." if t.kind == 'int' else " (`name: type = default`)."))
         raise ParameterError(f"Parameter {p.name!r}{where} expects {expects}, got {_shown(p, v)}{frm}{why}.",
                              hint=hint, path=nb, name=p.name, source=source) from None
-    return Secret(out) if p.secret and isinstance(out, str) else out
+    if p.secret and isinstance(out, str): return Secret(out)
+    if p.secret: add_secret(out)  # an int, a list of Secret: redacted everywhere all the same
+    return out
 
 # %% ../nbs/07_params.ipynb #e95f628b
 def find_parameters_cell(nb # a notebook: a dict as read from JSON, or an nbformat NotebookNode
@@ -368,7 +385,7 @@ def _schema(nb: dict, nb_path) -> dict[str, Param] | None:
 def _no_cell(nb_path) -> ParameterError:
     return ParameterError(f"{nb_path} has no cell tagged 'parameters', so no value can be checked or injected.",
                           hint="Tag the code cell that assigns the defaults `parameters` (JupyterLab: property inspector, "
-                               "Cell Tags), as papermill expects.", path=str(nb_path))
+                               "Cell Tags), as papermill expects; or run it as it is with --allow-no-parameters.", path=str(nb_path))
 
 def read_params(nb_path: str | Path, # a job notebook
                 *, allow_no_parameters: bool = False, # a notebook without `parameters` cell has no parameters (else an error)
@@ -437,7 +454,8 @@ def check_params(nb_path: str | Path, # the job notebook (named in messages)
     if params is None or (allow_no_parameters and not params):  # `{}` may stand for "no parameters cell"
         params = _schema(_read_nb(nb_path), nb_path)
         if params is None:
-            if allow_no_parameters: return dict(values)
+            if allow_no_parameters:  # no schema to check against, but the names still say what is secret
+                return {k: Secret(v) if isinstance(v, str) and is_secret_name(k) else v for k, v in values.items()}
             raise _no_cell(nb_path)
     nb = str(nb_path)
     sources, raw = getattr(values, 'sources', {}), getattr(values, 'raw', None)
@@ -467,7 +485,7 @@ def check_params(nb_path: str | Path, # the job notebook (named in messages)
 # %% ../nbs/07_params.ipynb #08827c36
 def _default_text(p: Param) -> str:
     if p.required: return 'required'
-    if p.secret: return '***'
+    if p.secret: return REDACTED
     s = ' '.join(p.default_src.split())
     return s if len(s) <= 40 else s[:37] + '...'
 
@@ -492,7 +510,7 @@ def params_json(params: dict[str, Param] # as `read_params` returns
         t, hide = p._t, p.secret and bool(p.default_src)
         choices = list(t.args) + ([None] if t.nullable else []) if t.kind == 'literal' else None
         out.append(dict(name=p.name, type=p.type, annotation=p.annotation,
-                        default='***' if hide else _jsonable(p.default, p.default_src),
-                        default_src='***' if hide else p.default_src, doc=p.doc, required=p.required,
+                        default=REDACTED if hide else _jsonable(p.default, p.default_src),
+                        default_src=REDACTED if hide else p.default_src, doc=p.doc, required=p.required,
                         secret=p.secret, choices=_jsonable(choices, None)))
     return out

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .core import GateFailed, MlopsNbError, RegistryError, Settings, get_settings
-from .tracking import TAG, client, download_artifact, load_model
+from .tracking import TAG, absent, client, download_artifact, filter_value, load_model
 
 # %% auto #0
 __all__ = ['LINEAGE_KEYS', 'SERVING_INFO', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions',
@@ -38,7 +38,8 @@ def _recent_runs(c, settings: Settings, n: int = 5) -> str:
 
 def _get_run(c, run_id: str, settings: Settings):
     try: return c.get_run(run_id)
-    except Exception:
+    except Exception as e:
+        absent(e, settings)  # any other store error is a TrackingError naming the store
         raise RegistryError(f"Run {run_id!r} does not exist in {settings.tracking_uri}.",
                             hint=f"Newest train runs: {_recent_runs(c, settings)}. `mlops-nb ui` lists all runs.", run_id=run_id) from None
 
@@ -83,13 +84,13 @@ def model_card(name: str, # registered model name
 
 # %% ../nbs/06_registry.ipynb #3c03417a
 def _version_of_run(c, name: str, run_id: str):
-    try: vs = c.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except Exception: return None
+    vs = c.search_model_versions(f"name = {filter_value(name)} and run_id = {filter_value(run_id)}")
     return min(vs, key=lambda v: int(v.version)) if vs else None
 
 def _ensure_model(c, name: str):
     try: c.get_registered_model(name)
-    except Exception:
+    except Exception as e:
+        absent(e)
         try: c.create_registered_model(name, description="Registered by mlops_nb; `mlops-nb models NAME` lists its versions.")
         except Exception:
             c.get_registered_model(name)  # created concurrently by another promotion; anything else raises here
@@ -131,7 +132,8 @@ def register_run_model(name: str, # registered model name
 # %% ../nbs/06_registry.ipynb #af1de748
 def _model(c, name: str):
     try: return c.get_registered_model(name)
-    except Exception:
+    except Exception as e:
+        absent(e)
         names = [m.name for m in c.search_registered_models()]
         raise RegistryError(f"Registered model {name!r} does not exist.",
                             hint=f"Registered models: {', '.join(sorted(names)) or '(none)'}. "
@@ -288,9 +290,12 @@ def promote(name: str, # registered model name
         if current is not None and current != ver and gate.relative:
             cv = c.get_model_version(name, current)
             from mlops_nb.data import Schema
-            try: cschema = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s))
-            except Exception: cschema = None
+            try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
+            except Exception as e: cschema, why = None, f"{type(e).__name__}: {e}"[:300]
             if cschema is not None: rows += data_checks(eval_df, cschema, None, label=f'champion v{current}')
+            else:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
+                rows.append(dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',
+                                 bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}"))
             if all(r['passed'] for r in rows):
                 champ = gate_metrics(load_model(f'models:/{name}/{current}', s), eval_df[cschema.features if cschema else schema.features], y)
             else: champ = {}  # relative checks then fail with 'champion has no value'
@@ -326,6 +331,7 @@ def rollback(name: str, # registered model name
     "Move `alias` back to its previous holder; returns `{name, alias, version, previous}`."
     s = settings or get_settings()
     c = client(s)
+    _model(c, name)  # an unknown name is an error before any lock file is made for it
     with promotion_lock(s, name):
         current = alias_version(name, alias, s)
         hist = alias_history(name, alias, s)

@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
-from .params import check_params, read_params
+from .core import REDACTED, ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
+from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
 
 # %% auto #0
@@ -173,6 +173,13 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
 def check_sweep(sweep: Sweep) -> list[dict]:
     "The values of every job, converted to the notebook's types; a `ParameterError` for the first bad combination."
     spec = read_params(sweep.notebook)
+    varied = sorted(set().union(*map(set, sweep.combinations)))
+    secret = [k for k in varied if (spec[k].secret if k in spec else is_secret_name(k))]
+    if secret:  # refused, not masked: a sweep names its jobs by their values, in the table, the files and the parent's params
+        raise ParameterError(f"Cannot sweep over secret parameter(s) {', '.join(secret)} of {sweep.notebook}: a sweep shows the "
+                             "values it varies (its table, sweep_summary.csv, sweep.json, run names), and secrets are never shown.",
+                             hint=f"Give a secret once with -p {secret[0]} VALUE (every job gets it) and sweep over other parameters.",
+                             path=str(sweep.notebook), name=secret[0])
     out, bad = [], []
     for i, values in enumerate(sweep.jobs()):
         try: out.append(check_params(sweep.notebook, values, params=spec))
@@ -418,7 +425,7 @@ class SweepResult:
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
 
 def _jsonable(d: dict, secret: set = frozenset()) -> dict:
-    return {k: ('***' if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
+    return {k: (REDACTED if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
 
 def _job_spec(sweep_id, i, nb, values, s: Settings, options) -> dict:
     return dict(sweep_id=sweep_id, index=i, notebook=str(nb), values=values, run_name=f"{nb.stem}-{i}", options=options,
@@ -604,7 +611,7 @@ def load_sweep(settings: Settings, sweep_id: str, fixed: dict | None = None) -> 
     except TrackingError as e:
         raise ParameterError(f"Cannot resume sweep {sweep_id}: {e.message}", hint=e.hint, run_id=sweep_id) from None
     f = {**d['fixed'], **(fixed or {})}
-    masked = [k for k, v in f.items() if v == '***']
+    masked = [k for k, v in f.items() if v == REDACTED]
     if masked: raise ParameterError(f"Secret parameter(s) {', '.join(masked)} of sweep {sweep_id} were not stored.", hint=' '.join(f"-p {k} VALUE" for k in masked) + ' to pass them again.')
     return Sweep(job_notebook(d['notebook']), d['combinations'], fixed=f, metric=d.get('metric'), maximize=d.get('maximize', True),
                  seed=d.get('seed', 0), definition={k: d.get(k) for k in ('grid', 'space', 'random', 'seed')})

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .core import Settings, TrackingError, get_settings
+from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RECORD_MIME', 'client', 'experiment_id', 'git_info',
-           'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run', 'create_run', 'start_run', 'current_run',
-           'record', 'recorded', 'log_dataset', 'log_model', 'run_data', 'download_artifact', 'load_model',
-           'latest_run', 'job_runs', 'set_run_tags', 'model_signature']
+__all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client', 'experiment_id',
+           'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run',
+           'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded', 'log_dataset', 'log_model',
+           'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -90,6 +90,24 @@ def experiment_id(settings: Settings | None = None, # resolved settings
         exp = c.get_experiment_by_name(name)
         if exp is None: raise
         return exp.experiment_id
+
+# %% ../nbs/05_tracking.ipynb #5196c597
+def absent(e: BaseException, # what a store call raised
+           settings: Settings | None = None, # the store, named in the error
+          ) -> bool:
+    "True when `e` is MLflow's 'does not exist'; any other store error is raised as a `TrackingError` naming the store."
+    if getattr(e, 'error_code', None) == 'RESOURCE_DOES_NOT_EXIST': return True
+    uri = (settings or get_settings()).tracking_uri
+    raise TrackingError(f"The store {uri} failed: {type(e).__name__}: {e}",
+                        hint="Check that the store is reachable and not corrupt (for a server, that it is running).") from e
+
+def filter_value(v: str # a name or value to compare with in a filter string
+                ) -> str:
+    "`v` quoted for an MLflow filter string."
+    v = str(v)
+    if "'" not in v: return f"'{v}'"
+    if '"' not in v: return f'"{v}"'
+    raise TrackingError(f"{v!r} holds both quote kinds, which an MLflow filter string cannot express.", hint="Rename it without one of them.")
 
 # %% ../nbs/05_tracking.ipynb #b9b2ea24
 _WRITE_PREFIXES = ('create_', 'delete_', 'log_', 'set_', 'update_', 'rename_', 'restore_', 'finalize_', 'link_', 'unlink_',
@@ -211,6 +229,11 @@ def _chunks(metrics: list, params: list, tags: list):
         m, metrics = metrics[:MAX_ENTITIES - len(p) - len(t)], metrics[MAX_ENTITIES - len(p) - len(t):]
         yield m, p, t
 
+def _name(key: str) -> str:
+    "A metric, param or tag name with any secret taken out, in characters MLflow accepts; our own names stay as written."
+    if key.startswith((TAG, 'mlflow.')): return key  # fixed by code: a short secret must not break them
+    return redact(key).replace(REDACTED, 'REDACTED')
+
 class Batch:
     "Buffer of metrics, params and tags for one run, sent with `log_batch`."
     def __init__(self, mlflow_client, run_id: str, max_buffer: int = MAX_METRICS):
@@ -220,6 +243,7 @@ class Batch:
 
     def metric(self, key: str, value: float, step: int | None = None):
         from mlflow.entities import Metric
+        key = _name(key)
         if step is None: step = self._step.get(key, -1) + 1
         self._step[key] = step
         self.metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
@@ -227,13 +251,13 @@ class Batch:
 
     def param(self, key: str, value):
         "Buffer a param; MLflow params cannot change, so a new value for a recorded key is an error here and now."
-        v = _param_str(value)
+        key, v = _name(key), redact(_param_str(value))  # a secret is never a param's name or value
         old = self._sent.get(key, self.params.get(key))
         if old is not None and old != v:
             raise TrackingError(f"Param {key!r} is already recorded as {old!r} in run {self.run_id}; MLflow params cannot change "
                                 f"(new value {v!r}).", hint="Record changing values as metrics, or use another name.", key=key)
         if key not in self._sent: self.params[key] = v
-    def tag(self, key: str, value): self.tags[key] = str(value)
+    def tag(self, key: str, value): self.tags[_name(key)] = redact(str(value))
 
     def flush(self):
         "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
@@ -271,7 +295,7 @@ class Run:
         if p.is_dir(): self.client.log_artifacts(self.run_id, str(p), artifact_path)
         else: self.client.log_artifact(self.run_id, str(p), artifact_path)
 
-    def log_text(self, text: str, artifact_file: str): self.client.log_text(self.run_id, text, artifact_file)
+    def log_text(self, text: str, artifact_file: str): self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def flush(self): self.batch.flush()
 
@@ -285,9 +309,9 @@ class Run:
                 flush_error = e
                 status, reason, error = 'FAILED', reason or 'tracking_error', error or e
             if error is not None:
-                tags = {f'{TAG}error': f'{type(error).__name__}: {error}'[:7900], f'{TAG}failure_reason': reason or 'error'}
+                tags = {f'{TAG}error': redact(f'{type(error).__name__}: {error}')[:7900], f'{TAG}failure_reason': reason or 'error'}
                 if flush_error is not None and flush_error is not error:
-                    tags[f'{TAG}tracking_error'] = f'{type(flush_error).__name__}: {flush_error}'[:7900]
+                    tags[f'{TAG}tracking_error'] = redact(f'{type(flush_error).__name__}: {flush_error}')[:7900]
                 for k, v in tags.items():  # one by one: these must land even when a batch was refused
                     try: self.client.set_tag(self.run_id, k, v)
                     except Exception: pass
@@ -318,7 +342,7 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
     eid = experiment_id(s, experiment, c)
     t = {**lineage_tags(notebook, seed), **(tags or {})}
     if parent_run_id: t['mlflow.parentRunId'] = parent_run_id
-    r = c.create_run(eid, run_name=run_name, tags={k: str(v) for k, v in t.items()})
+    r = c.create_run(eid, run_name=redact(run_name) if run_name else run_name, tags={k: redact(str(v)) for k, v in t.items()})
     run = Run(r.info.run_id, s, c)
     for k, v in (params or {}).items(): run.batch.param(k, v)
     run.flush()
@@ -341,6 +365,34 @@ def start_run(**kwargs):
         run.end('FINISHED')
     finally:
         _ACTIVE = prev
+
+# %% ../nbs/05_tracking.ipynb #4b2e40c5
+LOST_AFTER = 600.0  # seconds without a heartbeat after which another host's RUNNING job run counts as lost
+
+def mark_lost_runs(settings: Settings | None = None, # the store to look in; `get_settings()` if None
+                  ) -> list[dict]:
+    "Mark FAILED (`lost`) the RUNNING job runs whose processes are gone; [{'run_id', 'why'}] of those marked."
+    import socket
+    s = settings or get_settings()
+    c = client(s)
+    host, now, out = socket.gethostname(), time.time(), []
+    exps = [e.experiment_id for e in c.search_experiments()]
+    running = c.search_runs(exps, filter_string="attributes.status = 'RUNNING'", max_results=5000) if exps else []
+    for r in running:
+        t = r.data.tags
+        if f'{TAG}driver_pid' not in t: continue  # not a job run (a notebook's own start_run, a sweep's parent)
+        if t.get(f'{TAG}host') == host:
+            pids = [int(t[k]) for k in (f'{TAG}driver_pid', f'{TAG}pid') if t.get(k, '').isdigit()]
+            if any(process_alive(p) for p in pids): continue
+            why = f"its processes ({', '.join(map(str, pids))}) on {host} are gone"
+        else:
+            beat = float(t.get(f'{TAG}heartbeat') or r.info.start_time / 1000)
+            if now - beat < LOST_AFTER: continue
+            why = f"no heartbeat from {t.get(f'{TAG}host')} for {now - beat:.0f} s"
+        for k, v in ((f'{TAG}failure_reason', 'lost'), (f'{TAG}failure_evalue', f'run lost: {why}')): c.set_tag(r.info.run_id, k, v)
+        c.set_terminated(r.info.run_id, 'FAILED')
+        out.append({'run_id': r.info.run_id, 'why': why})
+    return out
 
 # %% ../nbs/05_tracking.ipynb #1709f1af
 _ACTIVE: Run | None = None
@@ -395,10 +447,11 @@ def _is_number(v) -> bool:
 
 def _record_into(run: Run, name: str, value, step=None):
     kind = _kind(value)
+    if kind == 'metric' and is_secret(value): kind = 'param'  # a secret number is kept as a param, hence as ***
     if kind == 'metric': run.batch.metric(name, float(value), step)
     elif kind == 'dict':
         for k, v in _flatten(value, name).items():
-            if _is_number(v): run.batch.metric(k, float(v), step)
+            if _is_number(v) and not is_secret(v): run.batch.metric(k, float(v), step)
             else: run.batch.param(k, v)
     elif kind == 'frame':
         with tempfile.TemporaryDirectory() as d:
@@ -436,7 +489,7 @@ def _flatten(d: dict, prefix: str) -> dict:
 
 def _display_record(name, value, run_id, kind: str):
     "Show a recorded scalar in the notebook under `RECORD_MIME`, readable from the executed notebook."
-    if kind not in ('metric', 'param', 'dict'): return
+    if kind not in ('metric', 'param', 'dict') or os.environ.get('MLOPS_NB_RECORD_DISPLAY') == '0': return  # a fast-engine job: none
     try:
         from IPython import get_ipython
         if get_ipython() is None: return
@@ -445,7 +498,7 @@ def _display_record(name, value, run_id, kind: str):
     data = float(value) if kind == 'metric' else value
     try: json.dumps(data)
     except TypeError: data = str(data)
-    display({RECORD_MIME: {'name': name, 'value': data, 'run_id': run_id}, 'text/plain': f'{name} = {value!r}'}, raw=True)
+    display(redact_value({RECORD_MIME: {'name': name, 'value': data, 'run_id': run_id}, 'text/plain': f'{name} = {value!r}'}), raw=True)
 
 # %% ../nbs/05_tracking.ipynb #0bcc2418
 def log_dataset(df, # the frame used
