@@ -15,8 +15,9 @@ check:  ## notebooks clean (nbdev_clean) and mlops_nb/ in sync with nbs/ (nbdev_
 nbtest:  ## run every notebook in nbs/ with nbdev_test
 	@$(STAGE) nbdev_test nbdev_test --n_workers 2 --timing
 
-pytest:  ## end-to-end tests in tests/ and the job notebooks under nbval (two workers, one file per worker at a time)
-	@$(STAGE) pytest $(PY) .ci/pytest_strict.py -n 2 --dist loadgroup --durations=30 --nbval-lax -p no:cacheprovider tests nbs/jobs
+pytest:  ## end-to-end tests in tests/ (two workers, a file's tests on one), then the job notebooks under nbval, in order
+	@$(STAGE) pytest $(PY) .ci/pytest_strict.py -n 2 --dist loadfile --durations=30 -p no:cacheprovider tests
+	@$(STAGE) nbval $(PY) .ci/pytest_strict.py --nbval-lax -p no:cacheprovider nbs/jobs
 
 docs:  ## build the docs site into _docs/ from nbs/ (then `mlops-nb docs --serve` to browse it)
 	mlops-nb docs

@@ -38,12 +38,3 @@ def store(workdir):
     from mlflow import MlflowClient
     return lambda: MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
 
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`), keep each test file on one worker, so
-    module fixtures (a trained model, a served champion) are built once and a file's tests run in order;
-    the job notebooks under nbval share one worker too (evaluate.ipynb reads the run train.ipynb made)."""
-    for item in items:
-        path = Path(str(item.fspath))
-        group = 'job-notebooks' if path.suffix == '.ipynb' else path.name
-        item.add_marker(pytest.mark.xdist_group(group))
