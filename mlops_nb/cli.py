@@ -964,6 +964,8 @@ class _Redacting:
     def __getattr__(self, name): return getattr(self._stream, name)
 
 def _report_lost(s):
+    if s.tracking_uri.startswith('sqlite:///') and not Path(s.tracking_uri[len('sqlite:///'):]).exists():
+        return  # a store not made yet has no lost runs, and bad input must not make one
     from mlops_nb.tracking import mark_lost_runs
     try: lost = mark_lost_runs(s)
     except MlopsNbError: return  # the command itself says what is wrong with the store

@@ -45,8 +45,8 @@ def page_name(nb: str | Path) -> str:
     return re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(nb).stem)
 
 # %% ../nbs/12a_docs.ipynb #3d27271a
-def _proc_worker(jobs_json: str):
-    "Run nbdev's processors on each (src, dst) in `jobs_json`; print one JSON line per notebook. Runs in a child."
+def _proc_worker(jobs_json: str, results: str):
+    "Run nbdev's processors on each (src, dst) in `jobs_json`; append one JSON line per notebook to the file `results`. Runs in a child."
     import warnings
     from nbdev.processors import FilterDefaults, exec_show_docs
     from nbdev.serve_drv import exec_nb
@@ -67,7 +67,7 @@ def _proc_worker(jobs_json: str):
         skipped.clear()
         exec_nb(Path(src), Path(dst), Filter)
         note = f"{Path(src).name}: for show_doc, skipped {', '.join(skipped)}" if skipped else None
-        print(json.dumps({'src': src, 'note': note}), flush=True)
+        with open(results, 'a', encoding='utf-8') as f: f.write(json.dumps({'src': src, 'note': note}) + '\n')  # not stdout: a notebook's cells may redirect it
 
 # %% ../nbs/12a_docs.ipynb #de7347c6
 def proc_notebooks(project: Path, # the project root (holds settings.ini)
@@ -90,15 +90,16 @@ def proc_notebooks(project: Path, # the project root (holds settings.ini)
     notes = json.loads(book.read_text()) if book.exists() else {}
     if not todo: return out, [notes[str(Path(nb).resolve())] for nb in notebooks if notes.get(str(Path(nb).resolve()))]
     env = {**os.environ, 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
-    code = 'import sys; from mlops_nb.docs import _proc_worker; _proc_worker(sys.argv[1])'
+    code = 'import sys; from mlops_nb.docs import _proc_worker; _proc_worker(sys.argv[1], sys.argv[2])'
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:  # files: an unread pipe could stall a child
-        procs = [(subprocess.Popen([sys.executable, '-c', code, json.dumps(todo[i::workers])], cwd=project, env=env, text=True,
+        procs = [(subprocess.Popen([sys.executable, '-c', code, json.dumps(todo[i::workers]), str(Path(tmp) / f'{i}.jsonl')], cwd=project, env=env, text=True,
                                    stdout=files.enter_context(open(Path(tmp) / f'{i}.out', 'w')),
                                    stderr=files.enter_context(open(Path(tmp) / f'{i}.err', 'w'))), i)
                  for i in range(min(workers, len(todo)))]
         failed = [i for p, i in procs if p.wait()]
         files.close()
-        done = [json.loads(l) for _, i in procs for l in (Path(tmp) / f'{i}.out').read_text().splitlines() if l.startswith('{"src"')]
+        res = [Path(tmp) / f'{i}.jsonl' for _, i in procs]
+        done = [json.loads(l) for f in res if f.exists() for l in f.read_text(encoding='utf-8').splitlines() if l.strip()]
         err = ''.join((Path(tmp) / f'{i}.err').read_text()[-3000:] for i in failed)
     if failed or len(done) != len(todo):
         raise DocsError(f"nbdev's notebook processing failed in {project}:\n{err}",

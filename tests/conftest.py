@@ -38,3 +38,21 @@ def store(workdir):
     from mlflow import MlflowClient
     return lambda: MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
 
+
+
+
+_MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith('MLFLOW_')}  # as the test session found it
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_globals_reset():
+    """Tests share worker processes (`make test` runs two xdist workers): MLflow's process-wide tracking and
+    registry URIs that one in-process test sets (registration points MLflow's global store at its own, and
+    MLflow 3 mirrors that into MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI) must not reach the next test's clients."""
+    yield
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
+    for k in [k for k in os.environ if k.startswith('MLFLOW_')]: os.environ.pop(k)
+    os.environ.update(_MLFLOW_ENV)
