@@ -18,10 +18,10 @@ from . import __version__
 from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'COMMANDS', 'subcommand',
-           'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote', 'cmd_rollback',
-           'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy', 'cmd_predict',
-           'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'WORKER_COMMANDS', 'WORKER_EPILOG',
+           'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote',
+           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy',
+           'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_worker', 'cmd_sweep', 'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -222,7 +222,7 @@ def _spread(items, values) -> list[tuple[str, dict]]:
     return out
 
 def cmd_run(a) -> int:
-    from mlops_nb.engine import warm_up
+    from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
     items = _batch_items(a)
     for nb, values in items:  # every job's parameters are checked before the first starts
@@ -984,28 +984,102 @@ def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
             except subprocess.TimeoutExpired: continue
         return 0
 
+# %% ../nbs/13_cli.ipynb #668bff6c
+WORKER_COMMANDS = ('run', 'sweep', 'reproduce')  # what the warm worker runs
+
+WORKER_EPILOG = """\
+the worker: one process per project (the folder with settings.ini, else this one) and Python environment,
+listening on .mlops_nb/worker/KEY.sock (owner only). The first run/sweep/reproduce starts it; it exits
+after MLOPS_NB_WORKER_IDLE seconds idle (default 900, 60 when CI=true; [mlops_nb] worker_idle in settings.ini).
+It restarts by itself when a module it imported, an installed distribution, the interpreter or settings.ini
+changes. Off: --no-worker on a command, MLOPS_NB_WORKER=0, or [mlops_nb] worker = false.
+"""
+
+@subcommand
+def _add_worker_parser(sub):
+    w = sub.add_parser('worker', help="the project's warm worker: status, start, stop",
+                       description="Show, start or stop the warm worker that runs this project's jobs: a process that has "
+                       "already imported MLflow, papermill and your notebooks' libraries, so a job starts in milliseconds.",
+                       epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument('action', choices=('status', 'start', 'stop'), help='status: is one running, what it served; start: start it '
+                   'now (e.g. at the top of a CI job); stop: it exits once its running commands end')
+    w.add_argument('--force', action='store_true', help='with stop: kill its running commands and jobs too (their runs end FAILED)')
+    w.add_argument('--json', action='store_true', help='print a JSON document for programs')
+    for name in WORKER_COMMANDS:
+        sub.choices[name].add_argument('--no-worker', action='store_true',
+                                       help="run in this process, not in the project's warm worker (see `mlops-nb worker --help`)")
+
+def cmd_worker(a) -> int:
+    from mlops_nb.worker import request, start, worker_paths
+    paths = worker_paths()
+    if a.action == 'start': start(paths).close()
+    st = request('stop' if a.action == 'stop' else 'status', paths, force=a.force)
+    if a.json: _print_json({'running': st is not None, **(st or {'socket': str(paths.sock)})}); return 0
+    if st is None: print(f"no worker running for this project ({paths.sock})"); return 0
+    run = st['running']
+    if a.action == 'stop':
+        busy = f"; it exits once its {run['command']} running command(s) end" if run['command'] and not a.force else ''
+        print(f"stopping worker {st['pid']}{busy}" + (' (its commands and jobs killed)' if a.force else '')); return 0
+    print(f"worker {st['pid']} on {st['socket']}\n  python {st['python']}, up {st['uptime_s']:.0f} s, "
+          f"idle {st['idle_s']:.0f} s of {st['idle_timeout_s']:g} s\n  served {st['served']['commands']} command(s), "
+          f"{st['served']['jobs']} job(s); running {run['command']} command(s), {run['job']} job(s)\n"
+          f"  {st['modules']} modules imported, {st['watched_files']} files watched for changes; log {st['log']}")
+    return 0
+
+# %% ../nbs/13_cli.ipynb #9062083e
+def _thin_checks(a) -> list[str]:
+    "What a command checks here before the worker runs it (exit 2 as in-process); the modules its notebooks import."
+    from mlops_nb.worker import notebook_imports
+    if a.command == 'run':
+        from mlops_nb.jobs import check_job
+        return notebook_imports([check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)[0]
+                                 for nb, values in _batch_items(a)])
+    if a.command == 'sweep' and not a.resume:
+        from mlops_nb.params import parse_param_args
+        from mlops_nb.sweeps import build_sweep, check_sweep
+        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize)
+        check_sweep(sw)
+        return notebook_imports([sw.notebook])
+    return []
+
+def _via_worker(a, argv: list[str]) -> int | None:
+    "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
+    from mlops_nb.worker import WorkerError, run_command, worker_enabled
+    if getattr(a, 'no_worker', False) or not worker_enabled(): return None
+    preload = _thin_checks(a)
+    try: return run_command(argv, preload)
+    except WorkerError as e:
+        print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
+        return None
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 def cmd_sweep(a) -> int:
     from mlops_nb.sweeps import cmd_sweep as sweep
     return sweep(a)
 
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init}
+COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
+         worker: bool | None = None, # hand run/sweep/reproduce to the warm worker; by default only as the `mlops-nb` command (argv None)
+        ) -> int:
     "Run `mlops-nb` with `argv`; returns the exit code."
+    if worker is None: worker = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     a = parser.parse_args(argv)
     if not a.command:
         parser.print_help(); return 2
-    from mlops_nb.engine import lean_jsonschema
-    lean_jsonschema()  # nbformat's import, a second faster
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
     try:
-        rc = COMMANDS[a.command](a)
+        rc = _via_worker(a, argv) if worker and a.command in WORKER_COMMANDS else None
+        if rc is None:
+            from mlops_nb.worker import lean_jsonschema
+            lean_jsonschema()  # nbformat's import, a second faster
+            rc = COMMANDS[a.command](a)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = e.exit_code
@@ -1015,3 +1089,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.stdout, sys.stderr = streams
     return rc
+

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import REDACTED, JobFailed, _proc_start, add_secret, process_alive, redact, redact_value
+from .core import REDACTED, JobFailed, Registry, _proc_start, add_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'JOB_PROCESS',
-           'MLFLOW_STORE_MODULES', 'DRIVER_GRACE', 'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine',
-           'papermill_engine', 'notebook_imports', 'lean_jsonschema', 'warm_up', 'Execution', 'redact_notebook',
+__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'CellRunner',
+           'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'redact_notebook',
            'failure', 'Job', 'stop_all', 'execute', 'redact_file', 'job_failed', 'render_html', 'mark_failure']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
@@ -292,92 +291,25 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/08a_engine.ipynb #bcbaeca1
-ENGINES = {'fast': 'mlops_nb', 'papermill': None}  # mlops_nb engine name -> papermill engine name
+ENGINES = Registry('engine')  # engine name, as `--engine` takes it -> the papermill engine it runs (None: a kernel)
+ENGINES.register('fast', 'mlops_nb')
+ENGINES.register('papermill', None)
 
 def register_engine(name: str, # the name `--engine` takes
                     runs: str | None # the papermill engine it runs (None: papermill's default, a kernel)
                    ):
     "Make `name` a choice of `run_job(engine=...)` and `mlops-nb run --engine`."
-    ENGINES[name] = runs
+    ENGINES.register(name, runs)
 
 def papermill_engine(name: str # an engine name, as `--engine` takes it
                     ) -> str | None:
     "The papermill engine `name` runs; a `ParameterError` naming the choices when it is unknown."
     from mlops_nb.core import ParameterError
     if name not in ENGINES:
-        raise ParameterError(f"Unknown engine {name!r}; choose one of {', '.join(sorted(ENGINES))}.",
+        raise ParameterError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINES.names())}.",
                              hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
-    return ENGINES[name]
+    return ENGINES.get(name)
 
-_CTX = None
-JOB_PROCESS = 'mlops_nb job'  # name prefix of jobs' processes
-
-def _without_main(get_preparation_data):
-    "A job's process needs nothing from the caller's `__main__`: do not re-run the caller's script (or `<stdin>`) in it."
-    def prepare(name):
-        d = get_preparation_data(name)
-        if name.startswith(JOB_PROCESS): d.pop('init_main_from_path', None); d.pop('init_main_from_name', None)
-        return d
-    prepare.__wrapped__ = get_preparation_data
-    return prepare
-
-def _context():
-    "The forkserver context, preloading `mlops_nb.warm` (started on first use, shared by every job of this process)."
-    global _CTX
-    if _CTX is None:
-        import multiprocessing as mp
-        from multiprocessing import spawn
-        if not hasattr(spawn.get_preparation_data, '__wrapped__'): spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
-        _CTX = mp.get_context('forkserver')
-        _CTX.set_forkserver_preload(['mlops_nb.warm'])
-    return _CTX
-
-MLFLOW_STORE_MODULES = ['mlflow', 'mlflow.tracking', 'mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store',
-                        'mlflow.store.artifact.local_artifact_repo', 'mlflow.store.tracking.rest_store', 'sqlalchemy.dialects.sqlite']
-# what opening a store imports: about a second per job when each job's process imports it itself
-
-def notebook_imports(notebooks) -> list[str]:
-    "Modules the code cells of `notebooks` import (read with `ast`, never run), for the warm worker to load ahead."
-    import ast
-    mods = []
-    for path in notebooks:
-        try: cells = json.loads(Path(path).read_text(encoding='utf-8'))['cells']
-        except (OSError, ValueError, KeyError, TypeError): continue
-        for c in cells:
-            if c.get('cell_type') != 'code': continue
-            src = ''.join(c.get('source', ''))
-            src = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
-            try: tree = ast.parse(src)
-            except SyntaxError: continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import): mods += [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level: mods.append(node.module)
-    if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
-    if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
-    dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
-    local = lambda m: any((d / m.split('.')[0]).exists() or (d / f"{m.split('.')[0]}.py").exists() for d in dirs)
-    return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
-
-def lean_jsonschema():
-    """Import jsonschema without its optional `rfc3987_syntax` IRI checker, which builds a grammar on import (about 0.9 s,
-    most of nbformat's import time); nbformat never validates IRIs. Later imports of that package work as usual."""
-    if 'jsonschema' in sys.modules or 'rfc3987_syntax' in sys.modules: return
-    sys.modules['rfc3987_syntax'] = None  # jsonschema sees an ImportError and skips the checker
-    try: import jsonschema  # noqa: F401
-    except ImportError: pass
-    finally: sys.modules.pop('rfc3987_syntax', None)
-
-_WARM_LOCK = threading.Lock()
-def warm_up(notebooks=() # notebooks about to run: what they import is loaded ahead too
-           ):
-    "Start the warm worker now, in the background, so it is ready when the first job needs it (first call decides what it loads)."
-    from multiprocessing import forkserver
-    with _WARM_LOCK:
-        ctx = _context()
-        if getattr(ctx, '_mlops_nb_started', False): return
-        ctx._mlops_nb_started = True
-        os.environ['MLOPS_NB_WARM_NOTEBOOK_MODULES'] = ','.join(notebook_imports(notebooks))  # read by mlops_nb.warm
-    threading.Thread(target=forkserver.ensure_running, daemon=True).start()
 
 # %% ../nbs/08a_engine.ipynb #aa1a1805
 @dataclass
@@ -395,7 +327,7 @@ class Execution:
 def _child(job: dict, conn):
     "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
     os.setsid()  # its own process group: the job and what it starts can be stopped together
-    os.environ.clear(); os.environ.update(job['env'])
+    os.environ.clear(); os.environ.update(job['env']); os.environ.pop('MLOPS_NB_FORKSERVER_WARM', None)
     os.chdir(job['cwd'])
     sys.path.insert(0, job['cwd'])
     add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
@@ -622,12 +554,21 @@ def _may_have_children():
 class Job:
     "One notebook executing in its own process; `wait()` for how it ended, `stop()` to interrupt it."
     def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0, on_start=None):
-        ctx = _context()
+        from mlops_nb import worker
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
-        self._recv, send = ctx.Pipe(duplex=False)
         job = {**job, 'driver': os.getpid(), 'driver_start': _proc_start(os.getpid())}  # the job watches this process
-        self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"{JOB_PROCESS} {Path(job['input']).name}")
-        with _may_have_children(): self.proc.start()  # returns once the warm worker forked the job (it may still be importing)
+        self.proc = None
+        if worker.ATTACHED is not None:  # this command runs in the persistent worker: the job forks from it
+            import multiprocessing
+            self._recv, send = multiprocessing.Pipe(duplex=False)
+            self.proc = worker.RemoteProcess(job, send.fileno())
+            try: self.proc.start()
+            except worker.WorkerError: self.proc = None; self._recv.close(); send.close()  # it went stale: fork here instead
+        if self.proc is None:
+            ctx = worker.forkserver_context()
+            self._recv, send = ctx.Pipe(duplex=False)
+            self.proc = ctx.Process(target=_child, args=(job, send), daemon=True, name=f"{worker.JOB_PROCESS} {Path(job['input']).name}")
+            with _may_have_children(): self.proc.start()  # returns once the warm process forked the job (it may still be importing)
         self.t0 = time.time()  # the timeout counts from here: the job's time, not the warm-up's
         send.close()
         if on_start is not None: on_start(self.proc.pid)  # e.g. record the job's pid on its run
@@ -727,8 +668,7 @@ def render_html(nb_path: Path) -> Path | None:
     "An HTML render of the executed notebook next to it (None if rendering fails)."
     try:
         import nbformat
-        warm = sys.modules.get('mlops_nb.warm')
-        exporter = getattr(warm, 'HTML_EXPORTER', None)
+        from mlops_nb.worker import HTML_EXPORTER as exporter  # built once by the warm process this job forked from
         if exporter is None:
             from nbconvert import HTMLExporter
             exporter = HTMLExporter()

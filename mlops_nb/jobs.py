@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import REDACTED, ParameterError, Secret, Settings, add_secret, get_settings, job_notebook, redact_value
-from .engine import execute, job_failed, kernelspec, mark_failure, papermill_engine, redact_file, render_html, warm_up
+from .engine import execute, job_failed, kernelspec, mark_failure, papermill_engine, redact_file, render_html
+from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .tracking import TAG
 
