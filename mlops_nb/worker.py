@@ -293,7 +293,7 @@ def _exit_code(e: SystemExit) -> int:
     if isinstance(e.code, int): return e.code
     print(e.code, file=sys.stderr); return 1
 
-# %% ../nbs/08b_worker.ipynb #c84288e8
+# %% ../nbs/08b_worker.ipynb #b1bad914
 class _Worker:
     "The worker's process: one `select` loop over its socket, forking commands and jobs."
     def __init__(self, paths: WorkerPaths, idle: float):
@@ -312,13 +312,16 @@ class _Worker:
                 'served': dict(self.counts), 'modules': len(sys.modules), 'watched_files': len(self.fp),
                 'preload_failed': self.failed, 'stopping': self.stopping}
 
-    def _load(self, names=()):
-        self.failed += warm(names) if not self.fp else preload(names)
+    def _load(self, names=(), jobs: bool = True):
+        "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
+        lean_jsonschema()
+        self.failed += preload(names)
+        if jobs: self.failed += warm()
         try:
             from mlops_nb.tracking import environment_txt
             environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
         except Exception: pass
-        self.fp = {**fingerprint([self.settings_file]), **self.fp}
+        self.fp = {**fingerprint([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
 
     def _bind(self):
         self.paths.dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +340,9 @@ class _Worker:
     def serve(self):
         import selectors
         self.settings_file = self.paths.dir.parent.parent / 'settings.ini'
-        self._load(COMMAND_MODULES + MLFLOW_STORE_MODULES)
+        t0 = time.time()
+        self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
+        self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
         self.sel = selectors.DefaultSelector()
         self.listener = self._bind()
         self.sel.register(self.listener, selectors.EVENT_READ, ('accept', None))
@@ -349,7 +354,7 @@ class _Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.sel.register(wake_r, selectors.EVENT_READ, ('wake', None))
         self.paths.info.write_text(json.dumps({'pid': os.getpid(), 'started': self.started, 'socket': str(self.paths.sock)}))
-        print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} ({len(sys.modules)} modules, "
+        print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} in {time.time() - t0:.2f} s ({len(sys.modules)} modules, "
               f"{len(self.fp)} files watched, idle timeout {self.idle:g} s)", flush=True)
         try:
             while True:
@@ -360,6 +365,7 @@ class _Worker:
                         try: os.read(wake_r, 512)
                         except BlockingIOError: pass
                     else: self._from_client(key.fileobj, arg)
+                if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
                 self._reap()
                 if not self.children and (self.stopping or time.time() - self.last > self.idle): break
         finally: self._close()
@@ -385,7 +391,7 @@ class _Worker:
             if json.loads(self.paths.info.read_text()).get('pid') == os.getpid(): self.paths.info.unlink()
         except (OSError, ValueError): pass
 
-# %% ../nbs/08b_worker.ipynb #1208b7c0
+# %% ../nbs/08b_worker.ipynb #5caf06ed
 def _peer_uid(conn: socket.socket) -> int | None:
     try: return struct.unpack('3i', conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i')))[1]
     except (AttributeError, OSError): return None  # no SO_PEERCRED here: the 0600 socket in a 0700 folder is the guard
@@ -400,14 +406,14 @@ def _accept(self):
     conn.settimeout(30)
     try: msg, fds = _recv(conn, maxfds=8)
     except (OSError, EOFError, pickle.UnpicklingError): conn.close(); return
-    self.last = time.time()
     op = (msg or {}).get('op')
+    if op in ('command', 'job'): self.last = time.time()  # asking for the status is not work
     try:
         if op in ('command', 'job'):
             why = self.why if self.stopping else None
             if why is None and (p := changed(self.fp)): why = f"{p} changed"; self.stop(why)
             if why: _send(conn, {'stale': why}); conn.close(); return
-            if op == 'command' and msg.get('preload'): self._load(msg['preload'])
+            if op == 'command': self.later += msg.get('preload') or []  # imported once this command is forked, before its jobs
             pid = self._fork(op, msg, fds)
             self.children[pid] = (op, conn)
             self.counts[op + 's'] += 1

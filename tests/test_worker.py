@@ -1,0 +1,216 @@
+"""The persistent warm worker (issue 11): served commands, never stale, faults, concurrency, isolation, a thin client."""
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from conftest import clean_env, mlops_nb
+
+EXE = Path(sys.executable).parent / 'mlops-nb'
+
+
+def notebook(path: Path, body: str, params: str = 'x: float = 2.0') -> Path:
+    nb = new_notebook(cells=[new_code_cell(params, metadata={'tags': ['parameters']}), new_code_cell(body)])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
+    return path
+
+
+def wenv(**extra) -> dict:
+    "An environment with the worker on (whatever the caller's default), short idle timeout."
+    return clean_env(**{'MLOPS_NB_WORKER': '1', 'MLOPS_NB_WORKER_IDLE': '120', **extra})
+
+
+def status(cwd, env) -> dict:
+    r = mlops_nb('worker', 'status', '--json', cwd=cwd, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def wait_for(pred, timeout=60.0, what='condition'):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v: return v
+        time.sleep(0.2)
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+def runs(d: Path) -> list:
+    "The runs of the project's store, newest first (none while the command has not made the store yet)."
+    from mlflow import MlflowClient
+    if not (d / 'mlflow.db').exists(): return []
+    c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    return c.search_runs([e.experiment_id for e in c.search_experiments()], order_by=['start_time DESC'])
+
+
+@pytest.fixture
+def project(tmp_path):
+    "A project folder (settings.ini) whose worker is stopped, with its jobs, at the end of the test."
+    d = tmp_path / 'proj'
+    d.mkdir()
+    (d / 'settings.ini').write_text('[mlops_nb]\n')
+    notebook(d / 'triv.ipynb', 'import mlops_nb\ny = x * 21\nmlops_nb.record("y", y)')
+    yield d
+    mlops_nb('worker', 'stop', '--force', cwd=d, env=wenv())
+
+
+def test_worker_serves_many_commands_then_exits_when_idle(project):
+    env = wenv(MLOPS_NB_WORKER_IDLE='4')
+    for _ in range(3):
+        r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
+        assert r.returncode == 0, r.stderr
+        assert 'FINISHED' in r.stdout and 'y=42' in r.stdout
+    st = status(project, env)
+    assert st['running'] and st['served'] == {'commands': 3, 'jobs': 3}, st
+    pid, sock = st['pid'], Path(st['socket'])
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    wait_for(lambda: not status(project, env)['running'], 60, 'the idle worker to exit')
+    assert not sock.exists()
+    wait_for(lambda: not Path(f'/proc/{pid}').exists(), 10, 'the worker process to end')
+    assert len([r for r in runs(project) if r.info.status == 'FINISHED']) == 3
+
+
+def test_edited_module_is_picked_up_by_the_next_run(project, tmp_path):
+    lib = tmp_path / 'lib' / 'mypkg_w'
+    lib.mkdir(parents=True)
+    (lib / '__init__.py').write_text('VALUE = 1\n')
+    notebook(project / 'edit.ipynb', 'import mypkg_w, mlops_nb\nmlops_nb.record("v", mypkg_w.VALUE)')
+    env = wenv(PYTHONPATH=str(lib.parent))
+    for expect in (1, 1):
+        r = mlops_nb('run', 'edit.ipynb', cwd=project, env=env)
+        assert r.returncode == 0 and f'v={expect}' in r.stdout, r.stdout + r.stderr
+    first = status(project, env)['pid']
+    (lib / '__init__.py').write_text('VALUE = 2  # edited\n')
+    r = mlops_nb('run', 'edit.ipynb', cwd=project, env=env)
+    assert r.returncode == 0 and 'v=2' in r.stdout, r.stdout + r.stderr
+    assert status(project, env)['pid'] != first  # a fresh worker, because a module it had imported changed
+    log = Path(status(project, env)['log']).read_text()
+    assert 'mypkg_w/__init__.py changed' in log
+
+
+def test_killed_worker_is_replaced_and_its_job_ends_failed(project):
+    notebook(project / 'slow.ipynb', 'import time\nfor i in range(300):\n    time.sleep(0.1)')
+    env = wenv()
+    assert mlops_nb('run', 'triv.ipynb', cwd=project, env=env).returncode == 0
+    old = status(project, env)['pid']
+    p = subprocess.Popen([str(EXE), 'run', 'slow.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(r.info.status == 'RUNNING' for r in runs(project)), 60, 'the slow run to start')
+    os.kill(old, signal.SIGKILL)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and 'worker' in err and 'died' in err, err
+    slow = wait_for(lambda: next((r for r in runs(project) if r.data.tags.get('mlops_nb.job') == 'slow' and r.info.status != 'RUNNING'), None),
+                    60, 'the slow run to end')
+    assert slow.info.status == 'FAILED' and slow.data.tags.get('mlops_nb.failure_reason') == 'driver_lost', slow.data.tags
+    r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
+    assert r.returncode == 0, r.stderr
+    assert status(project, env)['pid'] != old
+
+
+def test_two_commands_at_once_share_one_worker(project):
+    env = wenv()
+    assert mlops_nb('worker', 'start', cwd=project, env=env).returncode == 0
+    pid = status(project, env)['pid']
+    ps = [subprocess.Popen([str(EXE), 'run', 'triv.ipynb', '-p', 'x', str(v), '--json'], cwd=project, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (1, 3)]
+    docs = []
+    for p in ps:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        docs.append(json.loads(out))
+    assert sorted(d['recorded']['y'] for d in docs) == [21.0, 63.0]
+    st = status(project, env)
+    assert st['pid'] == pid and st['served'] == {'commands': 2, 'jobs': 2}
+
+
+def test_two_projects_and_two_environments_never_share(project, tmp_path):
+    other = tmp_path / 'other'
+    other.mkdir()
+    notebook(other / 'triv.ipynb', 'y = 1')
+    env = wenv()
+    try:
+        for d in (project, other): assert mlops_nb('run', 'triv.ipynb', cwd=d, env=env).returncode == 0
+        a, b = status(project, env), status(other, env)
+        assert a['pid'] != b['pid'] and a['socket'] != b['socket']
+    finally:
+        mlops_nb('worker', 'stop', '--force', cwd=other, env=env)
+    from mlops_nb.worker import worker_paths
+    code = 'import sys; sys.prefix = "/another/venv"; from mlops_nb.worker import worker_paths; print(worker_paths().key)'
+    other_env = subprocess.run([sys.executable, '-c', code], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+    assert other_env != worker_paths(project).key
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not os.path.exists('/usr/bin/python3'), reason='needs root (to act as another user) and /usr/bin/python3')
+def test_socket_refuses_another_user(project):
+    env = wenv()
+    assert mlops_nb('worker', 'start', cwd=project, env=env).returncode == 0
+    sock = Path(status(project, env)['socket'])
+    folder = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)  # lets the other user reach the folder whatever its parents' modes
+    probe = ('import socket, sys, struct\ns = socket.socket(socket.AF_UNIX)\n'
+             'try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print("refused:", type(e).__name__); sys.exit(0)\n'
+             's.sendall(struct.pack("!I", 1) + b"N")\ntry:\n    print("closed" if s.recv(10) == b"" else "answered")\n'
+             'except ConnectionResetError:\n    print("closed")\n')
+    def as_nobody(): os.setgid(65534); os.setuid(65534)
+    def probe_as_nobody():  # /usr/bin/python3: the test's venv may sit where another user cannot read it
+        return subprocess.run(['/usr/bin/python3', '-c', probe, f'/proc/self/fd/{folder}/{sock.name}'], preexec_fn=as_nobody,
+                              pass_fds=(folder,), capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        assert probe_as_nobody() == 'refused: PermissionError'  # the 0700 folder keeps others out
+        os.chmod(sock.parent, 0o755); os.chmod(sock, 0o666)  # even if someone opened the permissions up...
+        assert probe_as_nobody() == 'closed'  # ...the worker checks the peer's uid and hangs up
+    finally:
+        os.chmod(sock.parent, 0o700); os.chmod(sock, 0o600); os.close(folder)
+    assert 'refused a connection from uid 65534' in Path(status(project, env)['log']).read_text()
+
+
+CLIENT = ('import sys, json\nfrom mlops_nb.cli import main\nrc = main(sys.argv[1:], worker=True)\n'
+          'print(json.dumps({"rc": rc, "heavy": [m for m in ("mlflow", "pandas", "papermill", "sklearn") if m in sys.modules]}))')
+
+
+@pytest.mark.parametrize('args, rc', [(['run', 'triv.ipynb', '-p', 'x', '3'], 0), (['run', 'triv.ipynb', '-p', 'x', 'many'], 2),
+                                      (['sweep', 'triv.ipynb', '--grid', 'x=1,2', '--workers', '2'], 0),
+                                      (['sweep', 'triv.ipynb', '--grid', 'x=1,oops'], 2)])
+def test_thin_client_imports_no_heavy_library(project, args, rc):
+    r = subprocess.run([sys.executable, '-c', CLIENT, *args], cwd=project, env=wenv(), capture_output=True, text=True, timeout=300)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {'rc': rc, 'heavy': []}, r.stdout + r.stderr
+    if rc == 2: assert 'error:' in r.stderr and 'x' in r.stderr
+
+
+def test_ctrl_c_reaches_the_job_through_the_worker(project):
+    notebook(project / 'slow.ipynb', 'import time\nfor i in range(300):\n    time.sleep(0.1)')
+    env = wenv()
+    assert mlops_nb('run', 'triv.ipynb', cwd=project, env=env).returncode == 0  # the store exists before it is watched
+    p = subprocess.Popen([str(EXE), 'run', 'slow.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(r.info.status == 'RUNNING' for r in runs(project)), 60, 'the run to start')
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and 'interrupted' in err, err
+    r = runs(project)[0]
+    assert r.info.status == 'FAILED' and r.data.tags.get('mlops_nb.failure_reason') == 'interrupted'
+    assert status(project, env)['running']  # the worker itself carries on
+
+
+def test_output_and_exit_codes_match_without_the_worker(project):
+    notebook(project / 'fail.ipynb', 'print("before")\nraise ValueError("boom")')
+    env = wenv()
+    docs = {}
+    for flag in ([], ['--no-worker']):
+        r = mlops_nb('run', 'fail.ipynb', '--json', *flag, cwd=project, env=env)
+        assert r.returncode == 1, r.stderr
+        docs[bool(flag)] = json.loads(r.stdout)
+        r = mlops_nb('run', 'triv.ipynb', *flag, cwd=project, env=env)
+        assert r.returncode == 0 and 'y=42' in r.stdout
+    a, b = docs[False], docs[True]
+    assert a.keys() == b.keys() and a['error'] == b['error'] and a['status'] == b['status'] == 'FAILED'
+    assert status(project, env)['served']['commands'] == 2  # --no-worker ran in its own process
