@@ -1,16 +1,20 @@
 """Fixed cost of notebook jobs: `mlops-nb run` against papermill, as users would run each, in the same run.
 
-(a) one short job (fit a logistic regression on iris, report its accuracy), each way a fresh process:
-    - `mlops-nb run short.ipynb`                     (tracked: run, params, lineage, metric, notebook + HTML)
-    - `papermill short.ipynb out.ipynb`              (no tracking at all)
-    - `papermill short_mlflow.ipynb out.ipynb`       (the same notebook with the MLflow calls a user adds by
-                                                      hand: start_run, log_params, log_metric, log_artifact)
+Two notebooks: a *trivial* one (a parameters cell and one cell computing and recording a number) and a *short*
+one (fit a logistic regression on iris, record its accuracy). Each way is a fresh `mlops-nb`/`papermill` process:
+(a) one job:
+    - `mlops-nb run NB`, cold worker      (a project whose warm worker is not running: the command starts it)
+    - `mlops-nb run NB`, warm worker      (the project's worker already running, as for every run after the first)
+    - `mlops-nb run --no-worker NB`       (in-process: a forkserver per command, as before the persistent worker)
+    - `papermill NB out.ipynb`            (no tracking at all)
+    - `papermill NB_mlflow out.ipynb`     (the same notebook with the MLflow calls a user adds by hand:
+                                           start_run, log_params, log_metric, log_artifact)
 (b) ten short jobs:
-    - one `mlops-nb run` with the notebook ten times (warm worker reused)
+    - one `mlops-nb run` with the notebook ten times (cold worker)
     - a shell loop of ten `papermill` calls, with and without the hand-written MLflow logging
 
 Usage: python bench/jobs.py [--repeat 3]     (prints a table and the ratios; takes a few minutes)
-Every variant writes to its own fresh SQLite store created before timing starts.
+Every variant writes to its own fresh SQLite store created before timing starts; every worker is stopped after its variant.
 """
 import argparse
 import os
@@ -32,6 +36,7 @@ FIT = ('import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklear
        'acc = LogisticRegression(C=C, max_iter=500, random_state=seed).fit(X, y).score(X, y)\n')
 TRACKED = FIT + 'import mlops_nb\nmlops_nb.record("accuracy", acc)'
 PLAIN = FIT + 'print(acc)'
+TRIVIAL = 'import mlops_nb\ny = C * 21\nmlops_nb.record("y", y)'  # untracked under papermill: record only displays the value
 BY_HAND = (FIT + 'import mlflow, os\nmlflow.set_tracking_uri(os.environ["BENCH_TRACKING_URI"])\nmlflow.set_experiment("bench")\n'
            'with mlflow.start_run(run_name="short"):\n'
            '    mlflow.log_params({"C": C, "seed": seed})\n    mlflow.log_metric("accuracy", acc)\n'
@@ -60,12 +65,19 @@ def env_for(d: Path, uri: str, nb: Path) -> dict:
     return env
 
 
-def timed(cmds, cwd, env) -> float:
-    t = time.perf_counter()
-    for c in cmds:
-        r = subprocess.run(c, cwd=cwd, env=env, capture_output=True, text=True)
-        if r.returncode: raise SystemExit(f"{' '.join(map(str, c))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return time.perf_counter() - t
+def call(c, cwd, env):
+    r = subprocess.run(c, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode: raise SystemExit(f"{' '.join(map(str, c))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+def timed(cmds, cwd, env, prep=()) -> float:
+    "Seconds `cmds` take one after another in `cwd`, after untimed `prep` commands; the project's worker stopped after."
+    for c in prep: call(c, cwd, env)
+    try:
+        t = time.perf_counter()
+        for c in cmds: call(c, cwd, env)
+        return time.perf_counter() - t
+    finally: subprocess.run([BIN / 'mlops-nb', 'worker', 'stop', '--force'], cwd=cwd, env=env, capture_output=True)
 
 
 def main():
@@ -75,31 +87,44 @@ def main():
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix='bench_jobs_'))
     tracked, plain, by_hand = notebook(root / 'short.ipynb', TRACKED), notebook(root / 'plain.ipynb', PLAIN), notebook(root / 'by_hand.ipynb', BY_HAND)
-    n = a.jobs
-    variants = {
-        'a: mlops-nb run (1 job, tracked)': lambda d: [[BIN / 'mlops-nb', 'run', tracked]],
-        'a: papermill (1 job, untracked)': lambda d: [[BIN / 'papermill', plain, d / 'out.ipynb', '--no-progress-bar']],
-        'a: papermill + MLflow by hand (1 job)': lambda d: [[BIN / 'papermill', by_hand, d / 'out.ipynb', '--no-progress-bar']],
-        f'b: mlops-nb run ({n} jobs, one command)': lambda d: [[BIN / 'mlops-nb', 'run', *[tracked] * n]],
-        f'b: papermill shell loop ({n} jobs, untracked)': lambda d: [[BIN / 'papermill', plain, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)],
-        f'b: papermill shell loop + MLflow by hand ({n} jobs)': lambda d: [[BIN / 'papermill', by_hand, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)],
+    trivial = notebook(root / 'trivial.ipynb', TRIVIAL)
+    n, mn, pm = a.jobs, BIN / 'mlops-nb', BIN / 'papermill'
+    warm = [[mn, 'worker', 'start'], [mn, 'run', trivial]]  # untimed: the worker is up and has run a job
+    variants = {  # name -> (untimed preparation, timed commands)
+        'trivial: mlops-nb run, cold worker': lambda d: ((), [[mn, 'run', trivial]]),
+        'trivial: mlops-nb run, warm worker': lambda d: (warm, [[mn, 'run', trivial]]),
+        'trivial: mlops-nb run --no-worker': lambda d: ((), [[mn, 'run', '--no-worker', trivial]]),
+        'trivial: papermill (untracked)': lambda d: ((), [[pm, trivial, d / 'out.ipynb', '--no-progress-bar']]),
+        'short: mlops-nb run, cold worker': lambda d: ((), [[mn, 'run', tracked]]),
+        'short: mlops-nb run, warm worker': lambda d: (warm, [[mn, 'run', tracked]]),
+        'short: mlops-nb run --no-worker': lambda d: ((), [[mn, 'run', '--no-worker', tracked]]),
+        'short: papermill (untracked)': lambda d: ((), [[pm, plain, d / 'out.ipynb', '--no-progress-bar']]),
+        'short: papermill + MLflow by hand': lambda d: ((), [[pm, by_hand, d / 'out.ipynb', '--no-progress-bar']]),
+        f'b: mlops-nb run ({n} short jobs, one command, cold worker)': lambda d: ((), [[mn, 'run', *[tracked] * n]]),
+        f'b: papermill shell loop ({n} jobs, untracked)': lambda d: ((), [[pm, plain, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)]),
+        f'b: papermill shell loop + MLflow by hand ({n} jobs)': lambda d: ((), [[pm, by_hand, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)]),
     }
     results = {}
     for rep in range(a.repeat):
         for name, cmds in variants.items():
             d = root / f'{rep}-{abs(hash(name))}'
             uri = fresh_store(d)
-            results.setdefault(name, []).append(timed(cmds(d), d, env_for(d, uri, by_hand)))
+            prep, timed_cmds = cmds(d)
+            results.setdefault(name, []).append(timed(timed_cmds, d, env_for(d, uri, by_hand), prep))
             print(f"  {name}: {results[name][-1]:.2f}s", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"\n{'variant':<52} {'median s':>9}  (runs: {a.repeat})")
-    for k, v in med.items(): print(f"{k:<52} {v:9.2f}")
-    names = list(med)
+    print(f"\n{'variant':<60} {'median s':>9}  (runs: {a.repeat})")
+    for k, v in med.items(): print(f"{k:<60} {v:9.2f}")
+    r = lambda a_, b_: f"{med[a_] / med[b_]:.2f}x"
     print('\nratios (higher = mlops-nb faster):')
-    print(f"  (a) papermill untracked / mlops-nb run:         {med[names[1]] / med[names[0]]:.2f}x")
-    print(f"  (a) papermill + MLflow by hand / mlops-nb run:  {med[names[2]] / med[names[0]]:.2f}x")
-    print(f"  (b) papermill loop / mlops-nb run:              {med[names[4]] / med[names[3]]:.2f}x")
-    print(f"  (b) papermill loop + MLflow / mlops-nb run:     {med[names[5]] / med[names[3]]:.2f}x")
+    for nb in ('trivial', 'short'):
+        for how in ('cold worker', 'warm worker', '--no-worker'):
+            run = f'{nb}: mlops-nb run, {how}' if 'worker' in how and how != '--no-worker' else f'{nb}: mlops-nb run --no-worker'
+            print(f"  ({nb}) papermill untracked / mlops-nb run, {how}:{'':<4} {r(f'{nb}: papermill (untracked)', run)}")
+    print(f"  (short) papermill + MLflow by hand / mlops-nb run, warm worker: {r('short: papermill + MLflow by hand', 'short: mlops-nb run, warm worker')}")
+    names = [k for k in med if k.startswith('b:')]
+    print(f"  (b) papermill loop / mlops-nb run:              {r(names[1], names[0])}")
+    print(f"  (b) papermill loop + MLflow / mlops-nb run:     {r(names[2], names[0])}")
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -18,10 +18,11 @@ from . import __version__
 from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'WORKER_COMMANDS', 'WORKER_EPILOG',
-           'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce', 'cmd_ui', 'cmd_promote',
-           'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve', 'cmd_deploy',
-           'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_worker', 'cmd_sweep', 'main']
+__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
+           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce',
+           'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
+           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -158,8 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument('name', nargs='?', help='registered model name')
     _common(mo)
 
-    from mlops_nb.sweeps import add_sweep_parser
-    add_sweep_parser(sub)
     for add in _SUBCOMMANDS: add(sub)
 
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
@@ -954,6 +953,139 @@ def cmd_pipeline(a) -> int:
     print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
     return 0 if res.status == 'FINISHED' else 1
 
+# %% ../nbs/13_cli.ipynb #2f2f2da2
+SWEEP_EPILOG = """\
+examples:
+  mlops-nb sweep train --grid n_estimators=50,100,200 --grid max_depth=4,8 --metric roc_auc
+        6 jobs (3 x 2), the best by roc_auc (higher is better)
+  mlops-nb sweep train --random 20 --space n_estimators=int:50:400 --space model=choice:random_forest,gradient_boosting \\
+        --seed 1 --metric roc_auc --workers 4
+        20 seeded random combinations, 4 at a time
+  mlops-nb sweep -f sweep.yaml                     grid, space, fixed values and metric from a YAML file
+  mlops-nb sweep train --grid seed=0,1,2,3 --executor dask --scheduler tcp://10.0.0.5:8786
+        on a Dask cluster; with a team store: export MLFLOW_TRACKING_URI=http://mlflow.internal:5000
+  mlops-nb sweep --resume SWEEP_RUN_ID             run only the combinations that did not finish
+
+sweep file (YAML):
+  notebook: nbs/jobs/train.ipynb
+  parameters: {dataset: breast_cancer}             # fixed for every job
+  grid: {model: [random_forest, gradient_boosting]}
+  random: {n: 8, seed: 0, space: {max_depth: "int:2:20"}}
+  metric: roc_auc
+  maximize: true
+
+space specs: uniform:LO:HI  loguniform:LO:HI  int:LO:HI (both included)  choice:A,B,C
+every combination is checked against the notebook's parameters before anything starts.
+the sweep is a parent MLflow run; each job is a child run; sweep_summary.csv is logged to the parent.
+exit codes: 0 every job finished, 1 some job failed (listed), 2 bad input (nothing started), 130 interrupted.
+"""
+
+@subcommand
+def _add_sweep_parser(sub):
+    p = sub.add_parser('sweep', help='run a notebook many times: grid or random search, locally or on Dask',
+                       description='Run NOTEBOOK once per combination of parameter values, in parallel, as child MLflow runs '
+                       'of one parent run. The summary (params, metrics, status, duration) is printed and logged to the parent '
+                       'as sweep_summary.csv, with the best run by --metric.',
+                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('notebook', nargs='?', help='notebook path, or a bundled job name (train, evaluate); optional with -f or --resume')
+    d = p.add_argument_group('what to sweep')
+    d.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'), help='a value every job gets (repeatable)')
+    d.add_argument('--grid', action='append', default=[], metavar='NAME=V1,V2', help='values of one parameter; several --grid multiply (repeatable)')
+    d.add_argument('--random', type=int, metavar='N', help='draw N combinations from the --space')
+    d.add_argument('--space', action='append', default=[], metavar='NAME=SPEC', help='uniform:LO:HI, loguniform:LO:HI, int:LO:HI or choice:A,B (repeatable)')
+    d.add_argument('-f', '--sweep-file', metavar='YAML', help='a sweep file (see below); flags add to it')
+    d.add_argument('--seed', type=int, help='seed of the random draw (default 0): the same sweep gives the same combinations')
+    r = p.add_argument_group('how to run')
+    r.add_argument('--workers', type=int, help='jobs at once on this machine (default: the number of cores)')
+    r.add_argument('--executor', default='local', metavar='NAME', help='local: a worker pool here (default); dask: a Dask cluster; or one you registered in sweeps.EXECUTORS')
+    r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:PORT (default: DASK_SCHEDULER_ADDRESS, else a local Dask cluster)')
+    r.add_argument('--fail-fast', action='store_true', help='stop starting jobs after the first failure')
+    r.add_argument('--resume', metavar='SWEEP_RUN_ID', help='run only the combinations of this sweep that did not finish')
+    b = p.add_argument_group('best run')
+    b.add_argument('--metric', help='the metric that names the best run, e.g. roc_auc')
+    g = b.add_mutually_exclusive_group()
+    g.add_argument('--maximize', dest='maximize', action='store_true', default=None, help='higher is better (default, except for names like loss, error, rmse)')
+    g.add_argument('--minimize', dest='maximize', action='store_false', help='lower is better')
+    p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
+    p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
+    p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
+    return p
+
+# %% ../nbs/13_cli.ipynb #b0d6b1c0
+class _SweepProgress:
+    "What `mlops-nb sweep` shows of a sweep's events: a tqdm bar with done/failed/running on stderr, or JSON lines for programs."
+    def __init__(self, mode: str # 'bar' or 'json'
+                ): self.mode, self.bar = mode, None
+
+    def __call__(self, e: dict):
+        if self.mode == 'json':
+            if e['event'] == 'job': print(json.dumps({k: e[k] for k in ('event', 'index', 'status', 'run_id', 'done', 'failed', 'running',
+                                                                        'total', 'elapsed_s')}), file=sys.stderr, flush=True)
+            return
+        if e['event'] == 'start':
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=e['total'], unit='job', file=sys.stderr, dynamic_ncols=True, desc='sweep',
+                            mininterval=0.5 if sys.stderr.isatty() else 5)
+            self.bar.write(f"sweep {e['sweep_id']}: {e['total']} job(s) of {e['notebook']} on {e['executor']}"
+                           + (f" ({e['already_finished']} already finished)" if e['already_finished'] else ''))
+        elif e['event'] == 'job' and self.bar is not None:
+            self.bar.update(1); self.bar.set_postfix(done=e['done'], failed=e['failed'], running=e['running'])
+            if e['status'] != 'FINISHED':
+                err = e.get('error') or {}
+                self.bar.write(f"job {e['index']} FAILED ({err.get('reason', 'error')}): {err.get('ename') or ''} "
+                               f"{str(err.get('evalue') or '')[:200]}".rstrip())
+
+    def close(self):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
+# %% ../nbs/13_cli.ipynb #234a87c1
+def cmd_sweep(a) -> int:
+    "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
+    from mlops_nb.params import parse_param_args
+    from mlops_nb.sweeps import SweepInterrupted
+    s = _settings(a)
+    fixed = dict(parse_param_args(a.parameters))
+    progress = _SweepProgress('json' if a.json else 'bar')
+    kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast, on_event=progress)
+    import contextlib
+    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout is the JSON document only
+    try:
+        with quiet: res = _sweep_for(a, s, fixed, kw)
+    except SweepInterrupted as e:
+        progress.close()
+        _report(e.result, a)
+        print(f"interrupted: unfinished runs are FAILED (interrupted). Resume with: mlops-nb sweep --resume {e.result.sweep_id}", file=sys.stderr)
+        return 130
+    finally: progress.close()
+    _report(res, a)
+    return 0 if res.status == 'FINISHED' else 1
+
+def _sweep_for(a, s, fixed, kw):
+    from mlops_nb.core import ParameterError
+    from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
+    if a.resume:
+        if a.grid or a.random or a.space or a.sweep_file:
+            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
+        return resume_sweep(a.resume, s, fixed=fixed, metric=a.metric, maximize=a.maximize, **kw)
+    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize)
+    return run_sweep(sw, s, **kw)
+
+def _report(res, a):
+    if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
+    print(res.table())
+    n, f = len(res.summary), len(res.failed)
+    print(f"\nsweep {res.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  (store {res.settings.tracking_uri})")
+    if res.best:
+        print(f"best by {res.metric} ({'max' if res.maximize else 'min'}): run {res.best['run_id']}  "
+              f"{res.metric}={res.best[f'metric.{res.metric}']:.4g}")
+    if f:
+        print("failed:")
+        for _, r in res.failed.iterrows():
+            why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
+            err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
+            print(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
+        if res.status != 'KILLED': print(f"rerun the failed ones with: mlops-nb sweep --resume {res.sweep_id}")
+
 # %% ../nbs/13_cli.ipynb #994f0d4e
 class _Redacting:
     "A text stream whose writes pass through `core.redact` first."
@@ -1053,10 +1185,6 @@ def _via_worker(a, argv: list[str]) -> int | None:
         return None
 
 # %% ../nbs/13_cli.ipynb #a5869a69
-def cmd_sweep(a) -> int:
-    from mlops_nb.sweeps import cmd_sweep as sweep
-    return sweep(a)
-
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
 
 def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
@@ -1077,8 +1205,10 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     try:
         rc = _via_worker(a, argv) if worker and a.command in WORKER_COMMANDS else None
         if rc is None:
+            from mlops_nb import tracking
             from mlops_nb.worker import lean_jsonschema
             lean_jsonschema()  # nbformat's import, a second faster
+            tracking.GIT_CACHE = {}  # git lineage read once per command, not once per job
             rc = COMMANDS[a.command](a)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -398,7 +398,7 @@ def _grid_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResult:
     from mlops_nb.sweeps import Sweep, grid_combinations, run_sweep
     sw = Sweep(step.notebook, grid_combinations(step.grid), fixed=values, metric=step.metric, maximize=step.maximize,
                definition={'grid': step.grid})
-    res = run_sweep(sw, settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers, progress='none')
+    res = run_sweep(sw, settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers)
     best = res.best['run_id'] if res.best is not None else None
     _set_tags(ctx.s, res.sweep_id, {**tags, 'mlflow.parentRunId': ctx.run_id, 'mlflow.runName': step.name,
                                     **({f'{TAG}best_run_id': best} if best else {})})

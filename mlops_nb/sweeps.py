@@ -5,7 +5,6 @@
 # %% ../nbs/09_sweeps.ipynb #d2b01a58
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -25,10 +24,10 @@ from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
 
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'SWEEP_EPILOG', 'parse_grid', 'grid_combinations',
-           'parse_space_spec', 'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job',
-           'Executor', 'LocalExecutor', 'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult',
-           'run_sweep', 'SweepInterrupted', 'load_sweep', 'resume_sweep', 'add_sweep_parser', 'cmd_sweep']
+__all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'parse_grid', 'grid_combinations', 'parse_space_spec',
+           'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job', 'Executor', 'LocalExecutor',
+           'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult', 'run_sweep', 'SweepInterrupted',
+           'load_sweep', 'resume_sweep']
 
 # %% ../nbs/09_sweeps.ipynb #c6a29cbb
 def _split_spec(spec: str, flag: str) -> tuple[str, str]:
@@ -432,42 +431,28 @@ def _job_spec(sweep_id, i, nb, values, s: Settings, options) -> dict:
                 settings=dict(tracking_uri=s.tracking_uri, artifact_root=s.artifact_root, experiment=s.experiment,
                               registry_uri=s.registry_uri))
 
-class _Progress:
-    "A tqdm bar with done/failed/running counts, or JSON lines on stderr for programs, or nothing."
-    def __init__(self, total: int, mode: str):
-        self.mode, self.done, self.failed, self.t0 = mode, 0, 0, time.time()
-        self.bar = None
-        if mode == 'bar':
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, unit='job', file=sys.stderr, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5,
-                            desc='sweep')
-        self.total = total
+class _Events:
+    "Counts of the sweep's jobs, passed to `on_event` as plain dicts (the caller prints them, if anything)."
+    def __init__(self, total: int, on_event=None):
+        self.total, self.on_event, self.done, self.failed, self.t0 = total, on_event, 0, 0, time.time()
 
-    def update(self, res: dict, running: int):
+    def emit(self, event: str, **fields):
+        if self.on_event is not None:
+            self.on_event(dict(event=event, done=self.done, failed=self.failed, total=self.total,
+                               elapsed_s=round(time.time() - self.t0, 1), **fields))
+
+    def job(self, res: dict, running: int):
         ok = res.get('status') == 'FINISHED'
         self.done += ok; self.failed += not ok
-        if self.bar is not None:
-            self.bar.update(1); self.bar.set_postfix(done=self.done, failed=self.failed, running=running)
-            if not ok:
-                e = res.get('error') or {}
-                self.bar.write(f"job {res['index']} FAILED ({e.get('reason', 'error')}): {e.get('ename') or ''} {str(e.get('evalue') or '')[:200]}".rstrip())
-        elif self.mode == 'json':
-            print(json.dumps(dict(event='job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'),
-                                  done=self.done, failed=self.failed, running=running, total=self.total,
-                                  elapsed_s=round(time.time() - self.t0, 1))), file=sys.stderr, flush=True)
+        self.emit('job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'), error=res.get('error'), running=running)
 
-    def running(self, n: int):
-        if self.bar is not None: self.bar.set_postfix(done=self.done, failed=self.failed, running=n, refresh=False)
-
-    def close(self):
-        if self.bar is not None: self.bar.close()
 
 # %% ../nbs/09_sweeps.ipynb #2fd02865
 def _make_executor(executor, workers, scheduler) -> Executor:
     if isinstance(executor, Executor): return executor
     return EXECUTORS.get(executor or 'local')(workers=workers, scheduler=scheduler)
 
-def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, prog: _Progress, fail_fast: bool) -> bool:
+def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, events: _Events, fail_fast: bool) -> bool:
     "Submit `jobs` and follow them to the end; whether it stopped early (`fail_fast`)."
     pending = {}
     for j in jobs: pending[ex.submit(j)] = j
@@ -489,12 +474,11 @@ def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, prog: _P
             # any other run of this combination still RUNNING was left by a dead worker (or by a job that could not end it)
             why = 'worker_lost' if res.get('run_id') else res['error']['reason']
             mark_orphans(s, sweep_id, why, keep={res.get('run_id')}, index=j['index'])
-            prog.update(res, running=min(len(pending), ex.slots))
+            events.job(res, running=min(len(pending), ex.slots))
             if fail_fast and res.get('status') != 'FINISHED' and not stopped:
                 stopped = True
                 for g in list(pending):
                     if g.cancel(): pending.pop(g)
-        prog.running(min(len(pending), ex.slots))
     return stopped
 
 def run_sweep(sweep: Sweep, # what to run
@@ -503,7 +487,7 @@ def run_sweep(sweep: Sweep, # what to run
               workers: int | None = None, # jobs at once (local) / workers of a started Dask cluster
               scheduler: str | None = None, # Dask scheduler address
               fail_fast: bool = False, # stop submitting after the first failed job
-              progress: str = 'bar', # 'bar', 'json' (JSON lines on stderr) or 'none'
+              on_event=None, # called with a dict per event: 'start' (sweep_id, executor), 'job' (each job's end, with counts)
               resume: str | None = None, # a parent run to continue: only combinations without a FINISHED run are run
               job_options: dict | None = None, # passed to `run_job` (engine=, timeout=, retries=... where supported)
               grace: float = 30.0, # seconds running jobs get to end after Ctrl-C
@@ -531,14 +515,13 @@ def run_sweep(sweep: Sweep, # what to run
         done = set()
     sid = parent.run_id
     todo = [_job_spec(sid, i, sweep.notebook, v, s, job_options or {}) for i, v in enumerate(values) if i not in done]
-    prog = _Progress(len(todo), progress)
+    events = _Events(len(todo), on_event)
     ex, interrupted, stopped, error = None, False, False, None
     try:
         ex = _make_executor(executor, workers, scheduler)
         parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
-        if progress == 'bar': prog.bar.write(f"sweep {sid}: {len(todo)} job(s) of {sweep.notebook.name} on {ex.describe()}"
-                                             + (f" ({len(done)} already finished)" if done else ''))
-        stopped = _follow(ex, todo, s, sid, prog, fail_fast)
+        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=len(done))
+        stopped = _follow(ex, todo, s, sid, events, fail_fast)
     except KeyboardInterrupt:
         interrupted = True
         old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
@@ -554,7 +537,6 @@ def run_sweep(sweep: Sweep, # what to run
         if ex is not None:
             for f in ex.futures: f.cancel()
     finally:
-        prog.close()
         if ex is not None and not isinstance(executor, Executor):
             try: ex.close(cancel=True)
             except Exception: pass
@@ -631,105 +613,3 @@ def resume_sweep(sweep_id: str, # the parent run of the sweep
     if metric: sw.metric, sw.maximize = metric, _guess_maximize(metric) if maximize is None else maximize
     elif maximize is not None: sw.maximize = maximize
     return run_sweep(sw, s, resume=sweep_id, **kwargs)
-
-# %% ../nbs/09_sweeps.ipynb #5202a911
-SWEEP_EPILOG = """\
-examples:
-  mlops-nb sweep train --grid n_estimators=50,100,200 --grid max_depth=4,8 --metric roc_auc
-        6 jobs (3 x 2), the best by roc_auc (higher is better)
-  mlops-nb sweep train --random 20 --space n_estimators=int:50:400 --space model=choice:random_forest,gradient_boosting \\
-        --seed 1 --metric roc_auc --workers 4
-        20 seeded random combinations, 4 at a time
-  mlops-nb sweep -f sweep.yaml                     grid, space, fixed values and metric from a YAML file
-  mlops-nb sweep train --grid seed=0,1,2,3 --executor dask --scheduler tcp://10.0.0.5:8786
-        on a Dask cluster; with a team store: export MLFLOW_TRACKING_URI=http://mlflow.internal:5000
-  mlops-nb sweep --resume SWEEP_RUN_ID             run only the combinations that did not finish
-
-sweep file (YAML):
-  notebook: nbs/jobs/train.ipynb
-  parameters: {dataset: breast_cancer}             # fixed for every job
-  grid: {model: [random_forest, gradient_boosting]}
-  random: {n: 8, seed: 0, space: {max_depth: "int:2:20"}}
-  metric: roc_auc
-  maximize: true
-
-space specs: uniform:LO:HI  loguniform:LO:HI  int:LO:HI (both included)  choice:A,B,C
-every combination is checked against the notebook's parameters before anything starts.
-the sweep is a parent MLflow run; each job is a child run; sweep_summary.csv is logged to the parent.
-exit codes: 0 every job finished, 1 some job failed (listed), 2 bad input (nothing started), 130 interrupted.
-"""
-
-def add_sweep_parser(sub # the subparsers object of `mlops-nb` (from `add_subparsers`)
-                    ) -> argparse.ArgumentParser:
-    "Add the `sweep` subcommand."
-    p = sub.add_parser('sweep', help='run a notebook many times: grid or random search, locally or on Dask',
-                       description='Run NOTEBOOK once per combination of parameter values, in parallel, as child MLflow runs '
-                       'of one parent run. The summary (params, metrics, status, duration) is printed and logged to the parent '
-                       'as sweep_summary.csv, with the best run by --metric.',
-                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('notebook', nargs='?', help='notebook path, or a bundled job name (train, evaluate); optional with -f or --resume')
-    d = p.add_argument_group('what to sweep')
-    d.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'), help='a value every job gets (repeatable)')
-    d.add_argument('--grid', action='append', default=[], metavar='NAME=V1,V2', help='values of one parameter; several --grid multiply (repeatable)')
-    d.add_argument('--random', type=int, metavar='N', help='draw N combinations from the --space')
-    d.add_argument('--space', action='append', default=[], metavar='NAME=SPEC', help='uniform:LO:HI, loguniform:LO:HI, int:LO:HI or choice:A,B (repeatable)')
-    d.add_argument('-f', '--sweep-file', metavar='YAML', help='a sweep file (see below); flags add to it')
-    d.add_argument('--seed', type=int, help='seed of the random draw (default 0): the same sweep gives the same combinations')
-    r = p.add_argument_group('how to run')
-    r.add_argument('--workers', type=int, help='jobs at once on this machine (default: the number of cores)')
-    r.add_argument('--executor', default='local', choices=EXECUTORS.names(), help='local worker pool (default) or a Dask cluster')
-    r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:PORT (default: DASK_SCHEDULER_ADDRESS, else a local Dask cluster)')
-    r.add_argument('--fail-fast', action='store_true', help='stop starting jobs after the first failure')
-    r.add_argument('--resume', metavar='SWEEP_RUN_ID', help='run only the combinations of this sweep that did not finish')
-    b = p.add_argument_group('best run')
-    b.add_argument('--metric', help='the metric that names the best run, e.g. roc_auc')
-    g = b.add_mutually_exclusive_group()
-    g.add_argument('--maximize', dest='maximize', action='store_true', default=None, help='higher is better (default, except for names like loss, error, rmse)')
-    g.add_argument('--minimize', dest='maximize', action='store_false', help='lower is better')
-    p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
-    p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
-    p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
-    return p
-
-# %% ../nbs/09_sweeps.ipynb #6d3775df
-def cmd_sweep(a) -> int:
-    "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
-    from mlops_nb.params import parse_param_args
-    s = get_settings(tracking_uri=a.tracking_uri, experiment=a.experiment)
-    fixed = dict(parse_param_args(a.parameters))
-    kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast,
-              progress='json' if a.json else 'bar')
-    import contextlib
-    quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout is the JSON document only
-    try:
-        with quiet: res = _sweep_for(a, s, fixed, kw)
-    except SweepInterrupted as e:
-        _report(e.result, a)
-        print(f"interrupted: unfinished runs are FAILED (interrupted). Resume with: mlops-nb sweep --resume {e.result.sweep_id}", file=sys.stderr)
-        return 130
-    _report(res, a)
-    return 0 if res.status == 'FINISHED' else 1
-
-def _sweep_for(a, s, fixed, kw) -> SweepResult:
-    if a.resume:
-        if a.grid or a.random or a.space or a.sweep_file:
-            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
-        return resume_sweep(a.resume, s, fixed=fixed, metric=a.metric, maximize=a.maximize, **kw)
-    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize)
-    return run_sweep(sw, s, **kw)
-
-def _report(res: SweepResult, a):
-    if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
-    print(res.table())
-    n, f = len(res.summary), len(res.failed)
-    print(f"\nsweep {res.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  (store {res.settings.tracking_uri})")
-    if res.best:
-        print(f"best by {res.metric} ({'max' if res.maximize else 'min'}): run {res.best['run_id']}  "
-              f"{res.metric}={res.best[f'metric.{res.metric}']:.4g}")
-    if f:
-        print("failed:")
-        for _, r in res.failed.iterrows():
-            why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
-            err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
-            print(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
-        if res.status != 'KILLED': print(f"rerun the failed ones with: mlops-nb sweep --resume {res.sweep_id}")

@@ -25,10 +25,11 @@ from . import __version__
 from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['TAG', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client', 'experiment_id',
-           'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'Run',
-           'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded', 'log_dataset', 'log_model',
-           'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags', 'model_signature']
+__all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client',
+           'experiment_id', 'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt',
+           'Batch', 'Run', 'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded',
+           'log_dataset', 'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs',
+           'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -173,11 +174,19 @@ def _store_writes(settings: Settings):
 # %% ../nbs/05_tracking.ipynb #b30c2263
 TAG = 'mlops_nb.'
 
+GIT_CACHE: dict | None = None  # a command sets {} to read each repository's lineage once (`cli.main` does); None: every call reads it
+
 def git_info(path: str | Path | None = None # a file or folder inside the repository; cwd if None
             ) -> dict:
     "Commit sha and dirtiness of the git repository holding `path`; says so when there is none."
     p = Path(path or os.getcwd()).resolve()
     d = p if p.is_dir() else p.parent
+    if GIT_CACHE is not None:
+        if d not in GIT_CACHE: GIT_CACHE[d] = _git_info(d)
+        return dict(GIT_CACHE[d])
+    return _git_info(d)
+
+def _git_info(d: Path) -> dict:
     def git(*args):
         return subprocess.run(['git', *args], cwd=d, capture_output=True, text=True, timeout=20)
     try:

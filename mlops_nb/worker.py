@@ -262,7 +262,7 @@ def changed(fp: dict # as `fingerprint` returned it
         if _stat(p) != sig: return p
     return None
 
-# %% ../nbs/08b_worker.ipynb #c1580a33
+# %% ../nbs/08b_worker.ipynb #d60ea8cf
 def _die_with_parent(parent: int):
     "SIGKILL this process when `parent` dies (Linux), else a thread that watches for it."
     try:
@@ -288,12 +288,20 @@ def _adopt_stdio(fds, encodings: dict):
     sys.stdin, sys.stdout, sys.stderr = stream(0, 'r', 'stdin'), stream(1, 'w', 'stdout'), stream(2, 'w', 'stderr')
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
 
+def _release_connections():
+    "Close the pooled connections of MLflow's SQLAlchemy engines: a forked process must open its own, never share the parent's."
+    for mod in ('mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store'):
+        store = getattr(sys.modules.get(mod), 'SqlAlchemyStore', None)
+        for engine in list(getattr(store, '_engine_map', {}).values()):
+            try: engine.dispose()
+            except Exception: pass
+
 def _exit_code(e: SystemExit) -> int:
     if e.code is None: return 0
     if isinstance(e.code, int): return e.code
     print(e.code, file=sys.stderr); return 1
 
-# %% ../nbs/08b_worker.ipynb #b1bad914
+# %% ../nbs/08b_worker.ipynb #9802385a
 class _Worker:
     "The worker's process: one `select` loop over its socket, forking commands and jobs."
     def __init__(self, paths: WorkerPaths, idle: float):
@@ -302,7 +310,7 @@ class _Worker:
         self.children: dict[int, tuple[str, socket.socket | None]] = {}
         self.counts = {'commands': 0, 'jobs': 0}
         self.stopping, self.why = False, None
-        self.fp, self.failed = {}, []
+        self.fp, self.failed, self.store_open = {}, [], False
 
     def status(self) -> dict:
         return {'pid': os.getpid(), 'socket': str(self.paths.sock), 'log': str(self.paths.log), 'python': sys.executable,
@@ -322,6 +330,20 @@ class _Worker:
             environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
         except Exception: pass
         self.fp = {**fingerprint([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
+
+    def _open_store(self):
+        "Open the project's SQLite store once, so commands and jobs skip connecting to it and checking its schema (0.2 s each)."
+        if self.store_open: return
+        try:
+            from mlops_nb.core import get_settings
+            from mlops_nb.tracking import _sqlite_path, client
+            s = get_settings(cwd=self.paths.dir.parent.parent)
+            db = _sqlite_path(s.tracking_uri)
+            if db is None or not db.exists(): return  # a server has no schema to check here; a store not made yet is made by a command
+            client(s)
+            self.store_open = True
+        except Exception: pass
+        finally: _release_connections()
 
     def _bind(self):
         self.paths.dir.mkdir(parents=True, exist_ok=True)
@@ -366,6 +388,7 @@ class _Worker:
                         except BlockingIOError: pass
                     else: self._from_client(key.fileobj, arg)
                 if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
+                elif not self.children: self._open_store()
                 self._reap()
                 if not self.children and (self.stopping or time.time() - self.last > self.idle): break
         finally: self._close()
@@ -462,9 +485,10 @@ def _reap(self):
 
 _Worker._accept, _Worker._from_client, _Worker._reap = _accept, _from_client, _reap
 
-# %% ../nbs/08b_worker.ipynb #dbdb1ab7
+# %% ../nbs/08b_worker.ipynb #37388d89
 def _fork(self, op: str, msg: dict, fds: list) -> int:
     for f in (sys.stdout, sys.stderr): f.flush()  # nothing of the worker's log may reach the client's streams
+    _release_connections()
     parent = os.getpid()
     pid = os.fork()
     if pid: return pid

@@ -13,6 +13,7 @@ def clean_env(**extra) -> dict:
     "The environment without any store settings of the caller, so each test uses its own scratch store."
     env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
     env['MLFLOW_DISABLE_TELEMETRY'] = 'true'  # MLflow 3 sends usage telemetry by default; tests send nothing
+    env['MLOPS_NB_WORKER_IDLE'] = '10'  # commands run in each test project's warm worker, which leaves soon after the test
     env.update(extra)
     return env
 
