@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import REDACTED, ParameterError, Secret, Settings, add_secret, get_settings, job_notebook, redact_value
-from .engine import execute, job_failed, kernelspec, mark_failure, papermill_engine, redact_file, render_html
+from .core import REDACTED, JobFailed, ParameterError, Secret, Settings, add_secret, get_settings, job_notebook, redact, redact_value
+from .engine import execute, kernelspec, papermill_engine
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .tracking import TAG
 
 # %% auto #0
-__all__ = ['JobResult', 'read_recorded', 'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job',
-           'Reproduction', 'reproduce']
+__all__ = ['JobResult', 'read_recorded', 'redact_notebook', 'redact_file', 'job_failed', 'render_html', 'mark_failure',
+           'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job', 'Reproduction', 'reproduce']
 
 # %% ../nbs/08_jobs.ipynb #83abe93e
 @dataclass
@@ -74,6 +75,107 @@ def read_recorded(nb) -> dict:
             d = o.get('data', {}).get(RECORD_MIME)
             if d: out[d['name']] = d['value']
     return out
+
+# %% ../nbs/08_jobs.ipynb #6fb9a886
+def _text_mime(mime: str) -> bool:
+    return mime.startswith('text/') or mime.endswith(('json', '+xml', 'javascript', 'latex', 'markdown'))
+
+def _joined(t): return ''.join(t) if isinstance(t, list) else t
+
+def redact_notebook(nb # a notebook (dict or NotebookNode), changed in place
+                   ):
+    "Take every known secret out of `nb`'s content fields; its keys and structure stay as they are."
+    from mlops_nb.core import _FORMS
+    if not _FORMS: return nb
+    for cell in nb.get('cells', []):
+        cell['source'] = redact(_joined(cell.get('source', '')))
+        for o in cell.get('outputs', None) or []:
+            if 'text' in o: o['text'] = redact(_joined(o['text']))
+            data = o.get('data') or {}
+            for mime, v in list(data.items()):
+                if isinstance(v, dict): data[mime] = redact_value(v)
+                elif _text_mime(mime): data[mime] = redact(_joined(v))
+            if o.get('output_type') == 'error':
+                o['ename'], o['evalue'] = redact(o.get('ename', '')), redact(o.get('evalue', ''))
+                o['traceback'] = [redact(t) for t in o.get('traceback', [])]
+    pm = nb.get('metadata', {}).get('papermill') or {}
+    if pm.get('parameters'): pm['parameters'] = redact_value(dict(pm['parameters']))
+    return nb
+
+def _redacting_writes():
+    "Make papermill's notebook writes (every save of the output notebook) redact first."
+    import papermill.engines, papermill.execute, papermill.iorw
+    write = getattr(papermill.iorw.write_ipynb, '__wrapped__', papermill.iorw.write_ipynb)
+    def write_ipynb(nb, path, *args, **kwargs): return write(redact_notebook(nb), path, *args, **kwargs)
+    write_ipynb.__wrapped__ = write
+    for m in (papermill.iorw, papermill.engines, papermill.execute): m.write_ipynb = write_ipynb
+
+# %% ../nbs/08_jobs.ipynb #0db4b303
+def redact_file(path: Path, # a notebook (redacted field by field) or a text file such as a log
+                values=(), # secret values to know first, besides those this process already knows
+               ) -> bool:
+    "Take every known secret out of the file `path`; whether anything changed."
+    for v in values: add_secret(v)
+    from mlops_nb.core import _FORMS
+    path = Path(path)
+    if not _FORMS or not path.is_file(): return False
+    text = path.read_text(encoding='utf-8', errors='surrogateescape')
+    new = None
+    if path.suffix == '.ipynb':
+        try: new = json.dumps(redact_notebook(json.loads(text)), indent=1, ensure_ascii=False) + '\n'
+        except ValueError: new = None  # cut short by a kill: redact it as text
+    if new is None: new = redact(text)
+    if new != text: path.write_text(new, encoding='utf-8', errors='surrogateescape')
+    return new != text
+
+def job_failed(failure: dict # {'reason', 'cell', 'ename', 'evalue', ...} of a failed job
+              ) -> JobFailed:
+    "The error a failed job is recorded (and raised) as, carrying the failure's facts."
+    where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
+    return JobFailed(redact(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}"),
+                     hint='Open the executed notebook to see the failing cell.', **{k: v for k, v in failure.items() if k != 'hint'})
+
+def render_html(nb_path: Path) -> Path | None:
+    "An HTML render of the executed notebook next to it (None if rendering fails)."
+    try:
+        import nbformat
+        from mlops_nb.worker import HTML_EXPORTER as exporter  # built once by the warm process this job forked from
+        if exporter is None:
+            from nbconvert import HTMLExporter
+            exporter = HTMLExporter()
+        body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+        out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
+        return out
+    except Exception as e:
+        print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
+        return None
+
+def mark_failure(nb_path: Path, error: dict) -> int | None:
+    "Mark the cell that was running when the job was stopped or died; its index (None if no cell was running)."
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_output
+    nb = nbformat.read(str(nb_path), as_version=4)
+    pm = lambda c: c.get('metadata', {}).get('papermill', {})
+    idx = next((i for i, c in enumerate(nb.cells) if pm(c).get('status') == 'running'), None)
+    if idx is None and error.get('reason') == 'kernel_died' and not nb.metadata.get('papermill', {}).get('exception'):
+        # papermill's own engine marks every cell "completed" when the kernel dies: the one that died is the last started
+        started = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and pm(c).get('start_time')]
+        idx = started[-1] if started else None
+        for c in nb.cells[idx + 1:] if idx is not None else []:
+            if not pm(c).get('start_time') and 'status' in pm(c): c.metadata.papermill.update(status='pending', end_time=None, duration=None)
+    if idx is None: return None
+    cell = nb.cells[idx]
+    cell.metadata.papermill.update(status='failed', exception=True)
+    cell.setdefault('outputs', []).append(new_output('error', ename=error.get('ename') or 'Error', evalue=error.get('evalue') or '',
+                                                     traceback=[f"{error.get('ename')}: {error.get('evalue')}"]))
+    if not any('papermill-error-cell-tag' in c.get('metadata', {}).get('tags', []) for c in nb.cells):
+        banner = new_markdown_cell(f'<span style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-serif; font-size:2em;">'
+                                   f'{error.get("reason", "failed").replace("_", " ").capitalize()}: {error.get("evalue", "")}</span>')
+        banner.metadata['tags'] = ['papermill-error-cell-tag']
+        nb.cells.insert(0, banner)
+    nb.metadata.setdefault('papermill', {})['exception'] = True
+    nbformat.write(nb, str(nb_path))
+    return idx  # as papermill counts: before its banner
 
 # %% ../nbs/08_jobs.ipynb #3b177419
 def prepare_notebook(notebook: Path, # the job notebook
