@@ -242,14 +242,16 @@ def process_alive(pid: int, # a process id
     return s is not None and (start is None or s == start)
 
 # %% ../nbs/00_core.ipynb #b1488998
+_MISSING = object()
+
 class Registry:
     "A named collection of extension objects with `register` and `get`."
     def __init__(self, kind: str # what is registered, for messages: 'model', 'metric', ...
                 ): self.kind, self._items = kind, {}
 
-    def register(self, name: str, obj=None):
-        "Register `obj` under `name`; without `obj`, a decorator."
-        if obj is None: return lambda o: self.register(name, o)
+    def register(self, name: str, obj=_MISSING):
+        "Register `obj` (which may be None) under `name`; without `obj`, a decorator."
+        if obj is _MISSING: return lambda o: self.register(name, o)
         self._items[name] = obj
         return obj
 

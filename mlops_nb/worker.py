@@ -667,10 +667,10 @@ def _follow(s: socket.socket, exit_r: int, pid: int) -> int:
           "its job runs end FAILED (driver_lost). The next command starts a new worker.", file=sys.stderr)
     return 1
 
-# %% ../nbs/08b_worker.ipynb #f10d36e5
+# %% ../nbs/08b_worker.ipynb #8950ffe9
 class RemoteProcess:
     "A job's process forked by the worker for this command: `pid`, `exitcode`, `join` as `multiprocessing.Process`."
-    def __init__(self, job: dict, # the job, as `engine._child` takes it
+    def __init__(self, job: dict, # the job, as the engine's job body takes it
                  report_fd: int, # write end of the pipe the job sends its report on
                  paths: WorkerPaths | None = None):
         self.job, self.report_fd, self.paths = job, report_fd, paths or ATTACHED

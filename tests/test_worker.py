@@ -157,8 +157,8 @@ def test_socket_refuses_another_user(project):
     folder = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)  # lets the other user reach the folder whatever its parents' modes
     probe = ('import socket, sys, struct\ns = socket.socket(socket.AF_UNIX)\n'
              'try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print("refused:", type(e).__name__); sys.exit(0)\n'
-             's.sendall(struct.pack("!I", 1) + b"N")\ntry:\n    print("closed" if s.recv(10) == b"" else "answered")\n'
-             'except ConnectionResetError:\n    print("closed")\n')
+             'try:\n    s.sendall(struct.pack("!I", 1) + b"N")\n    print("closed" if s.recv(10) == b"" else "answered")\n'
+             'except (ConnectionResetError, BrokenPipeError):\n    print("closed")\n')
     def as_nobody(): os.setgid(65534); os.setuid(65534)
     def probe_as_nobody():  # /usr/bin/python3: the test's venv may sit where another user cannot read it
         return subprocess.run(['/usr/bin/python3', '-c', probe, f'/proc/self/fd/{folder}/{sock.name}'], preexec_fn=as_nobody,
