@@ -1117,7 +1117,7 @@ def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
         return 0
 
 # %% ../nbs/13_cli.ipynb #668bff6c
-WORKER_COMMANDS = ('run', 'sweep', 'reproduce')  # what the warm worker runs
+WORKER_COMMANDS = ('run', 'sweep', 'reproduce', 'predict', 'pipeline', 'monitor')  # the commands that run jobs: the warm worker runs them
 
 WORKER_EPILOG = """\
 the worker: one process per project (the folder with settings.ini, else this one) and Python environment,
@@ -1172,12 +1172,17 @@ def _thin_checks(a) -> list[str]:
         sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize)
         check_sweep(sw)
         return notebook_imports([sw.notebook])
+    if a.command == 'pipeline':
+        from mlops_nb.pipelines import check_pipeline, load_pipeline
+        p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+        check_pipeline(p)
+        return notebook_imports([st.notebook for st in p.steps.values() if st.notebook])
     return []
 
 def _via_worker(a, argv: list[str]) -> int | None:
     "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
     from mlops_nb.worker import WorkerError, run_command, worker_enabled
-    if getattr(a, 'no_worker', False) or not worker_enabled(): return None
+    if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
     preload = _thin_checks(a)
     try: return run_command(argv, preload)
     except WorkerError as e:
