@@ -51,6 +51,9 @@ def test_train_run_is_complete(quickstart):
     nb = nbformat.read(c.download_artifacts(run.info.run_id, 'notebook/train.ipynb', str(d)), as_version=4)
     injected = [c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', [])]
     assert injected and 'breast_cancer' in injected[0].source
+    # the report carries no MLflow warning caused by our own calls (a bundled name is no ambiguous source)
+    assert not [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs if 'UserWarning' in o.get('text', '')]
+    assert {d.dataset.source_type for d in run.inputs.dataset_inputs} == {'code'}
 
 
 def test_evaluate_run_and_registered_versions(quickstart):
