@@ -512,13 +512,19 @@ def _dataset_source(source: str | None # a dataset name, a local path or a URI
     elif source and '://' in source and not source.startswith('file:'): return resolve_dataset_source(source)
     return CodeDatasetSource({f'{TAG}dataset': source} if source else {})
 
+def _int_type(dtype) -> str | None:
+    "MLflow's type for an integer dtype, as its inference names it; None for other dtypes (and uint64, which MLflow refuses)."
+    import pandas as pd
+    if not pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype) or (dtype.kind == 'u' and dtype.itemsize == 8): return None
+    return 'integer' if dtype.itemsize < 4 or (dtype.kind == 'i' and dtype.itemsize == 4) else 'long'
+
 def _dataset_columns(df) -> list[dict]:
     "MLflow column specs (`type`, `name`, `required`) describing the columns of `df` as they are."
     import pandas as pd
     def kind(s):
         t = s.dtype
         if pd.api.types.is_bool_dtype(t): return 'boolean'
-        if pd.api.types.is_integer_dtype(t): return 'long'
+        if pd.api.types.is_integer_dtype(t): return _int_type(t) or 'long'
         if pd.api.types.is_float_dtype(t): return 'double'
         if pd.api.types.is_datetime64_any_dtype(t): return 'datetime'
         return 'string'
@@ -558,12 +564,17 @@ def log_dataset(df, # the frame used
 
 
 # %% ../nbs/05_tracking.ipynb #b2d64c90
-def _ints_as_floats(example):
-    "`example` with its integer columns as float64, so the signature declares them `double` (MLflow's advice)."
+def _signature(example, output):
+    "The model's signature as MLflow infers it from `example` and `output`, with integer input columns declared here."
     import pandas as pd
-    if not isinstance(example, pd.DataFrame): return example
-    ints = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c]) and not pd.api.types.is_bool_dtype(example[c])]
-    return example.astype({c: 'float64' for c in ints}) if ints else example
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+    ints = {c: t for c in example.columns if (t := _int_type(example[c].dtype))} if isinstance(example, pd.DataFrame) else {}
+    sig = infer_signature(example.astype({c: 'float64' for c in ints}) if ints else example, output)
+    if ints:
+        named = {str(c): t for c, t in ints.items()}
+        sig.inputs = Schema([ColSpec(DataType[named[c.name]], c.name, c.required) if c.name in named else c for c in sig.inputs.inputs])
+    return sig
 
 def log_model(model, # a fitted scikit-learn estimator or pipeline
               input_example, # a few rows of model input (DataFrame), for the signature and docs
@@ -571,14 +582,12 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
              ) -> str:
     "Log `model` to the current run with signature and input example; returns its `models:/` URI."
     import mlflow, sklearn
-    from mlflow.models import infer_signature
     run = current_run()
     if run is None:
         raise TrackingError("log_model needs a run: call it inside a job or `start_run`.",
                             hint="Run the notebook with `mlops-nb run NB`, or wrap the code in `with start_run(): ...`.")
     example = input_example.head(5) if hasattr(input_example, 'head') else input_example
-    example = _ints_as_floats(example)
-    sig = infer_signature(example, model.predict(example))
+    sig = _signature(example, model.predict(example))
     mlflow.set_tracking_uri(run.settings.tracking_uri)
     os.environ['MLFLOW_EXPERIMENT_ID'] = run.info.experiment_id
     try:

@@ -292,5 +292,8 @@ def test_train_report_carries_no_mlflow_warnings_of_ours(workdir):
     cols = {c['name']: c['type'] for c in json.loads(inputs['train'].schema)['mlflow_colspec']}
     assert cols == {'age': 'long', 'visits': 'long', 'score': 'double', 'target': 'long'}  # the data as it was
     mlflow.set_tracking_uri(uri)
-    sig = json.loads(mlflow.models.get_model_info(run.data.tags['mlops_nb.model_uri']).signature.to_dict()['inputs'])
-    assert {c['name']: c['type'] for c in sig} == {'age': 'double', 'visits': 'double', 'score': 'double'}  # MLflow's advice
+    model_uri = run.data.tags['mlops_nb.model_uri']
+    sig = json.loads(mlflow.models.get_model_info(model_uri).signature.to_dict()['inputs'])
+    assert {c['name']: c['type'] for c in sig} == {'age': 'long', 'visits': 'long', 'score': 'double'}
+    X = pd.read_csv(workdir / 'ints.csv').drop(columns='target')  # the data as read, int64 columns: the signature takes it
+    assert len(mlflow.pyfunc.load_model(model_uri).predict(X)) == len(X)
