@@ -18,8 +18,8 @@ import pandas as pd
 from .core import DataError, SchemaError
 
 # %% auto #0
-__all__ = ['BUNDLED', 'PROBLEM_COLUMNS', 'bundled_target', 'load_dataset', 'ColumnSchema', 'Schema', 'infer_schema',
-           'validation_report', 'validate', 'fingerprint', 'split', 'Window', 'time_windows']
+__all__ = ['BUNDLED', 'PROBLEM_COLUMNS', 'RANGE_TOLERANCE', 'bundled_target', 'load_dataset', 'ColumnSchema', 'Schema',
+           'infer_schema', 'validation_report', 'validate', 'fingerprint', 'split', 'Window', 'time_windows']
 
 # %% ../nbs/01_data.ipynb #5a152e2f
 _BUNDLED = {'breast_cancer': 'load_breast_cancer', 'diabetes': 'load_diabetes',
@@ -235,13 +235,21 @@ def _wrong_dtype(s: pd.Series, expected: str) -> tuple[pd.Series | None, str]:
     return (present, f"expected {expected}, got {s.dtype}") if present.any() else (None, '')
 
 # %% ../nbs/01_data.ipynb #bac2aa7f
-def _checks(c: ColumnSchema, s: pd.Series) -> tuple[list, list]:
+RANGE_TOLERANCE = 0.05  # share of a column's training span by which a value may pass its min or max
+
+def _bounds(c: ColumnSchema, tol: float) -> tuple[float | None, float | None]:
+    "The values column `c` accepts: its training range widened by `tol` times its span on each side."
+    m = tol * (c.max - c.min) if c.min is not None and c.max is not None else 0.0
+    return (None if c.min is None else c.min - m), (None if c.max is None else c.max + m)
+
+def _checks(c: ColumnSchema, s: pd.Series, tol: float = 0.0) -> tuple[list, list]:
     "pandera checks for the values of column `c` (as it arrived in `s`), and the problem kind of each."
     import pandera.pandas as pa
     checks, kinds = [], []
     if c.min is not None or c.max is not None:
-        if c.min is not None and c.max is not None: checks.append(pa.Check.in_range(c.min, c.max))
-        else: checks.append(pa.Check.ge(c.min) if c.min is not None else pa.Check.le(c.max))
+        lo, hi = _bounds(c, tol)
+        if lo is not None and hi is not None: checks.append(pa.Check.in_range(lo, hi))
+        else: checks.append(pa.Check.ge(lo) if lo is not None else pa.Check.le(hi))
         kinds.append('out_of_range')
     if c.categories is not None:
         if pd.api.types.infer_dtype(s, skipna=True) in _MIXED:  # mixed values were inferred as text
@@ -251,13 +259,16 @@ def _checks(c: ColumnSchema, s: pd.Series) -> tuple[list, list]:
         kinds.append('unseen_category')
     return checks, kinds
 
-def _detail(kind: str, c: ColumnSchema | None, values: pd.Series) -> str:
+def _detail(kind: str, c: ColumnSchema | None, values: pd.Series, tol: float = 0.0) -> str:
     "What a problem of `kind` in column `c` means, with a few offending values."
     vals = ', '.join(repr(v.item() if isinstance(v, np.generic) else v) for v in pd.unique(values.to_numpy())[:3])
     if kind == 'missing_column': return f"expected {c.dtype} ({c.role})"
     if kind == 'extra_column': return "not in the schema"
     if kind == 'null': return "nulls in a non-nullable column"
-    if kind == 'out_of_range': return f"outside [{c.min:g}, {c.max:g}]: {vals}" if c.min is not None and c.max is not None else f"out of bounds: {vals}"
+    if kind == 'out_of_range':
+        if c.min is None or c.max is None: return f"out of bounds: {vals}"
+        by = f" by over {tol * 100:g}% of its span" if tol and c.max > c.min else ''
+        return f"outside [{c.min:g}, {c.max:g}]{by}: {vals}"
     if kind == 'unseen_category': return f"not among the {len(c.categories)} known values: {vals}"
     return ''
 
@@ -272,9 +283,11 @@ def validation_report(df: pd.DataFrame, # data to check
                       schema: Schema, # what it should look like
                       *, allow_extra: bool = False, # accept columns the schema does not know
                       require_target: bool = True, # False: a frame without the target column is fine (serving)
+                      range_tolerance: float = RANGE_TOLERANCE, # share of a column's training span a value may pass its min or max by
                      ) -> pd.DataFrame:
     "Every way `df` does not match `schema`, one row per column and problem kind; empty when it matches."
     import pandera.pandas as pa
+    if not range_tolerance >= 0: raise DataError(f"range_tolerance must be 0 or more, not {range_tolerance!r}.", hint="0 checks the exact training range.")
     rows, n = [], len(df)
     dup = df.columns[df.columns.duplicated()].unique()
     rows += [_problem(c, 'duplicate_column', n, f"{int((df.columns == c).sum())} columns with this name") for c in dup]
@@ -285,7 +298,7 @@ def validation_report(df: pd.DataFrame, # data to check
         if c.name in df.columns:
             bad, why = _wrong_dtype(df[c.name], c.dtype)
             if bad is not None: rows.append(_problem(c.name, 'wrong_dtype', df.index[bad.to_numpy()], why))
-            else: checks, kinds[c.name] = _checks(c, df[c.name])
+            else: checks, kinds[c.name] = _checks(c, df[c.name], range_tolerance)
         required = require_target or c.name != schema.target
         cols[c.name] = pa.Column(None, checks=checks, nullable=c.nullable, required=required, name=c.name)
     try: pa.DataFrameSchema(cols, strict=not allow_extra).validate(df.copy(deep=False), lazy=True, inplace=True)  # no data copied, df untouched
@@ -299,7 +312,7 @@ def validation_report(df: pd.DataFrame, # data to check
             rows.append(_problem(col, kind, n, _detail(kind, schema[col] if col in schema else None, fc.iloc[:0]['failure_case'])))
         for (col, check, num), g in fc[~whole].groupby(['column', 'check', 'check_number'], dropna=False, sort=False):
             kind = 'null' if check == 'not_nullable' else kinds[col][int(num)] if pd.notna(num) else str(check)
-            rows.append(_problem(col, kind, pd.Index(g['index']), _detail(kind, schema[col], g['failure_case'])))
+            rows.append(_problem(col, kind, pd.Index(g['index']), _detail(kind, schema[col], g['failure_case'], range_tolerance)))
     order = {}
     for c in [*schema.names, *df.columns]: order.setdefault(c, len(order))
     rows.sort(key=lambda r: (order.get(r['column'], len(order)), _KIND_ORDER.index(r['kind']) if r['kind'] in _KIND_ORDER else 99))
@@ -320,10 +333,11 @@ def validate(df: pd.DataFrame, # data to check
              schema: Schema, # what it should look like
              *, allow_extra: bool = False, # accept columns the schema does not know
              require_target: bool = True, # False: a frame without the target column is fine (serving)
+             range_tolerance: float = RANGE_TOLERANCE, # share of a column's training span a value may pass its min or max by
              name: str | None = None, # dataset name for the message; default `df.attrs['name']`
             ) -> pd.DataFrame:
     "Return `df` if it matches `schema`; otherwise raise a `SchemaError` listing every problem."
-    problems = validation_report(df, schema, allow_extra=allow_extra, require_target=require_target)
+    problems = validation_report(df, schema, allow_extra=allow_extra, require_target=require_target, range_tolerance=range_tolerance)
     if problems.empty: return df
     name = name or df.attrs.get('name')
     n, k = len(problems), problems['column'].nunique()

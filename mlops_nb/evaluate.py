@@ -467,14 +467,18 @@ def data_checks(eval_df: pd.DataFrame, # the evaluation data
                 schema, # the training `Schema`
                 train_fingerprint: str | None, # the training data's fingerprint, as recorded on the run
                 label: str = 'candidate', # whose schema, for the row name
+                range_tolerance: float | None = None, # see `data.validation_report`; None: `data.RANGE_TOLERANCE`
                ) -> list[dict]:
     "Gate rows: evaluation data fits the training schema; training fingerprint recorded."
-    from mlops_nb.data import validation_report
-    rep = validation_report(eval_df, schema, allow_extra=True)
-    hard = rep[rep['kind'].isin(['missing_column', 'wrong_dtype'])]
+    from mlops_nb.data import RANGE_TOLERANCE, validation_report
+    tol = RANGE_TOLERANCE if range_tolerance is None else range_tolerance
+    rep = validation_report(eval_df, schema, allow_extra=True, range_tolerance=tol)
+    is_hard = rep['kind'].isin(['missing_column', 'wrong_dtype'])
+    hard, soft = rep[is_hard], rep[~is_hard]
     note = '; '.join(f"{r.kind} {r.column}" for r in hard.head(5).itertuples())
+    info = ', '.join(f"{k} in {n} column{'s' * (n != 1)}" for k, n in soft.groupby('kind', sort=False)['column'].nunique().items())
     rows = [dict(check=f'data matches {label} schema', metric=None, value=f'{len(hard)} problems', bound='0 missing/wrong dtype',
-                 passed=hard.empty, note=note or (f'{len(rep)} warnings (drift)' if len(rep) else ''))]
+                 passed=hard.empty, note=note or (f'info: {info}' if info else ''))]
     if label == 'candidate':
         rows.append(dict(check='training data fingerprint recorded', metric=None, value=(train_fingerprint or '')[:12] or None,
                          bound=None, passed=bool(train_fingerprint), note='' if train_fingerprint else 'no mlops_nb.data_fingerprint tag'))

@@ -291,7 +291,7 @@ def promote(name: str, # registered model name
             cv = c.get_model_version(name, current)
             from mlops_nb.data import Schema
             try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
-            except Exception as e: cschema, why = None, f"{type(e).__name__}: {e}"[:300]
+            except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # one line: a table cell
             if cschema is not None: rows += data_checks(eval_df, cschema, None, label=f'champion v{current}')
             else:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
                 rows.append(dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',

@@ -509,6 +509,36 @@ def _display_record(name, value, run_id, kind: str):
     except TypeError: data = str(data)
     display(redact_value({RECORD_MIME: {'name': name, 'value': data, 'run_id': run_id}, 'text/plain': f'{name} = {value!r}'}), raw=True)
 
+# %% ../nbs/05_tracking.ipynb #5c0e2a71
+def _dataset_source(source: str | None # a dataset name, a local path or a URI
+                   ):
+    "The MLflow dataset source `source` stands for, chosen without MLflow's guessing."
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+    if source and Path(source).is_file():
+        local = [s for s in get_registered_sources() if s._get_source_type() == 'local']
+        if local: return local[-1](Path(source).resolve().as_uri())
+    elif source and '://' in source and not source.startswith('file:'): return resolve_dataset_source(source)
+    return CodeDatasetSource({f'{TAG}dataset': source} if source else {})
+
+def _int_type(dtype) -> str | None:
+    "MLflow's type for an integer dtype, as its inference names it; None for other dtypes (and uint64, which MLflow refuses)."
+    import pandas as pd
+    if not pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype) or (dtype.kind == 'u' and dtype.itemsize == 8): return None
+    return 'integer' if dtype.itemsize < 4 or (dtype.kind == 'i' and dtype.itemsize == 4) else 'long'
+
+def _dataset_columns(df) -> list[dict]:
+    "MLflow column specs (`type`, `name`, `required`) describing the columns of `df` as they are."
+    import pandas as pd
+    def kind(s):
+        t = s.dtype
+        if pd.api.types.is_bool_dtype(t): return 'boolean'
+        if pd.api.types.is_integer_dtype(t): return _int_type(t) or 'long'
+        if pd.api.types.is_float_dtype(t): return 'double'
+        if pd.api.types.is_datetime64_any_dtype(t): return 'datetime'
+        return 'string'
+    return [dict(type=kind(df[c]), name=str(c), required=not bool(df[c].isna().any())) for c in df.columns]
+
 # %% ../nbs/05_tracking.ipynb #0bcc2418
 def log_dataset(df, # the frame used
                 name: str = 'train', # role of this input: 'train', 'test', 'eval', ...
@@ -531,13 +561,29 @@ def log_dataset(df, # the frame used
             run.batch.tag(f'{TAG}data_source_sha256.{name}', file_sha256(source))
     run.flush()
     try:
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
-        ds = mlflow.data.from_pandas(df, source=source or name, name=name, digest=fp[:36])
-        run.client.log_inputs(run.run_id, [DatasetInput(ds._to_mlflow_entity(), [InputTag('mlflow.data.context', name)])])
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        src = _dataset_source(source)
+        ds = Dataset(name=name, digest=fp[:36], source_type=src._get_source_type(), source=src.to_json(),
+                     schema=json.dumps({'mlflow_colspec': _dataset_columns(df)}),
+                     profile=json.dumps({'num_rows': len(df), 'num_elements': int(df.size)}))
+        run.client.log_inputs(run.run_id, [DatasetInput(ds, [InputTag('mlflow.data.context', name)])])
     except Exception as e:  # the tag above is the record; the UI's dataset view is a convenience
         print(f"mlops_nb: dataset {name!r} fingerprinted but not logged as an MLflow input: {e}", file=sys.stderr)
     return fp
+
+
+# %% ../nbs/05_tracking.ipynb #b2d64c90
+def _signature(example, output):
+    "The model's signature as MLflow infers it from `example` and `output`, with integer input columns declared here."
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+    ints = {c: t for c in example.columns if (t := _int_type(example[c].dtype))} if isinstance(example, pd.DataFrame) else {}
+    sig = infer_signature(example.astype({c: 'float64' for c in ints}) if ints else example, output)
+    if ints:
+        named = {str(c): t for c, t in ints.items()}
+        sig.inputs = Schema([ColSpec(DataType[named[c.name]], c.name, c.required) if c.name in named else c for c in sig.inputs.inputs])
+    return sig
 
 def log_model(model, # a fitted scikit-learn estimator or pipeline
               input_example, # a few rows of model input (DataFrame), for the signature and docs
@@ -545,13 +591,12 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
              ) -> str:
     "Log `model` to the current run with signature and input example; returns its `models:/` URI."
     import mlflow, sklearn
-    from mlflow.models import infer_signature
     run = current_run()
     if run is None:
         raise TrackingError("log_model needs a run: call it inside a job or `start_run`.",
                             hint="Run the notebook with `mlops-nb run NB`, or wrap the code in `with start_run(): ...`.")
     example = input_example.head(5) if hasattr(input_example, 'head') else input_example
-    sig = infer_signature(example, model.predict(example))
+    sig = _signature(example, model.predict(example))
     mlflow.set_tracking_uri(run.settings.tracking_uri)
     os.environ['MLFLOW_EXPERIMENT_ID'] = run.info.experiment_id
     try:

@@ -157,3 +157,26 @@ def test_split_is_deterministic():
     assert fingerprint(split(df, test_size=0.25, seed=43)[1]) != fingerprint(a_test)
     assert set(a_train.index).isdisjoint(a_test.index) and len(a_train) + len(a_test) == len(df)
     assert abs(a_test.target.mean() - df.target.mean()) < 0.01
+
+
+def test_range_tolerance_passes_held_out_extremes_and_flags_far_values():
+    "The quickstart's held-out split: values a few percent beyond the training range pass; one far beyond is flagged."
+    df = load_dataset('breast_cancer')
+    train, test = split(df, test_size=0.2, seed=0, stratify='target')
+    schema = infer_schema(train, target='target')
+    exact = validation_report(test, schema, range_tolerance=0)
+    assert len(exact) == 15 and set(exact['kind']) == {'out_of_range'}  # what the gate used to call 15 warnings (drift)
+    report = validation_report(test, schema)
+    flagged = set(report['column'])
+    assert 'mean radius' not in flagged and 'worst area' not in flagged  # 3.5% and 1% of their span beyond: within 5%
+    for col in flagged:  # every value still reported is more than 5% of its column's span beyond the training range
+        c = schema[col]
+        span = c.max - c.min
+        assert ((test[col] < c.min - 0.05 * span) | (test[col] > c.max + 0.05 * span)).any(), col
+    far = test.copy()
+    far.loc[far.index[0], 'mean radius'] = schema['mean radius'].max * 2  # genuinely out of range
+    r = validation_report(far, schema).set_index('column')
+    assert r.loc['mean radius', 'kind'] == 'out_of_range' and r.loc['mean radius', 'examples'] == [far.index[0]]
+    assert 'by over 5% of its span' in r.loc['mean radius', 'detail']
+    with pytest.raises(SchemaError, match='mean radius'):
+        validate(far, schema)

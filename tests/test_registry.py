@@ -192,3 +192,32 @@ def test_unsafe_gate_is_refused_before_anything_moves(fast):
     from mlflow.exceptions import MlflowException
     with pytest.raises(MlflowException):
         _client(d).get_model_version_by_alias('m5', 'champion')
+
+
+def test_unreadable_champion_schema_fails_the_data_check(tmp_path):
+    "A champion whose schema.json is corrupt or gone cannot be re-scored on the same rows: the gate fails, saying why."
+    from urllib.parse import unquote, urlparse
+    d = tmp_path
+    (d / 'gate.yaml').write_text(GATE)
+    champion, candidate = _train_run(d, n_estimators=20), _train_run(d, 'logistic')
+    _promote(d, 'bc', champion)
+    art = Path(unquote(urlparse(_client(d).get_run(champion).info.artifact_uri).path)) / 'schema.json'
+    assert art.is_file()
+    art.write_text('{"columns": [')  # corrupt
+    r = mlops_nb('promote', 'bc', '--run', candidate, '--gate', 'gate.yaml', '--json', cwd=d)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    rows = {row['check']: row for row in out['gate']['checks']}
+    row = rows['data matches champion v1 schema']
+    assert row['passed'] is False and row['value'] == 'unreadable', row
+    assert row['note'].startswith("champion's schema.json: ") and 'Cannot read schema' in row['note'], row['note']
+    assert '\n' not in row['note']  # one line: it is a cell of the printed table
+    assert rows['data matches candidate schema']['passed'] is True  # the candidate's own data is fine
+    assert out['moved'] is False and out['previous'] == '1'
+    art.unlink()  # gone
+    r = mlops_nb('promote', 'bc', '--run', candidate, '--gate', 'gate.yaml', cwd=d)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = next(l for l in r.stdout.splitlines() if 'data matches champion v1 schema' in l)
+    assert 'FAIL' in line and "champion's schema.json" in line and "has no artifact 'schema.json'" in line, r.stdout
+    assert 'stays on version 1' in r.stdout + r.stderr
+    assert str(_client(d).get_model_version_by_alias('bc', 'champion').version) == '1'

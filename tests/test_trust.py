@@ -264,3 +264,36 @@ def test_job_starts_fresh_and_its_streams_are_bounded(workdir):
     assert len(text) < 1200 and 'output truncated after 1,000 characters' in text and 'END-OF-TEXT' not in text
     log = Path(res['output']).with_suffix('.log').read_text()
     assert 'END-OF-TEXT' in log  # the rest is kept with the run
+
+
+def test_train_report_carries_no_mlflow_warnings_of_ours(workdir):
+    "Integer features and an integer target from a CSV: MLflow has nothing to warn about (no ambiguous source, no integer hint)."
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'age': rng.integers(18, 80, 200), 'visits': rng.integers(0, 20, 200), 'score': rng.normal(size=200)})
+    df['target'] = (df.age / 10 + df.visits / 4 + df.score > 7).astype(int)
+    df.to_csv(workdir / 'ints.csv', index=False)
+    r = mlops_nb('run', 'train', '-p', 'dataset', 'ints.csv', '-p', 'model', 'logistic', '--json', cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    out = nbformat.read(res['output'], as_version=4)
+    report = '\n'.join([*(o.get('text', '') for c in out.cells if c.cell_type == 'code' for o in c.outputs),
+                        Path(res['output']).with_suffix('.log').read_text(), Path(res['html']).read_text(), r.stderr])
+    for text in ('UserWarning', 'interpreted in multiple ways', 'Inferred schema contains integer'):
+        assert text not in report, text
+    # the calls that used to warn did run: both splits are dataset inputs of the run, the model has a signature
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(res['run_id'])
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {'train', 'test'} and inputs['train'].source_type == 'local'
+    assert json.loads(inputs['train'].source)['uri'] == (workdir / 'ints.csv').resolve().as_uri()
+    cols = {c['name']: c['type'] for c in json.loads(inputs['train'].schema)['mlflow_colspec']}
+    assert cols == {'age': 'long', 'visits': 'long', 'score': 'double', 'target': 'long'}  # the data as it was
+    mlflow.set_tracking_uri(uri)
+    model_uri = run.data.tags['mlops_nb.model_uri']
+    sig = json.loads(mlflow.models.get_model_info(model_uri).signature.to_dict()['inputs'])
+    assert {c['name']: c['type'] for c in sig} == {'age': 'long', 'visits': 'long', 'score': 'double'}
+    X = pd.read_csv(workdir / 'ints.csv').drop(columns='target')  # the data as read, int64 columns: the signature takes it
+    assert len(mlflow.pyfunc.load_model(model_uri).predict(X)) == len(X)
