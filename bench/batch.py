@@ -4,12 +4,14 @@
 Parquet file that `mlops-nb predict` reads (a row of `mlops-nb` on the CSV is shown too). Wall time and
 peak memory of the whole process tree: the sum of every process's proportional set size (PSS, so
 pages shared between the CLI, the warm worker and the job forked from it count once), polled every
-0.1 s with psutil, children included. Peak RSS of the largest single process is shown too. Prints a
+0.1 s with psutil, children included; for `mlops-nb` the project's warm worker and the processes it forked
+(the command and its job) are counted too, the worker's resident libraries included. Peak RSS of the largest single process is shown too. Prints a
 table with ratios.
 
     python bench/batch.py [--rows 1000000 5000000] [--model logistic]
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +26,17 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from batch_helpers import make_rows, train_and_register
 
 
+def _tree(root, cwd) -> list:
+    "The command's processes and children, and the project's warm worker with what it forked (the command and job run there)."
+    procs = {root.pid: root, **{q.pid: q for q in root.children(recursive=True)}}
+    for info in Path(cwd).glob('.mlops_nb/worker/*.json'):
+        try:
+            w = psutil.Process(json.loads(info.read_text())['pid'])
+            procs.update({q.pid: q for q in (w, *w.children(recursive=True))})
+        except (psutil.Error, OSError, ValueError, KeyError): pass
+    return list(procs.values())
+
+
 def measure(cmd, cwd, env) -> tuple[float, float, float, int]:
     "(seconds, peak MB of the process tree (summed PSS), peak RSS MB of one process, exit code) of running `cmd`."
     t0 = time.perf_counter()
@@ -32,7 +45,7 @@ def measure(cmd, cwd, env) -> tuple[float, float, float, int]:
     while p.poll() is None:
         try:
             pss = 0
-            for q in [root, *root.children(recursive=True)]:
+            for q in _tree(root, cwd):
                 try:
                     m = q.memory_full_info()
                     pss += m.pss; peak_one = max(peak_one, m.rss)

@@ -109,7 +109,7 @@ def warm(extra=() # more modules to import, e.g. those the notebooks about to ru
     html_exporter()
     return failed
 
-# %% ../nbs/08b_worker.ipynb #bae1a890
+# %% ../nbs/08b_worker.ipynb #8ad6e0b7
 _CTX = None
 JOB_PROCESS = 'mlops_nb job'  # name prefix of jobs' processes
 
@@ -131,6 +131,7 @@ def forkserver_context():
         if not hasattr(spawn.get_preparation_data, '__wrapped__'): spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
         _CTX = mp.get_context('forkserver')
         _CTX.set_forkserver_preload(['mlops_nb.worker'])
+        os.environ.setdefault('MLOPS_NB_FORKSERVER_WARM', '')  # the forkserver, started with this environment, warms itself
     return _CTX
 
 _WARM_LOCK = threading.Lock()
@@ -143,12 +144,8 @@ def warm_up(notebooks=() # notebooks about to run: what they import is loaded ah
         ctx = forkserver_context()
         if getattr(ctx, '_mlops_nb_started', False): return
         ctx._mlops_nb_started = True
-        mods = ','.join(notebook_imports(notebooks))
-    def start():
-        os.environ['MLOPS_NB_FORKSERVER_WARM'] = mods  # read by the forkserver when it imports this module
-        try: forkserver.ensure_running()
-        finally: os.environ.pop('MLOPS_NB_FORKSERVER_WARM', None)
-    threading.Thread(target=start, daemon=True).start()
+        os.environ['MLOPS_NB_FORKSERVER_WARM'] = ','.join(notebook_imports(notebooks))  # read by the forkserver as it imports this module
+    threading.Thread(target=forkserver.ensure_running, daemon=True).start()
 
 # %% ../nbs/08b_worker.ipynb #caf178da
 ATTACHED = None  # in a process forked by the worker: its `WorkerPaths` (jobs then fork from the worker too)
@@ -301,7 +298,7 @@ def _exit_code(e: SystemExit) -> int:
     if isinstance(e.code, int): return e.code
     print(e.code, file=sys.stderr); return 1
 
-# %% ../nbs/08b_worker.ipynb #9802385a
+# %% ../nbs/08b_worker.ipynb #183537fa
 class _Worker:
     "The worker's process: one `select` loop over its socket, forking commands and jobs."
     def __init__(self, paths: WorkerPaths, idle: float):
@@ -324,11 +321,12 @@ class _Worker:
         "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
         lean_jsonschema()
         self.failed += preload(names)
-        if jobs: self.failed += warm()
-        try:
-            from mlops_nb.tracking import environment_txt
-            environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
-        except Exception: pass
+        if jobs:
+            self.failed += warm()
+            try:
+                from mlops_nb.tracking import environment_txt
+                environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
+            except Exception: pass
         self.fp = {**fingerprint([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
 
     def _open_store(self):

@@ -214,3 +214,29 @@ def test_output_and_exit_codes_match_without_the_worker(project):
     a, b = docs[False], docs[True]
     assert a.keys() == b.keys() and a['error'] == b['error'] and a['status'] == b['status'] == 'FAILED'
     assert status(project, env)['served']['commands'] == 2  # --no-worker ran in its own process
+
+
+def test_installing_a_distribution_or_editing_settings_restarts_the_worker(project, tmp_path):
+    site = tmp_path / 'site'
+    site.mkdir()
+    env = wenv(PYTHONPATH=str(site))  # a folder on sys.path, as site-packages is
+    pids = []
+    for change in (None, 'install', 'settings'):
+        if change == 'install':  # what pip leaves in site-packages
+            (site / 'newdist-1.0.dist-info').mkdir()
+            (site / 'newdist-1.0.dist-info' / 'METADATA').write_text('Name: newdist\nVersion: 1.0\n')
+        elif change == 'settings':
+            (project / 'settings.ini').write_text('[mlops_nb]\nexperiment = other\n')
+        r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
+        assert r.returncode == 0, r.stderr
+        pids.append(status(project, env)['pid'])
+    assert len(set(pids)) == 3, pids  # each change was seen before the next command ran
+    log = Path(status(project, env)['log']).read_text()
+    assert f'{site} changed' in log and 'settings.ini changed' in log
+    assert any(r.info.status == 'FINISHED' for r in runs(project))
+
+
+def test_a_worker_is_not_started_for_bad_input(project):
+    r = mlops_nb('run', 'triv.ipynb', '-p', 'x', 'many', cwd=project, env=wenv())
+    assert r.returncode == 2 and "expects float" in r.stderr
+    assert not (project / '.mlops_nb').exists() and not (project / 'mlflow.db').exists()
