@@ -5,8 +5,10 @@ Parquet file that `mlops-nb predict` reads (a row of `mlops-nb` on the CSV is sh
 peak memory of the whole process tree: the sum of every process's proportional set size (PSS, so
 pages shared between the CLI, the warm worker and the job forked from it count once), polled every
 0.1 s with psutil, children included; for `mlops-nb` the project's warm worker and the processes it forked
-(the command and its job) are counted too, the worker's resident libraries included. Peak RSS of the largest single process is shown too. Prints a
-table with ratios.
+(the command and its job) are counted too, the worker's resident libraries included. Peak RSS of the
+largest single process is shown too. Prints a table with ratios. `mlops-nb` runs once with its warm
+worker stopped first (the command starts it, as a nightly job would) and then with it running (as for
+a backfill of many files).
 
     python bench/batch.py [--rows 1000000 5000000] [--model logistic]
 """
@@ -77,14 +79,17 @@ def main():
         df.to_parquet(d / f'in_{n}.parquet', row_group_size=100_000)
         df.to_csv(d / f'in_{n}.csv', index=False)
         del df
-        runs = {
-            'mlflow models predict (CSV)': [sys.executable, '-m', 'mlflow', 'models', 'predict', '-m', uri, '-i', f'in_{n}.csv',
-                                            '-t', 'csv', '-o', f'mlflow_{n}.json', '--env-manager', 'local'],
-            'mlops-nb predict (Parquet)': [exe, 'predict', uri, f'in_{n}.parquet', '--out', f'ours_{n}.parquet', '--keep', 'id'],
-            'mlops-nb predict (CSV)': [exe, 'predict', uri, f'in_{n}.csv', '--out', f'ours_csv_{n}.parquet', '--keep', 'id'],
+        stop = [exe, 'worker', 'stop', '--force']
+        runs = {  # name -> (untimed command first, timed command)
+            'mlflow models predict (CSV)': (None, [sys.executable, '-m', 'mlflow', 'models', 'predict', '-m', uri, '-i', f'in_{n}.csv',
+                                                   '-t', 'csv', '-o', f'mlflow_{n}.json', '--env-manager', 'local']),
+            'mlops-nb predict (Parquet), cold worker': (stop, [exe, 'predict', uri, f'in_{n}.parquet', '--out', f'ours_{n}.parquet', '--keep', 'id']),
+            'mlops-nb predict (Parquet), warm worker': (None, [exe, 'predict', uri, f'in_{n}.parquet', '--out', f'ours_w_{n}.parquet', '--keep', 'id']),
+            'mlops-nb predict (CSV), warm worker': (None, [exe, 'predict', uri, f'in_{n}.csv', '--out', f'ours_csv_{n}.parquet', '--keep', 'id']),
         }
         res = {}
-        for name, cmd in runs.items():
+        for name, (before, cmd) in runs.items():
+            if before: subprocess.run(before, cwd=d, env=env, capture_output=True)
             print(f"{n:>9,} rows  {name} ...", flush=True)
             res[name] = measure(cmd, d, env)
         base = res['mlflow models predict (CSV)']
@@ -97,9 +102,10 @@ def main():
             ours = pd.read_parquet(d / f'ours_{n}.parquet')['prediction'].tolist()
             print(f"  same predictions as mlflow on {n:,} rows: {theirs == ours}")
         for f in d.glob(f'*_{n}.*'): f.unlink(missing_ok=True) if f.is_file() else None
-    print(f"\n{'rows':>10}  {'tool':<30} {'seconds':>8} {'peak MB':>8} {'1 proc':>7} {'speed-up':>9} {'memory':>8}")
+    subprocess.run([exe, 'worker', 'stop', '--force'], cwd=d, env=env, capture_output=True)
+    print(f"\n{'rows':>10}  {'tool':<40} {'seconds':>8} {'peak MB':>8} {'1 proc':>7} {'speed-up':>9} {'memory':>8}")
     for n, name, t, m, one, sp, mr, rc in rows_out:
-        print(f"{n:>10,}  {name:<30} {t:8.1f} {m:8.0f} {one:7.0f} {sp:8.2f}x {mr:7.2f}x" + ('' if rc == 0 else f'  (exit {rc})'))
+        print(f"{n:>10,}  {name:<40} {t:8.1f} {m:8.0f} {one:7.0f} {sp:8.2f}x {mr:7.2f}x" + ('' if rc == 0 else f'  (exit {rc})'))
     print("\npeak MB: summed PSS of the process tree; 1 proc: peak RSS of its largest process.")
     print("speed-up: mlflow's seconds / these seconds; memory: this peak / mlflow's peak (lower is better).")
 
