@@ -240,3 +240,16 @@ def test_a_worker_is_not_started_for_bad_input(project):
     r = mlops_nb('run', 'triv.ipynb', '-p', 'x', 'many', cwd=project, env=wenv())
     assert r.returncode == 2 and "expects float" in r.stderr
     assert not (project / '.mlops_nb').exists() and not (project / 'mlflow.db').exists()
+
+
+def test_two_first_commands_at_once_start_one_worker(project):
+    env = wenv()
+    assert mlops_nb('run', 'triv.ipynb', '--no-worker', cwd=project, env=env).returncode == 0  # the store exists: only the worker is new
+    ps = [subprocess.Popen([str(EXE), 'run', 'triv.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for _ in range(3)]
+    for p in ps:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0 and 'y=42' in out, err
+    st = status(project, env)
+    assert st['served']['commands'] == 3, st  # one worker served all three: the start is taken in turns
+    assert len(list(Path(st['socket']).parent.glob('*.sock'))) == 1
