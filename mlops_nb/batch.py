@@ -341,13 +341,34 @@ def _where() -> str:
 EXECUTORS = Registry('batch executor')
 
 @EXECUTORS.register('local')
-def run_local(spec: BatchSpec, parts, done: Callable, model=None, **_):
-    "Score the partitions in order in this process."
+def run_local(spec: BatchSpec, parts, done: Callable, model=None, workers: int | None = None, **_):
+    """Score the partitions in this process, `workers` at a time (default 2, at most the cores) on threads: reading,
+    predicting and writing release the GIL for much of their work. Each partition is still written and committed whole."""
+    import concurrent.futures as cf
     if model is None: model, loaded = load_batch_model(spec)
     else: loaded = False
-    for p in parts:
-        r = score_partition(spec, p, model)
-        done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+    n, parts = max(1, min(workers or 2, os.cpu_count() or 1)), iter(parts)
+    if n == 1:  # in order, in this thread: a stop leaves exactly the partitions done
+        for p in parts:
+            r = score_partition(spec, p, model)
+            done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+        return
+    ex, pending, more = cf.ThreadPoolExecutor(n, thread_name_prefix='mlops-nb-score'), set(), True
+    try:
+        while True:
+            while more and len(pending) < 2 * n:  # a few partitions ahead, never the whole list
+                p = next(parts, None)
+                if p is None: more = False
+                else: pending.add(ex.submit(score_partition, spec, p, model))
+            if not pending: break
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                r = f.result()  # a partition that failed (bad rows with on_bad_rows='fail') stops the batch
+                done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+    except BaseException:
+        for f in pending: f.cancel()  # what has not started never starts; what runs finishes its partition
+        raise
+    finally: ex.shutdown(wait=True, cancel_futures=True)
 
 # %% ../nbs/10b_batch.ipynb #9d133ec7
 @EXECUTORS.register('dask')
@@ -389,7 +410,7 @@ class BatchOptions:
     "How to run a batch (everything but what to score and with which model)."
     executor: str = 'local'  # 'local' or 'dask'
     scheduler: str | None = None  # Dask scheduler address; None starts a local cluster
-    workers: int | None = None  # workers of a started local Dask cluster
+    workers: int | None = None  # local: partitions scored at once (threads, default 2); dask: workers of a started local cluster
     keep: list = field(default_factory=list)  # input columns copied next to the predictions
     proba: bool = False  # write class probabilities
     on_bad_rows: str = 'reject'  # 'reject' or 'fail'
