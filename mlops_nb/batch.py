@@ -342,12 +342,12 @@ EXECUTORS = Registry('batch executor')
 
 @EXECUTORS.register('local')
 def run_local(spec: BatchSpec, parts, done: Callable, model=None, workers: int | None = None, **_):
-    """Score the partitions in this process, `workers` at a time (default 2, at most the cores) on threads: reading,
-    predicting and writing release the GIL for much of their work. Each partition is still written and committed whole."""
+    """Score the partitions in this process: in order (default), or `workers` at a time on threads (at most the cores;
+    reading, predicting and writing release the GIL for part of their work). Each partition is written and committed whole."""
     import concurrent.futures as cf
     if model is None: model, loaded = load_batch_model(spec)
     else: loaded = False
-    n, parts = max(1, min(workers or 2, os.cpu_count() or 1)), iter(parts)
+    n, parts = max(1, min(workers or 1, os.cpu_count() or 1)), iter(parts)
     if n == 1:  # in order, in this thread: a stop leaves exactly the partitions done
         for p in parts:
             r = score_partition(spec, p, model)
@@ -410,7 +410,7 @@ class BatchOptions:
     "How to run a batch (everything but what to score and with which model)."
     executor: str = 'local'  # 'local' or 'dask'
     scheduler: str | None = None  # Dask scheduler address; None starts a local cluster
-    workers: int | None = None  # local: partitions scored at once (threads, default 2); dask: workers of a started local cluster
+    workers: int | None = None  # local: partitions scored at once on threads (default 1); dask: workers of a started local cluster
     keep: list = field(default_factory=list)  # input columns copied next to the predictions
     proba: bool = False  # write class probabilities
     on_bad_rows: str = 'reject'  # 'reject' or 'fail'
