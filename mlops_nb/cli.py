@@ -19,10 +19,24 @@ from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
-           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_params', 'cmd_run', 'cmd_reproduce',
-           'cmd_ui', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
-           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
+           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce', 'cmd_params',
+           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve',
+           'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker', 'cmd_ui',
            'main']
+
+# %% ../nbs/13_cli.ipynb #67eb2be4
+_SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
+
+def subcommand(add):
+    "Register `add(sub)`, which adds one command's parser; `build_parser` calls each in order."
+    _SUBCOMMANDS.append(add)
+    return add
+
+# %% ../nbs/13_cli.ipynb #a24076e0
+def _common(p: argparse.ArgumentParser):
+    p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
+    p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
+    p.add_argument('--json', action='store_true', help='print a JSON document for programs instead of text')
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -48,18 +62,6 @@ store: MLflow on ./mlflow.db with artifacts in ./mlartifacts unless MLFLOW_TRACK
 exit codes: 0 success, 1 a job ran and failed, 2 bad usage or bad input (nothing started).
 """
 
-_SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
-
-def subcommand(add):
-    "Register `add(sub)`, which adds one command's parser; `build_parser` calls each in order."
-    _SUBCOMMANDS.append(add)
-    return add
-
-def _common(p: argparse.ArgumentParser):
-    p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
-    p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
-    p.add_argument('--json', action='store_true', help='print a JSON document for programs instead of text')
-
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `mlops-nb`."
     p = argparse.ArgumentParser(prog='mlops-nb', description='Jupyter-first MLOps: run notebooks as tracked jobs, '
@@ -67,7 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--version', action='version', version=f'mlops_nb {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    for add in _SUBCOMMANDS: add(sub)
+    return p
 
+# %% ../nbs/13_cli.ipynb #7aa5d997
+def _settings(a):
+    s = get_settings(tracking_uri=getattr(a, 'tracking_uri', None), experiment=getattr(a, 'experiment', None))
+    _report_lost(s)  # any command that opens the store ends the runs whose processes are gone
+    return s
+
+def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
+
+# %% ../nbs/13_cli.ipynb #fc8f9c82
+@subcommand
+def _add_quickstart_parser(sub):
+    "`mlops-nb quickstart`."
     q = sub.add_parser('quickstart', help='train, evaluate and promote a model on breast_cancer, end to end',
                        description='Run the bundled train job on breast_cancer as an MLflow run, run the evaluate job on its '
                        'model, then promote it to alias `champion` of MODEL through the default gate for its task. '
@@ -76,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--dataset', default='breast_cancer', help='dataset for the train job (default: breast_cancer)')
     _common(q)
 
+# %% ../nbs/13_cli.ipynb #de146f72
+@subcommand
+def _add_run_parser(sub):
+    "`mlops-nb run`."
     r = sub.add_parser('run', help='run notebooks as tracked jobs',
                        description='Execute each NOTEBOOK as an MLflow run: parameters are checked for every notebook before '
                        'any starts; the executed notebook, its HTML render and its log are stored with the run. The default '
@@ -108,82 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--allow-no-parameters', action='store_true', help='run a notebook that has no `parameters` cell')
     _common(r)
 
-    rp = sub.add_parser('reproduce', help='rerun a recorded job and compare its metrics',
-                        description='Rerun the job of RUN_ID from the notebook and parameter values stored with the run, as a '
-                        'new run tagged reproduction_of=RUN_ID. Refuses when a data file the run read is gone or changed; '
-                        'prints each metric of both runs and their difference.',
-                        epilog='exit codes: 0 reproduced with identical metrics and data, 1 it ran but differs or failed, '
-                        '2 cannot reproduce (data changed, run missing).\n'
-                        'a run that used secrets needs them again: mlops-nb reproduce RUN_ID -p api_token "$TOKEN"',
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    rp.add_argument('run_id', help='the run to reproduce')
-    rp.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
-                    help='a value for a secret (unrecorded) parameter, or a deliberate override')
-    rp.add_argument('--engine', help='engine for the rerun (default: fast)')
-    rp.add_argument('--timeout', type=float, metavar='S', help='seconds the rerun may take')
-    _common(rp)
+# %% ../nbs/13_cli.ipynb #df74c371
+def _spread(items, values) -> list[tuple[str, dict]]:
+    "Give each notebook the -p/-f/-y values it declares; with several notebooks a name none declares is an error."
+    from mlops_nb.core import ParameterError, job_notebook
+    from mlops_nb.params import read_params
+    if len(items) == 1: return [(items[0][0], {**values, **(items[0][1] or {})})]
+    declared, out = set(), []
+    for nb, own in items:
+        names = set(read_params(job_notebook(nb), allow_no_parameters=True) or {})
+        declared |= names
+        out.append((nb, {**{k: v for k, v in values.items() if k in names}, **(own or {})}))
+    unknown = sorted(set(values) - declared)
+    if unknown: raise ParameterError(f"Parameter(s) {', '.join(unknown)} are declared by none of the {len(items)} notebooks.",
+                                     hint='Check the names with `mlops-nb params NB`.', parameter=unknown[0])
+    return out
 
-    pa = sub.add_parser('params', help="print a notebook's parameter schema",
-                        description="Print the parameters a job notebook takes: name, type, default and doc, read from "
-                        "its `parameters` cell without running it.")
-    pa.add_argument('notebook', help='notebook path, or a bundled job name')
-    pa.add_argument('--json', action='store_true', help='print JSON')
-
-
-    pr = sub.add_parser('promote', help='register a train run\'s model and move an alias to it through a gate',
-                        description='Register the model of train run RUN_ID as a version of MODEL (once), score it and the '
-                        'current alias holder on the run\'s held-out split, run the gate, and move the alias only if every '
-                        'check passes. The gate result is printed and logged to the run (gate.json, gate.csv).',
-                        epilog='gate file (YAML):\n  checks:\n    - roc_auc >= 0.95\n    - roc_auc >= champion - 0.005\n'
-                        '    - latency_p95_ms <= champion * 1.2\n'
-                        'without --gate: the default gate for the task (mlops_nb.evaluate.DEFAULT_GATES).\n'
-                        'exit codes: 0 promoted, 1 the gate failed (aliases untouched), 2 bad input.',
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_argument('model', help='registered model name (created on first promotion)')
-    pr.add_argument('--run', required=True, metavar='RUN_ID', help='the train run whose model to promote')
-    pr.add_argument('--alias', default='champion', help='alias to move (default: champion)')
-    pr.add_argument('--gate', metavar='GATE.yaml', help='gate file with a `checks:` list (default: the task\'s default gate)')
-    pr.add_argument('--reason', help='why, recorded on the version')
-    _common(pr)
-
-    rb = sub.add_parser('rollback', help='move an alias back to its previous version',
-                        description='Point ALIAS of MODEL back at the version that held it before the current one.')
-    rb.add_argument('model', help='registered model name')
-    rb.add_argument('--alias', default='champion', help='alias to move back (default: champion)')
-    rb.add_argument('--reason', help='why, recorded on the version rolled back from')
-    _common(rb)
-
-    mo = sub.add_parser('models', help='list registered models, or one model\'s versions',
-                        description='Without NAME: registered models and their aliases. With NAME: its versions with '
-                        'aliases, metrics of the training run, lineage and promotion records.')
-    mo.add_argument('name', nargs='?', help='registered model name')
-    _common(mo)
-
-    for add in _SUBCOMMANDS: add(sub)
-
-    u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
-                       description='Start `mlflow ui` on the same store jobs write to.')
-    u.add_argument('--host', default='127.0.0.1'); u.add_argument('--port', default='5000')
-    u.add_argument('--tracking-uri', help='MLflow tracking URI')
-    return p
-
-# %% ../nbs/13_cli.ipynb #7aa5d997
-def _settings(a):
-    s = get_settings(tracking_uri=getattr(a, 'tracking_uri', None), experiment=getattr(a, 'experiment', None))
-    _report_lost(s)  # any command that opens the store ends the runs whose processes are gone
-    return s
-
-def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
-
-def cmd_params(a) -> int:
-    from mlops_nb.core import job_notebook
-    from mlops_nb.params import format_params, params_json, read_params
-    nb = job_notebook(a.notebook)
-    ps = read_params(nb, allow_no_parameters=True)
-    if a.json: _print_json({'notebook': str(nb), 'parameters': params_json(ps)})
-    else: print(f"{nb}\n{format_params(ps)}")
-    return 0
-
+# %% ../nbs/13_cli.ipynb #bbe4ac38
 def _batch_items(a) -> list[tuple[str, dict]]:
     "(notebook, values) for each job asked for: the NOTEBOOK arguments and the --batch file."
     from mlops_nb.core import ParameterError
@@ -205,21 +166,7 @@ def _batch_items(a) -> list[tuple[str, dict]]:
     if a.output and len(items) > 1: raise ParameterError("--output names one executed notebook; drop it to run several.")
     return _spread(items, values)
 
-def _spread(items, values) -> list[tuple[str, dict]]:
-    "Give each notebook the -p/-f/-y values it declares; with several notebooks a name none declares is an error."
-    from mlops_nb.core import ParameterError, job_notebook
-    from mlops_nb.params import read_params
-    if len(items) == 1: return [(items[0][0], {**values, **(items[0][1] or {})})]
-    declared, out = set(), []
-    for nb, own in items:
-        names = set(read_params(job_notebook(nb), allow_no_parameters=True) or {})
-        declared |= names
-        out.append((nb, {**{k: v for k, v in values.items() if k in names}, **(own or {})}))
-    unknown = sorted(set(values) - declared)
-    if unknown: raise ParameterError(f"Parameter(s) {', '.join(unknown)} are declared by none of the {len(items)} notebooks.",
-                                     hint='Check the names with `mlops-nb params NB`.', parameter=unknown[0])
-    return out
-
+# %% ../nbs/13_cli.ipynb #866d76c2
 def cmd_run(a) -> int:
     from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
@@ -254,6 +201,7 @@ def cmd_run(a) -> int:
             f"{r.notebook.name} ({r.error['reason']}, run {r.run_id})" for r in bad) if bad else ''))
     return 0 if all(r.ok for r in results) else 1
 
+# %% ../nbs/13_cli.ipynb #a6d872ef
 def _print_result(res, s, bar=None):
     lines = [res.summary()]
     if len(res.attempts) > 1: lines.append(f"  attempts: {len(res.attempts)} (runs {', '.join(res.attempts)})")
@@ -264,6 +212,26 @@ def _print_result(res, s, bar=None):
     if bar is not None: bar.write(text)
     else: print(text, flush=True)
 
+# %% ../nbs/13_cli.ipynb #69b9d787
+@subcommand
+def _add_reproduce_parser(sub):
+    "`mlops-nb reproduce`."
+    rp = sub.add_parser('reproduce', help='rerun a recorded job and compare its metrics',
+                        description='Rerun the job of RUN_ID from the notebook and parameter values stored with the run, as a '
+                        'new run tagged reproduction_of=RUN_ID. Refuses when a data file the run read is gone or changed; '
+                        'prints each metric of both runs and their difference.',
+                        epilog='exit codes: 0 reproduced with identical metrics and data, 1 it ran but differs or failed, '
+                        '2 cannot reproduce (data changed, run missing).\n'
+                        'a run that used secrets needs them again: mlops-nb reproduce RUN_ID -p api_token "$TOKEN"',
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument('run_id', help='the run to reproduce')
+    rp.add_argument('-p', '--parameters', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
+                    help='a value for a secret (unrecorded) parameter, or a deliberate override')
+    rp.add_argument('--engine', help='engine for the rerun (default: fast)')
+    rp.add_argument('--timeout', type=float, metavar='S', help='seconds the rerun may take')
+    _common(rp)
+
+# %% ../nbs/13_cli.ipynb #499dc1ff
 def cmd_reproduce(a) -> int:
     from mlops_nb.jobs import reproduce
     r = reproduce(a.run_id, parameters=dict(a.parameters) or None, settings=_settings(a), engine=a.engine, timeout=a.timeout)
@@ -282,21 +250,66 @@ def cmd_reproduce(a) -> int:
     else: print('NOT identical: see the differences above')
     return 0 if r.identical else 1
 
-def cmd_ui(a) -> int:
-    import subprocess
-    s = get_settings(tracking_uri=a.tracking_uri)
-    print(f"MLflow UI on {s.tracking_uri} at http://{a.host}:{a.port} (Ctrl-C stops it)")
-    cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
-    if s.tracking_uri.startswith('sqlite:'):
-        cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    return _supervised(cmd)
+# %% ../nbs/13_cli.ipynb #9094fc89
+@subcommand
+def _add_params_parser(sub):
+    "`mlops-nb params`."
+    pa = sub.add_parser('params', help="print a notebook's parameter schema",
+                        description="Print the parameters a job notebook takes: name, type, default and doc, read from "
+                        "its `parameters` cell without running it.")
+    pa.add_argument('notebook', help='notebook path, or a bundled job name')
+    pa.add_argument('--json', action='store_true', help='print JSON')
 
-# %% ../nbs/13_cli.ipynb #14d53260
+# %% ../nbs/13_cli.ipynb #b4efa80e
+def cmd_params(a) -> int:
+    from mlops_nb.core import job_notebook
+    from mlops_nb.params import format_params, params_json, read_params
+    nb = job_notebook(a.notebook)
+    ps = read_params(nb, allow_no_parameters=True)
+    if a.json: _print_json({'notebook': str(nb), 'parameters': params_json(ps)})
+    else: print(f"{nb}\n{format_params(ps)}")
+    return 0
+
+# %% ../nbs/13_cli.ipynb #70851f2a
+@subcommand
+def _add_registry_parsers(sub):
+    "`mlops-nb promote`, `rollback` and `models`."
+    pr = sub.add_parser('promote', help='register a train run\'s model and move an alias to it through a gate',
+                        description='Register the model of train run RUN_ID as a version of MODEL (once), score it and the '
+                        'current alias holder on the run\'s held-out split, run the gate, and move the alias only if every '
+                        'check passes. The gate result is printed and logged to the run (gate.json, gate.csv).',
+                        epilog='gate file (YAML):\n  checks:\n    - roc_auc >= 0.95\n    - roc_auc >= champion - 0.005\n'
+                        '    - latency_p95_ms <= champion * 1.2\n'
+                        'without --gate: the default gate for the task (mlops_nb.evaluate.DEFAULT_GATES).\n'
+                        'exit codes: 0 promoted, 1 the gate failed (aliases untouched), 2 bad input.',
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument('model', help='registered model name (created on first promotion)')
+    pr.add_argument('--run', required=True, metavar='RUN_ID', help='the train run whose model to promote')
+    pr.add_argument('--alias', default='champion', help='alias to move (default: champion)')
+    pr.add_argument('--gate', metavar='GATE.yaml', help='gate file with a `checks:` list (default: the task\'s default gate)')
+    pr.add_argument('--reason', help='why, recorded on the version')
+    _common(pr)
+
+    rb = sub.add_parser('rollback', help='move an alias back to its previous version',
+                        description='Point ALIAS of MODEL back at the version that held it before the current one.')
+    rb.add_argument('model', help='registered model name')
+    rb.add_argument('--alias', default='champion', help='alias to move back (default: champion)')
+    rb.add_argument('--reason', help='why, recorded on the version rolled back from')
+    _common(rb)
+
+    mo = sub.add_parser('models', help='list registered models, or one model\'s versions',
+                        description='Without NAME: registered models and their aliases. With NAME: its versions with '
+                        'aliases, metrics of the training run, lineage and promotion records.')
+    mo.add_argument('name', nargs='?', help='registered model name')
+    _common(mo)
+
+# %% ../nbs/13_cli.ipynb #d6a7a323
 def _gate_lines(p) -> str:
     g = p.gate
     vs = f"against champion version {g.champion_version}" if g.champion_version else 'no champion to compare with'
     return f"gate for version {p.version} of {p.name!r} ({vs}):\n{g.table()}"
 
+# %% ../nbs/13_cli.ipynb #14d53260
 def cmd_promote(a) -> int:
     from mlops_nb.core import GateFailed
     from mlops_nb.registry import promote
@@ -1188,6 +1201,25 @@ def _via_worker(a, argv: list[str]) -> int | None:
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
         return None
+
+# %% ../nbs/13_cli.ipynb #c04de89d
+@subcommand
+def _add_ui_parser(sub):
+    "`mlops-nb ui`."
+    u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
+                       description='Start `mlflow ui` on the same store jobs write to.')
+    u.add_argument('--host', default='127.0.0.1'); u.add_argument('--port', default='5000')
+    u.add_argument('--tracking-uri', help='MLflow tracking URI')
+
+# %% ../nbs/13_cli.ipynb #899bfb9d
+def cmd_ui(a) -> int:
+    import subprocess
+    s = get_settings(tracking_uri=a.tracking_uri)
+    print(f"MLflow UI on {s.tracking_uri} at http://{a.host}:{a.port} (Ctrl-C stops it)")
+    cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
+    if s.tracking_uri.startswith('sqlite:'):
+        cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
+    return _supervised(cmd)
 
 # %% ../nbs/13_cli.ipynb #a5869a69
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}

@@ -29,6 +29,7 @@ def _clean(data: dict | None) -> dict:
     import base64
     return {k: (base64.b64encode(v).decode('ascii') if isinstance(v, (bytes, bytearray)) else v) for k, v in (data or {}).items()}
 
+# %% ../nbs/08a_engine.ipynb #f50289e9
 FLUSH_INTERVAL = 0.2  # seconds stream text may wait, as ipykernel's OutStream.flush_interval
 MAX_STREAM_CHARS = 10_000_000  # stream characters one cell keeps in the notebook (MLOPS_NB_MAX_STREAM_CHARS overrides)
 
@@ -36,6 +37,7 @@ def _stream_limit() -> int:
     try: return int(os.environ.get('MLOPS_NB_MAX_STREAM_CHARS') or MAX_STREAM_CHARS)
     except ValueError: return MAX_STREAM_CHARS
 
+# %% ../nbs/08a_engine.ipynb #04f64650
 class _Outputs:
     "The outputs of the cell being executed, in nbformat's shape."
     def __init__(self, echo: bool = False):
@@ -225,6 +227,7 @@ def _engine_base():
     from papermill.engines import Engine
     return Engine
 
+# %% ../nbs/08a_engine.ipynb #1081ed8d
 class _CellAlarm:
     "Raise `CellTimeoutError` in the main thread after `seconds` (SIGALRM; a no-op off the main thread)."
     def __init__(self, seconds): self.seconds = seconds
@@ -238,6 +241,13 @@ class _CellAlarm:
         if self.on:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.old)
+
+# %% ../nbs/08a_engine.ipynb #fb962ad6
+def kernelspec(nb: dict) -> tuple[str, str]:
+    "The kernel name and language a notebook (a dict or NotebookNode) asks for; python3 / python when it does not say."
+    md = nb.get('metadata', {})
+    ks = md.get('kernelspec', {})
+    return ks.get('name') or 'python3', (ks.get('language') or md.get('language_info', {}).get('name') or 'python').lower()
 
 # %% ../nbs/08a_engine.ipynb #52a8373f
 def _execute_managed(nb_man, log_output: bool = False, execution_timeout: float | None = None, **kwargs):
@@ -273,12 +283,7 @@ def _execute_managed(nb_man, log_output: bool = False, execution_timeout: float 
     finally:
         runner.close()
 
-def kernelspec(nb: dict) -> tuple[str, str]:
-    "The kernel name and language a notebook (a dict or NotebookNode) asks for; python3 / python when it does not say."
-    md = nb.get('metadata', {})
-    ks = md.get('kernelspec', {})
-    return ks.get('name') or 'python3', (ks.get('language') or md.get('language_info', {}).get('name') or 'python').lower()
-
+# %% ../nbs/08a_engine.ipynb #02b820d4
 def __getattr__(name):
     if name == 'FastEngine':  # built on first use: papermill is imported only when its engine is asked for
         global FastEngine
@@ -324,56 +329,7 @@ class Execution:
     reads: list | None = None  # data files the job read [{'path', 'sha256', 'size'}]; None when not watched (a kernel's reads)
     recorded: dict | None = None  # values the job passed to `record` (fast engine); None: read them from the notebook
 
-def _child(job: dict, conn):
-    "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
-    os.setsid()  # its own process group: the job and what it starts can be stopped together
-    os.environ.clear(); os.environ.update(job['env']); os.environ.pop('MLOPS_NB_FORKSERVER_WARM', None)
-    os.chdir(job['cwd'])
-    sys.path.insert(0, job['cwd'])
-    add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
-    from mlops_nb.jobs import _redacting_writes, redact_file, render_html  # the executed notebook's post-processing
-    _redacting_writes()
-    reads = _Reads(job) if job.get('papermill_engine') == 'mlops_nb' else None  # a kernel's reads happen in the kernel
-    watch = _DriverWatch(job)
-    def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise KeyboardInterrupt("stopped by the job runner")
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job through the runner only
-    if job.get('log'):
-        fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if not job.get('log_output'): os.dup2(fd, 1)
-        if not (job.get('log_output') or job.get('progress')): os.dup2(fd, 2)  # papermill's progress bar writes to stderr
-    if job.get('papermill_engine') == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
-    watch.start()
-    try:
-        _execute_notebook(job)
-        report = {'status': 'ok', 'error': None}
-    except BaseException as e:
-        report = {'status': 'failed', 'error': failure(e)}
-    finally:
-        try:
-            from mlops_nb import tracking
-            if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
-        except Exception: pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if reads is not None: report['reads'], report['recorded'] = reads.files(), _recorded()
-    if watch.claim():  # the driver is gone: nobody will read the report; end the run from here
-        _finish_alone(job, report); os._exit(1)
-    out = Path(job['output'])
-    if out.exists():  # in the job's process, so a batch renders one job while the next runs
-        redact_file(out)
-        if job.get('html', True): report['html'] = str(render_html(out) or '') or None
-    conn.send(report); conn.close()
-
-def _recorded() -> dict:
-    "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
-    from mlops_nb import tracking
-    run = tracking._ATTACHED
-    if run is None: return {}
-    ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))
-    return redact_value({k: v for k, v in run.recorded.items() if ok(v)})
-
+# %% ../nbs/08a_engine.ipynb #ad34274e
 def _execute_notebook(job: dict):
     "papermill's `execute_notebook`, on a notebook the runner already parameterised."
     import nbformat
@@ -390,6 +346,29 @@ def _execute_notebook(job: dict):
         log_output=job.get('log_output', False), start_timeout=60, execution_timeout=job.get('cell_timeout'))
     raise_for_execution_errors(nb, job['output'])
     write_ipynb(nb, job['output'])
+
+# %% ../nbs/08a_engine.ipynb #cb753889
+def failure(e: BaseException) -> dict:
+    "Reason, cell, error name and value of a failed execution."
+    name = type(e).__name__
+    if name == 'PapermillExecutionError':
+        reason = 'timeout' if e.ename in ('CellTimeoutError', 'TimeoutError') else 'interrupted' if e.ename == 'KeyboardInterrupt' else 'error'
+        return dict(reason=reason, cell=e.cell_index, execution_count=e.exec_count, ename=e.ename, evalue=e.evalue)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    if isinstance(e, KeyboardInterrupt): return dict(reason='interrupted', cell=None, ename=name, evalue=first or 'interrupted')
+    if name == 'DeadKernelError' or 'kernel died' in str(e).lower():
+        return dict(reason='kernel_died', cell=None, ename=name, evalue=first or 'kernel died')
+    if name in ('CellTimeoutError', 'TimeoutError'): return dict(reason='timeout', cell=None, ename=name, evalue=first or 'timeout')
+    return dict(reason='error', cell=None, ename=name, evalue=str(e))
+
+# %% ../nbs/08a_engine.ipynb #13d205f8
+def _recorded() -> dict:
+    "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
+    from mlops_nb import tracking
+    run = tracking._ATTACHED
+    if run is None: return {}
+    ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))
+    return redact_value({k: v for k, v in run.recorded.items() if ok(v)})
 
 # %% ../nbs/08a_engine.ipynb #0e3aae63
 DRIVER_GRACE = 10.0  # seconds a job whose driver died waits for its running cell to stop
@@ -491,19 +470,48 @@ class _Reads:
             except OSError: continue
         return sorted(out.values(), key=lambda d: d['path'])
 
-# %% ../nbs/08a_engine.ipynb #cb753889
-def failure(e: BaseException) -> dict:
-    "Reason, cell, error name and value of a failed execution."
-    name = type(e).__name__
-    if name == 'PapermillExecutionError':
-        reason = 'timeout' if e.ename in ('CellTimeoutError', 'TimeoutError') else 'interrupted' if e.ename == 'KeyboardInterrupt' else 'error'
-        return dict(reason=reason, cell=e.cell_index, execution_count=e.exec_count, ename=e.ename, evalue=e.evalue)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    if isinstance(e, KeyboardInterrupt): return dict(reason='interrupted', cell=None, ename=name, evalue=first or 'interrupted')
-    if name == 'DeadKernelError' or 'kernel died' in str(e).lower():
-        return dict(reason='kernel_died', cell=None, ename=name, evalue=first or 'kernel died')
-    if name in ('CellTimeoutError', 'TimeoutError'): return dict(reason='timeout', cell=None, ename=name, evalue=first or 'timeout')
-    return dict(reason='error', cell=None, ename=name, evalue=str(e))
+# %% ../nbs/08a_engine.ipynb #342b749c
+def _child(job: dict, conn):
+    "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
+    os.setsid()  # its own process group: the job and what it starts can be stopped together
+    os.environ.clear(); os.environ.update(job['env']); os.environ.pop('MLOPS_NB_FORKSERVER_WARM', None)
+    os.chdir(job['cwd'])
+    sys.path.insert(0, job['cwd'])
+    add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
+    from mlops_nb.jobs import _redacting_writes, redact_file, render_html  # the executed notebook's post-processing
+    _redacting_writes()
+    reads = _Reads(job) if job.get('papermill_engine') == 'mlops_nb' else None  # a kernel's reads happen in the kernel
+    watch = _DriverWatch(job)
+    def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt("stopped by the job runner")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job through the runner only
+    if job.get('log'):
+        fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if not job.get('log_output'): os.dup2(fd, 1)
+        if not (job.get('log_output') or job.get('progress')): os.dup2(fd, 2)  # papermill's progress bar writes to stderr
+    if job.get('papermill_engine') == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
+    watch.start()
+    try:
+        _execute_notebook(job)
+        report = {'status': 'ok', 'error': None}
+    except BaseException as e:
+        report = {'status': 'failed', 'error': failure(e)}
+    finally:
+        try:
+            from mlops_nb import tracking
+            if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
+        except Exception: pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if reads is not None: report['reads'], report['recorded'] = reads.files(), _recorded()
+    if watch.claim():  # the driver is gone: nobody will read the report; end the run from here
+        _finish_alone(job, report); os._exit(1)
+    out = Path(job['output'])
+    if out.exists():  # in the job's process, so a batch renders one job while the next runs
+        redact_file(out)
+        if job.get('html', True): report['html'] = str(render_html(out) or '') or None
+    conn.send(report); conn.close()
 
 # %% ../nbs/08a_engine.ipynb #d37bc581
 _LIVE: set = set()  # jobs of this process that have not ended
@@ -519,6 +527,7 @@ def _may_have_children():
     finally:
         if was: cfg['daemon'] = True
 
+# %% ../nbs/08a_engine.ipynb #cad24f9b
 class Job:
     "One notebook executing in its own process; `wait()` for how it ended, `stop()` to interrupt it."
     def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0, on_start=None):
@@ -588,10 +597,12 @@ class Job:
                                             evalue=f"the job's process died with {how}{hint}"), code, dur)
         return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
 
+# %% ../nbs/08a_engine.ipynb #c13db3ba
 def stop_all(reason: str = 'interrupted'):
     "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."
     for j in list(_LIVE): j.stop(reason)
 
+# %% ../nbs/08a_engine.ipynb #1fe2ccb3
 def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd', 'env', engine, kernel, 'log'
             timeout: float | None = None, # seconds the whole job may take
             on_start=None, # called with the job's pid once its process started

@@ -26,7 +26,7 @@ from .tracking import TAG
 # %% auto #0
 __all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'parse_grid', 'grid_combinations', 'parse_space_spec',
            'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job', 'Executor', 'LocalExecutor',
-           'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult', 'run_sweep', 'SweepInterrupted',
+           'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult', 'SweepInterrupted', 'run_sweep',
            'load_sweep', 'resume_sweep']
 
 # %% ../nbs/09_sweeps.ipynb #c6a29cbb
@@ -111,11 +111,13 @@ class Sweep:
         "The values of each job: fixed, then swept."
         return [{**self.fixed, **c} for c in self.combinations]
 
+# %% ../nbs/09_sweeps.ipynb #97a7b640
 _LOWER_IS_BETTER = ('loss', 'error', 'rmse', 'mse', 'mae', 'mape', 'duration', 'latency')
 
 def _guess_maximize(metric: str | None) -> bool:
     return not (metric and any(w in metric.lower() for w in _LOWER_IS_BETTER))
 
+# %% ../nbs/09_sweeps.ipynb #003b7156
 def _read_yaml(path) -> dict:
     import yaml
     try: d = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
@@ -129,6 +131,7 @@ def _read_yaml(path) -> dict:
                              hint=f"Known keys: {', '.join(sorted(known))}.", path=str(path))
     return d
 
+# %% ../nbs/09_sweeps.ipynb #750ec1a1
 def build_sweep(notebook: str | Path | None = None, # notebook path or bundled job name; the file's `notebook:` if None
                 grid: list[str] = (), # `--grid NAME=V1,V2` strings
                 n_random: int | None = None, # `--random N`
@@ -209,6 +212,7 @@ def _finished_run(c, experiment_id: str, sweep_id: str, index: int):
     rs = _runs(c, experiment_id, f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{SWEEP_INDEX}` = '{index}' and attributes.status = 'FINISHED'")
     return min(rs, key=lambda r: r.info.start_time) if rs else None
 
+# %% ../nbs/09_sweeps.ipynb #f281a7c2
 def _where() -> str:
     "Where this job runs: the Dask worker's address, else host and pid."
     try:
@@ -355,6 +359,7 @@ def mark_orphans(settings: Settings, # where the sweep is
         out.append(r.info.run_id)
     return out
 
+# %% ../nbs/09_sweeps.ipynb #07dc3239
 def _row(i: int, combo: dict, runs: list, metric: str | None) -> dict:
     fin = [r for r in runs if r.info.status == 'FINISHED']
     r = fin[0] if fin else (runs[-1] if runs else None)
@@ -368,6 +373,7 @@ def _row(i: int, combo: dict, runs: list, metric: str | None) -> dict:
         row.update({f'metric.{k}': v for k, v in sorted(r.data.metrics.items())})
     return row
 
+# %% ../nbs/09_sweeps.ipynb #b6a05466
 def summarize(settings: Settings, sweep_id: str, combinations: list[dict], metric: str | None = None, maximize: bool = True):
     "The summary table of a sweep (one row per combination) and its best row (None without `metric` or finished runs)."
     import pandas as pd
@@ -426,11 +432,13 @@ def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) el
 def _jsonable(d: dict, secret: set = frozenset()) -> dict:
     return {k: (REDACTED if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
 
+# %% ../nbs/09_sweeps.ipynb #e1df7f51
 def _job_spec(sweep_id, i, nb, values, s: Settings, options) -> dict:
     return dict(sweep_id=sweep_id, index=i, notebook=str(nb), values=values, run_name=f"{nb.stem}-{i}", options=options,
                 settings=dict(tracking_uri=s.tracking_uri, artifact_root=s.artifact_root, experiment=s.experiment,
                               registry_uri=s.registry_uri))
 
+# %% ../nbs/09_sweeps.ipynb #90845a10
 class _Events:
     "Counts of the sweep's jobs, passed to `on_event` as plain dicts (the caller prints them, if anything)."
     def __init__(self, total: int, on_event=None):
@@ -446,12 +454,12 @@ class _Events:
         self.done += ok; self.failed += not ok
         self.emit('job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'), error=res.get('error'), running=running)
 
-
-# %% ../nbs/09_sweeps.ipynb #2fd02865
+# %% ../nbs/09_sweeps.ipynb #515565e4
 def _make_executor(executor, workers, scheduler) -> Executor:
     if isinstance(executor, Executor): return executor
     return EXECUTORS.get(executor or 'local')(workers=workers, scheduler=scheduler)
 
+# %% ../nbs/09_sweeps.ipynb #073e7ccd
 def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, events: _Events, fail_fast: bool) -> bool:
     "Submit `jobs` and follow them to the end; whether it stopped early (`fail_fast`)."
     pending = {}
@@ -481,6 +489,37 @@ def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, events: 
                     if g.cancel(): pending.pop(g)
     return stopped
 
+# %% ../nbs/09_sweeps.ipynb #e7d72a0f
+def _drain(ex: Executor, grace: float):
+    "Give interrupted jobs `grace` seconds to end their own runs."
+    fs = {f for f in ex.futures if not f.done()}
+    t0 = time.time()
+    while fs and time.time() - t0 < grace:
+        try: fs -= ex.wait(fs, timeout=1.0)
+        except Exception: break
+
+# %% ../nbs/09_sweeps.ipynb #4d0d8e48
+def _log_summary(parent, df, best, sweep: Sweep):
+    "The summary CSV, the links to each child and the best run, on the parent run."
+    d = Path(tempfile.mkdtemp(prefix='mlops_nb_sweep_'))
+    df.to_csv(d / 'sweep_summary.csv', index=False)
+    parent.log_artifact(d / 'sweep_summary.csv')
+    for i, rid in zip(df['index'], df['run_id']):
+        if isinstance(rid, str): parent.batch.tag(f'{TAG}sweep_run.{i}', rid)
+    parent.batch.tag(f'{TAG}sweep_finished', int((df['status'] == 'FINISHED').sum()))
+    parent.batch.tag(f'{TAG}sweep_failed', int((df['status'] != 'FINISHED').sum()))
+    if best is not None:
+        parent.batch.tag(f'{TAG}best_run_id', best['run_id'])
+        parent.batch.tag(f'{TAG}best_metric', f"{sweep.metric} ({'max' if sweep.maximize else 'min'})")
+        parent.batch.metric(f'best_{sweep.metric}', best[f'metric.{sweep.metric}'])
+    parent.flush()
+
+# %% ../nbs/09_sweeps.ipynb #a975b971
+class SweepInterrupted(KeyboardInterrupt):
+    "Ctrl-C stopped a sweep; `result` is what it had done (unfinished runs are FAILED, 'interrupted')."
+    def __init__(self, result: SweepResult): super().__init__(f"sweep {result.sweep_id} interrupted"); self.result = result
+
+# %% ../nbs/09_sweeps.ipynb #2fd02865
 def run_sweep(sweep: Sweep, # what to run
               settings: Settings | None = None, # where to track; `get_settings()` if None
               executor: str | Executor = 'local', # 'local', 'dask', or an `Executor`
@@ -554,33 +593,6 @@ def run_sweep(sweep: Sweep, # what to run
     if interrupted: raise SweepInterrupted(res)
     return res
 
-class SweepInterrupted(KeyboardInterrupt):
-    "Ctrl-C stopped a sweep; `result` is what it had done (unfinished runs are FAILED, 'interrupted')."
-    def __init__(self, result: SweepResult): super().__init__(f"sweep {result.sweep_id} interrupted"); self.result = result
-
-def _drain(ex: Executor, grace: float):
-    "Give interrupted jobs `grace` seconds to end their own runs."
-    fs = {f for f in ex.futures if not f.done()}
-    t0 = time.time()
-    while fs and time.time() - t0 < grace:
-        try: fs -= ex.wait(fs, timeout=1.0)
-        except Exception: break
-
-def _log_summary(parent, df, best, sweep: Sweep):
-    "The summary CSV, the links to each child and the best run, on the parent run."
-    d = Path(tempfile.mkdtemp(prefix='mlops_nb_sweep_'))
-    df.to_csv(d / 'sweep_summary.csv', index=False)
-    parent.log_artifact(d / 'sweep_summary.csv')
-    for i, rid in zip(df['index'], df['run_id']):
-        if isinstance(rid, str): parent.batch.tag(f'{TAG}sweep_run.{i}', rid)
-    parent.batch.tag(f'{TAG}sweep_finished', int((df['status'] == 'FINISHED').sum()))
-    parent.batch.tag(f'{TAG}sweep_failed', int((df['status'] != 'FINISHED').sum()))
-    if best is not None:
-        parent.batch.tag(f'{TAG}best_run_id', best['run_id'])
-        parent.batch.tag(f'{TAG}best_metric', f"{sweep.metric} ({'max' if sweep.maximize else 'min'})")
-        parent.batch.metric(f'best_{sweep.metric}', best[f'metric.{sweep.metric}'])
-    parent.flush()
-
 # %% ../nbs/09_sweeps.ipynb #d097fff7
 def load_sweep(settings: Settings, sweep_id: str, fixed: dict | None = None) -> Sweep:
     "The `Sweep` a parent run was started with (`fixed` values override the stored ones, e.g. secrets)."
@@ -598,6 +610,7 @@ def load_sweep(settings: Settings, sweep_id: str, fixed: dict | None = None) -> 
     return Sweep(job_notebook(d['notebook']), d['combinations'], fixed=f, metric=d.get('metric'), maximize=d.get('maximize', True),
                  seed=d.get('seed', 0), definition={k: d.get(k) for k in ('grid', 'space', 'random', 'seed')})
 
+# %% ../nbs/09_sweeps.ipynb #00ad50be
 def resume_sweep(sweep_id: str, # the parent run of the sweep
                  settings: Settings | None = None, fixed: dict | None = None, metric: str | None = None, maximize: bool | None = None,
                  **kwargs) -> SweepResult:
