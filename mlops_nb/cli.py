@@ -246,7 +246,7 @@ def cmd_reproduce(a) -> int:
         print(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
     for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
     if r.identical: print(f"identical: same data ({r.files_checked} file{'s' if r.files_checked != 1 else ''} checked), same metrics")
-    elif r.files_checked is None: print('NOT identical: the data was not checked (the run recorded no file reads: an older run, or --engine papermill)')
+    elif r.files_checked is None: print('NOT identical: the data was not checked (the run recorded no file reads: a run older than this check)')
     else: print('NOT identical: see the differences above')
     return 0 if r.identical else 1
 
@@ -716,7 +716,7 @@ def _add_predict_parser(sub):
     p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it)')
     p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
     p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
-    p.add_argument('--workers', type=int, metavar='N', help='processes of that local Dask cluster (default 2)')
+    p.add_argument('--workers', type=int, metavar='N', help='local: partitions scored at once on threads (default 1); dask: processes of the local cluster it starts (default 2)')
     p.add_argument('--on-bad-rows', default='reject', choices=['reject', 'fail'], help='reject (default): rejects file; fail: stop')
     p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
     p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')

@@ -435,14 +435,15 @@ _SKIP_SUFFIXES = ('.py', '.pyc', '.pyi', '.pyo', '.so', '.pth', '.typed', '.mo',
 
 class _Reads:
     "Paths this process opens for reading (an audit hook) and, at the end, the data files among them with their SHA-256."
-    def __init__(self, job: dict):
+    def __init__(self, job: dict, watch: bool = True # install the audit hook in this process
+                ):
         self.cwd, self.read, self.written = job['cwd'], set(), set()
         home = os.path.expanduser('~')
         self.skip = tuple(dict.fromkeys(os.path.join(p, '') for p in (
             sys.prefix, sys.base_prefix, sys.exec_prefix, '/proc', '/sys', '/dev', '/etc', '/usr', '/lib', '/run',
             *(os.path.join(home, d) for d in ('.cache', '.config', '.local', '.ipython', '.jupyter', '.matplotlib', '.mlflow')),
             str(Path(job['output']).resolve().parent))))
-        sys.addaudithook(self.hook)
+        if watch: sys.addaudithook(self.hook)
 
     def hook(self, event, args):
         if event != 'open': return
@@ -470,6 +471,58 @@ class _Reads:
             except OSError: continue
         return sorted(out.values(), key=lambda d: d['path'])
 
+# %% ../nbs/08a_engine.ipynb #669f1205
+_KERNEL_HOOK = '''\
+# Written by mlops_nb for one job: the kernel's reads, as the fast engine's audit hook sees them in its own process.
+import os as _os, sys as _sys
+def _mlops_nb_reads():
+    log = _os.environ.get('MLOPS_NB_READS_LOG')
+    if not log: return
+    out, seen = open(log, 'a', buffering=1, encoding='utf-8', errors='surrogateescape'), set()
+    writing = _os.O_WRONLY | _os.O_RDWR | _os.O_CREAT
+    def hook(event, args):
+        if event != 'open' or not isinstance(args[0], (str, _os.PathLike)): return
+        mode, flags = args[1], (args[2] if len(args) > 2 else 0) or 0
+        w = any(c in mode for c in 'wax+') if mode else bool(flags & writing)
+        key = ('W' if w else 'R') + '\\t' + _os.path.abspath(_os.fspath(args[0]))
+        if key not in seen and '\\n' not in key: seen.add(key); out.write(key + '\\n')
+    _sys.addaudithook(hook)
+_mlops_nb_reads()
+def _mlops_nb_next():  # then the sitecustomize this one stands in front of, if any
+    import importlib.machinery, importlib.util
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [p for p in _sys.path if _os.path.abspath(p or '.') != here]
+    spec = importlib.machinery.PathFinder.find_spec('sitecustomize', _sys.path)
+    if spec is not None and spec.loader is not None: spec.loader.exec_module(importlib.util.module_from_spec(spec))
+_mlops_nb_next()
+'''
+
+class _KernelReads(_Reads):
+    "The reads of a Jupyter kernel (`--engine papermill`): a `sitecustomize` on its PYTHONPATH logs what it opens."
+    def __init__(self, job: dict):
+        import tempfile
+        self.dir = Path(tempfile.mkdtemp(prefix='mlops_nb_reads_'))
+        (self.dir / 'sitecustomize.py').write_text(_KERNEL_HOOK)
+        self.log = self.dir / 'reads.log'
+        os.environ['PYTHONPATH'] = os.pathsep.join([str(self.dir), *filter(None, [os.environ.get('PYTHONPATH')])])
+        os.environ['MLOPS_NB_READS_LOG'] = str(self.log)  # the kernel inherits this process's environment
+        super().__init__(job, watch=False)
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+            self.skip += (os.path.join(jupyter_runtime_dir(), ''), os.path.join(str(self.dir), ''))  # the kernel's connection file; ours
+        except Exception: pass
+
+    def files(self) -> list[dict]:
+        import shutil
+        try: lines = self.log.read_text(encoding='utf-8', errors='surrogateescape').splitlines()
+        except OSError: lines = []
+        for line in lines:
+            kind, _, path = line.partition('\t')
+            (self.written if kind == 'W' else self.read).add(path)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return super().files()
+
+
 # %% ../nbs/08a_engine.ipynb #342b749c
 def _child(job: dict, conn):
     "Body of a job's process: isolate, execute the notebook with papermill, report through `conn`."
@@ -480,7 +533,8 @@ def _child(job: dict, conn):
     add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
     from mlops_nb.jobs import _redacting_writes, redact_file, render_html  # the executed notebook's post-processing
     _redacting_writes()
-    reads = _Reads(job) if job.get('papermill_engine') == 'mlops_nb' else None  # a kernel's reads happen in the kernel
+    engine = job.get('papermill_engine')
+    reads = _Reads(job) if engine == 'mlops_nb' else _KernelReads(job) if engine is None else None  # None: a kernel
     watch = _DriverWatch(job)
     def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -504,7 +558,8 @@ def _child(job: dict, conn):
             if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
         except Exception: pass
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if reads is not None: report['reads'], report['recorded'] = reads.files(), _recorded()
+    if reads is not None: report['reads'] = reads.files()
+    if engine == 'mlops_nb': report['recorded'] = _recorded()
     if watch.claim():  # the driver is gone: nobody will read the report; end the run from here
         _finish_alone(job, report); os._exit(1)
     out = Path(job['output'])

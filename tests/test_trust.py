@@ -199,6 +199,19 @@ def test_reproduce_refuses_when_a_file_read_changed(workdir):
     assert 'identical' not in r.stdout
 
 
+def test_papermill_engine_records_what_the_kernel_read(workdir):
+    (workdir / 'data').mkdir()
+    (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,3\n')
+    nb = write_nb(workdir / 'reader.ipynb', READER, params='n: int = 0')
+    assert mlops_nb('run', nb, '--engine', 'papermill', cwd=workdir).returncode == 0
+    rid = _first_run_id(workdir)
+    r = mlops_nb('reproduce', rid, '--engine', 'papermill', cwd=workdir)
+    assert r.returncode == 0 and 'identical: same data (1 file checked), same metrics' in r.stdout, r.stdout + r.stderr
+    (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,4\n')
+    r = mlops_nb('reproduce', rid, cwd=workdir)
+    assert r.returncode == 2 and 'data/points.csv' in r.stderr and 'changed' in r.stderr, r.stdout + r.stderr
+
+
 def test_reproduce_from_another_directory_finds_the_files(workdir, tmp_path):
     (workdir / 'data').mkdir()
     (workdir / 'data' / 'points.csv').write_text('x,y\n1,2\n2,3\n')
