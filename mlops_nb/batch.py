@@ -642,7 +642,7 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",
                         hint="The batch may have finished (its output is complete), or was started with another --out.")
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
-                executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 2, on_bad_rows=o.on_bad_rows,
+                executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 0, on_bad_rows=o.on_bad_rows,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
                 rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume)
 

@@ -1185,6 +1185,9 @@ def _thin_checks(a) -> list[str]:
         sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize)
         check_sweep(sw)
         return notebook_imports([sw.notebook])
+    if a.command in ('predict', 'monitor'):  # bundled job notebooks: the worker loads what they import (a model's flavour)
+        from mlops_nb.core import job_notebook
+        return notebook_imports([job_notebook(n) for n in ((a.command, 'train') if a.command == 'monitor' else (a.command,))])
     if a.command == 'pipeline':
         from mlops_nb.pipelines import check_pipeline, load_pipeline
         p = load_pipeline(a.pipeline, params=dict(a.param) or None)

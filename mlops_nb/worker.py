@@ -23,17 +23,22 @@ from pathlib import Path
 from .core import MlopsNbError, find_project
 
 # %% auto #0
-__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER', 'JOB_PROCESS', 'ATTACHED',
-           'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm', 'forkserver_context', 'warm_up',
-           'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout', 'WorkerError', 'fingerprint', 'changed',
-           'serve', 'start', 'request', 'run_command', 'RemoteProcess']
+__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
+           'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
+           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
+           'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'request', 'run_command', 'RemoteProcess']
 
-# %% ../nbs/08b_worker.ipynb #56cf90b4
+# %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine')  # every job needs these
 
 MLFLOW_STORE_MODULES = ('mlflow', 'mlflow.tracking', 'mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store',
                         'mlflow.store.artifact.local_artifact_repo', 'mlflow.store.tracking.rest_store', 'sqlalchemy.dialects.sqlite')
 # what opening a store imports: about a second per job when each job's process imports it itself
+
+MODEL_USERS = ('batch', 'train', 'evaluate', 'registry', 'monitor', 'serve', 'loop')  # mlops_nb modules that load or log models
+MODEL_MODULES = ('mlflow.sklearn', 'mlflow.pyfunc', 'sklearn.pipeline', 'sklearn.compose', 'sklearn.impute', 'sklearn.preprocessing',
+                 'sklearn.linear_model', 'sklearn.ensemble', 'skops.io', 'matplotlib.pyplot')
+# skops (models are saved with it) imports all of scikit-learn; the jobs that use models draw their plots with matplotlib
 
 COMMAND_MODULES = ('mlops_nb.cli', 'mlops_nb.jobs', 'mlops_nb.tracking', 'mlops_nb.sweeps', 'mlops_nb.params', 'pandas',
                    'yaml', 'tqdm.auto', 'jupyter_client.kernelspec')
@@ -58,7 +63,7 @@ def preload(names) -> list[str]:
         except BaseException: failed.append(name)  # the job imports it itself, and sees the error there
     return failed
 
-# %% ../nbs/08b_worker.ipynb #19fce875
+# %% ../nbs/08b_worker.ipynb #89d4f1e9
 def notebook_imports(notebooks) -> list[str]:
     "Modules the code cells of `notebooks` import (read with `ast`, never run), for the warm worker to load ahead."
     import ast
@@ -74,9 +79,13 @@ def notebook_imports(notebooks) -> list[str]:
             except SyntaxError: continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.Import): mods += [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level: mods.append(node.module)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    mods.append(node.module)
+                    if node.module == 'mlops_nb': mods += [f'mlops_nb.{a.name}' for a in node.names if a.name in MODEL_USERS]
     if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
     if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
+    if any(m in MODEL_USERS or m.startswith('mlflow.sklearn') for m in (x.replace('mlops_nb.', '', 1) for x in mods)):
+        mods += MODEL_MODULES  # loading or logging a model imports MLflow's flavour and most of scikit-learn: about a second
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
     local = lambda m: any((d / m.split('.')[0]).exists() or (d / f"{m.split('.')[0]}.py").exists() for d in dirs)
     return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
