@@ -104,7 +104,8 @@ def test_killed_worker_is_replaced_and_its_job_ends_failed(project):
     assert mlops_nb('run', 'triv.ipynb', cwd=project, env=env).returncode == 0
     old = status(project, env)['pid']
     p = subprocess.Popen([str(EXE), 'run', 'slow.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(r.info.status == 'RUNNING' for r in runs(project)), 60, 'the slow run to start')
+    # the job's process exists (its pid is on the run): a worker killed before that leaves a run for the next command to mark lost
+    wait_for(lambda: any(r.info.status == 'RUNNING' and 'mlops_nb.pid' in r.data.tags for r in runs(project)), 60, 'the slow job to start')
     os.kill(old, signal.SIGKILL)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1 and 'worker' in err and 'died' in err, err
