@@ -674,7 +674,7 @@ def _follow(s: socket.socket, exit_r: int, pid: int) -> int:
           "its job runs end FAILED (driver_lost). The next command starts a new worker.", file=sys.stderr)
     return 1
 
-# %% ../nbs/08b_worker.ipynb #8950ffe9
+# %% ../nbs/08b_worker.ipynb #48f6d1f1
 class RemoteProcess:
     "A job's process forked by the worker for this command: `pid`, `exitcode`, `join` as `multiprocessing.Process`."
     def __init__(self, job: dict, # the job, as the engine's job body takes it
@@ -717,8 +717,6 @@ class RemoteProcess:
         end = None if timeout is None else time.time() + timeout
         while self._code is None and (end is None or time.time() < end):
             self._poll(0.5 if end is None else max(min(end - time.time(), 0.5), 0))
-
-    def is_alive(self) -> bool: return self.exitcode is None
 
 # %% ../nbs/08b_worker.ipynb #96d5d8b3
 if os.environ.get('MLOPS_NB_FORKSERVER_WARM') is not None and 'multiprocessing.forkserver' in sys.modules:

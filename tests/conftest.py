@@ -1,6 +1,7 @@
 """Shared helpers for the end-to-end tests: run the real `mlops-nb` command in a scratch directory."""
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -23,6 +24,17 @@ def mlops_nb(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / 'mlops-nb'
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=env or clean_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+
+def wait_for(predicate, what: str, limit: float = 120):
+    "Poll until `predicate()` is truthy (a generous limit for a busy machine; not a timing assertion)."
+    end = time.time() + limit
+    while time.time() < end:
+        v = predicate()
+        if v: return v
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import clean_env, mlops_nb
+from conftest import clean_env, mlops_nb, wait_for
 
 PY3 = {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}}
 
@@ -26,16 +26,6 @@ def write_nb(path: Path, *cells, params: str | None = None) -> Path:
     cs = ([new_code_cell(params, metadata={'tags': ['parameters']})] if params is not None else []) + [new_code_cell(c) for c in cells]
     nbformat.write(new_notebook(cells=cs, metadata=PY3), str(path))
     return path
-
-
-def wait_for(predicate, what: str, limit: float = 120):
-    "Poll until `predicate()` is truthy (a generous limit for a busy machine; not a timing assertion)."
-    end = time.time() + limit
-    while time.time() < end:
-        v = predicate()
-        if v: return v
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def store_dump(workdir: Path) -> str:

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import clean_env, mlops_nb
+from conftest import clean_env, mlops_nb, wait_for
 
 EXE = Path(sys.executable).parent / 'mlops-nb'
 
@@ -34,15 +34,6 @@ def status(cwd, env) -> dict:
     r = mlops_nb('worker', 'status', '--json', cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def wait_for(pred, timeout=60.0, what='condition'):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v: return v
-        time.sleep(0.2)
-    raise AssertionError(f'timed out waiting for {what}')
 
 
 def runs(d: Path) -> list:
@@ -74,9 +65,9 @@ def test_worker_serves_many_commands_then_exits_when_idle(project):
     assert st['running'] and st['served'] == {'commands': 3, 'jobs': 3}, st
     pid, sock = st['pid'], Path(st['socket'])
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
-    wait_for(lambda: not status(project, env)['running'], 60, 'the idle worker to exit')
+    wait_for(lambda: not status(project, env)['running'], 'the idle worker to exit', 60)
     assert not sock.exists()
-    wait_for(lambda: not Path(f'/proc/{pid}').exists(), 10, 'the worker process to end')
+    wait_for(lambda: not Path(f'/proc/{pid}').exists(), 'the worker process to end', 10)
     assert len([r for r in runs(project) if r.info.status == 'FINISHED']) == 3
 
 
@@ -105,12 +96,12 @@ def test_killed_worker_is_replaced_and_its_job_ends_failed(project):
     old = status(project, env)['pid']
     p = subprocess.Popen([str(EXE), 'run', 'slow.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the job's process exists (its pid is on the run): a worker killed before that leaves a run for the next command to mark lost
-    wait_for(lambda: any(r.info.status == 'RUNNING' and 'mlops_nb.pid' in r.data.tags for r in runs(project)), 60, 'the slow job to start')
+    wait_for(lambda: any(r.info.status == 'RUNNING' and 'mlops_nb.pid' in r.data.tags for r in runs(project)), 'the slow job to start', 60)
     os.kill(old, signal.SIGKILL)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 1 and 'worker' in err and 'died' in err, err
     slow = wait_for(lambda: next((r for r in runs(project) if r.data.tags.get('mlops_nb.job') == 'slow' and r.info.status != 'RUNNING'), None),
-                    60, 'the slow run to end')
+                    'the slow run to end', 60)
     assert slow.info.status == 'FAILED' and slow.data.tags.get('mlops_nb.failure_reason') == 'driver_lost', slow.data.tags
     r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
     assert r.returncode == 0, r.stderr
@@ -192,7 +183,7 @@ def test_ctrl_c_reaches_the_job_through_the_worker(project):
     env = wenv()
     assert mlops_nb('run', 'triv.ipynb', cwd=project, env=env).returncode == 0  # the store exists before it is watched
     p = subprocess.Popen([str(EXE), 'run', 'slow.ipynb'], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(r.info.status == 'RUNNING' for r in runs(project)), 60, 'the run to start')
+    wait_for(lambda: any(r.info.status == 'RUNNING' for r in runs(project)), 'the run to start', 60)
     time.sleep(1)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
