@@ -30,7 +30,7 @@ from .data import ColumnSchema, Schema
 # %% auto #0
 __all__ = ['CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
            'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name', 'BadRows',
-           'score_partition', 'run_local', 'run_dask', 'BatchOptions', 'output_format', 'staging_dir',
+           'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format', 'staging_dir',
            'default_rejects', 'input_fingerprint', 'BatchResult', 'score', 'prediction_column', 'prediction_summary',
            'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict', 'resume_request', 'parts_done',
            'count_partitions', 'run_predict']
@@ -130,7 +130,11 @@ def partitions(path: str | Path, # the input
             i, row = i + 1, row + n
 
 # %% ../nbs/10b_batch.ipynb #93b97a1c
-def _text(a: pa.Array) -> np.ndarray: return np.asarray(a.to_pandas(), dtype=object)
+def _text(a: pa.Array) -> np.ndarray:
+    "The values of `a` as a numpy object array, missing ones NaN (as pandas reads them)."
+    v = np.asarray(a.to_numpy(zero_copy_only=False), dtype=object)
+    if a.null_count: v[~np.asarray(a.is_valid(), dtype=bool)] = np.nan
+    return v
 
 def _convert(a: pa.Array, c: ColumnSchema) -> tuple[np.ndarray, list]:
     "Values of `a` as the model saw column `c` in training, and `[(rows, reason)]` for those that cannot be."
@@ -185,7 +189,9 @@ def check_chunk(table: pa.Table, # a chunk of input rows
             for i in np.flatnonzero(rows): bad.setdefault(int(i), []).append(why)
     ok = np.ones(table.num_rows, bool)
     ok[list(bad)] = False
-    X = pd.DataFrame({k: v[ok] if not ok.all() else v for k, v in cols.items()})
+    keep = (lambda v: v) if ok.all() else (lambda v: v[ok])
+    X = pd.DataFrame({k: pd.Series(keep(v), dtype=v.dtype, copy=False) for k, v in cols.items()})  # text stays object:
+    # pandas would convert it to its string type, and scikit-learn straight back (a tenth of the scoring time)
     return Checked(X, ok, {i: '; '.join(w) for i, w in sorted(bad.items())})
 
 # %% ../nbs/10b_batch.ipynb #a22d5e94
@@ -340,35 +346,86 @@ def _where() -> str:
 # %% ../nbs/10b_batch.ipynb #63d99a4f
 EXECUTORS = Registry('batch executor')
 
+def local_workers(workers: int | None = None) -> int:
+    "Processes the local executor scores with: `workers`, else one per core."
+    return max(1, workers or os.cpu_count() or 1)
+
+def _limit_threads(n: int):
+    "Cap this process's native thread pools (BLAS, OpenMP, Arrow) at `n` threads: the scoring processes share the cores."
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except Exception: pass  # threadpoolctl comes with scikit-learn; without it each library keeps its own pool
+    pa.set_cpu_count(n)
+
+def _scorer(conn, spec: BatchSpec, model, threads: int, parent: int):
+    "A scoring process: partitions in, results (or the error) out, until it gets None."
+    import pickle, signal
+    from mlops_nb.worker import _die_with_parent, set_process_name
+    _die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
+    set_process_name('mlops-nb-score')  # as `ps` and `top` show it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a stop is the parent's: it lets running partitions finish
+    _limit_threads(threads)
+    while (part := conn.recv()) is not None:
+        try: conn.send(('ok', score_partition(spec, part, model)))
+        except BaseException as e:
+            try: pickle.loads(pickle.dumps(e)); conn.send(('error', e))
+            except Exception: conn.send(('error', RuntimeError(f"{type(e).__name__}: {e}")))
+
+def _in_order(spec, parts, done, model, loaded):
+    for p in parts:  # a stop leaves exactly the partitions done
+        r = score_partition(spec, p, model)
+        done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+
 @EXECUTORS.register('local')
 def run_local(spec: BatchSpec, parts, done: Callable, model=None, workers: int | None = None, **_):
-    """Score the partitions in this process: in order (default), or `workers` at a time on threads (at most the cores;
-    reading, predicting and writing release the GIL for part of their work). Each partition is written and committed whole."""
-    import concurrent.futures as cf
+    """Score the partitions on this machine: `workers` processes forked from this one (default: one per core), which
+    share the loaded model and split the cores' native threads; `workers=1` scores them in order in this process.
+    Each partition is written and committed whole; a stop lets the running ones finish and starts no more."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
     if model is None: model, loaded = load_batch_model(spec)
     else: loaded = False
-    n, parts = max(1, min(workers or 1, os.cpu_count() or 1)), iter(parts)
-    if n == 1:  # in order, in this thread: a stop leaves exactly the partitions done
-        for p in parts:
-            r = score_partition(spec, p, model)
-            done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
-        return
-    ex, pending, more = cf.ThreadPoolExecutor(n, thread_name_prefix='mlops-nb-score'), set(), True
+    parts = iter(parts)
+    first = list(itertools.islice(parts, 2))
+    n = min(local_workers(workers), (os.cpu_count() or 1) * 4)
+    if n == 1 or len(first) < 2 or 'fork' not in mp.get_all_start_methods():
+        return _in_order(spec, itertools.chain(first, parts), done, model, loaded)
+    parts, ctx, procs = itertools.chain(first, parts), mp.get_context('fork'), {}
+    threads = max(1, (os.cpu_count() or 1) // n)
     try:
-        while True:
-            while more and len(pending) < 2 * n:  # a few partitions ahead, never the whole list
-                p = next(parts, None)
-                if p is None: more = False
-                else: pending.add(ex.submit(score_partition, spec, p, model))
-            if not pending: break
-            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for f in finished:
-                r = f.result()  # a partition that failed (bad rows with on_bad_rows='fail') stops the batch
+        for _ in range(n):
+            here, there = ctx.Pipe()
+            p = ctx.Process(target=_scorer, args=(there, spec, model, threads, os.getpid()), name='mlops-nb-score', daemon=True)
+            p.start(); there.close()
+            procs[here] = [p, None]  # its connection -> [process, the partition it scores]
+        def died(conn):  # a scoring process died mid-partition (the out-of-memory killer?)
+            p, part = procs[conn]
+            p.join(5)
+            return DataError(f"The process scoring partition {part.index} of {part.path} died (exit {p.exitcode}).",
+                             hint="Out of memory? Score with fewer --workers or smaller --chunk-rows; --resume RUN_ID "
+                                  "scores only the partitions not written.", partition=part.index)
+        def feed(conn):
+            part = next(parts, None)
+            procs[conn][1] = part
+            if part is None: return False
+            try: conn.send(part)
+            except OSError: raise died(conn) from None
+            return True
+        busy = {c for c in list(procs) if feed(c)}
+        while busy:
+            for c in wait(list(busy)):
+                try: kind, r = c.recv()
+                except (EOFError, OSError): raise died(c) from None
+                if kind == 'error': raise r
                 done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
-    except BaseException:
-        for f in pending: f.cancel()  # what has not started never starts; what runs finishes its partition
-        raise
-    finally: ex.shutdown(wait=True, cancel_futures=True)
+                if not feed(c): busy.discard(c)
+    finally:
+        for conn, (p, _) in procs.items():
+            try: conn.send(None)  # each finishes the partition it scores, then exits
+            except OSError: pass
+        for conn, (p, _) in procs.items():
+            p.join(); conn.close()
 
 # %% ../nbs/10b_batch.ipynb #9d133ec7
 @EXECUTORS.register('dask')
@@ -410,7 +467,7 @@ class BatchOptions:
     "How to run a batch (everything but what to score and with which model)."
     executor: str = 'local'  # 'local' or 'dask'
     scheduler: str | None = None  # Dask scheduler address; None starts a local cluster
-    workers: int | None = None  # local: partitions scored at once on threads (default 1); dask: workers of a started local cluster
+    workers: int | None = None  # local: scoring processes (default: one per core; 1: in order, in this process); dask: workers of a started local cluster
     keep: list = field(default_factory=list)  # input columns copied next to the predictions
     proba: bool = False  # write class probabilities
     on_bad_rows: str = 'reject'  # 'reject' or 'fail'
@@ -468,23 +525,40 @@ def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     return new
 
 # %% ../nbs/10b_batch.ipynb #d463405a
-def _gather(staging: Path, output: Path, fmt: str):
-    "Assemble a file output from its parts, in order, through a temporary file."
-    parts = sorted(staging.glob('part-*.parquet'))
-    tmp = output.with_name(f'.{output.name}.tmp')
-    schema = next((pq.read_schema(p) for p in parts if pq.ParquetFile(p).metadata.num_rows), pq.read_schema(parts[0]))
-    if fmt == 'parquet':
-        with pq.ParquetWriter(tmp, schema) as w:
-            for p in parts:
-                t = pq.read_table(p)
-                if t.num_rows: w.write_table(t.cast(schema))
-    else:
-        with pacsv.CSVWriter(tmp, schema) as w:
-            for p in parts:
-                t = pq.read_table(p)
-                if t.num_rows: w.write_table(t.cast(schema))
-    os.replace(tmp, output)
-    shutil.rmtree(staging)
+class _Gather:
+    "Assembles a file output from its parts in input order, through a temporary file, as the parts arrive."
+    def __init__(self, staging: Path, output: Path, fmt: str):
+        self.staging, self.output, self.fmt, self.next = staging, output, fmt, 0
+        self.tmp, self.writer, self.schema = output.with_name(f'.{output.name}.tmp'), None, None
+
+    def _write(self, t: pa.Table):
+        if self.writer is None:
+            self.schema = t.schema
+            self.writer = (pq.ParquetWriter if self.fmt == 'parquet' else pacsv.CSVWriter)(self.tmp, t.schema)
+        if t.num_rows: self.writer.write_table(t.cast(self.schema))
+
+    def more(self):
+        "Append every part that is next in order and written."
+        while (p := part_path(self.staging, self.next)).exists():
+            t = pq.read_table(p)
+            if t.num_rows: self._write(t)  # an empty part (every row rejected) may have a narrower schema: it adds nothing
+            self.next += 1
+
+    def finish(self):
+        "Append what is left, move the file into place, remove the parts."
+        self.more()
+        for p in sorted(self.staging.glob('part-*.parquet')):
+            if int(p.stem.split('-')[1]) >= self.next and (t := pq.read_table(p)).num_rows: self._write(t)
+        if self.writer is None: self._write(pq.read_table(part_path(self.staging, 0)))  # no rows at all: the schema alone
+        self.writer.close()
+        os.replace(self.tmp, self.output)
+        shutil.rmtree(self.staging)
+
+    def discard(self):
+        if self.writer is not None:
+            try: self.writer.close()
+            except Exception: pass
+        self.tmp.unlink(missing_ok=True)
 
 def _gather_rejects(staging: Path, dst: Path) -> int:
     "Write every partition's rejects to one CSV (removing a stale one when there are none); how many rows."
@@ -545,14 +619,21 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     results = []
     def done(r):
         results.append(r)
+        if gather: gather.more()  # while the other partitions are scored
         if progress: progress(r)
     todo = (p for p in partitions(input_path) if not part_path(staging, p.index).exists())
-    run(spec, todo, done, model=model, scheduler=o.scheduler, workers=o.workers)
-    n_parts = len(list(staging.glob('part-*.parquet')))
-    rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
-    rej = Path(o.rejects) if o.rejects else default_rejects(out)
-    n_rej = _gather_rejects(staging, rej)
-    if fmt != 'dir': _gather(staging, out, fmt)
+    gather = _Gather(staging, out, fmt) if fmt != 'dir' else None
+    try:
+        if gather: gather.more()  # resuming: the parts already there
+        run(spec, todo, done, model=model, scheduler=o.scheduler, workers=o.workers)
+        n_parts = len(list(staging.glob('part-*.parquet')))
+        rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
+        rej = Path(o.rejects) if o.rejects else default_rejects(out)
+        n_rej = _gather_rejects(staging, rej)
+        if gather: gather.finish()
+    except BaseException:
+        if gather: gather.discard()  # the parts stay, for --resume
+        raise
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,
                        sum(r['status'] == 'written' for r in results), sum(bool(r.get('loaded')) for r in results),
                        sorted({r['worker'] for r in results}), ident['input_sha256'], time.time() - t0)

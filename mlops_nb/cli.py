@@ -716,7 +716,7 @@ def _add_predict_parser(sub):
     p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it)')
     p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
     p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
-    p.add_argument('--workers', type=int, metavar='N', help='local: partitions scored at once on threads (default 1); dask: processes of the local cluster it starts (default 2)')
+    p.add_argument('--workers', type=int, metavar='N', help='local: scoring processes (default: one per core; 1: in order, in one process); dask: processes of the local cluster it starts (default 2)')
     p.add_argument('--on-bad-rows', default='reject', choices=['reject', 'fail'], help='reject (default): rejects file; fail: stop')
     p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
     p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')

@@ -173,3 +173,50 @@ def test_ctrl_c_leaves_a_failed_run_and_resume_scores_the_rest(setup):
     assert run.data.tags['mlops_nb.resume_of'] == failed[0].info.run_id
     assert run.data.metrics['scored'] == 60 - kept and run.data.metrics['rows_out'] == M
     pd.testing.assert_frame_equal(pd.read_parquet(d / 'resumed.parquet'), setup['expected_mid'], check_dtype=False)
+
+
+def _scorers(d: Path) -> list:
+    import psutil
+    out = []
+    for q in psutil.process_iter(['name']):
+        try:
+            if q.info['name'] == 'mlops-nb-score' and Path(q.cwd()) == d: out.append(q)
+        except psutil.Error: pass
+    return out
+
+
+def test_a_killed_scoring_process_fails_the_batch_naming_its_partition(setup):
+    "The local executor's scoring processes (two here): one killed (as by the out-of-memory killer) fails the run, leaves no process behind, and resume finishes the job."
+    from conftest import wait_for
+    d = setup['dir']
+    p = subprocess.Popen([str(Path(sys.executable).parent / 'mlops-nb'), 'predict', URI, 'mid.parquet', '--out', 'oom.parquet',
+                          '--keep', 'id', '--workers', '2', '--json'], cwd=d, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    staging = d / 'oom.parquet.parts'
+    deadline = time.time() + 300
+    while not _parts(staging) and time.time() < deadline and p.poll() is None: time.sleep(0.02)
+    assert p.poll() is None, 'the job ended before a scoring process could be killed'
+    victims = _scorers(d)
+    assert len(victims) == 2, victims
+    victims[0].kill()
+    out, err = p.communicate(timeout=300)
+    assert p.returncode not in (0, None), err[-3000:]
+    res = json.loads(out)
+    assert res["status"] == "FAILED" and "died" in res["error"]["evalue"] and "partition" in res["error"]["evalue"], out[-3000:]
+    wait_for(lambda: not _scorers(d), 'the other scoring process to exit')
+    c, runs = _runs(setup)
+    failed = [r for r in runs if r.data.params.get('output_path', '').endswith('oom.parquet')]
+    assert len(failed) == 1 and failed[0].info.status == 'FAILED'
+    assert not (d / 'oom.parquet').exists() and not list(d.glob('.oom.parquet*.tmp'))
+    r = _predict(setup, '--resume', failed[0].info.run_id, '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'oom.parquet'), setup['expected_mid'], check_dtype=False)
+
+
+def test_one_process_and_many_give_the_same_output(setup):
+    d = setup['dir']
+    for n in ('1', '3'):
+        r = _predict(setup, URI, 'mid.parquet', '--out', f'w{n}.parquet', '--keep', 'id', '--workers', n, '--json')
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len(json.loads(r.stdout)['recorded']['scored_on'].split(', ')) == int(n)
+        pd.testing.assert_frame_equal(pd.read_parquet(d / f'w{n}.parquet'), setup['expected_mid'], check_dtype=False)
