@@ -219,13 +219,44 @@ def lineage_tags(notebook: str | Path | None = None, # the job notebook, if any
 
 @functools.lru_cache(maxsize=1)
 def environment_txt() -> str:
-    "Installed distributions as sorted `name==version` lines (what `pip freeze` would show)."
+    """Installed distributions as sorted `name==version` lines (what `pip freeze` would show). Reading every distribution's
+    metadata takes 0.1-0.2 s, so the result is kept in the user's cache folder with the state of those metadata files, and read
+    again only when one is added, removed or changed."""
+    key, cache = _environment_key(), _environment_cache()
+    try:
+        head, text = cache.read_text(encoding='utf-8').split('\n', 1)
+        if head == key: return text
+    except (OSError, ValueError): pass
     from importlib.metadata import distributions
     seen = {}
     for d in distributions():
         name = d.metadata['Name']
         if name: seen.setdefault(name.lower(), f"{name}=={d.version}")
-    return '\n'.join(v for _, v in sorted(seen.items())) + '\n'
+    text = '\n'.join(v for _, v in sorted(seen.items())) + '\n'
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f'.{cache.name}.{os.getpid()}')
+        tmp.write_text(f'{key}\n{text}', encoding='utf-8'); os.replace(tmp, cache)
+    except OSError: pass  # a read-only home: computed each time, as before
+    return text
+
+def _environment_cache() -> Path:
+    "One file per interpreter and environment in the user's cache folder."
+    base = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'mlops_nb'
+    return base / f"environment-{hashlib.sha256(f'{sys.executable}|{sys.prefix}'.encode()).hexdigest()[:16]}.txt"
+
+def _environment_key() -> str:
+    "A hash of the metadata files of every distribution on `sys.path`: their names, sizes and modification times."
+    h = hashlib.sha256(sys.version.encode())
+    for d in sys.path:
+        try: names = sorted(n for n in os.listdir(d or '.') if n.endswith(('.dist-info', '.egg-info')))
+        except OSError: continue
+        for n in names:
+            for f in ('METADATA', 'PKG-INFO', ''):
+                try: st = os.stat(os.path.join(d or '.', n, f) if f else os.path.join(d or '.', n))
+                except OSError: continue
+                h.update(f'{d}/{n}/{f}:{st.st_size}:{st.st_mtime_ns}\n'.encode()); break
+    return h.hexdigest()
 
 # %% ../nbs/05_tracking.ipynb #9abc33c8
 MAX_METRICS, MAX_PARAMS_TAGS, MAX_ENTITIES = 1000, 100, 1000

@@ -30,7 +30,8 @@ __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES
            'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
-WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine')  # every job needs these
+WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
+                'jupyter_client.kernelspec')  # every job needs these; commands check kernels with the last one for the papermill engine
 
 MLFLOW_STORE_MODULES = ('mlflow', 'mlflow.tracking', 'mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store',
                         'mlflow.store.artifact.local_artifact_repo', 'mlflow.store.tracking.rest_store', 'sqlalchemy.dialects.sqlite')
@@ -42,8 +43,8 @@ MODEL_MODULES = ('mlflow.sklearn', 'mlflow.pyfunc', 'sklearn.pipeline', 'sklearn
 # skops (models are saved with it) imports all of scikit-learn; the jobs that use models draw their plots with matplotlib
 
 COMMAND_MODULES = ('mlops_nb.cli', 'mlops_nb.jobs', 'mlops_nb.tracking', 'mlops_nb.sweeps', 'mlops_nb.params', 'pandas',
-                   'yaml', 'tqdm.auto', 'jupyter_client.kernelspec')
-# what the worker's commands use (run, sweep, reproduce), besides what jobs use
+                   'yaml', 'tqdm.auto')
+# what the worker's commands use (run, sweep, reproduce), besides what jobs use: imported before the worker listens
 
 def lean_jsonschema():
     """Import jsonschema without its optional `rfc3987_syntax` IRI checker, which builds a grammar on import (about 0.9 s,
