@@ -245,3 +245,29 @@ def test_two_first_commands_at_once_start_one_worker(project):
     st = status(project, env)
     assert st['served']['commands'] == 3, st  # one worker served all three: the start is taken in turns
     assert len(list(Path(st['socket']).parent.glob('*.sock'))) == 1
+
+
+def test_a_recreated_virtual_environment_restarts_the_worker(project, tmp_path):
+    "The interpreter's environment changes (the venv is recreated: a new pyvenv.cfg): the next command gets a new worker."
+    import mlops_nb
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, capture_output=True)
+    site = next(p for p in sys.path if p.endswith('site-packages') and Path(p).is_dir())
+    env = wenv(PYTHONPATH=os.pathsep.join([str(Path(mlops_nb.__file__).parent.parent), site]))
+    cmd = [str(venv / 'bin' / 'python'), '-c', 'import sys; from mlops_nb.cli import main; sys.exit(main())']
+    pids = []
+    try:
+        for recreate in (False, True):
+            if recreate:
+                cfg = venv / 'pyvenv.cfg'
+                cfg.write_text(cfg.read_text() + '# recreated\n')
+            r = subprocess.run([*cmd, 'run', 'triv.ipynb'], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-3000:]
+            r = subprocess.run([*cmd, 'worker', 'status', '--json'], cwd=project, env=env, capture_output=True, text=True, timeout=60)
+            st = json.loads(r.stdout)
+            assert st['python'] == str(venv / 'bin' / 'python'), st  # this environment's own worker
+            pids.append(st['pid'])
+        assert pids[0] != pids[1]
+        assert 'pyvenv.cfg changed' in Path(st['log']).read_text()
+    finally:
+        subprocess.run([*cmd, 'worker', 'stop', '--force'], cwd=project, env=env, capture_output=True, timeout=60)
