@@ -386,10 +386,10 @@ def run_local(spec: BatchSpec, parts, done: Callable, model=None, workers: int |
     from multiprocessing.connection import wait
     if model is None: model, loaded = load_batch_model(spec)
     else: loaded = False
-    parts = iter(parts)
-    first = list(itertools.islice(parts, 2))
-    n = min(local_workers(workers), (os.cpu_count() or 1) * 4)
-    if n == 1 or len(first) < 2 or 'fork' not in mp.get_all_start_methods():
+    parts, n = iter(parts), min(local_workers(workers), (os.cpu_count() or 1) * 4)
+    first = list(itertools.islice(parts, n))
+    n = min(n, len(first))  # no process without a partition to score
+    if n <= 1 or 'fork' not in mp.get_all_start_methods():  # nothing left to score, one partition, or one process
         return _in_order(spec, itertools.chain(first, parts), done, model, loaded)
     parts, ctx, procs = itertools.chain(first, parts), mp.get_context('fork'), {}
     threads = max(1, (os.cpu_count() or 1) // n)

@@ -220,3 +220,15 @@ def test_one_process_and_many_give_the_same_output(setup):
         assert r.returncode == 0, r.stderr[-3000:]
         assert len(json.loads(r.stdout)['recorded']['scored_on'].split(', ')) == int(n)
         pd.testing.assert_frame_equal(pd.read_parquet(d / f'w{n}.parquet'), setup['expected_mid'], check_dtype=False)
+
+
+def test_a_bad_row_in_a_scoring_process_fails_naming_the_row(setup):
+    "With --on-bad-rows fail the error raised in a scoring process (not the job's own) reaches the run with its row."
+    d = setup['dir']
+    rows = make_rows(20_000, seed=3)
+    rows['x0'] = rows['x0'].astype(str)  # text in the file, as an export might write it
+    rows.loc[12_345, 'x0'] = 'twelve'
+    rows.to_parquet(d / 'late_bad.parquet', row_group_size=5_000)  # the bad row is in the third of four partitions
+    r = _predict(setup, URI, 'late_bad.parquet', '--out', 'late_bad_out.parquet', '--on-bad-rows', 'fail', '--workers', '2')
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'Input row 12345 of' in r.stdout and 'x0: not a number' in r.stdout, r.stdout[-3000:]
