@@ -222,17 +222,19 @@ def environment_txt() -> str:
     """Installed distributions as sorted `name==version` lines (what `pip freeze` would show). Reading every distribution's
     metadata takes 0.1-0.2 s, so the result is kept in the user's cache folder with the state of those metadata files, and read
     again only when one is added, removed or changed."""
-    key, cache = _environment_key(), _environment_cache()
+    try: key, cache = _environment_key(), _environment_cache()
+    except Exception: key, cache = None, None  # e.g. no home folder: computed each time
     try:
         head, text = cache.read_text(encoding='utf-8').split('\n', 1)
         if head == key: return text
-    except (OSError, ValueError): pass
+    except (OSError, ValueError, AttributeError): pass
     from importlib.metadata import distributions
     seen = {}
     for d in distributions():
         name = d.metadata['Name']
         if name: seen.setdefault(name.lower(), f"{name}=={d.version}")
     text = '\n'.join(v for _, v in sorted(seen.items())) + '\n'
+    if cache is None: return text
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f'.{cache.name}.{os.getpid()}')
