@@ -28,12 +28,12 @@ from .core import DataError, Registry, SchemaError, get_settings
 from .data import ColumnSchema, Schema
 
 # %% auto #0
-__all__ = ['CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
-           'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name', 'BadRows',
-           'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format', 'staging_dir',
-           'default_rejects', 'input_fingerprint', 'BatchResult', 'score', 'prediction_column', 'prediction_summary',
-           'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict', 'resume_request', 'parts_done',
-           'count_partitions', 'run_predict']
+__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions',
+           'Checked', 'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
+           'BadRows', 'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format',
+           'staging_dir', 'default_rejects', 'input_fingerprint', 'BatchResult', 'score', 'prediction_column',
+           'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
+           'resume_request', 'parts_done', 'count_partitions', 'run_predict']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -58,10 +58,12 @@ def input_files(path: str | Path) -> list[Path]:
     return fs
 
 # %% ../nbs/10b_batch.ipynb #8d69306c
+CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)  # a quoted value may span lines (no slower: measured on 1M rows)
+
 def _arrow_schema(f: Path, fmt: str) -> pa.Schema:
     try:
         if fmt == 'csv':
-            with pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 16)) as r: return r.schema
+            with pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 16), parse_options=CSV_PARSE) as r: return r.schema
         return pq.read_schema(f)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"Cannot read {f} as {fmt.upper()}: {e}", hint=f"Check that {f.name} is a valid {fmt} file.", path=str(f)) from None
@@ -111,23 +113,26 @@ CSV_BLOCK_BYTES = 16 << 20  # bytes of CSV text per partition
 def partitions(path: str | Path, # the input
                csv_block_bytes: int = CSV_BLOCK_BYTES, # CSV only: bytes per partition (the same value gives the same partitions)
               ) -> Iterator[Partition]:
-    "The partitions of an input, in order; a CSV file's are read as they are produced."
+    "The partitions of an input, in order; a CSV file's are read as they are produced. An input without rows is one empty partition."
     fmt, i, row = input_format(path), 0, 0
     if fmt == 'csv':
         f = input_files(path)[0]
-        names = _arrow_schema(f, 'csv').names
-        opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
-        with pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=csv_block_bytes), convert_options=opts) as r:
+        schema = pa.schema([(n, pa.string()) for n in _arrow_schema(f, 'csv').names])
+        opts = pacsv.ConvertOptions(column_types=dict(zip(schema.names, schema.types)), strings_can_be_null=True)
+        with pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=csv_block_bytes), parse_options=CSV_PARSE,
+                            convert_options=opts) as r:
             for b in r:
                 yield Partition(i, str(f), None, row, b.num_rows, pa.Table.from_batches([b]))
                 i, row = i + 1, row + b.num_rows
-        return
-    for f in input_files(path):
-        md = pq.ParquetFile(f).metadata
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            yield Partition(i, str(f), g, row, n)
-            i, row = i + 1, row + n
+    else:
+        for f in input_files(path):
+            md = pq.ParquetFile(f).metadata
+            for g in range(md.num_row_groups):
+                n = md.row_group(g).num_rows
+                yield Partition(i, str(f), g, row, n)
+                i, row = i + 1, row + n
+        schema = pq.read_schema(f)
+    if i == 0: yield Partition(0, str(f), None, 0, 0, schema.empty_table())  # still one (empty) output part
 
 # %% ../nbs/10b_batch.ipynb #93b97a1c
 def _text(a: pa.Array) -> np.ndarray:
@@ -262,12 +267,18 @@ class BadRows(DataError):
     exit_code = 1
 
 def _chunks(part: Partition, spec: BatchSpec, needed: list[str]) -> Iterator[pa.Table]:
+    "The partition's rows, `spec.chunk_rows` at a time; one empty table when it has none (its part still gets the columns)."
     if part.data is not None:
-        for b in part.data.select(needed).to_batches(max_chunksize=spec.chunk_rows): yield pa.Table.from_batches([b])
-        return
-    f = pq.ParquetFile(part.path)
-    for b in f.iter_batches(batch_size=spec.chunk_rows, row_groups=[part.row_group], columns=needed):
-        yield pa.Table.from_batches([b])
+        t = part.data.select(needed)
+        batches = t.to_batches(max_chunksize=spec.chunk_rows)
+    else:
+        f = pq.ParquetFile(part.path)
+        t = f.schema_arrow.empty_table().select(needed)
+        batches = f.iter_batches(batch_size=spec.chunk_rows, row_groups=[part.row_group], columns=needed) if part.rows else []
+    n = 0
+    for b in batches:
+        if b.num_rows: yield pa.Table.from_batches([b]); n += 1
+    if not n: yield t.slice(0, 0)
 
 def _reject_rows(table: pa.Table, ch: Checked, first_row: int) -> pa.Table:
     "The rejected rows of a chunk: input row number, reason, and their values as text."
@@ -328,8 +339,6 @@ def score_partition(spec: BatchSpec, # what to do
                           pa.Table.from_pandas(log_frame(ch.features, pred, meta, P), preserve_index=False))
             out.write(final, tbl)
             n_in, n_bad, row = n_in + table.num_rows, n_bad + len(ch.reasons), row + table.num_rows
-        if final not in out.writers:  # an empty partition still leaves its part
-            out.write(final, _output_chunk(model, pd.DataFrame(columns=[c.name for c in spec.columns]), pa.table({}), spec.proba)[0])
         wrote = out.commit()[final]
     except BaseException:
         out.discard(); raise
@@ -616,13 +625,12 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
                      o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
                      dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'])
-    results = []
+    results, gather = [], _Gather(staging, out, fmt) if fmt != 'dir' else None
     def done(r):
         results.append(r)
         if gather: gather.more()  # while the other partitions are scored
         if progress: progress(r)
     todo = (p for p in partitions(input_path) if not part_path(staging, p.index).exists())
-    gather = _Gather(staging, out, fmt) if fmt != 'dir' else None
     try:
         if gather: gather.more()  # resuming: the parts already there
         run(spec, todo, done, model=model, scheduler=o.scheduler, workers=o.workers)
@@ -643,7 +651,7 @@ def prediction_column(output: str | Path) -> Iterator[np.ndarray]:
     "The `prediction` column of an output, a part (or row group) at a time."
     p = Path(output)
     if output_format(p) == 'csv':
-        with pacsv.open_csv(p, convert_options=pacsv.ConvertOptions(include_columns=['prediction'])) as r:
+        with pacsv.open_csv(p, parse_options=CSV_PARSE, convert_options=pacsv.ConvertOptions(include_columns=['prediction'])) as r:
             for b in r: yield b.column(0).to_numpy(zero_copy_only=False)
         return
     for f in (sorted(p.glob('part-*.parquet')) if p.is_dir() else [p]):

@@ -545,7 +545,7 @@ def _child(job: dict, conn):
         fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if not job.get('log_output'): os.dup2(fd, 1)
         if not (job.get('log_output') or job.get('progress')): os.dup2(fd, 2)  # papermill's progress bar writes to stderr
-    if job.get('papermill_engine') == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
+    if engine == 'mlops_nb': os.environ['MLOPS_NB_RECORD_DISPLAY'] = '0'  # values come back in the report
     watch.start()
     try:
         _execute_notebook(job)

@@ -224,10 +224,9 @@ def environment_txt() -> str:
     again only when one is added, removed or changed."""
     try: key, cache = _environment_key(), _environment_cache()
     except Exception: key, cache = None, None  # e.g. no home folder: computed each time
-    try:
-        head, text = cache.read_text(encoding='utf-8').split('\n', 1)
-        if head == key: return text
-    except (OSError, ValueError, AttributeError): pass
+    try: head, text = cache.read_text(encoding='utf-8').split('\n', 1) if cache else (None, None)
+    except (OSError, ValueError): head = None  # not cached yet, or a damaged file
+    if head is not None and head == key: return text
     from importlib.metadata import distributions
     seen = {}
     for d in distributions():
