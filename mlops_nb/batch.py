@@ -723,6 +723,8 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
             from mlops_nb.core import ConfigError
             raise ConfigError("--executor dask needs dask.distributed, which is not installed.", hint="pip install 'mlops_nb[dask]'") from None
     if o.chunk_rows < 1: raise DataError(f"--chunk-rows must be at least 1, got {o.chunk_rows}.")
+    if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
+                                                                hint="Leave it out for one scoring process per core.")
     output_format(req.output_path)
     src = model_source(req.model_uri, settings)
     schema = training_schema(src['run_id'], settings)
@@ -743,7 +745,7 @@ def resume_request(run_id: str, settings=None) -> PredictRequest:
     if d['tags'].get(f'{TAG}job') != 'predict':
         raise DataError(f"Run {run_id} is not a predict job (job {d['tags'].get(f'{TAG}job')!r}).", hint="Give the run id a predict job printed.")
     p = d['params']
-    o = BatchOptions(p['executor'], p.get('scheduler') or None, int(p['workers']) if p.get('workers') not in (None, '', 'None') else None,
+    o = BatchOptions(p['executor'], p.get('scheduler') or None, (int(p['workers']) or None) if p.get('workers') not in (None, '', 'None') else None,
                      [k for k in p.get('keep', '').split(',') if k], p.get('proba') == 'true' or p.get('proba') == 'True',
                      p['on_bad_rows'], int(p['chunk_rows']), p.get('log_dir') or None, p.get('rejects') or None, True)
     return PredictRequest(p['model_uri'], p['input_path'], p['output_path'], o)

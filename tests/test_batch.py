@@ -104,6 +104,8 @@ def test_missing_column_is_refused_before_any_run(setup):
     (d / 'broken.parquet').write_bytes(b'not parquet at all')
     r = _predict(setup, URI, 'broken.parquet', '--out', 'x.parquet')
     assert r.returncode == 2 and 'Cannot read' in r.stderr and 'broken.parquet' in r.stderr
+    r = _predict(setup, URI, 'mid.parquet', '--out', 'x.parquet', '--workers', '0')
+    assert r.returncode == 2 and '--workers must be at least 1' in r.stderr
     assert len(_runs(setup)[1]) == before
     assert not (d / 'short_scored.parquet').exists() and not (d / 'short_scored.parquet.parts').exists()
 
