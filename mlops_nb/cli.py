@@ -1196,7 +1196,7 @@ def _thin_checks(a) -> list[str]:
         sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize,
                          search=a.search, trials=a.trials, prune=a.prune)
         check_sweep(sw)
-        return notebook_imports([sw.notebook])
+        return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
     if a.command in ('predict', 'monitor'):  # bundled job notebooks: the worker loads what they import (a model's flavour)
         from mlops_nb.core import job_notebook
         return notebook_imports([job_notebook(n) for n in ((a.command, 'train') if a.command == 'monitor' else (a.command,))])
