@@ -88,6 +88,8 @@ TRIAL_ENV = 'MLOPS_NB_TRIAL'
 
 class TrialPruned(Exception):
     "The pruner stopped this trial; the job ends FINISHED with the tag `mlops_nb.pruned`."
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a full traceback: it says all, and costs nothing
+        return [f"TrialPruned: {self}"]
 
 def trial_env(path: str | Path, # the study's journal
               name: str, # the study's name

@@ -182,3 +182,25 @@ def test_tuning_sweep_with_pruning_on_dask(workdir):
         t = study.trials[int(r.data.tags[SWEEP_INDEX])]
         assert len(t.intermediate_values) == len(c.get_metric_history(r.info.run_id, 'intermediate')) >= 1
         assert (t.state.name == 'PRUNED') == (r.data.tags.get('mlops_nb.pruned') == 'true')
+
+
+def test_pipeline_grid_step_can_tune(workdir):
+    nb = _quadratic(workdir / 'quad.ipynb')
+    (workdir / 'tune.yaml').write_text(f"""steps:
+  tune:
+    notebook: {nb.name}
+    search: tpe
+    trials: 3
+    space: {{x: "uniform:0:1", y: "uniform:0:1"}}
+    parameters: {{steps: 2}}
+    metric: score
+""")
+    p = mlops_nb('pipeline', 'run', 'tune.yaml', '--json', cwd=workdir)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    step = json.loads(p.stdout)['steps']['tune']
+    c = _client(f"sqlite:///{workdir / 'mlflow.db'}")
+    parent = c.get_run(step['run_id'])
+    assert parent.data.params['sweep.search'] == 'tpe' and parent.data.tags['mlops_nb.sweep'] == 'parent'
+    kids = _children(c, step['run_id'])
+    assert len(kids) == 3 and {r.info.status for r in kids} == {'FINISHED'}
+    assert parent.data.tags['mlops_nb.best_run_id'] == max(kids, key=lambda r: r.data.metrics['score']).info.run_id
