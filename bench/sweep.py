@@ -79,6 +79,7 @@ def main():
     ap.add_argument('--tuning', action='store_true', help='measure tuning sweeps instead (see above)')
     ap.add_argument('--seeds', type=int, default=3, help='seeds of the tuning comparison')
     ap.add_argument('--budget', type=int, default=30, help='trials of each tuning sweep')
+    ap.add_argument('--part', choices=('distance', 'prune'), help='only one half of --tuning')
     a = ap.parse_args()
     if a.tuning: return tuning(a)
     root = Path(tempfile.mkdtemp(prefix='bench_sweep_'))
@@ -166,31 +167,35 @@ def tuning(a):
     run([mn, 'worker', 'start'], d, env)
     budgets = [b for b in (5, 10, 20, 30, 50) if b <= a.budget] or [a.budget]
     dist = {'tpe': [], 'random': []}
-    for seed in range(a.seeds):
+    for seed in range(a.seeds if a.part != 'prune' else 0):
         for search in dist:
             s, res = _tuning_sweep(mn, 'quad.ipynb', d, env, '--search', search, '--trials', str(a.budget), '--seed', str(seed), '--workers', str(a.workers))
             dist[search].append(_distance_by_budget(res, budgets))
             print(f"  {search} seed {seed}: {s:.1f}s, distance at {budgets[-1]} trials {dist[search][-1][-1]:.4f}", file=sys.stderr, flush=True)
-    print(f"\ndistance of the best trial to the optimum (median over {a.seeds} seeds), {a.workers} trials in flight")
-    print(f"{'trials':>7} {'tpe':>9} {'random':>9} {'random / tpe':>13}")
-    for i, b in enumerate(budgets):
-        t, r = (statistics.median(v[i] for v in dist[k]) for k in ('tpe', 'random'))
-        print(f"{b:>7} {t:9.4f} {r:9.4f} {r / t if t else float('inf'):12.2f}x")
+    if a.part != 'prune':
+        print(f"\ndistance of the best trial to the optimum (median over {a.seeds} seeds), {a.workers} trials in flight")
+        print(f"{'trials':>7} {'tpe':>9} {'random':>9} {'random / tpe':>13}")
+        for i, b in enumerate(budgets):
+            t, r = (statistics.median(v[i] for v in dist[k]) for k in ('tpe', 'random'))
+            print(f"{b:>7} {t:9.4f} {r:9.4f} {r / t if t else float('inf'):12.2f}x")
+    if a.part == 'distance': return
     n = min(16, a.budget)
     walls = {}
-    for name, extra in (('unpruned', ()), ('pruned (median)', ('--prune', 'median'))):
-        s, res = _tuning_sweep(mn, 'quad.ipynb', d, env, '--search', 'tpe', '--trials', str(n), '--seed', '0', '--workers', str(a.workers),
-                               '-p', 'pause', '0.3', *extra)
-        from mlflow import MlflowClient
-        c = MlflowClient(uri)
-        steps = sum(len(c.get_metric_history(r['run_id'], 'intermediate')) for r in res['runs'])
-        walls[name] = (s, steps, res['pruned'], res['finished'])
-        print(f"  {name}: {s:.1f}s, {steps} steps", file=sys.stderr, flush=True)
+    for rep in range(a.repeat):  # interleaved, so that a busy spell of a shared machine falls on both
+        for name, extra in (('unpruned', ()), ('pruned (median)', ('--prune', 'median'))):
+            s, res = _tuning_sweep(mn, 'quad.ipynb', d, env, '--search', 'tpe', '--trials', str(n), '--seed', '0', '--workers', str(a.workers),
+                                   '-p', 'pause', '0.3', *extra)
+            from mlflow import MlflowClient
+            c = MlflowClient(uri)
+            steps = sum(len(c.get_metric_history(r['run_id'], 'intermediate')) for r in res['runs'])
+            walls.setdefault(name, []).append((s, steps, res['pruned'], res['finished']))
+            print(f"  {name}: {s:.1f}s, {steps} steps", file=sys.stderr, flush=True)
     subprocess.run([mn, 'worker', 'stop', '--force'], cwd=d, env=env, capture_output=True)
-    print(f"\nTPE sweep of {n} trials, 6 steps of 0.3 s each, {a.workers} at a time")
+    print(f"\nTPE sweep of {n} trials, 6 steps of 0.3 s each, {a.workers} at a time (median of {a.repeat})")
     print(f"{'variant':<18} {'wall s':>7} {'steps':>6} {'pruned':>7} {'finished':>9}")
-    for k, (s, steps, p, f) in walls.items(): print(f"{k:<18} {s:7.1f} {steps:6d} {p:7d} {f:9d}")
-    print(f"ratio unpruned / pruned wall time: {walls['unpruned'][0] / walls['pruned (median)'][0]:.2f}x")
+    med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in walls.items()}
+    for k, (s, steps, p, f) in med.items(): print(f"{k:<18} {s:7.1f} {steps:6.0f} {p:7.0f} {f:9.0f}")
+    print(f"ratio unpruned / pruned wall time: {med['unpruned'][0] / med['pruned (median)'][0]:.2f}x")
 
 
 if __name__ == '__main__':

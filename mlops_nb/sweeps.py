@@ -724,26 +724,34 @@ class _Tuning:
         else: self.study.tell(number, float(v))
 
 # %% ../nbs/09_sweeps.ipynb #fb49593b
-def _counted(study) -> list:
-    "Trials that count against the budget: told, and not requeued after an interruption."
-    S = _optuna().trial.TrialState
-    return [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED) or (t.state == S.FAIL and not t.user_attrs.get('mlops_nb.requeued'))]
+_REQUEUED = 'mlops_nb.requeued'  # the study's list of trial numbers whose values were asked again
 
-def _reconcile(t: _Tuning) -> int:
+def _requeued(study) -> set: return set(study.user_attrs.get(_REQUEUED, []))
+
+def _counted(study) -> list:
+    "Trials that count against the budget: told, and not asked again."
+    S, again = _optuna().trial.TrialState, _requeued(study)
+    return [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED, S.FAIL) and t.number not in again]
+
+def _reconcile(t: _Tuning, failed: bool = False # also ask again the trials whose job failed (a resume)
+              ) -> int:
     "Tell the study how its RUNNING trials ended: from a FINISHED run, else FAIL and asked again; how many are asked again."
     S = _optuna().trial.TrialState
     runs = {int(r.data.tags[SWEEP_INDEX]): r for r in child_runs(t.settings, t.sweep_id) if r.info.status == 'FINISHED'}
-    again = 0
+    again, done = [], _requeued(t.study)
     for tr in t.study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         r = runs.get(tr.number)
         if r is not None:
             t.tell(tr.number, dict(status='FINISHED', pruned=r.data.tags.get(f'{TAG}pruned') == 'true', metrics=r.data.metrics))
-            continue
-        t.study._storage.set_trial_user_attr(tr._trial_id, 'mlops_nb.requeued', True)
-        t.study.tell(tr.number, state=S.FAIL)
-        t.study.enqueue_trial(tr.params, skip_if_exists=False)
-        again += 1
-    return again
+        else:
+            t.study.tell(tr.number, state=S.FAIL); again.append(tr)
+    if failed:  # a job that failed is run again on resume, as a grid's is; a run without the metric would only fail again
+        again += [tr for tr in t.study.get_trials(deepcopy=False, states=(S.FAIL,))
+                  if tr.number not in done and tr.number not in runs and tr not in again]
+    if again:
+        t.study.set_user_attr(_REQUEUED, sorted(done | {tr.number for tr in again}))
+        for tr in again: t.study.enqueue_trial(tr.params, skip_if_exists=False)
+    return len(again)
 
 # %% ../nbs/09_sweeps.ipynb #c1a04d0d
 def _follow_study(ex: Executor, t: _Tuning, budget: int, events: _Events, fail_fast: bool) -> bool:
@@ -783,8 +791,7 @@ def _tuning_summary(t: _Tuning):
     if not trials: return pd.DataFrame(columns=['index', 'status', 'run_id', 'pruned']), None
     shown = [{k: _shown(v) for k, v in tr.params.items()} for tr in trials]
     df, _ = summarize(t.settings, t.sweep_id, shown, t.sweep.metric, t.sweep.maximize)
-    requeued = {tr.number for tr in trials if tr.user_attrs.get('mlops_nb.requeued')}
-    df = df[~df['index'].isin(requeued)].reset_index(drop=True)
+    df = df[~df['index'].isin(_requeued(t.study))].reset_index(drop=True)
     df['pruned'] = df['index'].map(lambda i: trials[i].state == S.PRUNED)
     col, best = f'metric.{t.sweep.metric}', None
     if col in df:
@@ -815,7 +822,7 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
     parent, path = _tuning_parent(sweep, s, resume, {k for k, p in spec.items() if p.secret})
     sid = parent.run_id
     t = _Tuning(sweep, open_study(path, sid, sweep.search, sweep.seed, sweep.prune, sweep.maximize, sweep.trials), path, s, sid, spec, job_options or {})
-    if resume: _reconcile(t)
+    if resume: _reconcile(t, failed=True)
     done = len(_counted(t.study))
     events = _Events(max(0, sweep.trials - done), on_event)
     ex, interrupted, stopped, error = None, False, False, None
