@@ -998,6 +998,11 @@ the sweep is a parent MLflow run; each job is a child run; sweep_summary.csv is 
 exit codes: 0 every job finished, 1 some job failed (listed), 2 bad input (nothing started), 130 interrupted.
 """
 
+def _direction(v: str) -> bool:
+    "`--direction`: whether to maximise."
+    if v not in ('maximize', 'minimize'): raise argparse.ArgumentTypeError(f"expected maximize or minimize, got {v!r}")
+    return v == 'maximize'
+
 @subcommand
 def _add_sweep_parser(sub):
     p = sub.add_parser('sweep', help='run a notebook many times: grid or random search, locally or on Dask',
@@ -1027,7 +1032,7 @@ def _add_sweep_parser(sub):
     g = b.add_mutually_exclusive_group()
     g.add_argument('--maximize', dest='maximize', action='store_true', default=None, help='higher is better (default, except for names like loss, error, rmse)')
     g.add_argument('--minimize', dest='maximize', action='store_false', help='lower is better')
-    g.add_argument('--direction', dest='maximize', type=lambda v: {'maximize': True, 'minimize': False}[v], metavar='maximize|minimize',
+    g.add_argument('--direction', dest='maximize', type=_direction, metavar='maximize|minimize',
                    help="the metric's direction, as Optuna says it (same as --maximize / --minimize)")
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')

@@ -75,7 +75,7 @@ def test_tpe_sweep_on_two_workers_is_seeded_and_keeps_its_study(workdir):
     again = _json(sweep(nb, '--search', 'tpe', '--trials', '2', *SPACE, '--metric', 'score', '--workers', '2', '--seed', '7',
                         '--json', cwd=workdir))
     other = _json(sweep(nb, '--search', 'tpe', '--trials', '2', *SPACE, '--metric', 'score', '--workers', '2', '--seed', '8',
-                        '--json', cwd=workdir))
+                        '--direction', 'maximize', '--json', cwd=workdir))
     first = lambda r: sorted((row['index'], row['x'], row['y']) for row in r['runs'] if row['index'] < 2)
     assert first(again) == first(res)
     assert first(other) != first(res)
@@ -204,3 +204,20 @@ def test_pipeline_grid_step_can_tune(workdir):
     kids = _children(c, step['run_id'])
     assert len(kids) == 3 and {r.info.status for r in kids} == {'FINISHED'}
     assert parent.data.tags['mlops_nb.best_run_id'] == max(kids, key=lambda r: r.data.metrics['score']).info.run_id
+
+
+@pytest.mark.parametrize('args, words', [
+    (('--search', 'tpe', '--trials', '4', *SPACE), ['needs --metric']),
+    (('--search', 'tpe', *SPACE, '--metric', 'score'), ['needs a budget', '--trials']),
+    (('--grid', 'x=0.1,0.2', '--prune', 'median'), ['needs a learning search', '--search tpe']),
+    (('--search', 'tpe', '--trials', '4', *SPACE, '--metric', 'score', '--prune', 'asha'), ['Unknown pruner', 'hyperband, median']),
+    (('--search', 'bayes', '--trials', '4', *SPACE, '--metric', 'score'), ["Unknown --search 'bayes'"]),
+    (('--search', 'tpe', '--trials', '4', '--space', 'steps=choice:2,many', '--metric', 'score'), ["'steps'", 'quad.ipynb']),
+    (('--search', 'tpe', '--trials', '4', *SPACE, '--metric', 'score', '--direction', 'up'), ['--direction']),
+])
+def test_bad_tuning_input_exits_2_and_starts_nothing(workdir, args, words):
+    nb = _quadratic(workdir / 'quad.ipynb')
+    r = sweep(nb, *args, cwd=workdir)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert all(w in r.stderr for w in words), r.stderr[-2000:]
+    assert not (workdir / '.mlops_nb' / 'studies').exists()
