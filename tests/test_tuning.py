@@ -113,21 +113,8 @@ def test_killed_tuning_sweep_resumes_to_its_budget(workdir):
                          cwd=workdir, env=clean_env(MLOPS_NB_WORKER='0'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     db = workdir / 'mlflow.db'
-    try:
-        t0, done = time.time(), []
-        while time.time() - t0 < 240 and p.poll() is None:
-            if db.exists():
-                kids, parents = _sweep_runs(_client(f"sqlite:///{db}"))
-                done = [r for r in kids if r.info.status == 'FINISHED']
-                if len(done) >= 2: break
-            time.sleep(0.3)
-        assert p.poll() is None and len(done) >= 2, 'the sweep ended before it could be killed'
-        os.killpg(p.pid, signal.SIGKILL)  # no goodbye: the study file and the store are all that is left
-        p.wait(30)
-    finally:
-        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    sid = _kill_after(p, db, 2)
     c = _client(f"sqlite:///{db}")
-    (sid, parent), = parents.items()
     before = {int(r.data.tags[SWEEP_INDEX]): r.info.run_id for r in _children(c, sid) if r.info.status == 'FINISHED'}
     assert 2 <= len(before) < 6
     res = _json(sweep('--resume', sid, '--workers', '2', '--json', cwd=workdir))
@@ -152,7 +139,26 @@ if __name__ == '__main__':
 """
 
 
-def test_tuning_sweep_with_pruning_on_dask(workdir):
+def _kill_after(p, db, finished: int, timeout=240):
+    "SIGKILL the sweep `p` (its whole process group) once `finished` child runs are FINISHED; its parent run id."
+    t0, done, parents = time.time(), [], {}
+    try:
+        while time.time() - t0 < timeout and p.poll() is None:
+            if db.exists():
+                kids, parents = _sweep_runs(_client(f"sqlite:///{db}"))
+                done = [r for r in kids if r.info.status == 'FINISHED']
+                if len(done) >= finished: break
+            time.sleep(0.3)
+        assert p.poll() is None and len(done) >= finished, 'the sweep ended before it could be killed'
+        os.killpg(p.pid, signal.SIGKILL)  # no goodbye: the study file and the store are all that is left
+        p.wait(30)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)
+    (sid, _), = parents.items()
+    return sid
+
+
+def test_tuning_sweep_with_pruning_killed_and_resumed_on_dask(workdir):
     pytest.importorskip('distributed')
     nb = _quadratic(workdir / 'quad.ipynb')
     (workdir / 'cluster.py').write_text(CLUSTER)
@@ -160,26 +166,37 @@ def test_tuning_sweep_with_pruning_on_dask(workdir):
     # their executed notebooks)
     cl = subprocess.Popen([sys.executable, 'cluster.py'], cwd=workdir, env=clean_env(), stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    db = workdir / 'mlflow.db'
     try:
         address = cl.stdout.readline().strip()
         assert address.startswith('tcp://'), address
-        res = _json(sweep(nb, '--search', 'tpe', '--trials', '4', *SPACE, '--metric', 'score', '--prune', 'median',
-                          '--executor', 'dask', '--scheduler', address, '--seed', '1', '--json', cwd=workdir))
+        dask = ('--executor', 'dask', '--scheduler', address)
+        p = subprocess.Popen(_cmd(nb, '--search', 'tpe', '--trials', '6', *SPACE, '--metric', 'score', '--prune', 'median',
+                                  '-p', 'pause', '0.3', '--seed', '1', *dask),
+                             cwd=workdir, env=clean_env(MLOPS_NB_WORKER='0'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        sid = _kill_after(p, db, 2)
+        c = _client(f"sqlite:///{db}")
+        t0 = time.time()  # the trials in flight on the cluster go on without the sweep: let them end their runs
+        while [r for r in _children(c, sid) if r.info.status == 'RUNNING'] and time.time() - t0 < 120: time.sleep(0.5)
+        res = _json(sweep('--resume', sid, *dask, '--json', cwd=workdir))
     finally:
         cl.stdin.close(); cl.wait(60)
-    c = _client(f"sqlite:///{workdir / 'mlflow.db'}")
-    kids = _children(c, res['sweep_run_id'])
-    assert len(kids) == 4 and {r.info.status for r in kids} == {'FINISHED'} and res['finished'] == 4
+    kids = _children(c, sid)
+    assert res['status'] == 'FINISHED' and res['finished'] == res['jobs'] == 6
+    assert len([r for r in kids if r.info.status == 'FINISHED']) == 6 and not [r for r in kids if r.info.status == 'RUNNING']
     assert all(r.data.tags['mlops_nb.worker'].startswith('tcp://') for r in kids)  # ran on the Dask workers
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    journal = workdir / '.mlops_nb' / 'studies' / f"{res['sweep_run_id']}.journal"
-    study = optuna.load_study(study_name=res['sweep_run_id'], storage=JournalStorage(JournalFileBackend(str(journal))))
-    assert len(study.trials) == 4
+    journal = workdir / '.mlops_nb' / 'studies' / f"{sid}.journal"
+    study = optuna.load_study(study_name=sid, storage=JournalStorage(JournalFileBackend(str(journal))))
+    counted = {row['index'] for row in res['runs']}
+    assert len(counted) == 6 and len([t for t in study.trials if t.state.name in ('COMPLETE', 'PRUNED')]) == 6
     # each trial's process, on a Dask worker, reached the study through report(): its intermediate values are there
     for r in kids:
         t = study.trials[int(r.data.tags[SWEEP_INDEX])]
+        if t.number not in counted: continue
         assert len(t.intermediate_values) == len(c.get_metric_history(r.info.run_id, 'intermediate')) >= 1
         assert (t.state.name == 'PRUNED') == (r.data.tags.get('mlops_nb.pruned') == 'true')
 
