@@ -118,7 +118,8 @@ def _add_run_parser(sub):
     r.add_argument('-f', '--parameters-file', action='append', default=[], metavar='YAML', help='parameter values from a YAML file')
     r.add_argument('-y', '--parameters-yaml', action='append', default=[], metavar='YAML', help='parameter values as a YAML string')
     r.add_argument('--batch', metavar='YAML', help='jobs to run: a YAML list of notebook paths or {notebook, parameters} mappings')
-    r.add_argument('--output', help='where to write the executed notebook, for one notebook (default: .mlops_nb/outputs/RUN_ID/NAME.ipynb)')
+    r.add_argument('--output', help='also copy the executed notebook here, for one notebook (always kept in .mlops_nb/outputs/RUN_ID/). '
+                   'As with papermill, an existing file is replaced, but only when the job succeeds; never the notebook itself')
     r.add_argument('--timeout', type=float, metavar='S', help='seconds each whole job may run; then it is stopped and FAILED (timeout)')
     r.add_argument('--cell-timeout', type=float, metavar='S', help='seconds any one cell may run')
     r.add_argument('--retries', type=int, default=0, metavar='N', help='rerun a failed job up to N times, as new linked runs (default 0)')
@@ -172,7 +173,7 @@ def cmd_run(a) -> int:
     from mlops_nb.jobs import check_job, run_job
     items = _batch_items(a)
     for nb, values in items:  # every job's parameters are checked before the first starts
-        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)
+        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel, output=a.output)
     if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
         from mlops_nb.core import job_notebook
         warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
@@ -454,7 +455,9 @@ def _add_drift_parser(sub):
     d.add_argument('--model-version', help='request log: only rows this model version scored')
     d.add_argument('--chunked', action='store_true', help='read files in chunks, in bounded memory (KS/Wasserstein approximate on many-valued columns)')
     d.add_argument('--webhook', metavar='URL', help='POST the decision as JSON here when drift is detected')
-    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here')
+    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here '
+                   '(never over REFERENCE or CURRENT; an earlier report is replaced when the run succeeds)')
+    d.add_argument('--overwrite', action='store_true', help='let --report replace an existing file that mlops-nb did not write')
     _common(d)
 
 # %% ../nbs/13_cli.ipynb #dr90d9b0
@@ -486,8 +489,11 @@ def _drift_report(a):
     from mlops_nb.core import JobFailed, ParameterError
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import download_artifact
+    from mlops_nb.outputs import check_outputs, check_replace, publish
     for p in (a.reference, a.current):
         if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
+    check_outputs({'--report': a.report}, {'REFERENCE': a.reference, 'CURRENT': a.current})
+    check_replace(a.report, '--report', a.overwrite)
     values = {'reference': a.reference, 'current': a.current, 'window': a.window or '', 'start': a.start or '', 'end': a.end or '',
               'model_version': a.model_version or '', 'columns': a.columns or '', 'categorical': a.categorical or '',
               'stattest': ','.join(a.stattest), 'threshold': ','.join(a.threshold), 'drift_share': a.drift_share,
@@ -501,8 +507,7 @@ def _drift_report(a):
     if not job.html or not Path(job.html).exists():
         raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
                         hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(Path(job.html).read_bytes())
+    publish(job.html, out)  # atomic: a failed or killed report leaves the previous one
     doc.pop('bins', None)
     return doc, {'run_id': job.run_id, 'report': str(out)}, job
 
@@ -663,6 +668,8 @@ def _add_serving_parser(sub):
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def cmd_serve(a) -> int:
     from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
+    from mlops_nb.outputs import check_outputs
+    check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
@@ -713,7 +720,8 @@ def _add_predict_parser(sub):
                        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model_uri', nargs='?', help='models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model')
     p.add_argument('input', nargs='?', help='CSV or Parquet file, or a folder of Parquet parts')
-    p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it)')
+    p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it); never the input. '
+                   'An earlier output of predict is replaced when the batch succeeds; another existing file needs --overwrite')
     p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
     p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
     p.add_argument('--workers', type=int, metavar='N', help='local: scoring processes (default: one per core; 1: in order, in one process); dask: processes of the local cluster it starts (default 2)')
@@ -721,7 +729,9 @@ def _add_predict_parser(sub):
     p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
     p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')
     p.add_argument('--chunk-rows', type=int, default=100_000, metavar='N', help='rows read and scored at a time (default 100000)')
-    p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output)')
+    p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output); '
+                   'a stale one is removed only if predict wrote it')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --rejects file that mlops-nb did not write')
     p.add_argument('--log-dir', metavar='DIR', help='also append the scored rows to this request log (read by the monitor)')
     p.add_argument('--resume', metavar='RUN_ID', help='continue an interrupted or failed predict run: score only missing parts')
     _common(p)
@@ -735,7 +745,7 @@ def _predict_request(a):
     if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
                                      hint='mlops-nb predict models:/NAME@champion data.parquet --out scored.parquet')
     return PredictRequest(a.model_uri, a.input, a.out, BatchOptions(a.executor, a.scheduler, a.workers, a.keep, a.proba,
-                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects))
+                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects, overwrite=a.overwrite))
 
 @contextlib.contextmanager
 def _parts_bar(req, show: bool):

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from .core import MlopsNbError, Settings, find_project
+from .outputs import check_new_folder, check_outputs
 
 # %% auto #0
 __all__ = ['DocsError', 'site_notebooks', 'page_name', 'proc_notebooks', 'myst_notebook', 'sphinx_conf', 'cli_reference',
@@ -423,8 +424,8 @@ def build_site(project: Path | None = None, # project root; found from the worki
     if not (project / 'settings.ini').exists():
         raise DocsError(f"No settings.ini in {project}.", hint="Run `mlops-nb docs` inside an nbdev project (or `mlops-nb init PATH` one).")
     out = Path(out or project / _ini(project).get('doc_path', '_docs')).resolve()
-    if out.exists() and any(out.iterdir()) and not (out / '.buildinfo').exists():
-        raise DocsError(f"{out} has files that are not a site built before.", hint="Pass --out with a new or empty folder.", out=str(out))
+    check_outputs({'--out': out}, {'notebooks folder': project / _ini(project).get('nbs_path', 'nbs')}, folders={'--out'})
+    check_new_folder(out, '--out', marker='.buildinfo')  # a site built before is replaced; anything else is refused
     src, build, notes = project / '_proc' / '_sphinx', project / '_proc' / '_build' / 'html', []
     step('process notebooks (nbdev)')
     pages = _stage(project, src, parser, list(runs), settings, notes)
@@ -737,8 +738,7 @@ def init_project(path: str | Path, # the new project's folder (created; must be 
                 ) -> list[Path]:
     "Write a new notebook-first project; returns the files written."
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise DocsError(f"{path} already exists and is not empty.", hint="Give `mlops-nb init` a new or empty folder.", path=str(path))
+    check_new_folder(path, 'PATH')
     pkg = name or package_name(path)
     if not pkg.isidentifier():
         raise DocsError(f"{pkg!r} is not a Python package name.", hint="Pass --name with letters, digits and _.", name=pkg)
