@@ -249,6 +249,8 @@ def check_job(notebook: str | Path, # a notebook path or bundled job name
     "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError` (or `OutputError`)."
     nb = job_notebook(str(notebook))
     check_outputs({'--output': output}, {'notebook': nb})  # papermill would write over its own input
+    if output and Path(output).is_dir():
+        raise ParameterError(f"--output {output} is a folder; it names the executed notebook's file.", hint=f"--output {Path(output) / nb.name}")
     spec = read_params(nb, allow_no_parameters=allow_no_parameters)
     values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
     engine = _engine_for(nb, engine, kernel_name)
