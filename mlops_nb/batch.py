@@ -32,9 +32,9 @@ from .data import ColumnSchema, Schema
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions',
            'Checked', 'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
            'BadRows', 'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format',
-           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'BatchResult', 'score',
-           'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema',
-           'check_paths', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict']
+           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
+           'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
+           'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -542,6 +542,20 @@ def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     m.write_text(json.dumps(new, indent=1))
     return new
 
+def check_paths(input_path: str | Path, # what is scored
+                output_path: str | Path, # where the predictions go
+                o: BatchOptions, # the rest (rejects, log folder, overwrite, resume)
+                model_path: str | None = None, # the model, when it is a local folder
+               ) -> None:
+    "Refuse (`OutputError`) outputs that are inputs, and existing files or folders that are not ours to replace."
+    fmt, rej = output_format(output_path), o.rejects or default_rejects(output_path)
+    parts = None if fmt == 'dir' else staging_dir(output_path)
+    check_outputs({'--out': output_path, '--rejects': rej, '--log-dir': o.log_dir, 'parts folder': parts},
+                  {'input': input_path, 'model': model_path}, folders={'--log-dir', 'parts folder', *(['--out'] if fmt == 'dir' else [])})
+    check_replace(None if fmt == 'dir' else output_path, '--out', o.overwrite)
+    check_replace(rej, '--rejects', o.overwrite)
+    if not o.resume: check_staging(staging_dir(output_path))
+
 # %% ../nbs/10b_batch.ipynb #d463405a
 def _clear_parts(staging: Path):
     "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
@@ -729,20 +743,6 @@ def training_schema(run_id: str, settings=None) -> Schema:
         raise SchemaError(f"The training run {run_id} of this model has no schema.json; batch scoring checks rows against it.",
                           hint="Train with the train job (it records schema.json), or record one: mlops_nb.record('schema.json', path).",
                           run_id=run_id) from None
-
-def check_paths(input_path: str | Path, # what is scored
-                output_path: str | Path, # where the predictions go
-                o: BatchOptions, # the rest (rejects, log folder, overwrite, resume)
-                model_path: str | None = None, # the model, when it is a local folder
-               ) -> None:
-    "Refuse (`OutputError`) outputs that are inputs, and existing files or folders that are not ours to replace."
-    fmt, rej = output_format(output_path), o.rejects or default_rejects(output_path)
-    parts = None if fmt == 'dir' else staging_dir(output_path)
-    check_outputs({'--out': output_path, '--rejects': rej, '--log-dir': o.log_dir, 'parts folder': parts},
-                  {'input': input_path, 'model': model_path}, folders={'--log-dir', 'parts folder', *(['--out'] if fmt == 'dir' else [])})
-    check_replace(None if fmt == 'dir' else output_path, '--out', o.overwrite)
-    check_replace(rej, '--rejects', o.overwrite)
-    if not o.resume: check_staging(staging_dir(output_path))
 
 def check_predict(req: PredictRequest, settings=None) -> dict:
     "The predict job's parameter values, after every check that needs no scoring (`MlopsNbError`, exit 2, otherwise)."
