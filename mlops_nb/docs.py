@@ -277,11 +277,13 @@ def nbformat4(nb: dict # a notebook as JSON, nbformat 4.0 to 4.5
 def sphinx_conf(title: str, # the site's title (settings.ini `title`)
                 author: str = '', # settings.ini `author`
                 baseurl: str = '', # the published site's URL (settings.ini doc_host + doc_baseurl), for canonical links
+                copyright: str = '', # settings.ini `copyright`, in the footer
                ) -> str:
     "The conf.py of the site."
     return f'''# Written by mlops_nb.docs on each build; edit mlops_nb's docs notebook, not this file.
 project = {title!r}
 author = {author!r}
+copyright = {copyright!r}
 extensions = ["myst_nb"]
 html_theme = "furo"
 html_title = {title!r}
@@ -581,7 +583,8 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
     for page, doc in docs.items():
         (src / page).parent.mkdir(parents=True, exist_ok=True)
         (src / f"{page}.ipynb").write_text(json.dumps(doc), encoding='utf-8')
-    (src / 'conf.py').write_text(sphinx_conf(cfg.get('title', project.name), cfg.get('author', ''), site if cfg.get('doc_host') else ''), encoding='utf-8')
+    (src / 'conf.py').write_text(sphinx_conf(cfg.get('title', project.name), cfg.get('author', ''),
+                                                site if cfg.get('doc_host') else '', cfg.get('copyright', '')), encoding='utf-8')
     return ['index'] + [p for _, ps in sections for p in ps]
 
 # %% ../nbs/12a_docs.ipynb #d3930394
