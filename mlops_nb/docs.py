@@ -142,7 +142,7 @@ def proc_notebooks(project: Path, # the project root (holds settings.ini)
     book = cache / '_notes.json'  # notes outlive the run that made them: a cached notebook keeps its note
     notes = json.loads(book.read_text()) if book.exists() else {}
     if not todo: return out, [notes[str(Path(nb).resolve())] for nb in notebooks if notes.get(str(Path(nb).resolve()))]
-    env = {**os.environ, 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
+    env = _child_env(project)
     code = 'import sys; from mlops_nb.docs import _proc_worker; _proc_worker(sys.argv[1], sys.argv[2])'
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:  # files: an unread pipe could stall a child
         procs = [(subprocess.Popen([sys.executable, '-c', code, json.dumps(todo[i::workers]), str(Path(tmp) / f'{i}.jsonl')], cwd=project, env=env, text=True,
@@ -174,6 +174,14 @@ def _ini(project: Path) -> dict:
 def _flag(v: str | None, default: bool = False) -> bool:
     "A settings.ini boolean (True/False, yes/no, 1/0)."
     return default if v is None else v.strip().lower() in ('true', 'yes', '1', 'on')
+
+
+def _child_env(project: Path) -> dict:
+    "The environment of a child that imports the project: the folder holding settings.ini `lib_path` first on sys.path, so the package need not be installed."
+    cfg = _ini(project)
+    lib = (Path(project) / cfg.get('lib_path', cfg.get('lib_name', ''))).resolve()
+    path = [str(lib.parent)] + [str(Path(project).resolve())] * (lib.parent != Path(project).resolve()) + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path), 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
 
 # %% ../nbs/12a_docs.ipynb #3635f46f
 _OPTS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output', ('include', 'false'): 'remove-cell'}
@@ -339,15 +347,14 @@ def _help_worker(name: str, target: str, out: str):
     Path(out).write_text(json.dumps(doc), encoding='utf-8')
 
 # %% ../nbs/12a_docs.ipynb #6b1d0e0c
-def script_help(project: Path, # the project root (put on sys.path: the package need not be installed)
+def script_help(project: Path, # the project root (its settings.ini `lib_path` is importable: the package need not be installed)
                 name: str, # the console script, e.g. `greet`
                 target: str, # its entry point, `module:function`
                 width: int = 100, # columns of the help text
                ) -> dict:
     "The `--help` of a console script and of each subcommand: {'prog', 'help', 'commands': {name: help}}."
     project = Path(project).resolve()
-    env = {**os.environ, 'COLUMNS': str(width), 'PYTHONWARNINGS': 'ignore', 'MLFLOW_DISABLE_TELEMETRY': 'true',
-           'PYTHONPATH': os.pathsep.join([str(project)] + [p for p in [os.environ.get('PYTHONPATH')] if p])}
+    env = {**_child_env(project), 'COLUMNS': str(width)}
     code = 'import sys; from mlops_nb.docs import _help_worker; _help_worker(*sys.argv[1:])'
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / 'help.json'
