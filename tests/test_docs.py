@@ -170,7 +170,7 @@ def _project(tmp: Path, name: str = 'greetings') -> Path:
 def _text(html_file: Path) -> str:
     "The article text of a built page."
     import html as h
-    m = re.search(r'<article.*?</article>', html_file.read_text(), re.S)
+    m = re.search(r'<article.*?</article>', html_file.read_text(), re.DOTALL)
     return h.unescape(re.sub(r'<[^>]+>', '', m.group(0)))
 
 

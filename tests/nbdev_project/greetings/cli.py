@@ -7,6 +7,7 @@ __all__ = ['main']
 
 # %% ../nbs/01_cli.ipynb #c0000014
 from fastcore.script import call_parse
+
 from .core import say_hello
 
 # %% ../nbs/01_cli.ipynb #c0000015
