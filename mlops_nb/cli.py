@@ -792,20 +792,24 @@ def cmd_predict(a) -> int:
 def _add_docs_parser(sub):
     d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
                        description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
-                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search;\n'
-                       'the README is the index and this command\'s --help the CLI reference. Broken internal links fail the build.',
+                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search.\n'
+                       'nbdev\'s conventions: nbs/index.ipynb (else the README) is the home page, sidebar order and sections as\n'
+                       'nbdev_sidebar lists them (nbs/sidebar.yml with custom_sidebar = True), settings.ini console_scripts the\n'
+                       'command-line page. Broken links and references, missing pages and network assets fail the build;\n'
+                       'cosmetic warnings (code shown without highlighting) are listed as notes.',
                        epilog='examples:\n'
                        '  mlops-nb docs                                   build into _docs/ (settings.ini doc_path)\n'
                        '  mlops-nb docs --serve                           build, then serve it on http://127.0.0.1:8000\n'
                        '  mlops-nb docs --champion breast_cancer          add a report on the champion\'s train run\n'
                        '  mlops-nb docs --runs RUN_ID RUN_ID --out site   reports on chosen runs, into site/\n\n'
                        'publish: the output folder is a plain static site (GitHub Pages, any web server).\n'
-                       'exit codes: 0 built, 1 Sphinx or the link check refused the site, 2 bad input.',
+                       'exit codes: 0 built, 1 Sphinx or the link check refused the site (--strict: any warning), 2 bad input.',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument('--out', metavar='DIR', help='output folder (default: settings.ini doc_path, _docs)')
     d.add_argument('--runs', nargs='+', default=[], metavar='RUN_ID', help='add a report page for each run')
     d.add_argument('--champion', action='append', default=[], metavar='MODEL', help="add a report on MODEL's champion (repeatable)")
     d.add_argument('--serve', action='store_true', help='serve the built site until Ctrl-C')
+    d.add_argument('--strict', action='store_true', help='every Sphinx warning fails the build, cosmetic ones too')
     d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
     _common(d)
     i = sub.add_parser('init', help='start a new notebook-first project',
@@ -829,7 +833,7 @@ def cmd_docs(a) -> int:
         def step(name):  # called as each step starts: the previous one is done
             if started: bar.update(1)
             started.append(name); bar.set_description(name)
-        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s, progress=step)
+        site = build_site(out=Path(a.out) if a.out else None, runs=runs, settings=s, progress=step, strict=a.strict)
         bar.update(1)
     if a.json: _print_json({'out': str(site.out), 'index': str(site.index), 'pages': site.pages, 'runs': site.runs, 'notes': site.notes})
     else:
