@@ -19,10 +19,10 @@ from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
-           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce', 'cmd_params',
-           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve',
-           'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker', 'cmd_ui',
-           'main']
+           'WORKER_EPILOG', 'LOUD_COMMANDS', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce',
+           'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
+           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
+           'cmd_ui', 'main']
 
 # %% ../nbs/13_cli.ipynb #67eb2be4
 _SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
@@ -58,6 +58,15 @@ def _ci_reports(a, suite: str, cases) -> int:
         print(f"error: {e}", file=sys.stderr); return 1
     return 0
 
+# %% ../nbs/13_cli.ipynb #21b38a59
+def _verbose_flag(p: argparse.ArgumentParser):
+    "Add -v/--verbose to `p` and every parser under it, so it may come before or after the command."
+    p.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
+                   help="show the libraries' log lines and warnings (MLflow's, Alembic's) on stderr")
+    for act in p._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for q in act.choices.values(): _verbose_flag(q)
+
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
 examples:
@@ -90,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'mlops_nb {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for add in _SUBCOMMANDS: add(sub)
+    _verbose_flag(p)
     return p
 
 # %% ../nbs/13_cli.ipynb #7aa5d997
@@ -1260,6 +1270,20 @@ def cmd_ui(a) -> int:
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
     return _supervised(cmd)
 
+# %% ../nbs/13_cli.ipynb #cf0e8593
+LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output
+
+def _quiet_libraries(a):
+    "Drop log records up to WARNING and Python warnings in this process, unless -v; returns what restores them."
+    import logging, warnings
+    if getattr(a, 'verbose', False) or a.command in LOUD_COMMANDS: return lambda: None
+    disable, filters = logging.root.manager.disable, warnings.filters[:]
+    logging.disable(logging.WARNING)
+    warnings.simplefilter('ignore')
+    def restore():
+        logging.disable(disable); warnings.filters[:] = filters; warnings._filters_mutated()
+    return restore
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
 
@@ -1276,6 +1300,7 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
+    quiet = _quiet_libraries(a)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
     try:
@@ -1294,5 +1319,6 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         rc = 130
     finally:
         sys.stdout, sys.stderr = streams
+        quiet()
     return rc
 
