@@ -1245,7 +1245,8 @@ def _via_worker(a, argv: list[str]) -> int | None:
     "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
     from mlops_nb.worker import WorkerError, run_command, worker_enabled
     if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
-    preload = _thin_checks(a)
+    from mlops_nb.params import deferred_choices
+    with deferred_choices(): preload = _thin_checks(a)  # a Literal computed from a registry is checked in the worker, which has it loaded
     try: return run_command(argv, preload)
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
