@@ -19,10 +19,10 @@ from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
-           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce', 'cmd_params',
-           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve',
-           'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker', 'cmd_ui',
-           'main']
+           'WORKER_EPILOG', 'LOUD_COMMANDS', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce',
+           'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
+           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
+           'cmd_ui', 'main']
 
 # %% ../nbs/13_cli.ipynb #67eb2be4
 _SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
@@ -37,6 +37,35 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
     p.add_argument('--json', action='store_true', help='print a JSON document for programs instead of text')
+
+# %% ../nbs/13_cli.ipynb #7041a180
+def _report_args(p: argparse.ArgumentParser):
+    p.add_argument('--junit-xml', metavar='FILE', help='write a JUnit XML report, one test case per job, for CI systems; '
+                   'a Markdown table of the jobs is also appended to $GITHUB_STEP_SUMMARY when it is set')
+
+def _check_reports(a):
+    "Refuse (exit 2) a report path that cannot be written, before anything starts."
+    if getattr(a, 'junit_xml', None):
+        from mlops_nb.ci import check_report_path
+        check_report_path(a.junit_xml, '--junit-xml')
+
+def _ci_reports(a, suite: str, cases) -> int:
+    "Write the reports asked for from `cases()`; 0, or 1 when one cannot be written (said on stderr)."
+    if not (getattr(a, 'junit_xml', None) or os.environ.get('GITHUB_STEP_SUMMARY')): return 0
+    from mlops_nb.ci import write_reports
+    try: write_reports(cases(), suite, junit=a.junit_xml)
+    except MlopsNbError as e:
+        print(f"error: {e}", file=sys.stderr); return 1
+    return 0
+
+# %% ../nbs/13_cli.ipynb #21b38a59
+def _verbose_flag(p: argparse.ArgumentParser):
+    "Add -v/--verbose to `p` and every parser under it, so it may come before or after the command."
+    p.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
+                   help="show the libraries' log lines and warnings (MLflow's, Alembic's) on stderr")
+    for act in p._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for q in act.choices.values(): _verbose_flag(q)
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -70,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'mlops_nb {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for add in _SUBCOMMANDS: add(sub)
+    _verbose_flag(p)
     return p
 
 # %% ../nbs/13_cli.ipynb #7aa5d997
@@ -106,7 +136,8 @@ def _add_run_parser(sub):
                        '  mlops-nb run train -p model gradient_boosting -p seed 3\n'
                        '  mlops-nb run nbs/jobs/*.ipynb -p seed 1        several notebooks, one warm worker; -p applies where declared\n'
                        '  mlops-nb run --batch jobs.yaml                  a YAML list of {notebook: NB, parameters: {...}}\n'
-                       '  mlops-nb run etl.ipynb --timeout 600 --retries 2 -p api_token "$TOKEN"\n\n'
+                       '  mlops-nb run etl.ipynb --timeout 600 --retries 2 -p api_token "$TOKEN"\n'
+                       '  mlops-nb run nbs/jobs/*.ipynb --junit-xml reports/jobs.xml   CI: a JUnit test case per job (and $GITHUB_STEP_SUMMARY)\n\n'
                        'failures: a raising cell, a dead kernel (os._exit, SIGKILL, out of memory), --timeout or Ctrl-C/SIGTERM '
                        'end the run FAILED\nwith reason error, kernel_died, timeout or interrupted, and keep the partial notebook.\n'
                        'secrets: parameters typed Secret or named like *_token, *password*, *secret*, *api_key* reach the job '
@@ -128,6 +159,7 @@ def _add_run_parser(sub):
     r.add_argument('--log-output', action='store_true', help="stream the notebook's output while it runs")
     r.add_argument('--allow-no-parameters', action='store_true', help='run a notebook that has no `parameters` cell')
     _common(r)
+    _report_args(r)
 
 # %% ../nbs/13_cli.ipynb #df74c371
 def _spread(items, values) -> list[tuple[str, dict]]:
@@ -172,6 +204,7 @@ def cmd_run(a) -> int:
     from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
     items = _batch_items(a)
+    _check_reports(a)
     for nb, values in items:  # every job's parameters are checked before the first starts
         check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel, output=a.output)
     if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
@@ -200,7 +233,9 @@ def cmd_run(a) -> int:
         bad = [r for r in results if not r.ok]
         print(f"\n{len(results) - len(bad)} of {len(results)} jobs finished" + (f", {len(bad)} failed: " + ', '.join(
             f"{r.notebook.name} ({r.error['reason']}, run {r.run_id})" for r in bad) if bad else ''))
-    return 0 if all(r.ok for r in results) else 1
+    from mlops_nb.ci import job_case
+    unwritten = _ci_reports(a, 'mlops-nb run', lambda: [job_case(r) for r in results])
+    return 1 if unwritten or not all(r.ok for r in results) else 0
 
 # %% ../nbs/13_cli.ipynb #a6d872ef
 def _print_result(res, s, bar=None):
@@ -914,6 +949,7 @@ def _add_pipeline_parser(sub):
     r.add_argument('--executor', default='local', choices=['local', 'dask'], help='where jobs run (default: local)')
     r.add_argument('--workers', type=int, metavar='N', help='steps (and grid jobs) at once; Dask workers of a started cluster')
     r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
+    _report_args(r)
 
 # %% ../nbs/13_cli.ipynb #92162775
 def _step_lines(p, states: dict, run_ids: dict, extra: dict | None = None) -> list[str]:
@@ -949,10 +985,12 @@ def _pipeline_show(p, s, a) -> int:
     return 0
 
 def cmd_pipeline(a) -> int:
+    from mlops_nb.ci import pipeline_cases
     from mlops_nb.pipelines import load_pipeline, run_pipeline
     p = load_pipeline(a.pipeline, params=dict(a.param) or None)
     s = _settings(a)
     if a.action == 'show': return _pipeline_show(p, s, a)
+    _check_reports(a)
     bar = None
     def event(kind, n, r):  # the first event comes once the file is checked: a refused file shows no bar
         nonlocal bar
@@ -969,7 +1007,8 @@ def cmd_pipeline(a) -> int:
                                force=a.force, resume=a.resume, on_event=event)
     finally:
         if bar is not None: bar.close()
-    if a.json: _print_json(res.to_dict()); return 0 if res.status == 'FINISHED' else 1
+    rc = max(0 if res.status == 'FINISHED' else 1, _ci_reports(a, 'mlops-nb pipeline run', lambda: pipeline_cases(res, p)))
+    if a.json: _print_json(res.to_dict()); return rc
     print(f"pipeline {p.name}: {res.status} in {res.duration:.1f}s, parent run {res.run_id}")
     r = res.steps
     print('\n'.join(_step_lines(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
@@ -978,7 +1017,7 @@ def cmd_pipeline(a) -> int:
     if res.not_run: print("not run: " + ', '.join(res.not_run))
     if res.status != 'FINISHED': print(f"fix it, then: mlops-nb pipeline run {a.pipeline} --resume {res.run_id}")
     print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
-    return 0 if res.status == 'FINISHED' else 1
+    return rc
 
 # %% ../nbs/13_cli.ipynb #2f2f2da2
 SWEEP_EPILOG = """\
@@ -1036,6 +1075,7 @@ def _add_sweep_parser(sub):
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
     p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
+    _report_args(p)
     return p
 
 # %% ../nbs/13_cli.ipynb #b0d6b1c0
@@ -1070,6 +1110,7 @@ def cmd_sweep(a) -> int:
     "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
     from mlops_nb.params import parse_param_args
     from mlops_nb.sweeps import SweepInterrupted
+    _check_reports(a)
     s = _settings(a)
     fixed = dict(parse_param_args(a.parameters))
     progress = _SweepProgress('json' if a.json else 'bar')
@@ -1080,12 +1121,12 @@ def cmd_sweep(a) -> int:
         with quiet: res = _sweep_for(a, s, fixed, kw)
     except SweepInterrupted as e:
         progress.close()
-        _report(e.result, a)
+        _report(e.result, a); _sweep_reports(a, e.result)
         print(f"interrupted: unfinished runs are FAILED (interrupted). Resume with: mlops-nb sweep --resume {e.result.sweep_id}", file=sys.stderr)
         return 130
     finally: progress.close()
     _report(res, a)
-    return 0 if res.status == 'FINISHED' else 1
+    return max(0 if res.status == 'FINISHED' else 1, _sweep_reports(a, res))
 
 def _sweep_for(a, s, fixed, kw):
     from mlops_nb.core import ParameterError
@@ -1096,6 +1137,11 @@ def _sweep_for(a, s, fixed, kw):
         return resume_sweep(a.resume, s, fixed=fixed, metric=a.metric, maximize=a.maximize, **kw)
     sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize)
     return run_sweep(sw, s, **kw)
+
+def _sweep_reports(a, res) -> int:
+    from mlops_nb.ci import sweep_cases
+    from mlops_nb.core import job_notebook
+    return _ci_reports(a, 'mlops-nb sweep', lambda: sweep_cases(res, notebook=job_notebook(a.notebook) if a.notebook else None))
 
 def _report(res, a):
     if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
@@ -1213,7 +1259,8 @@ def _via_worker(a, argv: list[str]) -> int | None:
     "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
     from mlops_nb.worker import WorkerError, run_command, worker_enabled
     if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
-    preload = _thin_checks(a)
+    from mlops_nb.params import deferred_choices
+    with deferred_choices(): preload = _thin_checks(a)  # a Literal computed from a registry is checked in the worker, which has it loaded
     try: return run_command(argv, preload)
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
@@ -1238,6 +1285,20 @@ def cmd_ui(a) -> int:
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
     return _supervised(cmd)
 
+# %% ../nbs/13_cli.ipynb #cf0e8593
+LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output
+
+def _quiet_libraries(a):
+    "Drop log records up to WARNING and Python warnings in this process, unless -v; returns what restores them."
+    import logging, warnings
+    if getattr(a, 'verbose', False) or a.command in LOUD_COMMANDS: return lambda: None
+    disable, filters = logging.root.manager.disable, warnings.filters[:]
+    logging.disable(logging.WARNING)
+    warnings.simplefilter('ignore')
+    def restore():
+        logging.disable(disable); warnings.filters[:] = filters; warnings._filters_mutated()
+    return restore
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
 
@@ -1254,6 +1315,7 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
+    quiet = _quiet_libraries(a)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
     try:
@@ -1272,5 +1334,6 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         rc = 130
     finally:
         sys.stdout, sys.stderr = streams
+        quiet()
     return rc
 

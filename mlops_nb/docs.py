@@ -761,8 +761,8 @@ python .ci/check_sync.py
 nbdev_test
 python -m pytest -q tests
 export MLFLOW_TRACKING_URI="sqlite:///$(mktemp -d)/mlflow.db"
-mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10
-mlops-nb run nbs/jobs/evaluate.ipynb
+mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
+mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
 '''
 
 _WORKFLOW = '''name: CI
@@ -788,19 +788,22 @@ jobs:
       - name: Notebook tests
         run: nbdev_test
       - name: Tests
-        run: python -m pytest -q tests
+        run: python -m pytest -q tests --junitxml reports/tests.xml
+      # each job is a JUnit test case in reports/, and a row of the table mlops-nb adds to this run's summary page
       - name: Job notebooks with small parameters
         env:
           MLFLOW_DISABLE_TELEMETRY: "true"
         run: |
-          mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10
-          mlops-nb run nbs/jobs/evaluate.ipynb
-      - name: Keep the executed notebooks
+          mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
+          mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
+      - name: Keep the executed notebooks and the reports
         if: always()
         uses: actions/upload-artifact@v4
         with:
           name: executed-notebooks
-          path: .mlops_nb/outputs
+          path: |
+            .mlops_nb/outputs
+            reports
           if-no-files-found: ignore
 '''
 
@@ -845,7 +848,7 @@ def test_model_learns_the_training_data():
 
 _GIT = {'.gitattributes': '*.ipynb merge=nbdev-merge\n',
         '.gitconfig': '[merge "nbdev-merge"]\n\tname = resolve conflicts with nbdev_fix\n\tdriver = nbdev_merge %O %A %B %P\n',
-        '.gitignore': '__pycache__/\n*.egg-info/\n.venv/\n_docs/\n_proc/\n.ipynb_checkpoints/\nmlflow.db*\nmlartifacts/\nmlruns/\n.mlops_nb/\n'}
+        '.gitignore': '__pycache__/\n*.egg-info/\n.venv/\n_docs/\n_proc/\n.ipynb_checkpoints/\nmlflow.db*\nmlartifacts/\nmlruns/\n.mlops_nb/\nreports/\n'}
 
 # %% ../nbs/12a_docs.ipynb #3286e095
 def _nb(cells: list[tuple[str, str]], tags: dict[int, list[str]] = {}) -> str:
