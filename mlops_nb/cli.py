@@ -556,16 +556,21 @@ labels: a CSV/Parquet file with the request id the server returned (--id-column,
 label (--label-column), and a `row` column when one request scored several rows.
 on a schedule: cron (`0 * * * * mlops-nb monitor MODEL --log-dir DIR --window 1h --json`) or a Kubernetes
 CronJob (mlops_nb.loop.cronjob_manifest).
-exit codes: 0 no drift, or drift answered by a new champion; 1 drift stands (no labels, too few, a failed job,
-or a refused candidate); 2 bad input (nothing started).
+quality: on the window's labelled rows (accuracy, roc_auc, f1; rmse, mae, r2) with a 95% interval; below the
+bound (the interval entirely) is an alert whether or not any input drifted. Before labels, accuracy and roc_auc
+are estimated from probabilities calibrated on the champion's held-out rows (CBPE).
+exit codes: 0 no drift and quality holds, or an alert answered by a new champion; 1 an alert stands (no labels,
+too few, a failed job, or a refused candidate); 2 bad input (nothing started).
 """
 
 @subcommand
 def _add_monitor_parser(sub):
-    m = sub.add_parser('monitor', help='one pass of the closed loop: drift on the request log, then retrain and promote if labels allow',
-                       description='Read a window of the request log of MODEL\'s server, run the monitor job against the champion\'s '
-                       'training data, and when the inputs drifted and --labels are given, retrain on the labelled window, evaluate, '
-                       'and promote through the gate (the retrain pipeline). Each step is an MLflow run nested under the monitor run.',
+    m = sub.add_parser('monitor', help='one pass of the closed loop: drift and quality on the request log, then retrain and promote if labels allow',
+                       description='Read a window of the request log of MODEL\'s server, join the labels that have arrived (--labels, '
+                       'POST /labels), measure quality on the labelled rows and estimate it on all rows, run the monitor job against '
+                       'the champion\'s training data, and when the inputs drifted or quality fell below the gate and labels allow, '
+                       'retrain on the labelled window, evaluate, and promote through the gate (the retrain pipeline). Each step is '
+                       'an MLflow run nested under the monitor run.',
                        epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument('model', help='registered model name (its champion is watched)')
     m.add_argument('--log-dir', metavar='DIR', help="the request log the server or batch job writes (default: the server's default, "
@@ -581,6 +586,9 @@ def _add_monitor_parser(sub):
     m.add_argument('--min-rows', type=int, default=100, help='fewer rows in the window: too few to judge (default 100)')
     m.add_argument('--min-labelled', type=int, default=100, help='fewer labelled rows: too few to retrain on (default 100)')
     m.add_argument('--gate', metavar='GATE.yaml', help="gate for the retrained model (default: beat the champion on the new rows)")
+    m.add_argument('--quality-gate', metavar='GATE.yaml', help="bounds on the window's quality on labelled rows (default: within 0.05 of the "
+                   "champion's own held-out accuracy and roc_auc; rmse within 25%%, r2 within 0.1)")
+    m.add_argument('--webhook', metavar='URL', help='POST the alert as JSON here when inputs drift or quality falls below the gate')
     m.add_argument('-p', '--parameter', nargs=2, action='append', default=[], dest='train_params', metavar=('NAME', 'VALUE'),
                    help="override a value of the champion's train recipe for the retrain (e.g. -p n_estimators 300)")
     m.add_argument('--alias', default='champion', help='the alias watched and moved (default champion)')
@@ -594,7 +602,7 @@ def cmd_monitor(a) -> int:
     cfg = LoopConfig(model=a.model, log_dir=a.log_dir or str(default_log_dir(a.model)), window=a.window, start=a.start, end=a.end, labels=a.labels,
                      label_column=a.label_column, id_column=a.id_column, reference=a.reference, threshold=','.join(a.threshold),
                      stattest=','.join(a.stattest), drift_share=a.drift_share, min_rows=a.min_rows, min_labelled=a.min_labelled,
-                     gate=a.gate, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
+                     gate=a.gate, quality_gate=a.quality_gate, webhook=a.webhook, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
     say = lambda m: print(f"[monitor] {m} ...", file=sys.stderr if a.json else sys.stdout, flush=True)
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
         r = run_loop(cfg, _settings(a), on_step=say)

@@ -186,8 +186,22 @@ def _quality_chart(hist: list, bounds: dict) -> str:
     m = next((b for b in bounds if b in names), names[0] if names else None)
     if m is None: return line_chart([], {}, 'Quality by monitor window')
     x = [pd.Timestamp(r['time']) for r in hist]
-    return line_chart(x, {f'{m} (labelled rows)': [r.get(m) for r in hist], f'{m} (estimated)': [r.get(f'{m}_estimated') for r in hist]},
-                      f'Quality by monitor window: {m}, gate bound dashed', hline=bounds.get(m))
+    return line_chart(x, {'on labelled rows': [r.get(m) for r in hist], 'estimated': [r.get(f'{m}_estimated') for r in hist]},
+                      f'Quality ({m}) by monitor window', hline=bounds.get(m))
+
+def _quality_table(q: dict | None) -> str:
+    "The latest window's quality: realized with its interval and count, the estimate, the gate's bound."
+    if not q: return '<p class="sub">No quality results yet: run <code>mlops-nb monitor MODEL</code> once labels arrive (a file, or POST /labels).</p>'
+    num = lambda v: '-' if v is None else _fmt(v)
+    est, real = q.get('estimated') or {}, q.get('realized') or {}
+    rows = ''.join(f"<tr><td>{html.escape(str(r['metric']))}</td><td>{num((real.get(r['metric']) or {}).get('value'))}</td>"
+                   f"<td>{num((real.get(r['metric']) or {}).get('low'))} .. {num((real.get(r['metric']) or {}).get('high'))}</td>"
+                   f"<td>{(real.get(r['metric']) or {}).get('n', 0)}</td><td>{num(est.get(r['metric']))}</td><td>{num(r.get('bound'))}</td>"
+                   f"<td><span class=\"{'drift' if r.get('alert') else 'ok'}\">{'below' if r.get('alert') else 'ok'}</span></td></tr>"
+                   for r in q.get('checks') or [])
+    head = f"<p><b>{'QUALITY BELOW THE GATE' if q.get('alert') else 'quality holds'}</b>: {q.get('labelled_rows', 0)} of {q.get('rows', 0)} rows labelled</p>"
+    return head + ('<table id="quality-table"><tr><th>metric</th><th>on labelled rows</th><th>95% interval</th><th>rows</th>'
+                   f'<th>estimated</th><th>gate bound</th><th></th></tr>{rows}</table>')
 
 def render_dashboard(data: dict, # `dashboard_data(...)`
                      model: dict | None = None, # the served model's `/version` document
@@ -217,6 +231,7 @@ def render_dashboard(data: dict, # `dashboard_data(...)`
                  f'{html.escape(str(data.get("window", "")))} to {html.escape(str(data["log_dir"]))}. Send requests to <code>/invocations</code>; '
                  'the log is written every minute (<code>--log-flush-seconds</code>).</p>')
         body = quiet + ('<div class="grid">' + ''.join(f'<div class="card">{c}</div>' for c in charts) + '</div>'
+                f'<h2>Latest quality</h2>{_quality_table((data.get("drift") or {}).get("quality"))}'
                 f'<h2>Latest drift</h2>{_drift_table(data.get("drift"))}')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
             f'<title>mlops_nb dashboard: {html.escape(name)}</title><style>{_CSS}</style></head><body>'
