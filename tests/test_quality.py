@@ -192,3 +192,34 @@ def test_labels_need_a_token_beyond_this_machine(scenario):
         st, _, body = http_call('POST', srv.base + '/labels', b'[{"request_id": "x", "row": -1, "label": 1}]', headers={'Authorization': 'Bearer s3cret'})
         assert st == 400 and b'Label 0: row must be' in body
     finally: srv.stop()
+
+
+def champion_version(d: Path) -> str:
+    r = mlops_nb('models', MODEL, '--json', cwd=d, env=store_env(d))
+    return next(v['version'] for v in json.loads(r.stdout)['versions'] if 'champion' in v['aliases'])
+
+
+def test_the_loop_retrains_on_a_quality_alert_only_when_the_labels_teach_something(scenario):
+    d, *_ = scenario
+    assert champion_version(d) == '1'
+    srv = serve(d)
+    try:
+        t0 = now()
+        noise = send(srv, shift_data(800, seed=10), 'noise')
+        noise['label'] = noise['target'].sample(frac=1, random_state=0).to_numpy()  # labels that teach nothing
+        assert post_labels(srv, noise)[0] == 200
+        t1 = now()
+        concept = send(srv, shift_data(800, shifted=True, shift=0.0, seed=9), 'rule')  # same inputs, a new rule (x0 - x1)
+        assert post_labels(srv, concept.assign(label=concept['target']))[0] == 200
+        t2 = now()
+    finally: assert srv.terminate() == 0
+    rc, doc, r = monitor(d, '--start', t0, '--end', t1)
+    assert (rc, doc['trigger'], doc['action']) == (1, 'quality', 'refused'), r.stderr + json.dumps(doc, indent=1)
+    assert doc['retrain_run_id'] and champion_version(d) == '1'
+    rc, doc, r = monitor(d, '--start', t1, '--end', t2)
+    assert (rc, doc['trigger'], doc['action']) == (0, 'quality', 'promoted'), r.stderr + json.dumps(doc, indent=1)
+    assert doc['drift']['drifted'] is False and doc['labelled_rows'] == 800
+    assert doc['quality']['realized']['accuracy']['value'] < 0.7  # the old rule is no better than a coin on the new one
+    beat = {c['check']: c for c in doc['promotion']['gate']['checks']}['roc_auc > champion']
+    assert beat['passed'] and beat['value'] > beat['bound'] + 0.2
+    assert doc['new_version'] == champion_version(d) != '1'
