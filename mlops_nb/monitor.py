@@ -522,6 +522,16 @@ def _key(v) -> str:
     if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer(): return str(int(v))
     return str(v)
 
+def _keys(values) -> np.ndarray:
+    "`_key` of every value, computed once per distinct value."
+    codes, uniq = pd.factorize(pd.Series(np.asarray(values, dtype=object)), use_na_sentinel=False)
+    return np.array([_key(u) for u in uniq], dtype=object)[codes] if len(codes) else np.array([], dtype=object)
+
+def _index(values, classes: list) -> np.ndarray:
+    "Positions of `values` in `classes` (-1 for a value that is not a class)."
+    lut = {c: i for i, c in enumerate(classes)}
+    return np.array([lut.get(k, -1) for k in _keys(values)], dtype=np.int64) if len(classes) < 1000 else np.vectorize(lambda k: lut.get(k, -1))(_keys(values))
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     "Wilson score interval of a proportion `k / n`."
     if n == 0: return (float('nan'), float('nan'))
@@ -559,9 +569,8 @@ def quality_metrics(y, # labels of the labelled rows
         for m in QUALITY_METRICS[task]: out[m] = row(METRICS.get(m).for_task(task), y[ok], p[ok])
         return out
     classes = ([str(c)[len(PROBA):] if str(c).startswith(PROBA) else _key(c) for c in proba.columns] if proba is not None
-               else sorted({*map(_key, y), *map(_key, pred)}))
-    idx = {c: i for i, c in enumerate(classes)}
-    yi = np.array([idx.get(_key(v), -1) for v in y]); pi = np.array([idx.get(_key(v), -1) for v in pred])
+               else sorted({*_keys(y), *_keys(pred)}))
+    yi, pi = _index(y, classes), _index(pred, classes)
     known = yi >= 0  # a label the model never saw counts as wrong in accuracy, and is left out elsewhere
     if not len(yi): return out
     k = int((yi == pi).sum())
@@ -610,7 +619,7 @@ class CBPE:
             y, # their labels
            ) -> CBPE:
         from sklearn.isotonic import IsotonicRegression
-        P, yk = np.asarray(proba, dtype=float), np.array([_key(v) for v in y])
+        P, yk = np.asarray(proba, dtype=float), _keys(y)
         cols = [1] if len(self.classes) == 2 else range(len(self.classes))
         self.calibrators_ = {j: IsotonicRegression(y_min=0, y_max=1, out_of_bounds='clip').fit(P[:, j], (yk == self.classes[j]).astype(float))
                              for j in cols}
@@ -631,10 +640,11 @@ class CBPE:
                 ) -> dict:
         "{'accuracy': expected accuracy, 'roc_auc': expected ROC AUC (macro one-vs-rest for many classes)}."
         P = np.asarray(proba, dtype=float)
-        P = P[np.isfinite(P).all(axis=1)]
+        ok = np.isfinite(P).all(axis=1)  # rows logged without probabilities are left out
+        P = P[ok]
         if not len(P): return {}
         C = self.calibrated(P)
-        pi = P.argmax(axis=1) if pred is None else np.array([self.classes.index(_key(v)) if _key(v) in self.classes else -1 for v in pred])
+        pi = P.argmax(axis=1) if pred is None else _index(np.asarray(pred, dtype=object)[ok], self.classes)
         acc = float(np.where(pi >= 0, C[np.arange(len(C)), np.maximum(pi, 0)], 0).mean())
         aucs = [_expected_auc(P[:, j], C[:, j]) for j in ([1] if len(self.classes) == 2 else range(P.shape[1]))]
         aucs = [a for a in aucs if np.isfinite(a)]
