@@ -584,7 +584,7 @@ def cmd_drift(a) -> int:
 # %% ../nbs/13_cli.ipynb #2695b5d4
 MONITOR_EPILOG = """\
 examples:
-  mlops-nb monitor breast_cancer --log-dir requests/ --window 24h                  drift of the last day; alert only
+  mlops-nb monitor breast_cancer --window 24h                  the server's default log: drift and quality of the last day
   mlops-nb monitor breast_cancer --log-dir requests/ --window 24h --labels labels.parquet --label-column label
   mlops-nb monitor breast_cancer --log-dir requests/ --window 1h --labels labels.csv --dry-run   what it would do
   mlops-nb monitor fraud --log-dir /var/log/mlops_nb --start 2026-11-01 --end 2026-11-08 --gate gate.yaml --json
@@ -596,19 +596,25 @@ labels: a CSV/Parquet file with the request id the server returned (--id-column,
 label (--label-column), and a `row` column when one request scored several rows.
 on a schedule: cron (`0 * * * * mlops-nb monitor MODEL --log-dir DIR --window 1h --json`) or a Kubernetes
 CronJob (mlops_nb.loop.cronjob_manifest).
-exit codes: 0 no drift, or drift answered by a new champion; 1 drift stands (no labels, too few, a failed job,
-or a refused candidate); 2 bad input (nothing started).
+quality: on the window's labelled rows (accuracy, roc_auc, f1; rmse, mae, r2) with a 95% interval; below the
+bound (the interval entirely) is an alert whether or not any input drifted. Before labels, accuracy and roc_auc
+are estimated from probabilities calibrated on the champion's held-out rows (CBPE).
+exit codes: 0 no drift and quality holds, or an alert answered by a new champion; 1 an alert stands (no labels,
+too few, a failed job, or a refused candidate); 2 bad input (nothing started).
 """
 
 @subcommand
 def _add_monitor_parser(sub):
-    m = sub.add_parser('monitor', help='one pass of the closed loop: drift on the request log, then retrain and promote if labels allow',
-                       description='Read a window of the request log of MODEL\'s server, run the monitor job against the champion\'s '
-                       'training data, and when the inputs drifted and --labels are given, retrain on the labelled window, evaluate, '
-                       'and promote through the gate (the retrain pipeline). Each step is an MLflow run nested under the monitor run.',
+    m = sub.add_parser('monitor', help='one pass of the closed loop: drift and quality on the request log, then retrain and promote if labels allow',
+                       description='Read a window of the request log of MODEL\'s server, join the labels that have arrived (--labels, '
+                       'POST /labels), measure quality on the labelled rows and estimate it on all rows, run the monitor job against '
+                       'the champion\'s training data, and when the inputs drifted or quality fell below the gate and labels allow, '
+                       'retrain on the labelled window, evaluate, and promote through the gate (the retrain pipeline). Each step is '
+                       'an MLflow run nested under the monitor run.',
                        epilog=MONITOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument('model', help='registered model name (its champion is watched)')
-    m.add_argument('--log-dir', required=True, metavar='DIR', help='the request log the server (serve --log-dir) or batch job writes')
+    m.add_argument('--log-dir', metavar='DIR', help="the request log the server or batch job writes (default: the server's default, "
+                   ".mlops_nb/requests/MODEL/ in the project)")
     m.add_argument('--window', default='24h', help="window ending at --end or now: 30m, 24h, 7d (default 24h); '' for the whole log")
     m.add_argument('--start', default='', help='window start (UTC ISO 8601); overrides --window')
     m.add_argument('--end', default='', help='window end (UTC ISO 8601; default now)')
@@ -620,6 +626,9 @@ def _add_monitor_parser(sub):
     m.add_argument('--min-rows', type=int, default=100, help='fewer rows in the window: too few to judge (default 100)')
     m.add_argument('--min-labelled', type=int, default=100, help='fewer labelled rows: too few to retrain on (default 100)')
     m.add_argument('--gate', metavar='GATE.yaml', help="gate for the retrained model (default: beat the champion on the new rows)")
+    m.add_argument('--quality-gate', metavar='GATE.yaml', help="bounds on the window's quality on labelled rows (default: within 0.05 of the "
+                   "champion's own held-out accuracy and roc_auc; rmse within 25%%, r2 within 0.1)")
+    m.add_argument('--webhook', metavar='URL', help='POST the alert as JSON here when inputs drift or quality falls below the gate')
     m.add_argument('-p', '--parameter', nargs=2, action='append', default=[], dest='train_params', metavar=('NAME', 'VALUE'),
                    help="override a value of the champion's train recipe for the retrain (e.g. -p n_estimators 300)")
     m.add_argument('--alias', default='champion', help='the alias watched and moved (default champion)')
@@ -629,10 +638,11 @@ def _add_monitor_parser(sub):
 # %% ../nbs/13_cli.ipynb #235fe4be
 def cmd_monitor(a) -> int:
     from mlops_nb.loop import LoopConfig, run_loop
-    cfg = LoopConfig(model=a.model, log_dir=a.log_dir, window=a.window, start=a.start, end=a.end, labels=a.labels,
+    from mlops_nb.reqlog import default_log_dir
+    cfg = LoopConfig(model=a.model, log_dir=a.log_dir or str(default_log_dir(a.model)), window=a.window, start=a.start, end=a.end, labels=a.labels,
                      label_column=a.label_column, id_column=a.id_column, reference=a.reference, threshold=','.join(a.threshold),
                      stattest=','.join(a.stattest), drift_share=a.drift_share, min_rows=a.min_rows, min_labelled=a.min_labelled,
-                     gate=a.gate, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
+                     gate=a.gate, quality_gate=a.quality_gate, webhook=a.webhook, train_params=dict(a.train_params), alias=a.alias, dry_run=a.dry_run)
     say = lambda m: print(f"[monitor] {m} ...", file=sys.stderr if a.json else sys.stdout, flush=True)
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
         r = run_loop(cfg, _settings(a), on_step=say)
@@ -645,6 +655,7 @@ _SERVE_EPILOG = """\
 examples:
   mlops-nb serve models:/breast_cancer@champion --port 5001
   mlops-nb serve models:/breast_cancer@champion --workers 2 --watch --log-dir requests/
+  mlops-nb serve models:/breast_cancer@champion --no-log     keep no request log (personal data)
   mlops-nb serve models:/breast_cancer/3 --onnx off          always predict with scikit-learn
   mlops-nb serve ./ctx/model                                  a local model folder (no registry needed)
 
@@ -652,6 +663,11 @@ then:
   curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
        -d '{"dataframe_split": {"columns": ["mean radius", ...], "data": [[17.99, ...]]}}'
   curl -s localhost:5001/version; curl -s localhost:5001/metrics; open http://localhost:5001/docs
+  curl -s localhost:5001/labels -H 'Content-Type: application/json' -d '[{"request_id": "ID", "row": 0, "label": 1}]'
+
+requests and predictions are logged to .mlops_nb/requests/MODEL/ by default (--log-dir moves it, --no-log
+turns it off); labels that arrive later go beside it (POST /labels, which needs MLOPS_NB_LABELS_TOKEN as a
+bearer token when the server listens beyond 127.0.0.1). mlops-nb monitor MODEL and /dashboard read both.
 
 formats: dataframe_split, dataframe_records, instances, inputs (JSON) or text/csv, as MLflow's server;
 add "params": {"predict_method": "predict_proba"} for class probabilities. Bad input gets a 4xx naming
@@ -671,7 +687,10 @@ def _add_serving_parser(sub):
     sv.add_argument('--workers', type=int, default=1, help='server processes (default 1); /metrics sums them')
     sv.add_argument('--watch', action='store_true', help='follow the alias of a models:/NAME@ALIAS URI and hot-swap when it moves')
     sv.add_argument('--watch-interval', type=float, default=10.0, metavar='S', help='seconds between alias checks (default 10)')
-    sv.add_argument('--log-dir', metavar='DIR', help='write the request log (Parquet parts) here, for the monitor job')
+    sv.add_argument('--log-dir', metavar='DIR', help='keep the request log (Parquet parts, read by monitor and /dashboard) here '
+                    '(default .mlops_nb/requests/MODEL/ in the project)')
+    sv.add_argument('--no-log', action='store_true', help='keep no request log (e.g. when requests hold personal data you may not store); '
+                    'then no monitor, dashboard or labels')
     sv.add_argument('--log-max-age-days', type=float, default=30.0, metavar='D', help='request log retention: remove parts older than D days (default 30)')
     sv.add_argument('--log-flush-seconds', type=float, default=60.0, metavar='S', help='request log: write a part at least every S seconds (default 60); the dashboard lags by this much')
     sv.add_argument('--log-max-mb', type=float, metavar='MB', help='request log retention: then remove the oldest parts beyond MB')
@@ -702,18 +721,22 @@ def _add_serving_parser(sub):
 
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def cmd_serve(a) -> int:
+    from mlops_nb.reqlog import default_log_dir
     from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
     from mlops_nb.outputs import check_outputs
     check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
+    log_dir = None if a.no_log else a.log_dir or str(default_log_dir(info.get('name') or Path(info['path']).name))
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
-                      watch=a.watch, watch_interval=a.watch_interval, log_dir=a.log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
+                      watch=a.watch, watch_interval=a.watch_interval, log_dir=log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
                       log_max_mb=a.log_max_mb, max_rows=a.max_rows,
                       max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx)
     who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
     print(f"serving {who} at http://{a.host}:{a.port}/invocations ({a.workers} worker{'s' * (a.workers > 1)}); "
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
+    print(f"request log: {log_dir} (labels: POST /labels; mlops-nb monitor and /dashboard read it)" if log_dir else
+          "request log: off (--no-log)", flush=True)
     try: run_server(cfg)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0

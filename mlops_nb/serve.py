@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -439,6 +440,20 @@ class DriftCollector:
         yield score; yield det
         if d.get('share_drifted') is not None:
             yield GaugeMetricFamily('mlops_nb_drift_share', 'Share of columns that drifted', value=float(d['share_drifted']))
+        q = d.get('quality') or {}
+        if q.get('realized') or q.get('estimated'):
+            g = GaugeMetricFamily('mlops_nb_model_quality', 'Quality of the served model on the latest monitor window: realized on '
+                                  'labelled rows, or estimated from probabilities before labels (CBPE)', labels=['metric', 'version', 'kind'])
+            ver = str(d.get('model_version') or q.get('model_version') or '')
+            for kind in ('realized', 'estimated'):
+                for m, v in (q.get(kind) or {}).items():
+                    v = v.get('value') if isinstance(v, dict) else v
+                    if v is not None: g.add_metric([m, ver, kind], float(v))
+            yield g
+            yield GaugeMetricFamily('mlops_nb_model_quality_labelled_rows', 'Labelled rows in the latest monitor window',
+                                    value=float(q.get('labelled_rows') or 0))
+            yield GaugeMetricFamily('mlops_nb_model_quality_alert', 'Whether quality is below the gate (0/1), from the latest monitor run',
+                                    value=float(bool(q.get('alert'))))
         try:
             ts = datetime.fromisoformat(str(d['ts']).replace('Z', '+00:00')).timestamp()
             yield GaugeMetricFamily('mlops_nb_drift_timestamp_seconds', 'When the latest drift results were computed', value=ts)
@@ -463,6 +478,7 @@ class Metrics:
         self.model_errors = Counter('mlops_nb_model_errors', 'Requests whose prediction raised (answered 500)', registry=reg)
         self.model_info = Gauge('mlops_nb_model_info', 'The model being served (1) and models served before (0)',
                                 ['name', 'version', 'alias', 'run_id', 'engine'], multiprocess_mode='max', registry=reg)
+        self.labels = Counter('mlops_nb_labels_received', 'Labels received on POST /labels', registry=reg)
         self.swaps = Counter('mlops_nb_model_swaps', 'Hot swaps to a new model version (--watch)', registry=reg)
         self.log_rows = Counter('mlops_nb_request_log_rows', 'Request log rows by outcome (written, dropped)', ['outcome'], registry=reg)
         self.log_errors = Counter('mlops_nb_request_log_errors', 'Request log write errors (rows dropped, predictions unaffected)', registry=reg)
@@ -500,7 +516,8 @@ class ServeConfig:
     workers: int = 1
     watch: bool = False # follow the alias and hot-swap when it moves
     watch_interval: float = 10.0 # seconds between alias checks
-    log_dir: str | None = None # the request log (None: no log)
+    log_dir: str | None = None # the request log (None: no log; the CLI's default is `reqlog.default_log_dir`)
+    log_proba: bool = True # a classifier's class probabilities are logged too (roc_auc and estimated quality need them)
     log_flush_seconds: float = 60.0 # a request log part is written at least this often
     log_max_age_days: float | None = 30.0 # retention: parts older than this are removed (hourly)
     log_max_mb: float | None = None # retention: then the oldest parts until the log is at most this big
@@ -606,7 +623,8 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
         try: parsed = parse_request(body, content_type, sm.columns, self.limits); proba = _want_proba(parsed.params, query or {})
         finally: self.batcher.arriving -= 1
         if proba and sm.classes is None: raise RequestError("This model gives no probabilities (not a classifier).", column='params.predict_method')
-        try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba)
+        keep = self.writer is not None and self.config.log_proba and sm.classes is not None  # probabilities for the log
+        try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba or keep)
         except Exception as e:
             self.metrics.model_errors.inc()
             log.error("request %s: the model raised %s: %s", rid, type(e).__name__, e, exc_info=e)
@@ -671,6 +689,8 @@ async def _read_body(request, limit: int) -> bytes | None:
     return b''.join(chunks) if size <= limit else None
 
 # %% ../nbs/10_serve.ipynb #f97b160a
+_LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # POST /labels without a token only from this machine
+
 def create_app(config: ServeConfig, # what to serve and how
                model: ServedModel | None = None): # an already loaded model (else loaded in the background at startup)
     "The Starlette app of a prediction server."
@@ -721,6 +741,25 @@ def create_app(config: ServeConfig, # what to serve and how
         if request.url.path.endswith('.json'): return JSONResponse(data)
         return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
 
+    labels_token = os.environ.get('MLOPS_NB_LABELS_TOKEN') or None  # read once, at startup
+    async def labels(request):
+        refuse = lambda status, msg, **h: JSONResponse({'error_code': 'BAD_REQUEST' if status == 400 else 'PERMISSION_DENIED', 'message': msg}, status, headers=h)
+        if not config.log_dir: return refuse(404, 'This server keeps no request log (started with --no-log), so it takes no labels.')
+        if labels_token is None and config.host not in _LOOPBACK:
+            return refuse(403, f'POST /labels needs a bearer token when the server listens on {config.host}: set MLOPS_NB_LABELS_TOKEN '
+                          'where the server starts, and send Authorization: Bearer TOKEN.')
+        if labels_token is not None and not hmac.compare_digest(request.headers.get('authorization', '').encode(), f'Bearer {labels_token}'.encode()):
+            return refuse(401, 'POST /labels needs Authorization: Bearer TOKEN (the value of MLOPS_NB_LABELS_TOKEN).', **{'WWW-Authenticate': 'Bearer'})
+        body = await _read_body(request, srv.limits.max_body_bytes)
+        if body is None: return refuse(413, f"The body is over the limit of {srv.limits.max_body_bytes} bytes.")
+        from mlops_nb.core import DataError
+        from mlops_nb.reqlog import append_labels
+        try: n = await asyncio.to_thread(append_labels, config.log_dir, json.loads(body))
+        except DataError as e: return refuse(400, str(e))
+        except ValueError as e: return refuse(400, f"Malformed JSON: {e}")
+        srv.metrics.labels.inc(n)
+        return JSONResponse({'accepted': n})
+
     async def docs(request): return HTMLResponse(_docs_html(srv.model))
     async def spec(request): return JSONResponse(openapi(srv.model))
 
@@ -731,6 +770,7 @@ def create_app(config: ServeConfig, # what to serve and how
         finally: await srv.shutdown()
 
     routes = [Route('/invocations', timed('/invocations', invocations), methods=['POST']),
+              Route('/labels', timed('/labels', labels), methods=['POST']),
               *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', ping), ('/version', version),
                                                                     ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
                                                                     ('/dashboard', dashboard), ('/dashboard.json', dashboard)])]
