@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .core import MlopsNbError, ParameterError, redact
+from .outputs import check_outputs
 
 # %% auto #0
 __all__ = ['Case', 'case_name', 'failing_cell', 'job_case', 'sweep_cases', 'pipeline_cases', 'junit_xml', 'ReportError',
@@ -177,8 +178,11 @@ class ReportError(MlopsNbError):
 
 def check_report_path(path, # where a report is to be written
                       flag: str = '--junit-xml', # how the user named it
+                      inputs: dict | None = None, # name -> path of what the command reads (notebooks, pipeline and parameter files)
+                      outputs: dict | None = None, # flag -> path of the command's other outputs (--output)
                      ) -> Path:
-    "Refuse, before anything starts, a report path that cannot be written: a folder, or under a file or a read-only folder."
+    "Refuse, before anything starts, a report path that is an input or another output, a folder, or under a file or a read-only folder."
+    check_outputs({flag: path, **(outputs or {})}, inputs or {})
     p = Path(path)
     if p.is_dir(): raise ParameterError(f"{flag} {path} is a folder.", hint=f"Give a file name, e.g. {flag} {p / 'report.xml'}")
     up = next(d for d in [p.parent, *p.parent.parents] if d.exists() or d == Path(d.anchor or '.'))

@@ -47,7 +47,11 @@ def _check_reports(a):
     "Refuse (exit 2) a report path that cannot be written, before anything starts."
     if getattr(a, 'junit_xml', None):
         from mlops_nb.ci import check_report_path
-        check_report_path(a.junit_xml, '--junit-xml')
+        nbs = getattr(a, 'notebook', None)
+        files = [*(nbs if isinstance(nbs, list) else [nbs]), getattr(a, 'pipeline', None), getattr(a, 'batch', None),
+                 getattr(a, 'sweep_file', None), *(getattr(a, 'parameters_file', None) or [])]
+        check_report_path(a.junit_xml, '--junit-xml', inputs={f'input {f}': f for f in files if f},
+                          outputs={'--output': getattr(a, 'output', None)})
 
 def _ci_reports(a, suite: str, cases) -> int:
     "Write the reports asked for from `cases()`; 0, or 1 when one cannot be written (said on stderr)."

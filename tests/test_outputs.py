@@ -56,6 +56,7 @@ def project(tmp_path_factory):
     write_nb(data / 'nb.ipynb', 'x = seed + 1\nprint(x)')
     (data / 'parts').mkdir(); rows.to_parquet(data / 'parts' / 'p0.parquet', index=False)
     (data / 'log').mkdir()
+    (data / 'pipe.yaml').write_text('steps:\n  one:\n    notebook: nb.ipynb\n')
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     c = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -90,6 +91,10 @@ CASES = {
     'init onto a file': (['init', 'D/important.csv'], ['important.csv', 'is a file']),
     'init onto a non-empty folder': (['init', 'D'], ['not empty']),
     'serve --log-dir = model folder': (['serve', 'D/model', '--log-dir', 'D/model', '--port', '0'], ['--log-dir', 'model']),
+    'run --junit-xml = notebook': (['run', 'D/nb.ipynb', '--junit-xml', 'D/nb.ipynb'], ['--junit-xml', 'nb.ipynb']),
+    'run --junit-xml = --output': (['run', 'D/nb.ipynb', '--output', 'D/o.ipynb', '--junit-xml', 'D/o.ipynb'], ['--junit-xml', '--output']),
+    'sweep --junit-xml = notebook': (['sweep', 'D/nb.ipynb', '--grid', 'seed=1,2', '--junit-xml', 'D/nb.ipynb'], ['--junit-xml', 'nb.ipynb']),
+    'pipeline --junit-xml = pipeline file': (['pipeline', 'run', 'D/pipe.yaml', '--junit-xml', 'D/pipe.yaml'], ['--junit-xml', 'pipe.yaml']),
     'monitor: drift results over --labels': (['monitor', 'batchdemo', '--log-dir', 'D/log', '--labels', 'D/log/drift', '--dry-run'],
                                              ['--labels']),
 }
