@@ -662,9 +662,10 @@ def _add_serving_parser(sub):
 
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def cmd_serve(a) -> int:
-    from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
+    from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
+    sm = load_served_model(info['path'], a.onnx)  # a model that cannot load is refused (exit 2) before anything says "serving"
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
                       watch=a.watch, watch_interval=a.watch_interval, log_dir=a.log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
                       log_max_mb=a.log_max_mb, max_rows=a.max_rows,
@@ -672,7 +673,7 @@ def cmd_serve(a) -> int:
     who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
     print(f"serving {who} at http://{a.host}:{a.port}/invocations ({a.workers} worker{'s' * (a.workers > 1)}); "
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
-    try: run_server(cfg)
+    try: run_server(cfg, sm if a.workers == 1 else None)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 
