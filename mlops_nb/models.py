@@ -21,7 +21,7 @@ from .tracking import download_artifact, model_signature
 
 # %% auto #0
 __all__ = ['FLAVOURS', 'SCHEMA_FILE', 'ModelError', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel', 'load',
-           'verification_rows']
+           'input_schema', 'verification_rows']
 
 # %% ../nbs/05a_models.ipynb #67922244
 class ModelError(MlopsNbError):
@@ -239,6 +239,17 @@ def load(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/N, mode
     return LoadedModel(name, fl.raw, predict, fl.predict_proba, fl.classes, inputs,
                        ours if ours is not None else _schema_from_inputs(inputs), source, _task(ours, fl, outputs),
                        _requirements(path), str(path), mlm.run_id, example)
+
+# %% ../nbs/05a_models.ipynb #177e28ab
+def input_schema(uri: str, # as for `load`
+                 settings: Settings | None = None) -> tuple[Schema, str]:
+    "`(schema, source)`: what rows of `uri`'s model are checked against, without loading it; source as `LoadedModel.schema_source`."
+    local = Path(uri).expanduser().is_dir()
+    path = local_model(uri, settings)
+    mlm = _mlmodel(path, uri)
+    if not local: attach_schema(path, mlm.run_id, settings)
+    ours, inputs, source, _ = _read_schema(path, mlm, uri)
+    return (ours if ours is not None else _schema_from_inputs(inputs)), source
 
 # %% ../nbs/05a_models.ipynb #50b9d454
 def verification_rows(lm: LoadedModel, # the model

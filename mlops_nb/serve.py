@@ -259,20 +259,23 @@ class ServedModel:
 
 # %% ../nbs/10_serve.ipynb #c33e78d3
 def _onnx_predictor(model, columns: list[Column]):
-    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs, one per column)."
+    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs: one per column, or one matrix)."
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     import onnxruntime as ort
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
-    onx = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns],
-                          target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    try: onx, stacked = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
+    except Exception:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+        onx, stacked = convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
     so = ort.SessionOptions(); so.intra_op_num_threads = so.inter_op_num_threads = 1
     sess = ort.InferenceSession(onx.SerializeToString(), so, providers=['CPUExecutionProvider'])
     names, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
     classes = getattr(model, 'classes_', None)
     def predict(cols: dict, proba: bool = False):
-        res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
+        if stacked: res = sess.run(None, {names[0]: np.column_stack([np.asarray(cols[c.name], dtype=np.float32) for c in columns])})
+        else: res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
         pred = res[0].ravel()
         if classes is not None: pred = np.asarray(classes)[np.searchsorted(classes, pred)] if classes.dtype.kind in 'iub' else pred
         elif pred.dtype == np.float32: pred = pred.astype(np.float64)

@@ -65,3 +65,38 @@ def test_served_every_format_equal_to_mlflow(store, name):
         assert 400 <= st < 500 and 'surprise' in doc['message'], doc
     finally:
         p.stop()
+
+
+@pytest.mark.parametrize('name', FLAVOURS)
+def test_batch_scored_every_row_equal_to_mlflow(store, name):
+    d, info = store
+    X = rows(d, info[name])
+    X.assign(row_id=range(len(X))).to_csv(d / f'{name}_in.csv', index=False)
+    r = mlops_nb('predict', f'models:/{name}@champion', f'{name}_in.csv', '--out', f'{name}_scored.parquet', '--keep', 'row_id',
+                 '--workers', '1', '--json', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = pd.read_parquet(d / f'{name}_scored.parquet')
+    assert out['row_id'].astype(int).tolist() == list(range(len(X)))  # kept CSV columns stay text
+    np.testing.assert_allclose(out['prediction'].to_numpy(dtype=float), reference(d, name, X).astype(float), rtol=1e-9)
+
+
+def test_batch_without_schema_json_checks_rows_against_the_signature(store):
+    "A pyfunc model has only MLflow's signature: a missing column is refused up front, a value of the wrong type is rejected."
+    d, info = store
+    X = rows(d, info['custom']).head(30)
+    X.drop(columns='mean area').to_csv(d / 'no_area.csv', index=False)
+    r = mlops_nb('predict', 'models:/custom@champion', 'no_area.csv', '--out', 'never.parquet', cwd=d, env=store_env(d))
+    assert r.returncode == 2 and "'mean area'" in r.stderr, r.stderr[-2000:]
+    assert not (d / 'never.parquet').exists()
+    bad = X.astype({'mean radius': object})
+    bad.loc[bad.index[3], 'mean radius'] = 'abc'
+    bad.to_csv(d / 'bad.csv', index=False)
+    r = mlops_nb('predict', 'models:/custom@champion', 'bad.csv', '--out', 'bad_scored.parquet', '--workers', '1', '--json',
+                 cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert (doc['rows_out'], doc['rows_rejected']) == (29, 1), doc
+    rej = pd.read_csv(d / 'bad_scored.rejects.csv')
+    assert rej['row'].tolist() == [3] and 'mean radius' in rej['reason'][0]
+    good = X.drop(index=X.index[3])
+    np.testing.assert_array_equal(pd.read_parquet(d / 'bad_scored.parquet')['prediction'].to_numpy(), reference(d, 'custom', good))
