@@ -100,3 +100,44 @@ def test_batch_without_schema_json_checks_rows_against_the_signature(store):
     assert rej['row'].tolist() == [3] and 'mean radius' in rej['reason'][0]
     good = X.drop(index=X.index[3])
     np.testing.assert_array_equal(pd.read_parquet(d / 'bad_scored.parquet')['prediction'].to_numpy(), reference(d, 'custom', good))
+
+
+def _alias(d: Path, name: str, alias: str = 'champion'):
+    from mlflow import MlflowClient
+    try: return str(MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}").get_model_version_by_alias(name, alias).version)
+    except Exception: return None
+
+
+@pytest.mark.parametrize('name', FLAVOURS)
+def test_gate_refuses_a_weak_challenger_on_the_same_rows(store, name):
+    d, info = store
+    i = info[name]
+    r = mlops_nb('promote', name, '--run', i['weak_run'], '--data', i['holdout'], '--target', i['target'], '--json', cwd=d, env=store_env(d))
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
+    doc = json.loads(r.stdout)
+    g = doc['gate']
+    assert (g['passed'], g['champion_version'], doc['moved']) == (False, '1', False)
+    relative = [c for c in g['checks'] if c['metric'] and c['note'].startswith('champion')]
+    assert relative and not any(c['passed'] for c in relative), g['checks']
+    expected = {'sk': 'roc_auc', 'xgb': 'roc_auc', 'lgb': 'rmse', 'custom': 'accuracy', 'fromcode': 'accuracy'}[name]
+    assert relative[0]['metric'] == expected
+    assert _alias(d, name) == '1'
+
+
+def test_gate_any_run_passes_then_refuses_and_takes_a_registered_version(store):
+    "An XGBoost run becomes champion of a new name on a held-out file; its weak sibling is refused; --version gates a registered one."
+    d, info = store
+    i = info['xgb']
+    args = ('--data', i['holdout'], '--target', i['target'])
+    r = mlops_nb('promote', 'xgb2', '--run', i['champion_run'], *args, cwd=d, env=store_env(d))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "is now 'champion'" in r.stdout and _alias(d, 'xgb2') == '1'
+    r = mlops_nb('promote', 'xgb2', '--run', i['weak_run'], *args, cwd=d, env=store_env(d))
+    assert r.returncode == 1 and "stays on version 1" in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])
+    (d / 'gate.yaml').write_text('checks:\n  - accuracy >= 0.3\n')
+    r = mlops_nb('promote', 'xgb2', '--version', '2', *args, '--gate', 'gate.yaml', cwd=d, env=store_env(d))
+    assert r.returncode == 0 and _alias(d, 'xgb2') == '2', (r.stdout[-2000:], r.stderr[-2000:])
+    r = mlops_nb('promote', 'xgb2', '--run', i['weak_run'], '--data', i['holdout'], cwd=d, env=store_env(d))
+    assert r.returncode == 2 and '--target' in r.stderr
+    r = mlops_nb('promote', 'xgb2', '--run', i['weak_run'], '--data', info['lgb']['holdout'], '--target', 'target', cwd=d, env=store_env(d))
+    assert r.returncode == 2 and "'mean radius'" in r.stderr, r.stderr[-2000:]
