@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import mlops_nb
-from serve_helpers import Proc, mlops_nb_exe, post_json, store_env
+from serve_helpers import Proc, http, mlops_nb_exe, post_json, store_env
 
 HERE = Path(__file__).resolve().parent
 FLAVOURS = ['sk', 'xgb', 'lgb', 'custom', 'fromcode']  # registered model names, one per way of logging
@@ -58,6 +58,10 @@ def test_served_every_format_equal_to_mlflow(store, name):
             st, _, doc = post_json(p.base, body, ctype='text/csv' if fmt == 'csv' else 'application/json')
             assert st == 200, (fmt, doc)
             np.testing.assert_allclose(np.asarray(doc['predictions'], dtype=float), want.astype(float), rtol=1e-6, err_msg=fmt)
+        v = json.loads(http('GET', f'{p.base}/version')[2])
+        flavour = {'sk': 'sklearn', 'xgb': 'xgboost', 'lgb': 'lightgbm'}.get(name, 'python_function')
+        assert v['engine'] in (flavour, 'onnx'), v
+        if name == 'sk': assert 'verification rows' in v['engine_note'], v  # autolog kept no split: checked on drawn rows
         missing = X.columns[1]
         st, _, doc = post_json(p.base, {'dataframe_split': json.loads(X.drop(columns=missing).head(2).to_json(orient='split', index=False))})
         assert 400 <= st < 500 and missing in doc['message'], doc
@@ -141,3 +145,14 @@ def test_gate_any_run_passes_then_refuses_and_takes_a_registered_version(store):
     assert r.returncode == 2 and '--target' in r.stderr
     r = mlops_nb('promote', 'xgb2', '--run', i['weak_run'], '--data', info['lgb']['holdout'], '--target', 'target', cwd=d, env=store_env(d))
     assert r.returncode == 2 and "'mean radius'" in r.stderr, r.stderr[-2000:]
+
+
+def test_a_model_that_cannot_load_exits_2_before_serving(store):
+    import mlflow
+    d, _ = store
+    mlflow.set_tracking_uri(f"sqlite:///{d / 'mlflow.db'}")
+    path = Path(mlflow.artifacts.download_artifacts('models:/custom@champion', dst_path=str(d / 'broken')))
+    (path / 'python_model.pkl').write_bytes(b'not a pickle')
+    r = subprocess.run([mlops_nb_exe(), 'serve', str(path), '--port', '1'], cwd=d, env=store_env(d), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and 'serving' not in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert f'Cannot load model {path} with its python_function flavour' in r.stderr
