@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 from .core import DataError, Registry, SchemaError, get_settings
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
+from .models import input_schema
+from .models import load as load_model
 
 # %% auto #0
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions',
@@ -219,10 +221,9 @@ class BatchSpec:
 _MODELS: dict = {}  # (model URI, tracking URI) -> model, loaded once per process
 
 def load_batch_model(spec: BatchSpec):
-    "The model of `spec`, loaded from the store at most once per process; `(model, loaded_now)`."
+    "The model of `spec` (any flavour, through `models.load`), loaded from the store at most once per process; `(model, loaded_now)`."
     key = (spec.model_uri, spec.store.get('tracking_uri'))
     if key in _MODELS: return _MODELS[key], False
-    from mlops_nb.tracking import load_model
     _MODELS[key] = load_model(spec.model_uri, get_settings(**spec.store))
     return _MODELS[key], True
 
@@ -759,8 +760,8 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
     check_paths(req.input_path, req.output_path, o, req.model_uri if Path(req.model_uri).expanduser().exists() else None)
-    src = model_source(req.model_uri, settings)
-    schema = training_schema(src['run_id'], settings)
+    model_source(req.model_uri, settings)  # an unknown name, version or alias is named here
+    schema, _ = input_schema(req.model_uri, settings)  # schema.json, else the signature, else the input example
     check_input(req.input_path, [c for c in schema.columns if c.name != schema.target], o.keep)
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",

@@ -321,10 +321,18 @@ def _add_registry_parsers(sub):
                         epilog='gate file (YAML):\n  checks:\n    - roc_auc >= 0.95\n    - roc_auc >= champion - 0.005\n'
                         '    - latency_p95_ms <= champion * 1.2\n'
                         'without --gate: the default gate for the task (mlops_nb.evaluate.DEFAULT_GATES).\n'
+                        'any MLflow model (autolog, mlflow.xgboost, a PythonModel, ...): score candidate and champion on the\n'
+                        'same rows of a held-out file:\n  mlops-nb promote churn --run RUN_ID --data holdout.parquet --target churned\n'
+                        '  mlops-nb promote churn --version 4 --data holdout.parquet --target churned\n'
                         'exit codes: 0 promoted, 1 the gate failed (aliases untouched), 2 bad input.',
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument('model', help='registered model name (created on first promotion)')
-    pr.add_argument('--run', required=True, metavar='RUN_ID', help='the train run whose model to promote')
+    who = pr.add_mutually_exclusive_group(required=True)
+    who.add_argument('--run', metavar='RUN_ID', help='the run whose model to promote (a train job\'s, or any run that logged a model)')
+    who.add_argument('--version', metavar='N', help='an already registered version of MODEL to promote')
+    pr.add_argument('--data', metavar='FILE', help='held-out CSV/Parquet file: candidate and champion are scored on its rows '
+                    '(needed for a run the train job did not make)')
+    pr.add_argument('--target', metavar='COLUMN', help='the column of --data holding the true labels or values')
     pr.add_argument('--alias', default='champion', help='alias to move (default: champion)')
     pr.add_argument('--gate', metavar='GATE.yaml', help='gate file with a `checks:` list (default: the task\'s default gate)')
     pr.add_argument('--reason', help='why, recorded on the version')
@@ -354,14 +362,15 @@ def cmd_promote(a) -> int:
     from mlops_nb.core import GateFailed
     from mlops_nb.registry import promote
     s = _settings(a)
-    try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason)
+    try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason,
+                     data=a.data, target=a.target, version=a.version)
     except GateFailed as e:
         p = e.promotion
         if a.json: _print_json(p.to_dict())
         else:
             print(_gate_lines(p))
             print(f"\nrefused: alias {a.alias!r} " + (f"stays on version {p.previous}" if p.previous else "is not set")
-                  + f"; the gate result is logged to run {a.run} (gate.json)")
+                  + f"; the gate result is logged to run {p.run_id} (gate.json)")
         return e.exit_code
     if a.json: _print_json(p.to_dict())
     else:
@@ -726,11 +735,12 @@ def _add_serving_parser(sub):
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
-    from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
+    from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
     from mlops_nb.outputs import check_outputs
     check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
+    sm = load_served_model(info['path'], a.onnx)  # a model that cannot load is refused (exit 2) before anything says "serving"
     log_dir = None if a.no_log else a.log_dir or str(default_log_dir(info.get('name') or Path(info['path']).name))
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
                       watch=a.watch, watch_interval=a.watch_interval, log_dir=log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
@@ -741,7 +751,7 @@ def cmd_serve(a) -> int:
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
     print(f"request log: {log_dir} (labels: POST /labels; mlops-nb monitor and /dashboard read it)" if log_dir else
           "request log: off (--no-log)", flush=True)
-    try: run_server(cfg)
+    try: run_server(cfg, sm if a.workers == 1 else None)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 
