@@ -9,7 +9,7 @@ _LAZY = {
     # name: module that defines it
     'MlopsNbError': 'core', 'get_settings': 'core',
     'load_dataset': 'data', 'infer_schema': 'data', 'validate': 'data', 'fingerprint': 'data',
-    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking',
+    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking', 'report': 'tuning',
     'Secret': 'params',
 }
 

@@ -1068,6 +1068,10 @@ examples:
   mlops-nb sweep train --grid seed=0,1,2,3 --executor dask --scheduler tcp://10.0.0.5:8786
         on a Dask cluster; with a team store: export MLFLOW_TRACKING_URI=http://mlflow.internal:5000
   mlops-nb sweep --resume SWEEP_RUN_ID             run only the combinations that did not finish
+  mlops-nb sweep train --search tpe --trials 30 --space max_depth=int:2:20 --space n_estimators=int:50:400 \\
+        --metric roc_auc --prune median --workers 2
+        30 trials, each chosen by TPE from the results before it; hopeless ones stopped early
+        (the notebook calls mlops_nb.report(value, step)); --resume continues the study
 
 sweep file (YAML):
   notebook: nbs/jobs/train.ipynb
@@ -1076,6 +1080,7 @@ sweep file (YAML):
   random: {n: 8, seed: 0, space: {max_depth: "int:2:20"}}
   metric: roc_auc
   maximize: true
+  # or a tuning sweep: search: tpe, trials: 30, prune: median, space: {max_depth: "int:2:20"}, seed: 0
 
 space specs: uniform:LO:HI  loguniform:LO:HI  int:LO:HI (both included)  choice:A,B,C
 every combination is checked against the notebook's parameters before anything starts.
@@ -1098,6 +1103,9 @@ def _add_sweep_parser(sub):
     d.add_argument('--space', action='append', default=[], metavar='NAME=SPEC', help='uniform:LO:HI, loguniform:LO:HI, int:LO:HI or choice:A,B (repeatable)')
     d.add_argument('-f', '--sweep-file', metavar='YAML', help='a sweep file (see below); flags add to it')
     d.add_argument('--seed', type=int, help='seed of the random draw (default 0): the same sweep gives the same combinations')
+    d.add_argument('--search', metavar='NAME', help='grid or random (combinations fixed up front), or tpe: each trial learns from the ones before (Optuna; needs --trials, --metric)')
+    d.add_argument('--trials', type=int, metavar='N', help='trials in all for --search tpe (with --search random: how many to draw)')
+    d.add_argument('--prune', metavar='NAME', help='stop hopeless trials from their mlops_nb.report() values: median or hyperband (--search tpe)')
     r = p.add_argument_group('how to run')
     r.add_argument('--workers', type=int, help='jobs at once on this machine (default: the number of cores)')
     r.add_argument('--executor', default='local', metavar='NAME', help='local: a worker pool here (default); dask: a Dask cluster; or one you registered in sweeps.EXECUTORS')
@@ -1109,6 +1117,8 @@ def _add_sweep_parser(sub):
     g = b.add_mutually_exclusive_group()
     g.add_argument('--maximize', dest='maximize', action='store_true', default=None, help='higher is better (default, except for names like loss, error, rmse)')
     g.add_argument('--minimize', dest='maximize', action='store_false', help='lower is better')
+    g.add_argument('--direction', dest='maximize', type=lambda v: {'maximize': True, 'minimize': False}[v], metavar='maximize|minimize',
+                   help="the metric's direction, as Optuna says it (same as --maximize / --minimize)")
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
     p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
@@ -1169,10 +1179,11 @@ def _sweep_for(a, s, fixed, kw):
     from mlops_nb.core import ParameterError
     from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
     if a.resume:
-        if a.grid or a.random or a.space or a.sweep_file:
-            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
+        if a.grid or a.random or a.space or a.sweep_file or a.search or a.trials or a.prune:
+            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space, --search, --trials, --prune or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
         return resume_sweep(a.resume, s, fixed=fixed, metric=a.metric, maximize=a.maximize, **kw)
-    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize)
+    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize,
+                     search=a.search, trials=a.trials, prune=a.prune)
     return run_sweep(sw, s, **kw)
 
 def _sweep_reports(a, res) -> int:
@@ -1279,9 +1290,10 @@ def _thin_checks(a) -> list[str]:
     if a.command == 'sweep' and not a.resume:
         from mlops_nb.params import parse_param_args
         from mlops_nb.sweeps import build_sweep, check_sweep
-        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize)
+        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize,
+                         search=a.search, trials=a.trials, prune=a.prune)
         check_sweep(sw)
-        return notebook_imports([sw.notebook])
+        return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
     if a.command in ('predict', 'monitor'):  # bundled job notebooks: the worker loads what they import (a model's flavour)
         from mlops_nb.core import job_notebook
         return notebook_imports([job_notebook(n) for n in ((a.command, 'train') if a.command == 'monitor' else (a.command,))])

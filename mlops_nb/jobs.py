@@ -39,6 +39,7 @@ class JobResult:
     engine: str = 'fast'  # what executed the cells
     attempts: list = field(default_factory=list)  # run ids of every attempt, oldest first (this run last)
     interrupted: bool = False  # stopped by Ctrl-C / SIGTERM
+    pruned: bool = False  # a tuning sweep's pruner stopped it (`mlops_nb.report`); the run is FINISHED
 
     @property
     def ok(self) -> bool: return self.status == 'FINISHED'
@@ -54,7 +55,7 @@ class JobResult:
         return s
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts')}
+        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts', 'pruned')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
                  recorded=redact_value({k: v for k, v in self.recorded.items() if _jsonable(v)}))
         return d
@@ -276,6 +277,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
             allow_no_parameters: bool = False, # run a notebook that has no `parameters` cell
             parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
             cwd: str | Path | None = None, # the job's working directory; this process's if None
+            env: dict | None = None, # extra environment variables for the job's process (a tuning sweep's trial)
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
@@ -290,7 +292,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
         res = _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine,
-                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd)
+                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd, env=env)
         attempts.append(res.run_id)
         res.attempts = list(attempts)
         if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
@@ -307,7 +309,7 @@ def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
     return out, html
 
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-             log_output, progress, run_name, tags, cwd=None) -> JobResult:
+             log_output, progress, run_name, tags, cwd=None, env=None) -> JobResult:
     import socket
     from mlops_nb.tracking import create_run
     mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
@@ -321,7 +323,7 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     out = default_output(run.run_id, nb)  # `output` gets a copy at the end: a failure never half-writes it
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix('.log')
-    env = {**os.environ, **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
+    env = {**os.environ, **(env or {}), **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
     job = dict(nb=prepared, input=str(nb), output=str(out), cwd=cwd, env=env, papermill_engine=papermill_engine(engine),
                kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
                secrets=[values[k] for k in secret if k in values], html=True)
@@ -333,6 +335,8 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
     if failure: failure = redact_value(failure)  # a message may quote a secret
     ok = ex is not None and ex.status == 'ok'
+    pruned = _pruned(failure)
+    if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
     html = Path(ex.html) if ex is not None and ex.html else None
     try:
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
@@ -348,6 +352,9 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
         if failure:
             for k, v in failure.items():
                 if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
+        if pruned:
+            run.batch.tag(f'{TAG}pruned', 'true'); run.batch.tag(f'{TAG}pruned_cell', pruned['cell'])
+            run.batch.tag(f'{TAG}pruned_reason', str(pruned['evalue'])[:500])
         run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
     finally:
         run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
@@ -358,7 +365,12 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
                      metrics=dict(metrics), recorded=recorded, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
-                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt))
+                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
+
+# %% ../nbs/08_jobs.ipynb #260e8284
+def _pruned(failure: dict | None) -> dict | None:
+    "The failure, when it is a tuning sweep's pruner stopping the notebook (`TrialPruned`, ours or Optuna's)."
+    return failure if failure and failure.get('reason') == 'error' and failure.get('ename') == 'TrialPruned' else None
 
 
 # %% ../nbs/08_jobs.ipynb #3c88c9a6
