@@ -22,7 +22,7 @@ __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELI
            'WORKER_EPILOG', 'LOUD_COMMANDS', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce',
            'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
            'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
-           'cmd_ui', 'main']
+           'cmd_ui', 'main', 'cmd_runs', 'cmd_compare', 'mlops_magic', 'load_ipython_extension']
 
 # %% ../nbs/13_cli.ipynb #67eb2be4
 _SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
@@ -1386,3 +1386,111 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         quiet()
     return rc
 
+
+# %% ../nbs/13_cli.ipynb #071f7d7a
+@subcommand
+def _add_runs_parsers(sub):
+    "`mlops-nb runs` and `mlops-nb compare`."
+    r = sub.add_parser('runs', help='list runs, newest first: id, status, start, duration, params, metrics',
+                       description='List the runs of the experiment (or of one job notebook: its jobs, its sweeps\' jobs and its '
+                       'tracked sessions), newest first.', epilog='examples:\n  mlops-nb runs train --status FAILED\n  mlops-nb runs --kind sweep --json',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument('notebook', nargs='?', help='only runs of this job notebook (path or name)')
+    r.add_argument('--status', choices=['FINISHED', 'FAILED', 'RUNNING', 'KILLED'], help='only runs with this status')
+    r.add_argument('--kind', choices=['job', 'sweep', 'pipeline', 'interactive'], help='only runs of this kind')
+    r.add_argument('--max', type=int, default=50, metavar='N', help='at most N runs (default 50)')
+    _common(r)
+    c = sub.add_parser('compare', help='two or more runs side by side: params, metrics, notebook difference',
+                       description='Print the parameters and metrics of RUN_IDs side by side, rows that differ marked *, then the '
+                       'cell-by-cell difference of the first two executed notebooks.')
+    c.add_argument('run_ids', nargs='+', metavar='RUN_ID', help='two runs or more')
+    c.add_argument('--no-diff', action='store_true', help='leave out the notebooks\' difference')
+    _common(c)
+
+def cmd_runs(a) -> int:
+    from mlops_nb.notebook import runs
+    df = runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
+    if a.json: _print_json(json.loads(df.drop(columns='tags').to_json(orient='records', date_format='iso'))); return 0
+    if df.empty: print("no runs" + (f" of {a.notebook}" if a.notebook else '') + " (start one with: mlops-nb run NOTEBOOK)"); return 0
+    m = [c for c in df.columns if c.startswith('metrics.') and c != 'metrics.job_duration_s'][:4]
+    t = df[['run_id', 'run_name', 'kind', 'status', 'start', 'duration_s', *m]].rename(columns=lambda c: c[8:] if c.startswith('metrics.') else c)
+    t['start'] = t['start'].dt.strftime('%Y-%m-%d %H:%M:%S')
+    print(t.to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}'))
+    return 0
+
+def cmd_compare(a) -> int:
+    from mlops_nb.notebook import compare
+    c = compare(*a.run_ids, settings=_settings(a), plots=False, notebooks=not a.no_diff)
+    if a.json:
+        frame = lambda df: {k: {**{l: r[l] for l in c.labels}, 'differs': bool(r['differs'])} for k, r in df.iterrows()}
+        _print_json(dict(runs=c.runs, labels=c.labels, status=c.status, params=frame(c.params), metrics=frame(c.metrics), diff=c.diff)); return 0
+    print(repr(c))
+    return 0
+
+COMMANDS.update(runs=cmd_runs, compare=cmd_compare)
+
+# %% ../nbs/13_cli.ipynb #8615d9a1
+def _magic_run(a):
+    from mlops_nb.notebook import run_items
+    items = _batch_items(a)
+    res = run_items(items, settings=_settings(a), use_worker=not a.no_worker, timeout=a.timeout, cell_timeout=a.cell_timeout,
+                    retries=a.retries, engine=a.engine, kernel_name=a.kernel, output=a.output, allow_no_parameters=a.allow_no_parameters,
+                    experiment=a.experiment)
+    return res[0] if len(res) == 1 else res
+
+def _magic_sweep(a):
+    from mlops_nb.notebook import follow_sweep
+    from mlops_nb.params import parse_param_args
+    s, fixed = _settings(a), dict(parse_param_args(a.parameters))
+    if not a.resume: _thin_checks(a)  # every combination is checked before anything starts
+    kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast)
+    return follow_sweep(lambda on_event: _sweep_for(a, s, fixed, {**kw, 'on_event': on_event}), s, use_worker=not a.no_worker)
+
+def _magic_pipeline(a):
+    from mlops_nb.notebook import follow_pipeline
+    from mlops_nb.pipelines import check_pipeline, load_pipeline, run_pipeline
+    p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+    check_pipeline(p)
+    s = _settings(a)
+    return follow_pipeline(p, lambda on_event: run_pipeline(p, s, executor=a.executor, workers=a.workers, scheduler=a.scheduler,
+                                                            cache=not a.no_cache, force=a.force, resume=a.resume, on_event=on_event),
+                           s, use_worker=not a.no_worker)
+
+def _magic_runs(a):
+    from mlops_nb.notebook import runs
+    return runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
+
+def _magic_compare(a):
+    from mlops_nb.notebook import compare
+    return compare(*a.run_ids, settings=_settings(a), notebooks=not a.no_diff)
+
+_MAGIC = {'run': _magic_run, 'sweep': _magic_sweep, 'pipeline': _magic_pipeline, 'runs': _magic_runs, 'compare': _magic_compare}
+
+# %% ../nbs/13_cli.ipynb #c3a63d75
+def mlops_magic(line: str # the arguments of `mlops-nb`, as typed after `%mlops`
+               ):
+    "`%mlops ARGS`: `mlops-nb ARGS` inside a notebook; run, sweep, pipeline run, runs and compare return a result that displays itself."
+    import shlex
+    from IPython.core.error import UsageError
+    argv = shlex.split(line)
+    parser = build_parser()
+    try: a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and what is wrong (or the help, for --help)
+        if e.code: raise UsageError(f"mlops-nb {line.strip()}: bad arguments (the message is above).") from None
+        return None
+    if not a.command: parser.print_help(); return None
+    handler = _MAGIC.get(a.command)
+    if handler is None or getattr(a, 'json', False) or getattr(a, 'action', 'run') != 'run':
+        old = signal.getsignal(signal.SIGTERM)
+        try: rc = main(argv, worker=False)  # prints, as in a terminal
+        finally: signal.signal(signal.SIGTERM, old)  # the kernel's own handler stays
+        if rc == 2: raise UsageError(f"mlops-nb {line.strip()}: bad input (the message is above); nothing started.")
+        return None
+    try: return handler(a)
+    except MlopsNbError as e:
+        if e.exit_code == 2: raise UsageError(redact(str(e))) from None
+        raise
+
+def load_ipython_extension(ip):
+    "`%load_ext mlops_nb`: register the `%mlops` line magic."
+    ip.register_magic_function(mlops_magic, magic_kind='line', magic_name='mlops')
