@@ -521,6 +521,19 @@ def sphinx_warnings(text: str, # Sphinx's warning file (`-w`)
         if page not in seen[kind]: seen[kind].append(page)
     return fatal, [f"{kind}: {', '.join(pages)}" for kind, pages in seen.items()]
 
+# %% ../nbs/12a_docs.ipynb #6b1d0e10
+def _site_pages(nbs: Path, cfg: dict, notes: list[str]) -> tuple[list[tuple[str | None, list[Path]]], dict[str, Path]]:
+    "The sidebar's sections without the home page, then (None, notebooks outside the sidebar); and page path -> notebook, home first."
+    home, recursive = nbs / 'index.ipynb', _flag(cfg.get('recursive'), True)
+    groups = [(c, [nb for nb in g if nb != home]) for c, g in site_notebooks(nbs, _flag(cfg.get('custom_sidebar')), recursive, notes)]
+    listed = {nb for _, g in groups for nb in g}
+    groups.append((None, [nb for nb in _nbglob(nbs, recursive) if nb not in listed and nb != home]))  # outside the sidebar: pages all the same
+    pages = {}
+    for nb in [home] * home.exists() + [nb for _, g in groups for nb in g]:
+        if (other := pages.setdefault(page_path(nb, nbs), nb)) != nb:
+            raise DocsError(f"{nb} and {other} would both be the page {page_path(nb, nbs)}.html.", hint="Rename one of them.", exit_code=1)
+    return groups, pages
+
 # %% ../nbs/12a_docs.ipynb #9da7a14d
 @dataclass
 class Site:
@@ -562,16 +575,8 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
     if src.exists(): shutil.rmtree(src)
     src.mkdir(parents=True)
     nbs = project / cfg.get('nbs_path', 'nbs')
-    home, recursive = nbs / 'index.ipynb', _flag(cfg.get('recursive'), True)
-    groups = [(c, [nb for nb in g if nb != home]) for c, g in site_notebooks(nbs, _flag(cfg.get('custom_sidebar')), recursive, notes)]
-    listed = {nb for _, g in groups for nb in g}
-    groups.append((None, [nb for nb in _nbglob(nbs, recursive) if nb not in listed and nb != home]))  # outside the sidebar: pages all the same
-    notebooks = [home] * home.exists() + [nb for _, g in groups for nb in g]
-    pages = {}
-    for nb in notebooks:
-        if (other := pages.setdefault(page_path(nb, nbs), nb)) != nb:
-            raise DocsError(f"{nb} and {other} would both be the page {page_path(nb, nbs)}.html.", hint="Rename one of them.", exit_code=1)
-    procd, n = proc_notebooks(project, notebooks)
+    groups, pages = _site_pages(nbs, cfg, notes)
+    procd, n = proc_notebooks(project, list(pages.values()))
     notes += n
     docs = {page: nbformat4(myst_notebook(json.loads(procd[nb].read_text(encoding='utf-8')), site, '../' * page.count('/'))) for page, nb in pages.items()}
     sections = [(c, [page_path(nb, nbs) for nb in g]) for c, g in groups]
