@@ -16,6 +16,7 @@ from .engine import execute, kernelspec, papermill_engine
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .tracking import TAG
+from .outputs import check_outputs, is_ours, publish
 
 # %% auto #0
 __all__ = ['JobResult', 'read_recorded', 'redact_notebook', 'redact_file', 'job_failed', 'render_html', 'mark_failure',
@@ -244,9 +245,13 @@ def _check_kernel(nb: Path, name: str):
 def check_job(notebook: str | Path, # a notebook path or bundled job name
               parameters: dict | None = None, # values to check
               engine: str | None = None, timeout: float | None = None, retries: int = 0, allow_no_parameters: bool = False,
-              kernel_name: str | None = None):
-    "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError`."
+              kernel_name: str | None = None,
+              output: str | Path | None = None): # where the executed notebook is to be written
+    "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError` (or `OutputError`)."
     nb = job_notebook(str(notebook))
+    check_outputs({'--output': output}, {'notebook': nb})  # papermill would write over its own input
+    if output and Path(output).is_dir():
+        raise ParameterError(f"--output {output} is a folder; it names the executed notebook's file.", hint=f"--output {Path(output) / nb.name}")
     spec = read_params(nb, allow_no_parameters=allow_no_parameters)
     values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
     engine = _engine_for(nb, engine, kernel_name)
@@ -276,7 +281,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
-                                         allow_no_parameters=allow_no_parameters, kernel_name=kernel_name)
+                                         allow_no_parameters=allow_no_parameters, kernel_name=kernel_name, output=output)
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)} | {k for k in values if k not in spec and is_secret_name(k)}
     for k in secret & set(values): add_secret(values[k])  # known to this process: redacted from all it writes
     prepared, secret_env = prepare_notebook(nb, values, secret)
@@ -295,6 +300,14 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
     return res
 
 # %% ../nbs/08_jobs.ipynb #22b849ae
+def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
+    "Copy the executed notebook (and its HTML, where that file is free or ours) to `--output`: always on success, on failure only where nothing was."
+    if not ok and dst.exists(): return out, html  # a failed job leaves the previous output as it was
+    out = publish(out, dst)
+    h = dst.with_suffix('.html')
+    if html and html.exists() and h != dst and (not h.exists() or is_ours(h)): html = publish(html, h)
+    return out, html
+
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
              log_output, progress, run_name, tags, cwd=None, env=None) -> JobResult:
     import socket
@@ -307,7 +320,7 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                      params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
                                               'mlflow.source.type': 'NOTEBOOK', f'{TAG}host': socket.gethostname(),
                                               f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
-    out = Path(output) if output else default_output(run.run_id, nb)
+    out = default_output(run.run_id, nb)  # `output` gets a copy at the end: a failure never half-writes it
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix('.log')
     env = {**os.environ, **(env or {}), **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
@@ -347,8 +360,10 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
         run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
                 error=err if err is not None else (job_failed(failure) if failure else None))
     metrics = run.client.get_run(run.run_id).data.metrics
+    recorded = ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}
+    if output and out.exists(): out, html = _publish(out, html, Path(output), ok)
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
-                     metrics=dict(metrics), recorded=ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}, error=failure,
+                     metrics=dict(metrics), recorded=recorded, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
                      interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
 
