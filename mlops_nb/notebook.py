@@ -421,6 +421,9 @@ def sweep(notebook=None, # notebook path or bundled job name (or a built `sweeps
           fail_fast: bool = False, timeout: float | None = None, retries: int = 0, engine: str | None = None,
           raise_on_failure: bool = False, settings: Settings | None = None, experiment: str | None = None, progress: bool = True,
           parameters: dict | None = None, # values every job gets, for names that are also options here
+          search: str | None = None, # 'grid', 'random', or 'tpe': each trial learns from the ones before (Optuna)
+          trials: int | None = None, # trials in all for search='tpe'
+          prune: str | None = None, # stop hopeless trials from their `mlops_nb.report` values: 'median' or 'hyperband'
           **params, # values every job gets
          ) -> SweepResult:
     "Run `notebook` once per combination as child runs of one parent run, as `mlops-nb sweep`; the result shows a table sorted by `metric`."
@@ -430,7 +433,7 @@ def sweep(notebook=None, # notebook path or bundled job name (or a built `sweeps
     if resume is None:
         sw = notebook if isinstance(notebook, sweeps.Sweep) else sweeps.build_sweep(
             notebook, grid=_grid_specs(grid), n_random=random, space=[f'{k}={v}' for k, v in (space or {}).items()],
-            sweep_file=sweep_file, fixed=fixed, seed=seed, metric=metric, maximize=maximize)
+            sweep_file=sweep_file, fixed=fixed, seed=seed, metric=metric, maximize=maximize, search=search, trials=trials, prune=prune)
         sweeps.check_sweep(sw)  # every combination, before the worker starts
     kw = dict(executor=executor, workers=workers, fail_fast=fail_fast,
               job_options={k: v for k, v in dict(timeout=timeout, retries=retries, engine=engine).items() if v})
