@@ -82,6 +82,7 @@ def test_run_in_a_kernel_returns_cards_and_a_failure_does_not_raise(project, mon
     run = c.get_run(rid)
     assert run.info.status == 'FINISHED' and run.data.metrics['square'] == 9.0 and run.data.tags['mlops_nb.job'] == 'square'
     assert 'square.ipynb: FINISHED' in outputs(ok, 'text/plain')  # the plain-text repr stays useful
+    assert '1 of 1 job(s) finished in' in html  # the progress line, updated in place, says how it ended
     # the failed job: a card with the failing cell's source and the error, and no error output in the caller's cell
     bhtml = outputs(bad, 'text/html')
     assert 'FAILED' in bhtml and 'x must not be negative' in bhtml and 'assert x &gt;= 0' in bhtml
