@@ -78,7 +78,7 @@ def test_run_in_a_kernel_returns_cards_and_a_failure_does_not_raise(project, mon
     html = outputs(ok, 'text/html')
     assert 'mlops-nb-card' in html and 'FINISHED' in html and 'square' in html and '9' in html
     rid = next(r.info.run_id for r in all_runs(c) if r.data.params.get('x') == '3')
-    assert rid in html and f'#/experiments/' in html
+    assert rid in html and '#/experiments/' in html
     run = c.get_run(rid)
     assert run.info.status == 'FINISHED' and run.data.metrics['square'] == 9.0 and run.data.tags['mlops_nb.job'] == 'square'
     assert 'square.ipynb: FINISHED' in outputs(ok, 'text/plain')  # the plain-text repr stays useful
