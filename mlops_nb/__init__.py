@@ -9,7 +9,7 @@ _LAZY = {
     # name: module that defines it
     'MlopsNbError': 'core', 'get_settings': 'core',
     'load_dataset': 'data', 'infer_schema': 'data', 'validate': 'data', 'fingerprint': 'data',
-    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking',
+    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking', 'report': 'tuning',
     'Secret': 'params',
     # the notebook front end: run, sweep, list and compare runs, track the live session
     'run': 'notebook', 'sweep': 'notebook', 'pipeline': 'notebook', 'runs': 'notebook', 'compare': 'notebook', 'track': 'notebook',

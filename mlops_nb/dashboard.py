@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['traffic', 'prediction_counts', 'drift_history', 'latest_drift', 'line_chart', 'bar_chart', 'dashboard_data',
-           'render_dashboard']
+__all__ = ['traffic', 'prediction_counts', 'drift_history', 'quality_history', 'latest_drift', 'line_chart', 'bar_chart',
+           'dashboard_data', 'render_dashboard']
 
 # %% ../nbs/09d_dashboard.ipynb #84f74147
 def traffic(log: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
@@ -54,6 +54,23 @@ def drift_history(log_dir: str | Path, # the request log directory
             rows.append({'time': pd.Timestamp(d['ts']), 'share_drifted': d.get('share_drifted'),
                          **{c: v.get('score') for c, v in (d.get('columns') or {}).items()}})
     return pd.DataFrame(rows)
+
+def quality_history(log_dir: str | Path, # the request log directory
+                    max_runs: int = 50, # most recent monitor runs
+                   ) -> tuple[pd.DataFrame, dict]:
+    "Quality per monitor run (realized `METRIC`, estimated `METRIC_estimated`), and the latest gate bound per metric."
+    p = Path(log_dir) / 'drift' / 'history.jsonl'
+    rows, bounds = [], {}
+    if p.is_file():
+        for line in p.read_text(encoding='utf-8').splitlines()[-max_runs:]:
+            try: q = json.loads(line).get('quality') or {}
+            except (ValueError, AttributeError): continue  # a line cut by a crash: skip it
+            if not (q.get('realized') or q.get('estimated')): continue
+            rows.append({'time': pd.Timestamp(json.loads(line)['ts']), 'labelled_rows': q.get('labelled_rows', 0),
+                         **{m: v.get('value') for m, v in (q.get('realized') or {}).items()},
+                         **{f'{m}_estimated': v for m, v in (q.get('estimated') or {}).items()}})
+            bounds = {c['metric']: c['bound'] for c in q.get('checks') or [] if c.get('bound') is not None}
+    return pd.DataFrame(rows), bounds
 
 def latest_drift(log_dir: str | Path) -> dict | None:
     "The monitor's latest results, or None when there are none (yet)."
@@ -130,17 +147,20 @@ def dashboard_data(log_dir: str | Path | None, # the request log; None: the serv
                   ) -> dict:
     "Everything the page shows, as JSON-able data (also served at `/dashboard.json`)."
     if not log_dir or not Path(log_dir).is_dir():
-        return {'log_dir': None if not log_dir else str(log_dir), 'traffic': [], 'predictions': {}, 'drift': None, 'drift_history': []}
+        return {'log_dir': None if not log_dir else str(log_dir), 'window': window, 'rows': 0, 'traffic': [], 'predictions': {},
+                'drift': None, 'drift_history': [], 'quality_history': [], 'quality_bounds': {}}
     from mlops_nb.reqlog import read_log
     start = pd.Timestamp.now(tz='UTC') - pd.Timedelta(window)
     log = read_log(log_dir, start=start)
     tr = traffic(log, freq)
     hist = drift_history(log_dir)
+    qh, bounds = quality_history(log_dir)
     return {'log_dir': str(log_dir), 'window': window, 'rows': len(log),
             'traffic': json.loads(tr.to_json(orient='records', date_format='iso')),
             'predictions': {str(k): int(v) for k, v in prediction_counts(log).items()},
             'drift': latest_drift(log_dir),
-            'drift_history': json.loads(hist.to_json(orient='records', date_format='iso')) if len(hist) else []}
+            'drift_history': json.loads(hist.to_json(orient='records', date_format='iso')) if len(hist) else [],
+            'quality_history': json.loads(qh.to_json(orient='records', date_format='iso')) if len(qh) else [], 'quality_bounds': bounds}
 
 # %% ../nbs/09d_dashboard.ipynb #af494329
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}h1{font-size:20px;margin:0 0 4px}
@@ -159,6 +179,30 @@ def _drift_table(d: dict | None) -> str:
             f"in the window ending {html.escape(str((d.get('window') or {}).get('end') or d.get('ts')))} ({(d.get('window') or {}).get('rows')} rows)</p>")
     return head + f'<table id="drift-table"><tr><th>column</th><th>test</th><th>score</th><th>p-value</th><th>threshold</th><th></th></tr>{rows}</table>'
 
+def _quality_chart(hist: list, bounds: dict) -> str:
+    "Realized and estimated quality of the gate's first metric across monitor windows, with the gate's bound."
+    names = [k for k in (hist[-1] if hist else {}) if k not in ('time', 'labelled_rows') and not k.endswith('_estimated')]
+    names += [k[:-len('_estimated')] for k in (hist[-1] if hist else {}) if k.endswith('_estimated') and k[:-len('_estimated')] not in names]
+    m = next((b for b in bounds if b in names), names[0] if names else None)
+    if m is None: return line_chart([], {}, 'Quality by monitor window')
+    x = [pd.Timestamp(r['time']) for r in hist]
+    return line_chart(x, {'on labelled rows': [r.get(m) for r in hist], 'estimated': [r.get(f'{m}_estimated') for r in hist]},
+                      f'Quality ({m}) by monitor window', hline=bounds.get(m))
+
+def _quality_table(q: dict | None) -> str:
+    "The latest window's quality: realized with its interval and count, the estimate, the gate's bound."
+    if not q: return '<p class="sub">No quality results yet: run <code>mlops-nb monitor MODEL</code> once labels arrive (a file, or POST /labels).</p>'
+    num = lambda v: '-' if v is None else _fmt(v)
+    est, real = q.get('estimated') or {}, q.get('realized') or {}
+    rows = ''.join(f"<tr><td>{html.escape(str(r['metric']))}</td><td>{num((real.get(r['metric']) or {}).get('value'))}</td>"
+                   f"<td>{num((real.get(r['metric']) or {}).get('low'))} .. {num((real.get(r['metric']) or {}).get('high'))}</td>"
+                   f"<td>{(real.get(r['metric']) or {}).get('n', 0)}</td><td>{num(est.get(r['metric']))}</td><td>{num(r.get('bound'))}</td>"
+                   f"<td><span class=\"{'drift' if r.get('alert') else 'ok'}\">{'below' if r.get('alert') else 'ok'}</span></td></tr>"
+                   for r in q.get('checks') or [])
+    head = f"<p><b>{'QUALITY BELOW THE GATE' if q.get('alert') else 'quality holds'}</b>: {q.get('labelled_rows', 0)} of {q.get('rows', 0)} rows labelled</p>"
+    return head + ('<table id="quality-table"><tr><th>metric</th><th>on labelled rows</th><th>95% interval</th><th>rows</th>'
+                   f'<th>estimated</th><th>gate bound</th><th></th></tr>{rows}</table>')
+
 def render_dashboard(data: dict, # `dashboard_data(...)`
                      model: dict | None = None, # the served model's `/version` document
                      refresh: int = 15, # seconds between automatic reloads
@@ -167,7 +211,8 @@ def render_dashboard(data: dict, # `dashboard_data(...)`
     m = model or {}
     name = f"{m.get('name') or m.get('uri') or 'model'} version {m.get('version', '?')}"
     if data.get('log_dir') is None:
-        body = '<p class="sub">This server keeps no request log: start it with <code>--log-dir DIR</code> to see traffic, predictions and drift here.</p>'
+        body = ('<p class="sub">This server keeps no request log (it was started with <code>--no-log</code>): start it without that flag, '
+                'or with <code>--log-dir DIR</code>, to see traffic, predictions, drift and quality here.</p>')
     else:
         tr = data['traffic']
         x = [pd.Timestamp(r['time']) for r in tr]
@@ -180,8 +225,13 @@ def render_dashboard(data: dict, # `dashboard_data(...)`
                   line_chart(x, {k: [r[f'{k}_ms'] for r in tr] for k in ('p50', 'p95', 'p99')}, 'Latency percentiles', ' ms'),
                   bar_chart(list(data['predictions']), list(data['predictions'].values()), 'Predictions'),
                   line_chart([pd.Timestamp(r['time']) for r in hist], {c: [r.get(c) for r in hist] for c in cols},
-                             'Drift score per feature, by monitor run', hline=thr.pop() if len(thr) == 1 else None)]
-        body = ('<div class="grid">' + ''.join(f'<div class="card">{c}</div>' for c in charts) + '</div>'
+                             'Drift score per feature, by monitor run', hline=thr.pop() if len(thr) == 1 else None),
+                  _quality_chart(data.get('quality_history') or [], data.get('quality_bounds') or {})]
+        quiet = ('' if data.get('rows') else f'<p class="sub" id="no-traffic"><b>No traffic yet</b>: no request was logged in the last '
+                 f'{html.escape(str(data.get("window", "")))} to {html.escape(str(data["log_dir"]))}. Send requests to <code>/invocations</code>; '
+                 'the log is written every minute (<code>--log-flush-seconds</code>).</p>')
+        body = quiet + ('<div class="grid">' + ''.join(f'<div class="card">{c}</div>' for c in charts) + '</div>'
+                f'<h2>Latest quality</h2>{_quality_table((data.get("drift") or {}).get("quality"))}'
                 f'<h2>Latest drift</h2>{_drift_table(data.get("drift"))}')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
             f'<title>mlops_nb dashboard: {html.escape(name)}</title><style>{_CSS}</style></head><body>'

@@ -5,6 +5,8 @@
 # %% ../nbs/12_loop.ipynb #b716332c
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsNbError, RegistryError, get_settings
+from .outputs import check_outputs
 
 # %% auto #0
 __all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
-           'reference_file', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
+           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
 
 # %% ../nbs/12_loop.ipynb #bd135078
 class LoopError(MlopsNbError):
@@ -33,14 +36,15 @@ LOOP_GATES = {  # the candidate must beat the champion on the new window's held-
 # %% ../nbs/12_loop.ipynb #9ee6b6e9
 _EXIT = {'no_drift': 0, 'too_few_rows': 0, 'promoted': 0, 'drift_no_labels': 1, 'too_few_labels': 1,
          'monitor_failed': 1, 'retrain_failed': 1, 'refused': 1, 'would_retrain': 1, 'would_alert': 1}
-_SAY = {'no_drift': 'no drift: the champion stays', 'too_few_rows': 'too few rows in the window to judge drift',
-        'promoted': 'drift answered: the retrained model is the new champion',
-        'drift_no_labels': 'DRIFT, and no labels for the window: alert only (give --labels to retrain)',
-        'too_few_labels': 'DRIFT, but too few labelled rows to retrain on',
-        'monitor_failed': 'the monitor job failed', 'retrain_failed': 'DRIFT, and the retrain or evaluate job failed',
-        'refused': 'DRIFT, and the retrained model did not pass the gate: the champion stays',
-        'would_retrain': 'DRIFT (dry run): would retrain on the labelled window and gate it',
-        'would_alert': 'DRIFT (dry run): would alert; no labels to retrain on'}
+_SAY = {'no_drift': 'no drift, and quality holds: the champion stays', 'too_few_rows': 'too few rows in the window to judge drift',
+        'promoted': '{why} answered: the retrained model is the new champion',
+        'drift_no_labels': '{why}, and no labels for the window: alert only (give --labels, or POST /labels to the server, to retrain)',
+        'too_few_labels': '{why}, but too few labelled rows to retrain on: alert only',
+        'monitor_failed': 'the monitor job failed', 'retrain_failed': '{why}, and the retrain or evaluate job failed',
+        'refused': '{why}, and the retrained model did not pass the gate: the champion stays',
+        'would_retrain': '{why} (dry run): would retrain on the labelled window and gate it',
+        'would_alert': '{why} (dry run): would alert; no labels to retrain on'}
+_WHY = {'drift': 'DRIFT', 'quality': 'QUALITY below the gate', 'drift+quality': 'DRIFT and QUALITY below the gate'}
 
 @dataclass
 class LoopResult:
@@ -59,15 +63,19 @@ class LoopResult:
     new_version: str | None = None  # the version promoted, if any
     dry_run: bool = False
     detail: str = ''  # one more line: the failing job, the refused check
+    trigger: str = ''  # what called for action: 'drift', 'quality' or 'drift+quality'
+    quality: dict = field(default_factory=dict)  # `monitor.window_quality`: realized and estimated quality, the gate's checks
+    webhook: dict | None = None  # the alert's delivery, when --webhook was given
 
     @property
     def exit_code(self) -> int: return _EXIT[self.action]
 
     def summary(self) -> str:
         "A few lines for people."
-        lines = [f"{self.model}: {_SAY[self.action]}"]
+        lines = [f"{self.model}: {_SAY[self.action].format(why=_WHY.get(self.trigger, 'DRIFT'))}"]
         if self.drift: lines.append(f"  drift: {self.drift.get('share_drifted', 0):.0%} of columns "
                                     f"({', '.join(map(str, self.drift.get('drifted_columns', []))) or 'none'})")
+        lines += _quality_lines(self.quality)
         if self.window: lines.append(f"  window: {self.window.get('rows')} rows, {self.window.get('start') or 'start'} .. {self.window.get('end') or 'now'}")
         for k in ('monitor_run_id', 'pipeline_run_id', 'retrain_run_id', 'evaluate_run_id'):
             if getattr(self, k): lines.append(f"  {k[:-7]} run: {getattr(self, k)}")
@@ -76,6 +84,18 @@ class LoopResult:
         return '\n'.join(lines)
 
     def to_dict(self) -> dict: return {**asdict(self), 'exit_code': self.exit_code}
+
+def _quality_lines(q: dict) -> list[str]:
+    "The quality of the window in a line or two: realized with its interval and bound, estimated beside it."
+    if not q: return []
+    est, out = q.get('estimated') or {}, []
+    for r in q.get('checks') or []:
+        v = (q.get('realized') or {}).get(r['metric'])
+        got = f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}] on {v['n']} labelled rows" if v else 'no labelled rows'
+        bound = f", bound {r['bound']:.3f}" if r.get('bound') is not None else ''
+        e = f"; estimated {est[r['metric']]:.3f}" if r['metric'] in est else ''
+        out.append(f"  quality: {r['metric']} {got}{bound}{' ALERT' if r['alert'] else ''}{e}")
+    return out or [f"  quality: {q.get('labelled_rows', 0)} labelled rows"]
 
 # %% ../nbs/12_loop.ipynb #d077a4e7
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -150,6 +170,37 @@ def reference_file(ch: Champion, # the champion
                         hint='Give the reference sample with --reference FILE.')
     return Path(ds)
 
+# %% ../nbs/12_loop.ipynb #cec8f43a
+def champion_quality(ch: Champion, # the champion
+                     settings=None) -> dict:
+    "{'task', 'metrics' (on its held-out rows), 'cbpe' (fitted there, for classifiers), 'note'}."
+    from mlops_nb.evaluate import evaluate
+    from mlops_nb.monitor import CBPE
+    from mlops_nb.registry import eval_data
+    from mlops_nb.tracking import load_model
+    s = settings or get_settings()
+    try:
+        test, schema, _ = eval_data(ch.run_id, s)
+        model = load_model(f'models:/{ch.name}/{ch.version}', s)
+    except MlopsNbError as e:  # a champion logged outside the train job: quality still measured, bounds need --quality-gate
+        return {'task': _task(ch.run_id, s), 'metrics': {}, 'cbpe': None, 'note': f'no held-out rows: {e.message}'}
+    X, y = test[schema.features], test[schema.target]
+    cbpe = CBPE(model.classes_).fit(model.predict_proba(X), y) if schema.task != 'regression' and hasattr(model, 'predict_proba') else None
+    return {'task': schema.task, 'metrics': evaluate(model, X, y, schema.task), 'cbpe': cbpe, 'note': ''}
+
+def _all_labels(cfg, file_labels: pd.DataFrame | None) -> pd.DataFrame | None:
+    "Labels from the file (if given) and from the labels log beside the request log, the latest per row: request_id, row, label."
+    from mlops_nb.reqlog import read_labels
+    frames = []
+    if file_labels is not None:
+        frames.append(pd.DataFrame({'request_id': file_labels[cfg.id_column].astype(str).to_numpy(),
+                                    'row': (file_labels['row'] if 'row' in file_labels.columns else pd.Series(0, index=file_labels.index)).astype(int).to_numpy(),
+                                    'label': file_labels[cfg.label_column].to_numpy()}))
+    logged = read_labels(cfg.log_dir)
+    if len(logged): frames.append(logged[['request_id', 'row', 'label']])
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True).drop_duplicates(['request_id', 'row'], keep='last') if frames else None
+
 # %% ../nbs/12_loop.ipynb #e6e586cb
 def _bounds(window: str, start: str, end: str):
     from mlops_nb.monitor import window_bounds
@@ -186,6 +237,8 @@ class LoopConfig:
     min_rows: int = 100  # fewer rows in the window: too few to judge
     min_labelled: int = 100  # fewer labelled rows: too few to retrain on
     gate: object = None  # gate for the candidate: file, list of checks; None: `LOOP_GATES[task]`
+    quality_gate: object = None  # bounds on the window's quality: file, list of checks; None: `monitor.DEFAULT_QUALITY_GATES[task]`
+    webhook: str | None = None  # POST the alert here when drift or quality calls for action
     train_params: dict = field(default_factory=dict)  # values that override the champion's recipe
     alias: str = 'champion'  # the alias watched and moved
     dry_run: bool = False  # say what would happen; write nothing
@@ -195,6 +248,9 @@ def _check(cfg: LoopConfig, s):
     "Everything that can be wrong before a job starts: (champion, reference, labels, bounds)."
     from mlops_nb.reqlog import log_parts
     ch = champion(cfg.model, s, cfg.alias)
+    if cfg.log_dir:  # the drift results are written in LOG_DIR/drift/: never over the labels or the reference
+        check_outputs({'drift results': Path(cfg.log_dir) / 'drift'}, {'--labels': cfg.labels, '--reference': cfg.reference},
+                      folders={'drift results'})
     try: log_parts(cfg.log_dir)
     except DataError as e: raise LoopError(e.message, hint=e.hint) from None
     ref = Path(cfg.reference) if cfg.reference else reference_file(ch, Path('.mlops_nb') / 'loop')
@@ -227,16 +283,34 @@ def run_loop(cfg: LoopConfig, # what to watch
     if len(win) < cfg.min_rows:
         res.action, res.detail = 'too_few_rows', f'{len(win)} rows, fewer than min_rows={cfg.min_rows}'
         return res
+    labels = _all_labels(cfg, labels)
+    say(f"quality: {0 if labels is None else len(labels)} label(s) arrived; measuring the window against version {ch.version}'s held-out quality")
+    res.quality = _quality(cfg, s, ch, win, labels)
+    res.labelled_rows = res.quality['labelled_rows']
     if cfg.dry_run:
         say('monitor (dry run): computing drift here, writing nothing')
         res.drift = _drift_dry(ref, Path(cfg.log_dir), t0, t1, _drift_options(cfg))
-        if not res.drift['drifted']: return res
+        res.trigger = _trigger(res)
+        if not res.trigger: return res
         res.action = 'would_retrain' if labels is not None else 'would_alert'
         if labels is not None:
-            res.labelled_rows = len(labelled_window(win, labels, cfg.label_column, ch.target, cfg.id_column))
+            res.labelled_rows = len(labelled_window(win, labels, 'label', ch.target, 'request_id'))
             res.detail = f'{res.labelled_rows} labelled rows; would train {ch.recipe() | cfg.train_params} and gate against version {ch.version}'
         return res
     return _run_jobs(cfg, s, ch, ref, labels, win, iso0, iso1, res, say)
+
+def _quality(cfg: LoopConfig, s, ch: Champion, win: pd.DataFrame, labels) -> dict:
+    "The window's quality (JSON-able), bounds from `cfg.quality_gate` or the champion's held-out metrics."
+    from mlops_nb.monitor import window_quality
+    cq = champion_quality(ch, s)
+    q = window_quality(win, labels, cq['task'], cfg.quality_gate, cq['metrics'], cq['cbpe'])
+    clean = lambda v: {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else [clean(x) for x in v] if isinstance(v, list) else (
+        None if isinstance(v, float) and not np.isfinite(v) else v)
+    return clean({**q, 'model_version': ch.version, 'note': cq['note']})
+
+def _trigger(res: LoopResult) -> str:
+    d, q = bool(res.drift.get('drifted')), bool(res.quality.get('alert'))
+    return 'drift+quality' if d and q else 'drift' if d else 'quality' if q else ''
 
 # %% ../nbs/12_loop.ipynb #19640967
 def _drift_options(cfg: LoopConfig) -> dict:
@@ -248,9 +322,14 @@ def _drift_options(cfg: LoopConfig) -> dict:
 def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
     from mlops_nb.jobs import run_job
     say('monitor job: comparing the window with the reference')
-    mon = run_job('monitor', {'reference': str(ref), 'current': str(cfg.log_dir), 'start': iso0 or '', 'end': iso1 or '',
-                              'model_name': cfg.model, 'threshold': cfg.threshold, 'stattest': cfg.stattest,
-                              'drift_share': cfg.drift_share}, settings=s, tags={LOOP_TAG + 'model': cfg.model})
+    qf = Path('.mlops_nb') / 'loop' / f'quality-{time.strftime("%Y%m%dT%H%M%S")}-{os.getpid()}.json'
+    qf.parent.mkdir(parents=True, exist_ok=True)
+    qf.write_text(json.dumps(res.quality), encoding='utf-8')
+    try:
+        mon = run_job('monitor', {'reference': str(ref), 'current': str(cfg.log_dir), 'start': iso0 or '', 'end': iso1 or '',
+                                  'model_name': cfg.model, 'model_version': '', 'threshold': cfg.threshold, 'stattest': cfg.stattest,
+                                  'drift_share': cfg.drift_share, 'quality': str(qf.resolve())}, settings=s, tags={LOOP_TAG + 'model': cfg.model})
+    finally: qf.unlink(missing_ok=True)
     res.monitor_run_id = mon.run_id
     if not mon.ok:
         res.action, res.detail = 'monitor_failed', mon.summary().replace('\n', ' ')
@@ -258,16 +337,28 @@ def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataF
     m = mon.metrics
     res.drift = {'drifted': bool(m.get('drift_detected')), 'share_drifted': m.get('drift_share', 0.0),
                  'drifted_columns': _drifted_columns(mon.run_id, s)}
-    if not res.drift['drifted']: return _finish(res, s)
+    res.trigger = _trigger(res)
+    if not res.trigger: return _finish(res, s)
+    if cfg.webhook: res.webhook = _alert(cfg, res)
     if labels is None:
         res.action = 'drift_no_labels'
         return _finish(res, s)
-    data = labelled_window(win, labels, cfg.label_column, ch.target, cfg.id_column)
+    data = labelled_window(win, labels, 'label', ch.target, 'request_id')
     res.labelled_rows = len(data)
     if len(data) < cfg.min_labelled:
         res.action, res.detail = 'too_few_labels', f'{len(data)} labelled rows, fewer than min_labelled={cfg.min_labelled}'
         return _finish(res, s)
     return _retrain(cfg, s, ch, data, res, say)
+
+def _alert(cfg: LoopConfig, res: LoopResult) -> dict:
+    "POST what calls for action to the webhook: drift, and each quality metric below its bound with value, bound and interval."
+    from mlops_nb.monitor import post_webhook
+    q = res.quality
+    alerts = [{k: r.get(k) for k in ('metric', 'check', 'value', 'bound', 'low', 'high', 'n')} for r in q.get('checks') or [] if r.get('alert')]
+    return post_webhook(cfg.webhook, {'ts': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'model_name': cfg.model,
+                                      'model_version': res.champion_version, 'trigger': res.trigger, 'window': res.window, 'drift': res.drift,
+                                      'quality': {k: q.get(k) for k in ('labelled_rows', 'realized', 'estimated', 'alert')}, 'alerts': alerts,
+                                      'monitor_run_id': res.monitor_run_id})
 
 def _task(run_id: str, s) -> str:
     from mlops_nb.data import Schema
@@ -333,7 +424,7 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
     unknown = sorted(set(recipe) - set(_RECIPE))
     if unknown: raise LoopError(f"Cannot override {', '.join(unknown)} in a retrain.", hint=f"The retrain takes: {', '.join(_RECIPE)}.")
     params = {**recipe, 'dataset': str(d / 'window.parquet'), 'target': ch.target, 'model_name': cfg.model, 'alias': cfg.alias,
-              'reason': f'closed loop: drift found by monitor run {res.monitor_run_id}'}
+              'reason': f'closed loop: {_WHY.get(res.trigger, "drift").lower()} found by monitor run {res.monitor_run_id}'}
     say(f"retrain pipeline: train on {len(data)} labelled rows with version {ch.version}'s recipe, evaluate, gate")
     out = run_pipeline(load_pipeline(d / 'retrain.yaml', params={k: (None if v == 'None' else v) for k, v in params.items()}),
                        settings=s, cache=False)

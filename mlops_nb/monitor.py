@@ -23,16 +23,17 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsNbError, Registry
-from .reqlog import META_PREFIX
+from .reqlog import META_PREFIX, PROBA_PREFIX as PROBA
 
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'MonitorError', 'ks_2samp_sorted', 'ks_pvalue',
-           'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts', 'ColumnData',
-           'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test', 'DriftOptions',
-           'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift', 'prediction_drift',
-           'performance_drift', 'drift_chunked', 'parse_window', 'window_bounds', 'features_only', 'load_sample',
-           'alert_payload', 'write_latest', 'post_webhook', 'metric_key', 'drift_metrics', 'record_drift',
-           'drift_history', 'plot_histograms', 'plot_history']
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS', 'DEFAULT_QUALITY_GATES', 'MonitorError',
+           'ks_2samp_sorted', 'ks_pvalue', 'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance',
+           'chi2_counts', 'ColumnData', 'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test',
+           'default_test', 'DriftOptions', 'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift',
+           'prediction_drift', 'performance_drift', 'wilson', 'quality_metrics', 'quality_checks', 'CBPE',
+           'join_labels', 'window_quality', 'quality_frame', 'quality_metrics_flat', 'drift_chunked', 'parse_window',
+           'window_bounds', 'features_only', 'load_sample', 'alert_payload', 'write_latest', 'post_webhook',
+           'metric_key', 'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms', 'plot_history']
 
 # %% ../nbs/11_monitor.ipynb #e01d1284
 class MonitorError(MlopsNbError):
@@ -505,6 +506,212 @@ def performance_drift(y_ref, pred_ref, # labels and predictions of the reference
         numeric = np.issubdtype(y.dtype, np.floating) and np.issubdtype(p.dtype, np.floating)
         return np.abs(y - p) if numeric else (y == p).astype(str)
     return drift(pd.DataFrame({'error': err(y_ref, pred_ref)}), pd.DataFrame({'error': err(y_cur, pred_cur)}), options, **kwargs).columns['error']
+
+# %% ../nbs/11_monitor.ipynb #73153db7
+QUALITY_METRICS = {'binary': ('accuracy', 'roc_auc', 'f1'), 'multiclass': ('accuracy', 'roc_auc', 'f1'),
+                   'regression': ('rmse', 'mae', 'r2')}  # what is measured on labelled rows, per task
+DEFAULT_QUALITY_GATES = {  # bounds relative to the champion's own held-out metrics
+    'binary': ['accuracy >= champion - 0.05', 'roc_auc >= champion - 0.05'],
+    'multiclass': ['accuracy >= champion - 0.05'],
+    'regression': ['rmse <= champion * 1.25', 'r2 >= champion - 0.1'],
+}
+
+def _key(v) -> str:
+    "A class as text, so that 1, 1.0 and '1' are the same class."
+    if isinstance(v, (bool, np.bool_)): return str(bool(v))
+    if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer(): return str(int(v))
+    return str(v)
+
+def _keys(values) -> np.ndarray:
+    "`_key` of every value, computed once per distinct value."
+    codes, uniq = pd.factorize(pd.Series(np.asarray(values, dtype=object)), use_na_sentinel=False)
+    return np.array([_key(u) for u in uniq], dtype=object)[codes] if len(codes) else np.array([], dtype=object)
+
+def _index(values, classes: list) -> np.ndarray:
+    "Positions of `values` in `classes` (-1 for a value that is not a class)."
+    lut = {c: i for i, c in enumerate(classes)}
+    return np.array([lut.get(k, -1) for k in _keys(values)], dtype=np.int64) if len(classes) < 1000 else np.vectorize(lambda k: lut.get(k, -1))(_keys(values))
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    "Wilson score interval of a proportion `k / n`."
+    if n == 0: return (float('nan'), float('nan'))
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+# %% ../nbs/11_monitor.ipynb #fae56482
+def quality_metrics(y, # labels of the labelled rows
+                    pred, # the model's predictions for them
+                    proba: pd.DataFrame | None = None, # class probabilities, one column per class (`proba_<class>` or the class)
+                    task: str = 'binary', # 'binary', 'multiclass' or 'regression'
+                    n_boot: int = 200, # bootstrap resamples for the intervals
+                    seed: int = 0) -> dict:
+    "{metric: {value, low, high, n}} on labelled rows: accuracy, roc_auc, f1 for classes; rmse, mae, r2 for numbers."
+    from mlops_nb.evaluate import METRICS
+    rng = np.random.default_rng(seed)
+    def boot(fn, *arrs):
+        n, vals = len(arrs[0]), []
+        for _ in range(n_boot):
+            i = rng.integers(0, n, n)
+            try: v = fn(*(a[i] for a in arrs))
+            except ValueError: continue  # a resample with one class: no AUC there
+            if v is not None and np.isfinite(v): vals.append(v)
+        return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if vals else (float('nan'), float('nan'))
+    def row(fn, *arrs):
+        v = fn(*arrs)
+        lo, hi = boot(fn, *arrs)
+        return {'value': float(v), 'low': lo, 'high': hi, 'n': int(len(arrs[0]))}
+    out = {}
+    if task == 'regression':
+        y, p = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+        ok = np.isfinite(y) & np.isfinite(p)
+        if ok.sum() < 2: return out
+        for m in QUALITY_METRICS[task]: out[m] = row(METRICS.get(m).for_task(task), y[ok], p[ok])
+        return out
+    classes = ([str(c)[len(PROBA):] if str(c).startswith(PROBA) else _key(c) for c in proba.columns] if proba is not None
+               else sorted({*_keys(y), *_keys(pred)}))
+    yi, pi = _index(y, classes), _index(pred, classes)
+    known = yi >= 0  # a label the model never saw counts as wrong in accuracy, and is left out elsewhere
+    if not len(yi): return out
+    k = int((yi == pi).sum())
+    lo, hi = wilson(k, len(yi))
+    out['accuracy'] = {'value': k / len(yi), 'low': lo, 'high': hi, 'n': int(len(yi))}
+    f1 = METRICS.get('f1').for_task(task)
+    if known.sum() >= 2: out['f1'] = row(f1, yi[known], pi[known])
+    if proba is not None:
+        P = proba.to_numpy(dtype=float)
+        ok = known & np.isfinite(P).all(axis=1)
+        auc = METRICS.get('roc_auc').for_task(task)
+        if len(np.unique(yi[ok])) > 1:
+            out['roc_auc'] = row(lambda a, b: auc(a, b[:, 1] if task == 'binary' else b), yi[ok], P[ok])
+    return out
+
+# %% ../nbs/11_monitor.ipynb #cbf635b4
+def quality_checks(realized: dict, # `quality_metrics(...)`
+                   gate=None, # a `Gate`, check strings, or a YAML path; None: `DEFAULT_QUALITY_GATES[task]`
+                   champion: dict | None = None, # the champion's own held-out metrics (what `champion` means in a bound)
+                   task: str = 'binary') -> list[dict]:
+    "One row per check: metric, value, interval, bound, and `alert` when the whole interval is on the wrong side of the bound."
+    from mlops_nb.evaluate import Gate
+    g = Gate.parse(gate if gate is not None else DEFAULT_QUALITY_GATES[task])
+    rows = []
+    for c in g.checks:
+        r = realized.get(c.metric)
+        base = c.run({c.metric: r['value'] if r else None}, champion or {})
+        row = {'check': c.text, 'metric': c.metric, 'value': base['value'], 'low': r['low'] if r else None,
+               'high': r['high'] if r else None, 'n': r['n'] if r else 0, 'bound': base['bound'], 'alert': False, 'note': base['note']}
+        if r is not None and base['bound'] is not None:
+            worse_side = r['high'] if c.op in ('>=', '>') else r['low']  # the interval's end nearest the bound
+            row['alert'] = bool(np.isfinite(worse_side) and not next(f for o, f in _CMP if o == c.op)(worse_side, base['bound']))
+        elif r is None: row['note'] = 'no labelled rows for this metric'
+        rows.append(row)
+    return rows
+
+_CMP = [('>=', lambda a, b: a >= b), ('>', lambda a, b: a > b), ('<=', lambda a, b: a <= b), ('<', lambda a, b: a < b)]
+
+# %% ../nbs/11_monitor.ipynb #bc6145dd
+class CBPE:
+    "Confidence-based performance estimation: expected accuracy and ROC AUC of a classifier from calibrated probabilities."
+    def __init__(self, classes: list): # the model's classes, in the order of its probability columns
+        self.classes = [_key(c) for c in classes]
+
+    def fit(self, proba, # reference probabilities (n × classes)
+            y, # their labels
+           ) -> CBPE:
+        from sklearn.isotonic import IsotonicRegression
+        P, yk = np.asarray(proba, dtype=float), _keys(y)
+        cols = [1] if len(self.classes) == 2 else range(len(self.classes))
+        self.calibrators_ = {j: IsotonicRegression(y_min=0, y_max=1, out_of_bounds='clip').fit(P[:, j], (yk == self.classes[j]).astype(float))
+                             for j in cols}
+        return self
+
+    def calibrated(self, proba) -> np.ndarray:
+        "Calibrated probabilities, rows summing to 1."
+        if not hasattr(self, 'calibrators_'): raise MonitorError("CBPE is not fitted.", hint="Call fit(reference_proba, labels) first.")
+        P = np.asarray(proba, dtype=float)
+        if len(self.classes) == 2:
+            p1 = self.calibrators_[1].predict(P[:, 1]); return np.column_stack([1 - p1, p1])
+        C = np.column_stack([self.calibrators_[j].predict(P[:, j]) for j in range(P.shape[1])])
+        s = C.sum(axis=1, keepdims=True)
+        return np.where(s > 0, C / np.where(s > 0, s, 1), 1 / P.shape[1])
+
+    def estimate(self, proba, # the window's probabilities (n × classes)
+                 pred=None, # the model's predictions; the most probable class if None
+                ) -> dict:
+        "{'accuracy': expected accuracy, 'roc_auc': expected ROC AUC (macro one-vs-rest for many classes)}."
+        P = np.asarray(proba, dtype=float)
+        ok = np.isfinite(P).all(axis=1)  # rows logged without probabilities are left out
+        P = P[ok]
+        if not len(P): return {}
+        C = self.calibrated(P)
+        pi = P.argmax(axis=1) if pred is None else _index(np.asarray(pred, dtype=object)[ok], self.classes)
+        acc = float(np.where(pi >= 0, C[np.arange(len(C)), np.maximum(pi, 0)], 0).mean())
+        aucs = [_expected_auc(P[:, j], C[:, j]) for j in ([1] if len(self.classes) == 2 else range(P.shape[1]))]
+        aucs = [a for a in aucs if np.isfinite(a)]
+        return {'accuracy': acc, **({'roc_auc': float(np.mean(aucs))} if aucs else {})}
+
+def _expected_auc(score: np.ndarray, p: np.ndarray) -> float:
+    "ROC AUC expected when row i is positive with probability p[i], ranking by `score`."
+    o = np.argsort(-score, kind='stable')
+    s, q = score[o], p[o]
+    last = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score: ties move together
+    tp, fp = np.cumsum(q)[last], np.cumsum(1 - q)[last]
+    if tp[-1] <= 0 or fp[-1] <= 0: return float('nan')
+    tpr, fpr = np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+# %% ../nbs/11_monitor.ipynb #8ffb5247
+def join_labels(log: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
+                labels: pd.DataFrame, # request_id, row (within the request; 0 if absent), label
+               ) -> pd.Series:
+    "The label of each logged row where one has arrived (NaN elsewhere), aligned with `log`."
+    rid = log[META_PREFIX + 'request_id'].astype(str).reset_index(drop=True)
+    row = rid.groupby(rid).cumcount()
+    if labels is None or not len(labels): return pd.Series(np.nan, index=rid.index, dtype=object)
+    lab = labels.assign(request_id=labels['request_id'].astype(str),
+                        row=labels['row'].astype(int) if 'row' in labels.columns else 0).drop_duplicates(['request_id', 'row'], keep='last')
+    key = pd.MultiIndex.from_arrays([rid, row])
+    return pd.Series(lab.set_index(['request_id', 'row'])['label'].reindex(key).to_numpy(), index=rid.index, dtype=object)
+
+def window_quality(log: pd.DataFrame, # rows of the request log in the window
+                   labels: pd.DataFrame | None, # labels that have arrived (request_id, row, label)
+                   task: str, # the model's task
+                   gate=None, # the quality gate; None: `DEFAULT_QUALITY_GATES[task]`
+                   champion: dict | None = None, # the champion's held-out metrics
+                   cbpe: CBPE | None = None, # fitted on the champion's held-out rows, for the estimate
+                   n_boot: int = 200) -> dict:
+    "Realized quality on the labelled rows, estimated quality on all rows, the gate's checks and whether any alerts."
+    y = join_labels(log, labels).reset_index(drop=True)
+    has = y.notna().to_numpy()
+    pcols = [c for c in log.columns if str(c).startswith(PROBA)]
+    proba = log[pcols].reset_index(drop=True) if pcols and task != 'regression' else None
+    pred = log['prediction'].reset_index(drop=True) if 'prediction' in log.columns else None
+    realized = {} if pred is None or not has.any() else quality_metrics(y[has].to_numpy(), pred[has].to_numpy(),
+                                                                       None if proba is None else proba[has], task, n_boot)
+    estimated = cbpe.estimate(proba.to_numpy(), pred) if cbpe is not None and proba is not None and len(proba) else {}
+    checks = quality_checks(realized, gate, champion, task)
+    return {'task': task, 'rows': int(len(log)), 'labelled_rows': int(has.sum()), 'realized': realized, 'estimated': estimated,
+            'champion': {k: champion[k] for k in QUALITY_METRICS[task] if k in (champion or {})}, 'checks': checks,
+            'alert': any(r['alert'] for r in checks)}
+
+# %% ../nbs/11_monitor.ipynb #dd1edc9e
+def quality_frame(q: dict # `window_quality(...)`
+                 ) -> pd.DataFrame:
+    "One row per metric: realized value, interval and count on labelled rows, the estimate, the gate's bound and the alert."
+    rows = {m: {'realized': v['value'], 'low': v['low'], 'high': v['high'], 'labelled_rows': v['n']} for m, v in (q.get('realized') or {}).items()}
+    for m, v in (q.get('estimated') or {}).items(): rows.setdefault(m, {})['estimated'] = v
+    for m, v in (q.get('champion') or {}).items(): rows.setdefault(m, {})['champion_held_out'] = v
+    for r in q.get('checks') or []: rows.setdefault(r['metric'], {}).update(bound=r['bound'], alert=r['alert'])
+    cols = ['realized', 'low', 'high', 'labelled_rows', 'estimated', 'champion_held_out', 'bound', 'alert']
+    return pd.DataFrame.from_dict(rows, orient='index').reindex(columns=cols).rename_axis('metric')
+
+def quality_metrics_flat(q: dict) -> dict:
+    "The numbers a monitor run records: `quality.M`, `quality.M.low/high`, `quality_estimated.M`, `quality.labelled_rows`, `quality_alert`."
+    out = {'quality.labelled_rows': float(q.get('labelled_rows') or 0), 'quality_alert': float(bool(q.get('alert')))}
+    for m, v in (q.get('realized') or {}).items():
+        out.update({f'quality.{m}': v['value'], **{f'quality.{m}.{k}': v[k] for k in ('low', 'high') if v.get(k) is not None}})
+    out.update({f'quality_estimated.{m}': v for m, v in (q.get('estimated') or {}).items() if v is not None})
+    return out
 
 # %% ../nbs/11_monitor.ipynb #a1513935
 def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[], Iterator[pd.DataFrame]]:

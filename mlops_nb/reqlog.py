@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -17,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DataError
+from .core import DataError, find_project
 
 # %% auto #0
-__all__ = ['META_PREFIX', 'META_FIELDS', 'PREDICTION', 'PROBA_PREFIX', 'log_frame', 'write_part', 'RequestLogWriter', 'log_parts',
-           'read_log', 'split_log', 'prune_log']
+__all__ = ['META_PREFIX', 'META_FIELDS', 'PREDICTION', 'PROBA_PREFIX', 'LABELS', 'log_frame', 'write_part', 'RequestLogWriter',
+           'log_parts', 'read_log', 'split_log', 'prune_log', 'default_log_dir', 'append_labels', 'read_labels']
 
 # %% ../nbs/09c_reqlog.ipynb #f8846fe2
 META_PREFIX = '_mlops_'  # prefix of the columns that describe a row rather than the model's input
@@ -66,6 +67,8 @@ def log_frame(features: pd.DataFrame, # the rows the model scored
     return df
 
 # %% ../nbs/09c_reqlog.ipynb #3358efdf
+_OUR_PART = re.compile(r'part-\d{8}T\d{6}-(\d+|batch[0-9a-z]*)-\d{6}\.parquet')  # what the server and batch jobs name their parts
+
 def _part_name(ts: float, seq: int) -> str:
     stamp = datetime.fromtimestamp(ts, timezone.utc).strftime('%Y%m%dT%H%M%S')
     return f'part-{stamp}-{os.getpid()}-{seq:06d}.parquet'
@@ -214,8 +217,8 @@ def prune_log(log_dir: str | Path, # the log directory
               max_age_days: float | None = None, # remove parts last written longer ago than this
               max_bytes: int | None = None, # then remove the oldest parts until the log is at most this big
              ) -> list[Path]:
-    "Remove the oldest parts of a request log; returns what was removed."
-    parts = log_parts(log_dir) if Path(log_dir).is_dir() else []
+    "Remove the oldest parts of a request log; returns what was removed. Only files named as our parts are ever removed."
+    parts = [p for p in log_parts(log_dir) if _OUR_PART.fullmatch(p.name)] if Path(log_dir).is_dir() else []
     removed, now = [], time.time()
     if max_age_days is not None:
         for p in parts:
@@ -228,3 +231,55 @@ def prune_log(log_dir: str | Path, # the log directory
             total -= p.stat().st_size; removed.append(p); keep.remove(p)
     for p in removed: p.unlink(missing_ok=True)
     return removed
+
+# %% ../nbs/09c_reqlog.ipynb #e314863d
+def default_log_dir(model: str, # the model's registered name (or its folder's name)
+                    root: str | Path | None = None, # the project; the one holding cwd (or cwd) if None
+                   ) -> Path:
+    "`.mlops_nb/requests/MODEL/` under the project: where a server keeps its request log by default."
+    base = Path(root) if root else (find_project() or Path.cwd())
+    return base / '.mlops_nb' / 'requests' / (re.sub(r'[^\w.-]', '_', str(model)).strip('.') or 'model')
+
+# %% ../nbs/09c_reqlog.ipynb #8815615b
+LABELS = 'labels'  # the labels log: this folder inside the request log's folder
+
+def _label_rows(items) -> pd.DataFrame:
+    "Checked label rows (request_id, row, label) from a list of dicts or a frame."
+    df = items.copy() if isinstance(items, pd.DataFrame) else None
+    if df is None:
+        if not isinstance(items, list): raise DataError(f"Labels must be a list of objects, got {type(items).__name__}.",
+                                                        hint='Send [{"request_id": "...", "row": 0, "label": 1}, ...].')
+        for i, it in enumerate(items):
+            if not isinstance(it, dict) or 'request_id' not in it or 'label' not in it:
+                raise DataError(f"Label {i} must be an object with request_id and label (and row, default 0); got {str(it)[:80]}.",
+                                hint='Send [{"request_id": "...", "row": 0, "label": 1}, ...].')
+        df = pd.DataFrame(items)
+    for c in ('request_id', 'label'):
+        if c not in df.columns: raise DataError(f"The labels have no column {c!r}.", hint=f"Columns: {', '.join(map(str, df.columns))}.")
+    row = df['row'] if 'row' in df.columns else pd.Series(0, index=df.index)
+    rown = pd.to_numeric(row, errors='coerce')
+    bad = np.flatnonzero(rown.isna().to_numpy() | (rown.fillna(0) < 0).to_numpy() | (rown.fillna(0) % 1 != 0).to_numpy() | df['label'].isna().to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"Label {i}: row must be a whole number >= 0 and label a value; got row={row.iloc[i]!r}, label={df['label'].iloc[i]!r}.",
+                        hint='Give the row within the request (0 for a one-row request) and the label.')
+    lab = df['label']
+    if lab.map(lambda v: isinstance(v, str)).any(): lab = lab.astype(str)  # one type per part: Parquet holds no mixed column
+    return pd.DataFrame({'request_id': df['request_id'].astype(str).to_numpy(), 'row': rown.astype('int64').to_numpy(), 'label': lab.to_numpy()})
+
+def append_labels(log_dir: str | Path, # the request log's folder
+                  items, # a list of {request_id, row, label} or a frame with those columns
+                 ) -> int:
+    "Append checked labels to the labels log beside the request log; returns how many."
+    rows = _label_rows(items)
+    if len(rows): write_part(Path(log_dir) / LABELS, rows.assign(ts=pd.Timestamp.now(tz='UTC')))
+    return len(rows)
+
+def read_labels(log_dir: str | Path # the request log's folder
+               ) -> pd.DataFrame:
+    "Every label that has arrived (request_id, row, label, ts), the latest per row kept."
+    d = Path(log_dir) / LABELS
+    frames = [pd.read_parquet(p) for p in sorted(d.glob('*.parquet'))] if d.is_dir() else []
+    if not frames: return pd.DataFrame(columns=['request_id', 'row', 'label', 'ts'])
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates(['request_id', 'row'], keep='last').reset_index(drop=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -24,6 +25,8 @@ import pandas as pd
 
 from . import __version__
 from .core import MlopsNbError
+from .models import attach_schema, verification_rows
+from .models import load as load_model
 
 # %% auto #0
 __all__ = ['FORMATS', 'log', 'RequestError', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request',
@@ -226,7 +229,7 @@ def parse_request(body: bytes, # the request body
 @dataclass
 class ServedModel:
     "A loaded model, its signature and identity, and the function that predicts a batch."
-    model: object # the scikit-learn estimator or pipeline
+    model: object # a `models.LoadedModel` (any flavour), or a scikit-learn estimator or pipeline
     columns: list # `Column`s of the input signature
     name: str | None = None
     version: str | None = None
@@ -234,7 +237,7 @@ class ServedModel:
     run_id: str | None = None
     uri: str | None = None
     path: str | None = None # the local model folder
-    engine: str = 'sklearn' # what predicts: 'sklearn' or 'onnx'
+    engine: str = 'sklearn' # what predicts: the model's flavour ('sklearn', 'xgboost', ..., 'python_function') or 'onnx'
     engine_note: str = '' # why that engine
     onnx: object = None # the verified ONNX predictor, if any
     loaded_at: float = field(default_factory=time.time)
@@ -257,20 +260,23 @@ class ServedModel:
 
 # %% ../nbs/10_serve.ipynb #c33e78d3
 def _onnx_predictor(model, columns: list[Column]):
-    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs, one per column)."
+    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs: one per column, or one matrix)."
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     import onnxruntime as ort
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
-    onx = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns],
-                          target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    try: onx, stacked = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
+    except Exception:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+        onx, stacked = convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
     so = ort.SessionOptions(); so.intra_op_num_threads = so.inter_op_num_threads = 1
     sess = ort.InferenceSession(onx.SerializeToString(), so, providers=['CPUExecutionProvider'])
     names, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
     classes = getattr(model, 'classes_', None)
     def predict(cols: dict, proba: bool = False):
-        res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
+        if stacked: res = sess.run(None, {names[0]: np.column_stack([np.asarray(cols[c.name], dtype=np.float32) for c in columns])})
+        else: res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
         pred = res[0].ravel()
         if classes is not None: pred = np.asarray(classes)[np.searchsorted(classes, pred)] if classes.dtype.kind in 'iub' else pred
         elif pred.dtype == np.float32: pred = pred.astype(np.float64)
@@ -278,43 +284,47 @@ def _onnx_predictor(model, columns: list[Column]):
     return predict
 
 # %% ../nbs/10_serve.ipynb #d30c2016
-def compile_fast_path(sm: ServedModel, # the model as loaded (engine 'sklearn')
-                      holdout: pd.DataFrame | None, # rows to compare on (the model's held-out split)
+def compile_fast_path(sm: ServedModel, # the model as loaded (engine: its flavour)
+                      holdout: pd.DataFrame | None, # rows to compare on (the model's held-out split, or its verification rows)
                       mode: str = 'auto', # 'auto': use it if it matches; 'off': never; 'require': fail if it cannot be used
                       atol: float = 1e-4, # tolerance on probabilities
+                      rows: str = 'held-out rows', # what `holdout` is, for the notes
                      ) -> ServedModel:
     "`sm` predicting through ONNX Runtime if that gives the original's predictions on `holdout`; `sm` unchanged (with the reason) otherwise."
     def keep(why):
         if mode == 'require': raise MlopsNbError(f"The ONNX fast path cannot serve {sm.uri}: {why}", hint="Serve with --onnx auto or off.")
-        sm.engine, sm.engine_note = 'sklearn', why; return sm
+        sm.engine, sm.engine_note = flavour, why; return sm
+    flavour = getattr(sm.model, 'flavour', 'sklearn')  # a bare estimator is scikit-learn
     if mode == 'off': return keep('ONNX fast path switched off (--onnx off)')
+    if flavour != 'sklearn': return keep(f'no compiled path for {flavour} models')
     if any(c.type not in ('double', 'float', 'long', 'integer') for c in sm.columns): return keep('non-numeric input columns')
-    if holdout is None or not len(holdout): return keep('no held-out rows to verify the compiled model on')
-    try: fast = _onnx_predictor(sm.model, sm.columns)
+    if holdout is None or not len(holdout): return keep(f'no {rows} to verify the compiled model on')
+    try: fast = _onnx_predictor(getattr(sm.model, 'raw', sm.model), sm.columns)
     except ImportError: return keep('skl2onnx/onnxruntime not installed (pip install "mlops_nb[serve]")')
     except Exception as e: return keep(f'the model does not convert to ONNX ({type(e).__name__}: {str(e)[:120]})')
     cols = {c.name: holdout[c.name].to_numpy(c.dtype) for c in sm.columns}
     want, want_p = sm.predict(cols, proba=sm.classes is not None)
     try: got, got_p = fast(cols, proba=sm.classes is not None)
-    except Exception as e: return keep(f'the compiled model fails on held-out rows ({type(e).__name__})')
+    except Exception as e: return keep(f'the compiled model fails on {rows} ({type(e).__name__})')
     same = np.array_equal(want, got)  # exactly: a regressor computed in float32 differs in the last digits, and stays on scikit-learn
-    if not same: return keep(f'the compiled model disagrees on {int((np.asarray(want) != np.asarray(got)).sum())} of {len(holdout)} held-out rows')
+    if not same: return keep(f'the compiled model disagrees on {int((np.asarray(want) != np.asarray(got)).sum())} of {len(holdout)} {rows}')
     if want_p is not None and (got_p is None or not np.allclose(want_p, got_p, atol=atol)):
-        return keep(f'probabilities differ by more than {atol} on held-out rows')
-    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', f'ONNX Runtime; same predictions as scikit-learn on {len(holdout)} held-out rows'
+        return keep(f'probabilities differ by more than {atol} on {rows}')
+    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', f'ONNX Runtime; same predictions as scikit-learn on {len(holdout)} {rows}'
     return sm
 
 # %% ../nbs/10_serve.ipynb #c303b1df
 def prepare_model_dir(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local folder
                       dst: str | Path | None = None, # where to put the files (a temporary folder if None)
                       settings=None) -> dict:
-    "The model of `uri` in a local folder with `serving.json` and, when its training run can rebuild them, `holdout.parquet`."
+    "The model of `uri` in a local folder with `serving.json`, the run's `schema.json` and, when its training run can rebuild them, `holdout.parquet`."
     from mlops_nb.registry import SERVING_INFO, eval_data, fetch_model
     info = fetch_model(uri, dst, settings)
     path = Path(info['path'])
     if Path(uri).expanduser().is_dir(): return info  # served in place, as it is
     meta = {k: info[k] for k in ('uri', 'name', 'version', 'alias', 'run_id', 'source')}
     (path / SERVING_INFO).write_text(json.dumps(meta, indent=1))
+    attach_schema(path, info.get('run_id'), settings)
     if info.get('run_id') and not (path / 'holdout.parquet').exists():
         try:
             test, schema, _ = eval_data(info['run_id'], settings)
@@ -324,17 +334,15 @@ def prepare_model_dir(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs
 
 def load_served_model(path: str | Path, # a folder from `prepare_model_dir`
                       onnx: str = 'auto') -> ServedModel:
-    "The model in `path`, ready to predict (through ONNX if it verifies, see `compile_fast_path`)."
+    "The model in `path` (any flavour, through `models.load`), ready to predict (through ONNX if it verifies, see `compile_fast_path`)."
     from mlops_nb.registry import resolve_model_uri
-    from mlops_nb.tracking import load_model, model_signature
     info = resolve_model_uri(str(path))
-    columns = signature_columns(model_signature(path))
-    if not columns:
-        raise MlopsNbError(f"The model in {path} has no column-based input signature, so requests cannot be checked.",
-                           hint="Log the model with a signature: mlops_nb.log_model(model, input_example) infers one.")
-    sm = ServedModel(load_model(str(path)), columns, **{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id', 'uri')}, path=str(path))
+    lm = load_model(str(path))  # a `ModelError` (exit 2) when it cannot load or says nothing about its input
+    sm = ServedModel(lm, signature_columns({'inputs': lm.inputs}), **{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id', 'uri')},
+                     path=str(path), engine=lm.flavour)
     hp = Path(path) / 'holdout.parquet'
-    return compile_fast_path(sm, pd.read_parquet(hp) if hp.exists() else None, onnx)
+    if hp.exists(): return compile_fast_path(sm, pd.read_parquet(hp), onnx)
+    return compile_fast_path(sm, verification_rows(lm), onnx, rows='verification rows (input example and rows drawn from the schema)')
 
 # %% ../nbs/10_serve.ipynb #93ff2f5d
 class _Item:
@@ -439,6 +447,20 @@ class DriftCollector:
         yield score; yield det
         if d.get('share_drifted') is not None:
             yield GaugeMetricFamily('mlops_nb_drift_share', 'Share of columns that drifted', value=float(d['share_drifted']))
+        q = d.get('quality') or {}
+        if q.get('realized') or q.get('estimated'):
+            g = GaugeMetricFamily('mlops_nb_model_quality', 'Quality of the served model on the latest monitor window: realized on '
+                                  'labelled rows, or estimated from probabilities before labels (CBPE)', labels=['metric', 'version', 'kind'])
+            ver = str(d.get('model_version') or q.get('model_version') or '')
+            for kind in ('realized', 'estimated'):
+                for m, v in (q.get(kind) or {}).items():
+                    v = v.get('value') if isinstance(v, dict) else v
+                    if v is not None: g.add_metric([m, ver, kind], float(v))
+            yield g
+            yield GaugeMetricFamily('mlops_nb_model_quality_labelled_rows', 'Labelled rows in the latest monitor window',
+                                    value=float(q.get('labelled_rows') or 0))
+            yield GaugeMetricFamily('mlops_nb_model_quality_alert', 'Whether quality is below the gate (0/1), from the latest monitor run',
+                                    value=float(bool(q.get('alert'))))
         try:
             ts = datetime.fromisoformat(str(d['ts']).replace('Z', '+00:00')).timestamp()
             yield GaugeMetricFamily('mlops_nb_drift_timestamp_seconds', 'When the latest drift results were computed', value=ts)
@@ -463,6 +485,7 @@ class Metrics:
         self.model_errors = Counter('mlops_nb_model_errors', 'Requests whose prediction raised (answered 500)', registry=reg)
         self.model_info = Gauge('mlops_nb_model_info', 'The model being served (1) and models served before (0)',
                                 ['name', 'version', 'alias', 'run_id', 'engine'], multiprocess_mode='max', registry=reg)
+        self.labels = Counter('mlops_nb_labels_received', 'Labels received on POST /labels', registry=reg)
         self.swaps = Counter('mlops_nb_model_swaps', 'Hot swaps to a new model version (--watch)', registry=reg)
         self.log_rows = Counter('mlops_nb_request_log_rows', 'Request log rows by outcome (written, dropped)', ['outcome'], registry=reg)
         self.log_errors = Counter('mlops_nb_request_log_errors', 'Request log write errors (rows dropped, predictions unaffected)', registry=reg)
@@ -500,7 +523,8 @@ class ServeConfig:
     workers: int = 1
     watch: bool = False # follow the alias and hot-swap when it moves
     watch_interval: float = 10.0 # seconds between alias checks
-    log_dir: str | None = None # the request log (None: no log)
+    log_dir: str | None = None # the request log (None: no log; the CLI's default is `reqlog.default_log_dir`)
+    log_proba: bool = True # a classifier's class probabilities are logged too (roc_auc and estimated quality need them)
     log_flush_seconds: float = 60.0 # a request log part is written at least this often
     log_max_age_days: float | None = 30.0 # retention: parts older than this are removed (hourly)
     log_max_mb: float | None = None # retention: then the oldest parts until the log is at most this big
@@ -606,7 +630,8 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
         try: parsed = parse_request(body, content_type, sm.columns, self.limits); proba = _want_proba(parsed.params, query or {})
         finally: self.batcher.arriving -= 1
         if proba and sm.classes is None: raise RequestError("This model gives no probabilities (not a classifier).", column='params.predict_method')
-        try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba)
+        keep = self.writer is not None and self.config.log_proba and sm.classes is not None  # probabilities for the log
+        try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba or keep)
         except Exception as e:
             self.metrics.model_errors.inc()
             log.error("request %s: the model raised %s: %s", rid, type(e).__name__, e, exc_info=e)
@@ -671,6 +696,8 @@ async def _read_body(request, limit: int) -> bytes | None:
     return b''.join(chunks) if size <= limit else None
 
 # %% ../nbs/10_serve.ipynb #f97b160a
+_LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # POST /labels without a token only from this machine
+
 def create_app(config: ServeConfig, # what to serve and how
                model: ServedModel | None = None): # an already loaded model (else loaded in the background at startup)
     "The Starlette app of a prediction server."
@@ -721,6 +748,25 @@ def create_app(config: ServeConfig, # what to serve and how
         if request.url.path.endswith('.json'): return JSONResponse(data)
         return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
 
+    labels_token = os.environ.get('MLOPS_NB_LABELS_TOKEN') or None  # read once, at startup
+    async def labels(request):
+        refuse = lambda status, msg, **h: JSONResponse({'error_code': 'BAD_REQUEST' if status == 400 else 'PERMISSION_DENIED', 'message': msg}, status, headers=h)
+        if not config.log_dir: return refuse(404, 'This server keeps no request log (started with --no-log), so it takes no labels.')
+        if labels_token is None and config.host not in _LOOPBACK:
+            return refuse(403, f'POST /labels needs a bearer token when the server listens on {config.host}: set MLOPS_NB_LABELS_TOKEN '
+                          'where the server starts, and send Authorization: Bearer TOKEN.')
+        if labels_token is not None and not hmac.compare_digest(request.headers.get('authorization', '').encode(), f'Bearer {labels_token}'.encode()):
+            return refuse(401, 'POST /labels needs Authorization: Bearer TOKEN (the value of MLOPS_NB_LABELS_TOKEN).', **{'WWW-Authenticate': 'Bearer'})
+        body = await _read_body(request, srv.limits.max_body_bytes)
+        if body is None: return refuse(413, f"The body is over the limit of {srv.limits.max_body_bytes} bytes.")
+        from mlops_nb.core import DataError
+        from mlops_nb.reqlog import append_labels
+        try: n = await asyncio.to_thread(append_labels, config.log_dir, json.loads(body))
+        except DataError as e: return refuse(400, str(e))
+        except ValueError as e: return refuse(400, f"Malformed JSON: {e}")
+        srv.metrics.labels.inc(n)
+        return JSONResponse({'accepted': n})
+
     async def docs(request): return HTMLResponse(_docs_html(srv.model))
     async def spec(request): return JSONResponse(openapi(srv.model))
 
@@ -731,6 +777,7 @@ def create_app(config: ServeConfig, # what to serve and how
         finally: await srv.shutdown()
 
     routes = [Route('/invocations', timed('/invocations', invocations), methods=['POST']),
+              Route('/labels', timed('/labels', labels), methods=['POST']),
               *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', ping), ('/version', version),
                                                                     ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
                                                                     ('/dashboard', dashboard), ('/dashboard.json', dashboard)])]
@@ -749,7 +796,8 @@ def app_from_env():
     _log_to_stderr()
     return create_app(ServeConfig(**json.loads(os.environ['MLOPS_NB_SERVE_CONFIG'])))
 
-def run_server(config: ServeConfig # the server to run; `model_dir` prepared (`prepare_model_dir`)
+def run_server(config: ServeConfig, # the server to run; `model_dir` prepared (`prepare_model_dir`)
+               model: ServedModel | None = None, # already loaded (one worker); else loaded here
               ) -> None:
     "Serve until SIGTERM or Ctrl-C."
     import uvicorn
@@ -763,4 +811,4 @@ def run_server(config: ServeConfig # the server to run; `model_dir` prepared (`p
         try: uvicorn.run('mlops_nb.serve:app_from_env', factory=True, workers=config.workers, **kw)
         finally:
             if own: shutil.rmtree(os.environ.pop('PROMETHEUS_MULTIPROC_DIR'), ignore_errors=True)
-    else: uvicorn.run(create_app(config, load_served_model(config.model_dir or config.model_uri, config.onnx)), **kw)
+    else: uvicorn.run(create_app(config, model or load_served_model(config.model_dir or config.model_uri, config.onnx)), **kw)

@@ -51,11 +51,31 @@ def test_dashboard_json_counts_what_was_served(served):
 
 def test_dashboard_without_a_request_log(tmp_path):
     train_and_register(tmp_path, 'bare', n_estimators=5)
-    srv = Proc([mlops_nb_exe(), 'serve', 'models:/bare@champion', '--port', '{port}'], cwd=tmp_path, env=store_env(tmp_path))
+    srv = Proc([mlops_nb_exe(), 'serve', 'models:/bare@champion', '--port', '{port}', '--no-log'], cwd=tmp_path, env=store_env(tmp_path))
     try:
         st, _, body = http('GET', srv.base + '/dashboard')
-        assert st == 200 and b'--log-dir' in body
+        assert st == 200 and b'--no-log' in body and b'keeps no request log' in body
+        st, _, body = http('POST', srv.base + '/labels', json.dumps([{'request_id': 'a', 'row': 0, 'label': 1}]).encode())
+        assert st == 404 and b'--no-log' in body
     finally: srv.stop()
+    assert not (tmp_path / '.mlops_nb' / 'requests').exists()
+
+
+def test_a_default_server_logs_under_the_project_and_says_when_there_is_no_traffic(tmp_path):
+    train_and_register(tmp_path, 'plain', n_estimators=5)
+    srv = Proc([mlops_nb_exe(), 'serve', 'models:/plain@champion', '--port', '{port}'], cwd=tmp_path, env=store_env(tmp_path))
+    try:
+        st, _, body = http('GET', srv.base + '/dashboard')
+        assert st == 200 and b'No traffic yet' in body and b'.mlops_nb/requests/plain' in body
+        from mlops_nb.data import load_dataset
+        X = load_dataset('breast_cancer').drop(columns='target').head(3)
+        st, _, _ = post_json(srv.base, {'dataframe_split': X.to_dict(orient='split', index=False)})
+        assert st == 200
+    finally: assert srv.terminate() == 0  # SIGTERM flushes the log
+    assert 'request log: ' + str(tmp_path / '.mlops_nb' / 'requests' / 'plain') in srv.output()
+    from mlops_nb.reqlog import read_log
+    log = read_log(tmp_path / '.mlops_nb' / 'requests' / 'plain')
+    assert len(log) == 3 and {'proba_0', 'proba_1'} <= set(log.columns)  # probabilities kept for quality, though not asked for
 
 
 @pytest.mark.skipif(not CHROMIUM, reason='headless Chromium (Debian package chromium) is not installed; .ci/run installs it')

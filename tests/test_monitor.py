@@ -191,6 +191,7 @@ def test_grafana_dashboard_covers_the_metrics():
     d = json.loads((ROOT / 'mlops_nb' / 'grafana' / 'dashboard.json').read_text())
     exprs = ' '.join(t['expr'] for p in d['panels'] for t in p.get('targets', []))
     for name in ('mlops_nb_requests_total', 'mlops_nb_request_duration_seconds_bucket', 'mlops_nb_predictions_total',
-                 'mlops_nb_drift_score', 'mlops_nb_drift_detected', 'mlops_nb_drift_share', 'mlops_nb_drift_timestamp_seconds'):
+                 'mlops_nb_drift_score', 'mlops_nb_drift_detected', 'mlops_nb_drift_share', 'mlops_nb_drift_timestamp_seconds',
+                 'mlops_nb_model_quality', 'mlops_nb_model_quality_alert', 'mlops_nb_model_quality_labelled_rows'):
         assert name in exprs, name
     assert len({p['id'] for p in d['panels']}) == len(d['panels'])
