@@ -1480,7 +1480,7 @@ def mlops_magic(line: str # the arguments of `mlops-nb`, as typed after `%mlops`
         return None
     if not a.command: parser.print_help(); return None
     handler = _MAGIC.get(a.command)
-    if handler is None or getattr(a, 'json', False) or getattr(a, 'action', 'run') != 'run':
+    if handler is None or getattr(a, 'json', False) or getattr(a, 'junit_xml', None) or getattr(a, 'action', 'run') != 'run':
         from mlops_nb import tracking
         old, git = signal.getsignal(signal.SIGTERM), tracking.GIT_CACHE
         try: rc = main(argv, worker=False)  # prints, as in a terminal
