@@ -36,3 +36,4 @@ bench:  ## benchmarks (slow; figures go to BENCHMARKS.md by hand)
 	$(PY) bench/pipeline.py
 	$(PY) bench/batch.py
 	$(PY) bench/docs.py
+	$(PY) bench/notebook.py

@@ -1485,10 +1485,11 @@ def mlops_magic(line: str # the arguments of `mlops-nb`, as typed after `%mlops`
         return None
     if not a.command: parser.print_help(); return None
     handler = _MAGIC.get(a.command)
-    if handler is None or getattr(a, 'json', False) or getattr(a, 'action', 'run') != 'run':
-        old = signal.getsignal(signal.SIGTERM)
+    if handler is None or getattr(a, 'json', False) or getattr(a, 'junit_xml', None) or getattr(a, 'action', 'run') != 'run':
+        from mlops_nb import tracking
+        old, git = signal.getsignal(signal.SIGTERM), tracking.GIT_CACHE
         try: rc = main(argv, worker=False)  # prints, as in a terminal
-        finally: signal.signal(signal.SIGTERM, old)  # the kernel's own handler stays
+        finally: signal.signal(signal.SIGTERM, old); tracking.GIT_CACHE = git  # the kernel's own handler and git reads stay
         if rc == 2: raise UsageError(f"mlops-nb {line.strip()}: bad input (the message is above); nothing started.")
         return None
     try: return handler(a)

@@ -2,6 +2,7 @@
 and the `%mlops` magic are executed with nbclient; their outputs (HTML cards, tables, errors) and the MLflow store are checked."""
 import json
 import os
+import time
 from pathlib import Path
 
 import nbformat
@@ -77,10 +78,11 @@ def test_run_in_a_kernel_returns_cards_and_a_failure_does_not_raise(project, mon
     html = outputs(ok, 'text/html')
     assert 'mlops-nb-card' in html and 'FINISHED' in html and 'square' in html and '9' in html
     rid = next(r.info.run_id for r in all_runs(c) if r.data.params.get('x') == '3')
-    assert rid in html and f'#/experiments/' in html
+    assert rid in html and '#/experiments/' in html
     run = c.get_run(rid)
     assert run.info.status == 'FINISHED' and run.data.metrics['square'] == 9.0 and run.data.tags['mlops_nb.job'] == 'square'
     assert 'square.ipynb: FINISHED' in outputs(ok, 'text/plain')  # the plain-text repr stays useful
+    assert '1 of 1 job(s) finished in' in html  # the progress line, updated in place, says how it ended
     # the failed job: a card with the failing cell's source and the error, and no error output in the caller's cell
     bhtml = outputs(bad, 'text/html')
     assert 'FAILED' in bhtml and 'x must not be negative' in bhtml and 'assert x &gt;= 0' in bhtml
@@ -173,3 +175,66 @@ def test_track_makes_the_session_a_run_with_its_snapshot(project, monkeypatch):
     assert c.get_run(outputs(nb.cells[6], 'stream').strip()).info.status == 'FAILED'
     assert not any('after' in x.data.metrics for x in all_runs(c))  # outside track, record only remembers
     assert len(all_runs(c)) == 3
+    # the same runs from a terminal: `mlops-nb runs` and `mlops-nb compare`
+    listed = mlops_nb('runs', '--kind', 'interactive', '--json', cwd=project)
+    assert listed.returncode == 0 and {r['run_id'] for r in json.loads(listed.stdout)} == {x.info.run_id for x in all_runs(c)}
+    cmp = mlops_nb('compare', rid, ctx.info.run_id, cwd=project)
+    assert cmp.returncode == 0 and 'metrics (* differs)' in cmp.stdout and 'notebook difference' in cmp.stdout
+    assert mlops_nb('compare', rid, cwd=project).returncode == 2  # one run is not a comparison
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_mlops_run_in_jupyterlab_shows_the_job_card(project, tmp_path):
+    "A real JupyterLab (token set) driven by headless Chromium: `%mlops run` in a notebook renders the job card."
+    import secrets
+    import subprocess
+    import sys
+    import urllib.request
+    from browser import chromium, chromium_missing, out_dir, wait_for
+    from conftest import wait_for as wait_until
+    if (why := chromium_missing()): pytest.skip(why)
+    nb = new_notebook(cells=[new_code_cell('%load_ext mlops_nb'), new_code_cell('%mlops run square.ipynb -p x 7')],
+                      metadata=SQUARE.metadata)
+    nbformat.write(nb, project / 'demo.ipynb')
+    port, token = _free_port(), secrets.token_hex(16)
+    jdir = tmp_path / 'jupyter'
+    news = jdir / 'settings' / '@jupyterlab' / 'apputils-extension' / 'notification.jupyterlab-settings'
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false"}')  # no "Would you like to get notified about Jupyter news?" over the page
+    env = clean_env(MLOPS_NB_WORKER='0', JUPYTER_CONFIG_DIR=str(jdir / 'config'), JUPYTER_RUNTIME_DIR=str(jdir / 'runtime'))
+    lab = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--allow-root', f'--port={port}', '--ip=127.0.0.1',
+                            f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={project}',
+                            f'--LabApp.workspaces_dir={jdir / "workspaces"}', f'--LabApp.user_settings_dir={jdir / "settings"}',
+                            '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                           cwd=project, env=env, stdout=open(tmp_path / 'lab.log', 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def up():
+            try: return urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token={token}', timeout=2).status == 200
+            except OSError: return False
+        wait_until(up, 'JupyterLab to answer', limit=180)
+        with chromium(tmp_path) as d:
+            d.get(f'http://127.0.0.1:{port}/lab/tree/demo.ipynb?token={token}')
+            wait_for(d, '.jp-Notebook .jp-Cell', timeout=180)
+            wait_for(d, '#jp-main-statusbar', timeout=180, text='Idle')  # the kernel is up and connected
+            from selenium.webdriver.common.action_chains import ActionChains
+            from selenium.webdriver.common.keys import Keys
+            wait_for(d, '.jp-Notebook .jp-Cell .jp-InputArea-editor', timeout=30).click()
+            for _ in range(2):  # Shift+Enter twice: run each cell, as a person would
+                ActionChains(d).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+                time.sleep(1)
+            shot = out_dir('notebook') / 'jupyterlab-mlops-run.png'
+            try: card = wait_for(d, '.jp-OutputArea .mlops-nb-card', timeout=600, text='FINISHED')  # a generous limit for a busy machine
+            finally: d.save_screenshot(str(shot))  # kept either way: what the page showed
+            assert 'square.ipynb' in card.text and 'MLflow UI' in card.text and 'executed notebook' in card.text
+    finally:
+        import signal
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(30)
+    runs = [r for r in all_runs(store(project)) if r.data.params.get('x') == '7']
+    assert len(runs) == 1 and runs[0].info.status == 'FINISHED' and runs[0].data.metrics['square'] == 49.0
