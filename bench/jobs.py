@@ -15,7 +15,8 @@ one (fit a logistic regression on iris, record its accuracy). Each way is a fres
     - one `mlops-nb run` with the notebook ten times (cold worker)
     - a shell loop of ten `papermill` calls, with and without the hand-written MLflow logging
 
-Usage: python bench/jobs.py [--repeat 3]     (prints a table and the ratios; takes a few minutes)
+Usage: python bench/jobs.py [--repeat 3] [--only TEXT]...   (prints a table and the ratios; takes a few minutes;
+       e.g. --only 'trivial: mlops-nb run, cold' --only 'trivial: papermill' --only floor: the cold row and its peers)
 Every variant writes to its own fresh SQLite store created before timing starts; every worker is stopped after its variant.
 """
 import argparse
@@ -89,6 +90,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--repeat', type=int, default=3, help='timings per variant; the median is reported')
     ap.add_argument('--jobs', type=int, default=10, help='jobs in part (b)')
+    ap.add_argument('--only', action='append', default=[], metavar='TEXT', help='run only the variants whose name contains TEXT (repeatable)')
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix='bench_jobs_'))
     tracked, plain, by_hand = notebook(root / 'short.ipynb', TRACKED), notebook(root / 'plain.ipynb', PLAIN), notebook(root / 'by_hand.ipynb', BY_HAND)
@@ -110,6 +112,7 @@ def main():
         f'b: papermill shell loop ({n} jobs, untracked)': lambda d: ((), [[pm, plain, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)]),
         f'b: papermill shell loop + MLflow by hand ({n} jobs)': lambda d: ((), [[pm, by_hand, d / f'out{i}.ipynb', '--no-progress-bar'] for i in range(n)]),
     }
+    if a.only: variants = {k: v for k, v in variants.items() if any(t in k for t in a.only)}
     results = {}
     for rep in range(a.repeat):
         for name, cmds in variants.items():
@@ -121,7 +124,7 @@ def main():
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"\n{'variant':<60} {'median s':>9}  (runs: {a.repeat})")
     for k, v in med.items(): print(f"{k:<60} {v:9.2f}")
-    r = lambda a_, b_: f"{med[a_] / med[b_]:.2f}x"
+    r = lambda a_, b_: f"{med[a_] / med[b_]:.2f}x" if a_ in med and b_ in med else '-'
     print('\nratios (higher = mlops-nb faster):')
     for nb in ('trivial', 'short'):
         for how in ('cold worker', 'warm worker', '--no-worker'):
@@ -129,9 +132,10 @@ def main():
             print(f"  ({nb}) papermill untracked / mlops-nb run, {how}:{'':<4} {r(f'{nb}: papermill (untracked)', run)}")
     print(f"  (short) papermill + MLflow by hand / mlops-nb run, warm worker: {r('short: papermill + MLflow by hand', 'short: mlops-nb run, warm worker')}")
     print(f"  (trivial) papermill untracked / the MLflow import alone:  {r('trivial: papermill (untracked)', 'floor: python importing MLflow and its SQL store')}")
-    names = [k for k in med if k.startswith('b:')]
-    print(f"  (b) papermill loop / mlops-nb run:              {r(names[1], names[0])}")
-    print(f"  (b) papermill loop + MLflow / mlops-nb run:     {r(names[2], names[0])}")
+    names = [k for k in variants if k.startswith('b:')]
+    if len(names) == 3:
+        print(f"  (b) papermill loop / mlops-nb run:              {r(names[1], names[0])}")
+        print(f"  (b) papermill loop + MLflow / mlops-nb run:     {r(names[2], names[0])}")
     shutil.rmtree(root, ignore_errors=True)
 
 
