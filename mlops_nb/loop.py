@@ -80,6 +80,7 @@ class LoopResult:
             if getattr(self, k): lines.append(f"  {k[:-7]} run: {getattr(self, k)}")
         if self.new_version: lines.append(f"  champion: version {self.champion_version} -> {self.new_version}")
         if self.detail: lines.append(f"  {self.detail}")
+        if self.webhook: lines.append(f"  webhook: {'sent' if self.webhook.get('ok') else 'FAILED: ' + str(self.webhook.get('error'))}")
         return '\n'.join(lines)
 
     def to_dict(self) -> dict: return {**asdict(self), 'exit_code': self.exit_code}
