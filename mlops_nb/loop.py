@@ -88,14 +88,14 @@ class LoopResult:
 def _quality_lines(q: dict) -> list[str]:
     "The quality of the window in a line or two: realized with its interval and bound, estimated beside it."
     if not q: return []
-    est, out = q.get('estimated') or {}, []
+    est, out = q.get('estimated') or {}, [f"  labels: {q.get('labelled_rows', 0)} of {q.get('rows', 0)} rows in the window labelled"]
     for r in q.get('checks') or []:
         v = (q.get('realized') or {}).get(r['metric'])
         got = f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}] on {v['n']} labelled rows" if v else 'no labelled rows'
         bound = f", bound {r['bound']:.3f}" if r.get('bound') is not None else ''
         e = f"; estimated {est[r['metric']]:.3f}" if r['metric'] in est else ''
         out.append(f"  quality: {r['metric']} {got}{bound}{' ALERT' if r['alert'] else ''}{e}")
-    return out or [f"  quality: {q.get('labelled_rows', 0)} labelled rows"]
+    return out
 
 # %% ../nbs/12_loop.ipynb #d077a4e7
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -249,7 +249,9 @@ def _check(cfg: LoopConfig, s):
     from mlops_nb.reqlog import log_parts
     ch = champion(cfg.model, s, cfg.alias)
     try: log_parts(cfg.log_dir)
-    except DataError as e: raise LoopError(e.message, hint=e.hint) from None
+    except DataError as e:
+        raise LoopError(e.message, hint=f"A server started in this project keeps its log there (mlops-nb serve models:/{cfg.model}@champion); "
+                        "otherwise point at the log with --log-dir DIR.") from None
     ref = Path(cfg.reference) if cfg.reference else reference_file(ch, Path('.mlops_nb') / 'loop')
     if not ref.exists(): raise LoopError(f"Reference sample {ref} does not exist.", hint='Give a CSV or Parquet file.')
     labels = _read_table(cfg.labels, 'labels') if cfg.labels else None
