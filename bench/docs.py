@@ -24,12 +24,11 @@ def peer(tmp: Path):
     from mlops_nb.docs import site_notebooks, sphinx_conf
     src = tmp / 'peer_src'
     shutil.rmtree(src, ignore_errors=True)
-    (src / 'jobs').mkdir(parents=True)
-    groups = site_notebooks(ROOT / 'nbs')
-    for nb in groups['modules']:
-        shutil.copy2(nb, src / nb.name)
-    for nb in groups['jobs']:
-        shutil.copy2(nb, src / 'jobs' / nb.name)
+    for _, nbs in site_notebooks(ROOT / 'nbs'):  # the sidebar's sections: nbs/ and nbs/jobs/
+        for nb in nbs:
+            dst = src / nb.relative_to(ROOT / 'nbs')
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(nb, dst)
     (src / 'conf.py').write_text(sphinx_conf('peer'))
     pages = [p.relative_to(src).with_suffix('').as_posix() for p in sorted(src.rglob('*.ipynb'))]
     (src / 'index.md').write_text('# peer\n\n```{toctree}\n' + '\n'.join(pages) + '\n```\n')

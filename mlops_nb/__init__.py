@@ -9,11 +9,14 @@ _LAZY = {
     # name: module that defines it
     'MlopsNbError': 'core', 'get_settings': 'core',
     'load_dataset': 'data', 'infer_schema': 'data', 'validate': 'data', 'fingerprint': 'data',
-    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking',
+    'record': 'tracking', 'log_model': 'tracking', 'log_dataset': 'tracking', 'report': 'tuning',
     'Secret': 'params',
+    # the notebook front end: run, sweep, list and compare runs, track the live session
+    'run': 'notebook', 'sweep': 'notebook', 'pipeline': 'notebook', 'runs': 'notebook', 'compare': 'notebook', 'track': 'notebook',
+    'load_ipython_extension': 'cli',  # `%load_ext mlops_nb` registers the `%mlops` magic
 }
 
-__all__ = ['__version__', *_LAZY]
+__all__ = ['__version__', *(k for k in _LAZY if k != 'load_ipython_extension')]
 
 
 def __getattr__(name):

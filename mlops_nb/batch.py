@@ -25,15 +25,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .core import DataError, Registry, SchemaError, get_settings
+from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
+from .models import input_schema
+from .models import load as load_model
 
 # %% auto #0
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions',
            'Checked', 'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
            'BadRows', 'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format',
-           'staging_dir', 'default_rejects', 'input_fingerprint', 'BatchResult', 'score', 'prediction_column',
-           'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
-           'resume_request', 'parts_done', 'count_partitions', 'run_predict']
+           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
+           'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
+           'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -218,10 +221,9 @@ class BatchSpec:
 _MODELS: dict = {}  # (model URI, tracking URI) -> model, loaded once per process
 
 def load_batch_model(spec: BatchSpec):
-    "The model of `spec`, loaded from the store at most once per process; `(model, loaded_now)`."
+    "The model of `spec` (any flavour, through `models.load`), loaded from the store at most once per process; `(model, loaded_now)`."
     key = (spec.model_uri, spec.store.get('tracking_uri'))
     if key in _MODELS: return _MODELS[key], False
-    from mlops_nb.tracking import load_model
     _MODELS[key] = load_model(spec.model_uri, get_settings(**spec.store))
     return _MODELS[key], True
 
@@ -484,6 +486,7 @@ class BatchOptions:
     log_dir: str | None = None  # request-log folder for the monitor
     rejects: str | None = None  # rejects CSV; `default_rejects(output)` if None
     resume: bool = False  # keep the parts already written
+    overwrite: bool = False  # replace an existing output or rejects file that mlops-nb did not write
 
 def output_format(path: str | Path) -> str:
     "'parquet', 'csv' or 'dir' for an output path (an existing folder, or a name with no suffix, is a folder of parts)."
@@ -515,8 +518,15 @@ def input_fingerprint(path: str | Path) -> str:
 
 _MANIFEST = '_mlops_batch.json'
 
+def check_staging(staging: str | Path) -> None:
+    "Refuse a parts folder that holds files but no batch manifest: they are not ours to clear."
+    p = Path(staging)
+    if p.is_dir() and any(p.iterdir()) and not (p / _MANIFEST).exists():
+        raise OutputError(f"{p} holds files that are not parts of an earlier batch; scoring there could overwrite them.",
+                          hint="Give --out a new or empty folder (or a file name whose NAME.parts/ folder is free).", output=str(p))
+
 def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
-    "The manifest of this batch's parts folder: kept (and checked) when resuming, else the folder is cleared of parts."
+    "The manifest of this batch's parts folder: kept (and checked) when resuming, else the folder is cleared of our parts."
     m = staging / _MANIFEST
     if resume and m.exists():
         old = json.loads(m.read_text())
@@ -526,14 +536,38 @@ def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
                             hint="Resume with the same input and model, or start a new batch (without --resume).", path=str(staging))
         for t in staging.rglob('.*.tmp'): t.unlink(missing_ok=True)  # an interrupted write
         return old
-    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), m]: f.unlink(missing_ok=True)
-    shutil.rmtree(staging / '_rejects', ignore_errors=True)
+    check_staging(staging)
+    _clear_parts(staging)
     staging.mkdir(parents=True, exist_ok=True)
     new = {**ident, 'key': uuid.uuid4().hex, 'stamp': datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}
     m.write_text(json.dumps(new, indent=1))
     return new
 
+def check_paths(input_path: str | Path, # what is scored
+                output_path: str | Path, # where the predictions go
+                o: BatchOptions, # the rest (rejects, log folder, overwrite, resume)
+                model_path: str | None = None, # the model, when it is a local folder
+               ) -> None:
+    "Refuse (`OutputError`) outputs that are inputs, and existing files or folders that are not ours to replace."
+    fmt, rej = output_format(output_path), o.rejects or default_rejects(output_path)
+    parts = None if fmt == 'dir' else staging_dir(output_path)
+    check_outputs({'--out': output_path, '--rejects': rej, '--log-dir': o.log_dir, 'parts folder': parts},
+                  {'input': input_path, 'model': model_path}, folders={'--log-dir', 'parts folder', *(['--out'] if fmt == 'dir' else [])})
+    check_replace(None if fmt == 'dir' else output_path, '--out', o.overwrite)
+    check_replace(rej, '--rejects', o.overwrite)
+    if not o.resume: check_staging(staging_dir(output_path))
+
 # %% ../nbs/10b_batch.ipynb #d463405a
+def _clear_parts(staging: Path):
+    "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
+    if not staging.is_dir(): return
+    rej = staging / '_rejects'
+    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), *rej.glob('part-*.parquet'), *rej.glob('.*.tmp'), staging / _MANIFEST]:
+        f.unlink(missing_ok=True)
+    for d in (rej, staging):
+        try: d.rmdir()  # only when nothing else is left in it
+        except OSError: pass
+
 class _Gather:
     "Assembles a file output from its parts in input order, through a temporary file, as the parts arrive."
     def __init__(self, staging: Path, output: Path, fmt: str):
@@ -561,7 +595,8 @@ class _Gather:
         if self.writer is None: self._write(pq.read_table(part_path(self.staging, 0)))  # no rows at all: the schema alone
         self.writer.close()
         os.replace(self.tmp, self.output)
-        shutil.rmtree(self.staging)
+        mark_ours(self.output)
+        _clear_parts(self.staging)
 
     def discard(self):
         if self.writer is not None:
@@ -570,16 +605,14 @@ class _Gather:
         self.tmp.unlink(missing_ok=True)
 
 def _gather_rejects(staging: Path, dst: Path) -> int:
-    "Write every partition's rejects to one CSV (removing a stale one when there are none); how many rows."
+    "Write every partition's rejects to one CSV (removing a stale one of ours when there are none); how many rows."
     parts = sorted((staging / '_rejects').glob('part-*.parquet'))
-    dst.unlink(missing_ok=True)
-    if not parts: return 0
-    n, tmp = 0, dst.with_name(f'.{dst.name}.tmp')
+    if not parts: remove_ours(dst); return 0  # a file we did not write is never removed
+    n = 0
     tables = (pq.read_table(p) for p in parts)
     first = next(tables)
-    with pacsv.CSVWriter(tmp, first.schema) as w:
+    with replacing(dst) as tmp, pacsv.CSVWriter(tmp, first.schema) as w:
         for t in (first, *tables): w.write_table(t.cast(first.schema)); n += t.num_rows
-    os.replace(tmp, dst)
     return n
 
 # %% ../nbs/10b_batch.ipynb #7f638a54
@@ -619,6 +652,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     check_input(input_path, feats, o.keep)
     out, fmt = Path(output_path), output_format(output_path)
     staging, info, s = staging_dir(out), model_info or {}, settings or get_settings()
+    check_paths(input_path, out, o)
     ident = dict(input=str(Path(input_path).resolve()), input_sha256=input_fingerprint(input_path), model_uri=model_uri,
                  model_version=info.get('version'), columns=[c.name for c in feats])
     man = _prepare_staging(staging, ident, o.resume)
@@ -725,9 +759,9 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     if o.chunk_rows < 1: raise DataError(f"--chunk-rows must be at least 1, got {o.chunk_rows}.")
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
-    output_format(req.output_path)
-    src = model_source(req.model_uri, settings)
-    schema = training_schema(src['run_id'], settings)
+    check_paths(req.input_path, req.output_path, o, req.model_uri if Path(req.model_uri).expanduser().exists() else None)
+    model_source(req.model_uri, settings)  # an unknown name, version or alias is named here
+    schema, _ = input_schema(req.model_uri, settings)  # schema.json, else the signature, else the input example
     check_input(req.input_path, [c for c in schema.columns if c.name != schema.target], o.keep)
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",
@@ -735,7 +769,7 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
                 executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 0, on_bad_rows=o.on_bad_rows,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
-                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume)
+                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite)
 
 # %% ../nbs/10b_batch.ipynb #c2844ee7
 def resume_request(run_id: str, settings=None) -> PredictRequest:
@@ -747,7 +781,8 @@ def resume_request(run_id: str, settings=None) -> PredictRequest:
     p = d['params']
     o = BatchOptions(p['executor'], p.get('scheduler') or None, (int(p['workers']) or None) if p.get('workers') not in (None, '', 'None') else None,
                      [k for k in p.get('keep', '').split(',') if k], p.get('proba') == 'true' or p.get('proba') == 'True',
-                     p['on_bad_rows'], int(p['chunk_rows']), p.get('log_dir') or None, p.get('rejects') or None, True)
+                     p['on_bad_rows'], int(p['chunk_rows']), p.get('log_dir') or None, p.get('rejects') or None, True,
+                     p.get('overwrite') in ('true', 'True'))
     return PredictRequest(p['model_uri'], p['input_path'], p['output_path'], o)
 
 def parts_done(output_path: str | Path) -> int:

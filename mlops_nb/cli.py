@@ -19,10 +19,10 @@ from .core import MlopsNbError, get_settings, redact
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
-           'WORKER_EPILOG', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce', 'cmd_params',
-           'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor', 'cmd_serve',
-           'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker', 'cmd_ui',
-           'main']
+           'WORKER_EPILOG', 'LOUD_COMMANDS', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce',
+           'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
+           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
+           'cmd_ui', 'main', 'cmd_runs', 'cmd_compare', 'mlops_magic', 'load_ipython_extension']
 
 # %% ../nbs/13_cli.ipynb #67eb2be4
 _SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
@@ -37,6 +37,39 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
     p.add_argument('--json', action='store_true', help='print a JSON document for programs instead of text')
+
+# %% ../nbs/13_cli.ipynb #7041a180
+def _report_args(p: argparse.ArgumentParser):
+    p.add_argument('--junit-xml', metavar='FILE', help='write a JUnit XML report, one test case per job, for CI systems; '
+                   'a Markdown table of the jobs is also appended to $GITHUB_STEP_SUMMARY when it is set')
+
+def _check_reports(a):
+    "Refuse (exit 2) a report path that cannot be written, before anything starts."
+    if getattr(a, 'junit_xml', None):
+        from mlops_nb.ci import check_report_path
+        nbs = getattr(a, 'notebook', None)
+        files = [*(nbs if isinstance(nbs, list) else [nbs]), getattr(a, 'pipeline', None), getattr(a, 'batch', None),
+                 getattr(a, 'sweep_file', None), *(getattr(a, 'parameters_file', None) or [])]
+        check_report_path(a.junit_xml, '--junit-xml', inputs={f'input {f}': f for f in files if f},
+                          outputs={'--output': getattr(a, 'output', None)})
+
+def _ci_reports(a, suite: str, cases) -> int:
+    "Write the reports asked for from `cases()`; 0, or 1 when one cannot be written (said on stderr)."
+    if not (getattr(a, 'junit_xml', None) or os.environ.get('GITHUB_STEP_SUMMARY')): return 0
+    from mlops_nb.ci import write_reports
+    try: write_reports(cases(), suite, junit=a.junit_xml)
+    except MlopsNbError as e:
+        print(f"error: {e}", file=sys.stderr); return 1
+    return 0
+
+# %% ../nbs/13_cli.ipynb #21b38a59
+def _verbose_flag(p: argparse.ArgumentParser):
+    "Add -v/--verbose to `p` and every parser under it, so it may come before or after the command."
+    p.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
+                   help="show the libraries' log lines and warnings (MLflow's, Alembic's) on stderr")
+    for act in p._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for q in act.choices.values(): _verbose_flag(q)
 
 # %% ../nbs/13_cli.ipynb #c1b3851e
 EPILOG = """\
@@ -70,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'mlops_nb {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for add in _SUBCOMMANDS: add(sub)
+    _verbose_flag(p)
     return p
 
 # %% ../nbs/13_cli.ipynb #7aa5d997
@@ -106,7 +140,8 @@ def _add_run_parser(sub):
                        '  mlops-nb run train -p model gradient_boosting -p seed 3\n'
                        '  mlops-nb run nbs/jobs/*.ipynb -p seed 1        several notebooks, one warm worker; -p applies where declared\n'
                        '  mlops-nb run --batch jobs.yaml                  a YAML list of {notebook: NB, parameters: {...}}\n'
-                       '  mlops-nb run etl.ipynb --timeout 600 --retries 2 -p api_token "$TOKEN"\n\n'
+                       '  mlops-nb run etl.ipynb --timeout 600 --retries 2 -p api_token "$TOKEN"\n'
+                       '  mlops-nb run nbs/jobs/*.ipynb --junit-xml reports/jobs.xml   CI: a JUnit test case per job (and $GITHUB_STEP_SUMMARY)\n\n'
                        'failures: a raising cell, a dead kernel (os._exit, SIGKILL, out of memory), --timeout or Ctrl-C/SIGTERM '
                        'end the run FAILED\nwith reason error, kernel_died, timeout or interrupted, and keep the partial notebook.\n'
                        'secrets: parameters typed Secret or named like *_token, *password*, *secret*, *api_key* reach the job '
@@ -118,7 +153,8 @@ def _add_run_parser(sub):
     r.add_argument('-f', '--parameters-file', action='append', default=[], metavar='YAML', help='parameter values from a YAML file')
     r.add_argument('-y', '--parameters-yaml', action='append', default=[], metavar='YAML', help='parameter values as a YAML string')
     r.add_argument('--batch', metavar='YAML', help='jobs to run: a YAML list of notebook paths or {notebook, parameters} mappings')
-    r.add_argument('--output', help='where to write the executed notebook, for one notebook (default: .mlops_nb/outputs/RUN_ID/NAME.ipynb)')
+    r.add_argument('--output', help='also copy the executed notebook here, for one notebook (always kept in .mlops_nb/outputs/RUN_ID/). '
+                   'As with papermill, an existing file is replaced, but only when the job succeeds; never the notebook itself')
     r.add_argument('--timeout', type=float, metavar='S', help='seconds each whole job may run; then it is stopped and FAILED (timeout)')
     r.add_argument('--cell-timeout', type=float, metavar='S', help='seconds any one cell may run')
     r.add_argument('--retries', type=int, default=0, metavar='N', help='rerun a failed job up to N times, as new linked runs (default 0)')
@@ -127,6 +163,7 @@ def _add_run_parser(sub):
     r.add_argument('--log-output', action='store_true', help="stream the notebook's output while it runs")
     r.add_argument('--allow-no-parameters', action='store_true', help='run a notebook that has no `parameters` cell')
     _common(r)
+    _report_args(r)
 
 # %% ../nbs/13_cli.ipynb #df74c371
 def _spread(items, values) -> list[tuple[str, dict]]:
@@ -171,8 +208,9 @@ def cmd_run(a) -> int:
     from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
     items = _batch_items(a)
+    _check_reports(a)
     for nb, values in items:  # every job's parameters are checked before the first starts
-        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)
+        check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel, output=a.output)
     if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
         from mlops_nb.core import job_notebook
         warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
@@ -199,7 +237,9 @@ def cmd_run(a) -> int:
         bad = [r for r in results if not r.ok]
         print(f"\n{len(results) - len(bad)} of {len(results)} jobs finished" + (f", {len(bad)} failed: " + ', '.join(
             f"{r.notebook.name} ({r.error['reason']}, run {r.run_id})" for r in bad) if bad else ''))
-    return 0 if all(r.ok for r in results) else 1
+    from mlops_nb.ci import job_case
+    unwritten = _ci_reports(a, 'mlops-nb run', lambda: [job_case(r) for r in results])
+    return 1 if unwritten or not all(r.ok for r in results) else 0
 
 # %% ../nbs/13_cli.ipynb #a6d872ef
 def _print_result(res, s, bar=None):
@@ -281,10 +321,18 @@ def _add_registry_parsers(sub):
                         epilog='gate file (YAML):\n  checks:\n    - roc_auc >= 0.95\n    - roc_auc >= champion - 0.005\n'
                         '    - latency_p95_ms <= champion * 1.2\n'
                         'without --gate: the default gate for the task (mlops_nb.evaluate.DEFAULT_GATES).\n'
+                        'any MLflow model (autolog, mlflow.xgboost, a PythonModel, ...): score candidate and champion on the\n'
+                        'same rows of a held-out file:\n  mlops-nb promote churn --run RUN_ID --data holdout.parquet --target churned\n'
+                        '  mlops-nb promote churn --version 4 --data holdout.parquet --target churned\n'
                         'exit codes: 0 promoted, 1 the gate failed (aliases untouched), 2 bad input.',
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument('model', help='registered model name (created on first promotion)')
-    pr.add_argument('--run', required=True, metavar='RUN_ID', help='the train run whose model to promote')
+    who = pr.add_mutually_exclusive_group(required=True)
+    who.add_argument('--run', metavar='RUN_ID', help='the run whose model to promote (a train job\'s, or any run that logged a model)')
+    who.add_argument('--version', metavar='N', help='an already registered version of MODEL to promote')
+    pr.add_argument('--data', metavar='FILE', help='held-out CSV/Parquet file: candidate and champion are scored on its rows '
+                    '(needed for a run the train job did not make)')
+    pr.add_argument('--target', metavar='COLUMN', help='the column of --data holding the true labels or values')
     pr.add_argument('--alias', default='champion', help='alias to move (default: champion)')
     pr.add_argument('--gate', metavar='GATE.yaml', help='gate file with a `checks:` list (default: the task\'s default gate)')
     pr.add_argument('--reason', help='why, recorded on the version')
@@ -314,14 +362,15 @@ def cmd_promote(a) -> int:
     from mlops_nb.core import GateFailed
     from mlops_nb.registry import promote
     s = _settings(a)
-    try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason)
+    try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason,
+                     data=a.data, target=a.target, version=a.version)
     except GateFailed as e:
         p = e.promotion
         if a.json: _print_json(p.to_dict())
         else:
             print(_gate_lines(p))
             print(f"\nrefused: alias {a.alias!r} " + (f"stays on version {p.previous}" if p.previous else "is not set")
-                  + f"; the gate result is logged to run {a.run} (gate.json)")
+                  + f"; the gate result is logged to run {p.run_id} (gate.json)")
         return e.exit_code
     if a.json: _print_json(p.to_dict())
     else:
@@ -454,7 +503,9 @@ def _add_drift_parser(sub):
     d.add_argument('--model-version', help='request log: only rows this model version scored')
     d.add_argument('--chunked', action='store_true', help='read files in chunks, in bounded memory (KS/Wasserstein approximate on many-valued columns)')
     d.add_argument('--webhook', metavar='URL', help='POST the decision as JSON here when drift is detected')
-    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here')
+    d.add_argument('--report', metavar='OUT.html', help='run the monitor job notebook (an MLflow run) and write its HTML report here '
+                   '(never over REFERENCE or CURRENT; an earlier report is replaced when the run succeeds)')
+    d.add_argument('--overwrite', action='store_true', help='let --report replace an existing file that mlops-nb did not write')
     _common(d)
 
 # %% ../nbs/13_cli.ipynb #dr90d9b0
@@ -486,8 +537,11 @@ def _drift_report(a):
     from mlops_nb.core import JobFailed, ParameterError
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import download_artifact
+    from mlops_nb.outputs import check_outputs, check_replace, publish
     for p in (a.reference, a.current):
         if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
+    check_outputs({'--report': a.report}, {'REFERENCE': a.reference, 'CURRENT': a.current})
+    check_replace(a.report, '--report', a.overwrite)
     values = {'reference': a.reference, 'current': a.current, 'window': a.window or '', 'start': a.start or '', 'end': a.end or '',
               'model_version': a.model_version or '', 'columns': a.columns or '', 'categorical': a.categorical or '',
               'stattest': ','.join(a.stattest), 'threshold': ','.join(a.threshold), 'drift_share': a.drift_share,
@@ -501,8 +555,7 @@ def _drift_report(a):
     if not job.html or not Path(job.html).exists():
         raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
                         hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(Path(job.html).read_bytes())
+    publish(job.html, out)  # atomic: a failed or killed report leaves the previous one
     doc.pop('bins', None)
     return doc, {'run_id': job.run_id, 'report': str(out)}, job
 
@@ -682,9 +735,12 @@ def _add_serving_parser(sub):
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
-    from mlops_nb.serve import ServeConfig, prepare_model_dir, run_server
+    from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
+    from mlops_nb.outputs import check_outputs
+    check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
+    sm = load_served_model(info['path'], a.onnx)  # a model that cannot load is refused (exit 2) before anything says "serving"
     log_dir = None if a.no_log else a.log_dir or str(default_log_dir(info.get('name') or Path(info['path']).name))
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
                       watch=a.watch, watch_interval=a.watch_interval, log_dir=log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
@@ -695,7 +751,7 @@ def cmd_serve(a) -> int:
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
     print(f"request log: {log_dir} (labels: POST /labels; mlops-nb monitor and /dashboard read it)" if log_dir else
           "request log: off (--no-log)", flush=True)
-    try: run_server(cfg)
+    try: run_server(cfg, sm if a.workers == 1 else None)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 
@@ -736,7 +792,8 @@ def _add_predict_parser(sub):
                        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model_uri', nargs='?', help='models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model')
     p.add_argument('input', nargs='?', help='CSV or Parquet file, or a folder of Parquet parts')
-    p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it)')
+    p.add_argument('--out', '-o', metavar='OUTPUT', help='.parquet or .csv file, or a folder (parts are written in it); never the input. '
+                   'An earlier output of predict is replaced when the batch succeeds; another existing file needs --overwrite')
     p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
     p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
     p.add_argument('--workers', type=int, metavar='N', help='local: scoring processes (default: one per core; 1: in order, in one process); dask: processes of the local cluster it starts (default 2)')
@@ -744,7 +801,9 @@ def _add_predict_parser(sub):
     p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
     p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')
     p.add_argument('--chunk-rows', type=int, default=100_000, metavar='N', help='rows read and scored at a time (default 100000)')
-    p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output)')
+    p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output); '
+                   'a stale one is removed only if predict wrote it')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --rejects file that mlops-nb did not write')
     p.add_argument('--log-dir', metavar='DIR', help='also append the scored rows to this request log (read by the monitor)')
     p.add_argument('--resume', metavar='RUN_ID', help='continue an interrupted or failed predict run: score only missing parts')
     _common(p)
@@ -758,7 +817,7 @@ def _predict_request(a):
     if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
                                      hint='mlops-nb predict models:/NAME@champion data.parquet --out scored.parquet')
     return PredictRequest(a.model_uri, a.input, a.out, BatchOptions(a.executor, a.scheduler, a.workers, a.keep, a.proba,
-                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects))
+                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects, overwrite=a.overwrite))
 
 @contextlib.contextmanager
 def _parts_bar(req, show: bool):
@@ -805,20 +864,24 @@ def cmd_predict(a) -> int:
 def _add_docs_parser(sub):
     d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
                        description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
-                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search;\n'
-                       'the README is the index and this command\'s --help the CLI reference. Broken internal links fail the build.',
+                       'removed, directives applied, show_doc rendered), Sphinx with MyST-NB renders them offline with search.\n'
+                       'nbdev\'s conventions: nbs/index.ipynb (else the README) is the home page, sidebar order and sections as\n'
+                       'nbdev_sidebar lists them (nbs/sidebar.yml with custom_sidebar = True), settings.ini console_scripts the\n'
+                       'command-line page. Broken links and references, missing pages and network assets fail the build;\n'
+                       'cosmetic warnings (code shown without highlighting) are listed as notes.',
                        epilog='examples:\n'
                        '  mlops-nb docs                                   build into _docs/ (settings.ini doc_path)\n'
                        '  mlops-nb docs --serve                           build, then serve it on http://127.0.0.1:8000\n'
                        '  mlops-nb docs --champion breast_cancer          add a report on the champion\'s train run\n'
                        '  mlops-nb docs --runs RUN_ID RUN_ID --out site   reports on chosen runs, into site/\n\n'
                        'publish: the output folder is a plain static site (GitHub Pages, any web server).\n'
-                       'exit codes: 0 built, 1 Sphinx or the link check refused the site, 2 bad input.',
+                       'exit codes: 0 built, 1 Sphinx or the link check refused the site (--strict: any warning), 2 bad input.',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument('--out', metavar='DIR', help='output folder (default: settings.ini doc_path, _docs)')
     d.add_argument('--runs', nargs='+', default=[], metavar='RUN_ID', help='add a report page for each run')
     d.add_argument('--champion', action='append', default=[], metavar='MODEL', help="add a report on MODEL's champion (repeatable)")
     d.add_argument('--serve', action='store_true', help='serve the built site until Ctrl-C')
+    d.add_argument('--strict', action='store_true', help='every Sphinx warning fails the build, cosmetic ones too')
     d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
     _common(d)
     i = sub.add_parser('init', help='start a new notebook-first project',
@@ -842,7 +905,7 @@ def cmd_docs(a) -> int:
         def step(name):  # called as each step starts: the previous one is done
             if started: bar.update(1)
             started.append(name); bar.set_description(name)
-        site = build_site(out=Path(a.out) if a.out else None, parser=build_parser(), runs=runs, settings=s, progress=step)
+        site = build_site(out=Path(a.out) if a.out else None, runs=runs, settings=s, progress=step, strict=a.strict)
         bar.update(1)
     if a.json: _print_json({'out': str(site.out), 'index': str(site.index), 'pages': site.pages, 'runs': site.runs, 'notes': site.notes})
     else:
@@ -923,6 +986,7 @@ def _add_pipeline_parser(sub):
     r.add_argument('--executor', default='local', choices=['local', 'dask'], help='where jobs run (default: local)')
     r.add_argument('--workers', type=int, metavar='N', help='steps (and grid jobs) at once; Dask workers of a started cluster')
     r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
+    _report_args(r)
 
 # %% ../nbs/13_cli.ipynb #92162775
 def _step_lines(p, states: dict, run_ids: dict, extra: dict | None = None) -> list[str]:
@@ -958,10 +1022,12 @@ def _pipeline_show(p, s, a) -> int:
     return 0
 
 def cmd_pipeline(a) -> int:
+    from mlops_nb.ci import pipeline_cases
     from mlops_nb.pipelines import load_pipeline, run_pipeline
     p = load_pipeline(a.pipeline, params=dict(a.param) or None)
     s = _settings(a)
     if a.action == 'show': return _pipeline_show(p, s, a)
+    _check_reports(a)
     bar = None
     def event(kind, n, r):  # the first event comes once the file is checked: a refused file shows no bar
         nonlocal bar
@@ -978,7 +1044,8 @@ def cmd_pipeline(a) -> int:
                                force=a.force, resume=a.resume, on_event=event)
     finally:
         if bar is not None: bar.close()
-    if a.json: _print_json(res.to_dict()); return 0 if res.status == 'FINISHED' else 1
+    rc = max(0 if res.status == 'FINISHED' else 1, _ci_reports(a, 'mlops-nb pipeline run', lambda: pipeline_cases(res, p)))
+    if a.json: _print_json(res.to_dict()); return rc
     print(f"pipeline {p.name}: {res.status} in {res.duration:.1f}s, parent run {res.run_id}")
     r = res.steps
     print('\n'.join(_step_lines(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
@@ -987,7 +1054,7 @@ def cmd_pipeline(a) -> int:
     if res.not_run: print("not run: " + ', '.join(res.not_run))
     if res.status != 'FINISHED': print(f"fix it, then: mlops-nb pipeline run {a.pipeline} --resume {res.run_id}")
     print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
-    return 0 if res.status == 'FINISHED' else 1
+    return rc
 
 # %% ../nbs/13_cli.ipynb #2f2f2da2
 SWEEP_EPILOG = """\
@@ -1001,6 +1068,10 @@ examples:
   mlops-nb sweep train --grid seed=0,1,2,3 --executor dask --scheduler tcp://10.0.0.5:8786
         on a Dask cluster; with a team store: export MLFLOW_TRACKING_URI=http://mlflow.internal:5000
   mlops-nb sweep --resume SWEEP_RUN_ID             run only the combinations that did not finish
+  mlops-nb sweep train --search tpe --trials 30 --space max_depth=int:2:20 --space n_estimators=int:50:400 \\
+        --metric roc_auc --prune median --workers 2
+        30 trials, each chosen by TPE from the results before it; hopeless ones stopped early
+        (the notebook calls mlops_nb.report(value, step)); --resume continues the study
 
 sweep file (YAML):
   notebook: nbs/jobs/train.ipynb
@@ -1009,6 +1080,7 @@ sweep file (YAML):
   random: {n: 8, seed: 0, space: {max_depth: "int:2:20"}}
   metric: roc_auc
   maximize: true
+  # or a tuning sweep: search: tpe, trials: 30, prune: median, space: {max_depth: "int:2:20"}, seed: 0
 
 space specs: uniform:LO:HI  loguniform:LO:HI  int:LO:HI (both included)  choice:A,B,C
 every combination is checked against the notebook's parameters before anything starts.
@@ -1031,6 +1103,9 @@ def _add_sweep_parser(sub):
     d.add_argument('--space', action='append', default=[], metavar='NAME=SPEC', help='uniform:LO:HI, loguniform:LO:HI, int:LO:HI or choice:A,B (repeatable)')
     d.add_argument('-f', '--sweep-file', metavar='YAML', help='a sweep file (see below); flags add to it')
     d.add_argument('--seed', type=int, help='seed of the random draw (default 0): the same sweep gives the same combinations')
+    d.add_argument('--search', metavar='NAME', help='grid or random (combinations fixed up front), or tpe: each trial learns from the ones before (Optuna; needs --trials, --metric)')
+    d.add_argument('--trials', type=int, metavar='N', help='trials in all for --search tpe (with --search random: how many to draw)')
+    d.add_argument('--prune', metavar='NAME', help='stop hopeless trials from their mlops_nb.report() values: median or hyperband (--search tpe)')
     r = p.add_argument_group('how to run')
     r.add_argument('--workers', type=int, help='jobs at once on this machine (default: the number of cores)')
     r.add_argument('--executor', default='local', metavar='NAME', help='local: a worker pool here (default); dask: a Dask cluster; or one you registered in sweeps.EXECUTORS')
@@ -1042,9 +1117,12 @@ def _add_sweep_parser(sub):
     g = b.add_mutually_exclusive_group()
     g.add_argument('--maximize', dest='maximize', action='store_true', default=None, help='higher is better (default, except for names like loss, error, rmse)')
     g.add_argument('--minimize', dest='maximize', action='store_false', help='lower is better')
+    g.add_argument('--direction', dest='maximize', type=lambda v: {'maximize': True, 'minimize': False}[v], metavar='maximize|minimize',
+                   help="the metric's direction, as Optuna says it (same as --maximize / --minimize)")
     p.add_argument('--tracking-uri', help='MLflow tracking URI (default: MLFLOW_TRACKING_URI, settings.ini, or sqlite:///mlflow.db here)')
     p.add_argument('--experiment', help='MLflow experiment name (default: mlops_nb)')
     p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
+    _report_args(p)
     return p
 
 # %% ../nbs/13_cli.ipynb #b0d6b1c0
@@ -1079,6 +1157,7 @@ def cmd_sweep(a) -> int:
     "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
     from mlops_nb.params import parse_param_args
     from mlops_nb.sweeps import SweepInterrupted
+    _check_reports(a)
     s = _settings(a)
     fixed = dict(parse_param_args(a.parameters))
     progress = _SweepProgress('json' if a.json else 'bar')
@@ -1089,22 +1168,28 @@ def cmd_sweep(a) -> int:
         with quiet: res = _sweep_for(a, s, fixed, kw)
     except SweepInterrupted as e:
         progress.close()
-        _report(e.result, a)
+        _report(e.result, a); _sweep_reports(a, e.result)
         print(f"interrupted: unfinished runs are FAILED (interrupted). Resume with: mlops-nb sweep --resume {e.result.sweep_id}", file=sys.stderr)
         return 130
     finally: progress.close()
     _report(res, a)
-    return 0 if res.status == 'FINISHED' else 1
+    return max(0 if res.status == 'FINISHED' else 1, _sweep_reports(a, res))
 
 def _sweep_for(a, s, fixed, kw):
     from mlops_nb.core import ParameterError
     from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
     if a.resume:
-        if a.grid or a.random or a.space or a.sweep_file:
-            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
+        if a.grid or a.random or a.space or a.sweep_file or a.search or a.trials or a.prune:
+            raise ParameterError("--resume runs the stored combinations; it takes no --grid, --random, --space, --search, --trials, --prune or -f.", hint=f"mlops-nb sweep --resume {a.resume}")
         return resume_sweep(a.resume, s, fixed=fixed, metric=a.metric, maximize=a.maximize, **kw)
-    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize)
+    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, fixed, a.seed, a.metric, a.maximize,
+                     search=a.search, trials=a.trials, prune=a.prune)
     return run_sweep(sw, s, **kw)
+
+def _sweep_reports(a, res) -> int:
+    from mlops_nb.ci import sweep_cases
+    from mlops_nb.core import job_notebook
+    return _ci_reports(a, 'mlops-nb sweep', lambda: sweep_cases(res, notebook=job_notebook(a.notebook) if a.notebook else None))
 
 def _report(res, a):
     if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
@@ -1205,9 +1290,10 @@ def _thin_checks(a) -> list[str]:
     if a.command == 'sweep' and not a.resume:
         from mlops_nb.params import parse_param_args
         from mlops_nb.sweeps import build_sweep, check_sweep
-        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize)
+        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize,
+                         search=a.search, trials=a.trials, prune=a.prune)
         check_sweep(sw)
-        return notebook_imports([sw.notebook])
+        return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
     if a.command in ('predict', 'monitor'):  # bundled job notebooks: the worker loads what they import (a model's flavour)
         from mlops_nb.core import job_notebook
         return notebook_imports([job_notebook(n) for n in ((a.command, 'train') if a.command == 'monitor' else (a.command,))])
@@ -1222,7 +1308,8 @@ def _via_worker(a, argv: list[str]) -> int | None:
     "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
     from mlops_nb.worker import WorkerError, run_command, worker_enabled
     if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
-    preload = _thin_checks(a)
+    from mlops_nb.params import deferred_choices
+    with deferred_choices(): preload = _thin_checks(a)  # a Literal computed from a registry is checked in the worker, which has it loaded
     try: return run_command(argv, preload)
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
@@ -1247,6 +1334,20 @@ def cmd_ui(a) -> int:
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
     return _supervised(cmd)
 
+# %% ../nbs/13_cli.ipynb #cf0e8593
+LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output
+
+def _quiet_libraries(a):
+    "Drop log records up to WARNING and Python warnings in this process, unless -v; returns what restores them."
+    import logging, warnings
+    if getattr(a, 'verbose', False) or a.command in LOUD_COMMANDS: return lambda: None
+    disable, filters = logging.root.manager.disable, warnings.filters[:]
+    logging.disable(logging.WARNING)
+    warnings.simplefilter('ignore')
+    def restore():
+        logging.disable(disable); warnings.filters[:] = filters; warnings._filters_mutated()
+    return restore
+
 # %% ../nbs/13_cli.ipynb #a5869a69
 COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
 
@@ -1263,6 +1364,7 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
+    quiet = _quiet_libraries(a)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
     try:
@@ -1281,5 +1383,114 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         rc = 130
     finally:
         sys.stdout, sys.stderr = streams
+        quiet()
     return rc
 
+
+# %% ../nbs/13_cli.ipynb #071f7d7a
+@subcommand
+def _add_runs_parsers(sub):
+    "`mlops-nb runs` and `mlops-nb compare`."
+    r = sub.add_parser('runs', help='list runs, newest first: id, status, start, duration, params, metrics',
+                       description='List the runs of the experiment (or of one job notebook: its jobs, its sweeps\' jobs and its '
+                       'tracked sessions), newest first.', epilog='examples:\n  mlops-nb runs train --status FAILED\n  mlops-nb runs --kind sweep --json',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument('notebook', nargs='?', help='only runs of this job notebook (path or name)')
+    r.add_argument('--status', choices=['FINISHED', 'FAILED', 'RUNNING', 'KILLED'], help='only runs with this status')
+    r.add_argument('--kind', choices=['job', 'sweep', 'pipeline', 'interactive'], help='only runs of this kind')
+    r.add_argument('--max', type=int, default=50, metavar='N', help='at most N runs (default 50)')
+    _common(r)
+    c = sub.add_parser('compare', help='two or more runs side by side: params, metrics, notebook difference',
+                       description='Print the parameters and metrics of RUN_IDs side by side, rows that differ marked *, then the '
+                       'cell-by-cell difference of the first two executed notebooks.')
+    c.add_argument('run_ids', nargs='+', metavar='RUN_ID', help='two runs or more')
+    c.add_argument('--no-diff', action='store_true', help='leave out the notebooks\' difference')
+    _common(c)
+
+def cmd_runs(a) -> int:
+    from mlops_nb.notebook import runs
+    df = runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
+    if a.json: _print_json(json.loads(df.drop(columns='tags').to_json(orient='records', date_format='iso'))); return 0
+    if df.empty: print("no runs" + (f" of {a.notebook}" if a.notebook else '') + " (start one with: mlops-nb run NOTEBOOK)"); return 0
+    m = [c for c in df.columns if c.startswith('metrics.') and c != 'metrics.job_duration_s'][:4]
+    t = df[['run_id', 'run_name', 'kind', 'status', 'start', 'duration_s', *m]].rename(columns=lambda c: c[8:] if c.startswith('metrics.') else c)
+    t['start'] = t['start'].dt.strftime('%Y-%m-%d %H:%M:%S')
+    print(t.to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}'))
+    return 0
+
+def cmd_compare(a) -> int:
+    from mlops_nb.notebook import compare
+    c = compare(*a.run_ids, settings=_settings(a), plots=False, notebooks=not a.no_diff)
+    if a.json:
+        frame = lambda df: {k: {**{l: r[l] for l in c.labels}, 'differs': bool(r['differs'])} for k, r in df.iterrows()}
+        _print_json(dict(runs=c.runs, labels=c.labels, status=c.status, params=frame(c.params), metrics=frame(c.metrics), diff=c.diff)); return 0
+    print(repr(c))
+    return 0
+
+COMMANDS.update(runs=cmd_runs, compare=cmd_compare)
+
+# %% ../nbs/13_cli.ipynb #8615d9a1
+def _magic_run(a):
+    from mlops_nb.notebook import run_items
+    items = _batch_items(a)
+    res = run_items(items, settings=_settings(a), use_worker=not a.no_worker, timeout=a.timeout, cell_timeout=a.cell_timeout,
+                    retries=a.retries, engine=a.engine, kernel_name=a.kernel, output=a.output, allow_no_parameters=a.allow_no_parameters,
+                    experiment=a.experiment)
+    return res[0] if len(res) == 1 else res
+
+def _magic_sweep(a):
+    from mlops_nb.notebook import follow_sweep
+    from mlops_nb.params import parse_param_args
+    s, fixed = _settings(a), dict(parse_param_args(a.parameters))
+    if not a.resume: _thin_checks(a)  # every combination is checked before anything starts
+    kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast)
+    return follow_sweep(lambda on_event: _sweep_for(a, s, fixed, {**kw, 'on_event': on_event}), s, use_worker=not a.no_worker)
+
+def _magic_pipeline(a):
+    from mlops_nb.notebook import follow_pipeline
+    from mlops_nb.pipelines import check_pipeline, load_pipeline, run_pipeline
+    p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+    check_pipeline(p)
+    s = _settings(a)
+    return follow_pipeline(p, lambda on_event: run_pipeline(p, s, executor=a.executor, workers=a.workers, scheduler=a.scheduler,
+                                                            cache=not a.no_cache, force=a.force, resume=a.resume, on_event=on_event),
+                           s, use_worker=not a.no_worker)
+
+def _magic_runs(a):
+    from mlops_nb.notebook import runs
+    return runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
+
+def _magic_compare(a):
+    from mlops_nb.notebook import compare
+    return compare(*a.run_ids, settings=_settings(a), notebooks=not a.no_diff)
+
+_MAGIC = {'run': _magic_run, 'sweep': _magic_sweep, 'pipeline': _magic_pipeline, 'runs': _magic_runs, 'compare': _magic_compare}
+
+# %% ../nbs/13_cli.ipynb #c3a63d75
+def mlops_magic(line: str # the arguments of `mlops-nb`, as typed after `%mlops`
+               ):
+    "`%mlops ARGS`: `mlops-nb ARGS` inside a notebook; run, sweep, pipeline run, runs and compare return a result that displays itself."
+    import shlex
+    from IPython.core.error import UsageError
+    argv = shlex.split(line)
+    parser = build_parser()
+    try: a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and what is wrong (or the help, for --help)
+        if e.code: raise UsageError(f"mlops-nb {line.strip()}: bad arguments (the message is above).") from None
+        return None
+    if not a.command: parser.print_help(); return None
+    handler = _MAGIC.get(a.command)
+    if handler is None or getattr(a, 'json', False) or getattr(a, 'action', 'run') != 'run':
+        old = signal.getsignal(signal.SIGTERM)
+        try: rc = main(argv, worker=False)  # prints, as in a terminal
+        finally: signal.signal(signal.SIGTERM, old)  # the kernel's own handler stays
+        if rc == 2: raise UsageError(f"mlops-nb {line.strip()}: bad input (the message is above); nothing started.")
+        return None
+    try: return handler(a)
+    except MlopsNbError as e:
+        if e.exit_code == 2: raise UsageError(redact(str(e))) from None
+        raise
+
+def load_ipython_extension(ip):
+    "`%load_ext mlops_nb`: register the `%mlops` line magic."
+    ip.register_magic_function(mlops_magic, magic_kind='line', magic_name='mlops')

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .outputs import check_new_folder, check_outputs
 from .serve import prepare_model_dir
 
 # %% auto #0
@@ -131,9 +132,8 @@ def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NA
                   ) -> dict:
     "Write the build context of `uri` to `out`; returns what was written and the model's identity."
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        from mlops_nb.core import ConfigError
-        raise ConfigError(f"{out} exists and is not empty.", hint="Give a new folder with --out, or empty this one.")
+    check_outputs({'--out': out}, {'MODEL_URI': uri if Path(uri).expanduser().exists() else None}, folders={'--out'})
+    check_new_folder(out, '--out')
     out.mkdir(parents=True, exist_ok=True)
     if Path(uri).expanduser().is_dir(): shutil.copytree(Path(uri).expanduser(), out / 'model')
     info = prepare_model_dir(str(out / 'model') if Path(uri).expanduser().is_dir() else uri, out / 'model', settings)

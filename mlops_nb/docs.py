@@ -21,28 +21,82 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from .core import MlopsNbError, Settings, find_project
+from .outputs import check_new_folder, check_outputs
 
 # %% auto #0
-__all__ = ['DocsError', 'site_notebooks', 'page_name', 'proc_notebooks', 'myst_notebook', 'sphinx_conf', 'cli_reference',
-           'index_page', 'champion_run', 'run_report', 'check_links', 'Site', 'readme_for_site', 'build_site',
-           'serve_site', 'package_name', 'template_files', 'init_project']
+__all__ = ['DocsError', 'page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
+           'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'champion_run', 'run_report',
+           'check_links', 'sphinx_warnings', 'Site', 'readme_for_site', 'build_site', 'serve_site', 'package_name',
+           'template_files', 'init_project']
 
 # %% ../nbs/12a_docs.ipynb #a15ca4dd
 class DocsError(MlopsNbError):
     "The docs site or a project template cannot be built."
 
 # %% ../nbs/12a_docs.ipynb #8ed9831b
-def site_notebooks(nbs: Path # the project's notebook folder
-                  ) -> dict[str, list[Path]]:
-    "The notebooks of each site section: module notebooks and job notebooks, in file order."
-    nbs = Path(nbs)
-    mods = sorted(p for p in nbs.glob('*.ipynb') if not p.name.startswith(('_', '.')))
-    jobs = sorted(p for p in (nbs / 'jobs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
-    return {'modules': mods, 'jobs': jobs}
-
 def page_name(nb: str | Path) -> str:
     "The page stem nbdev gives a notebook: its name without the number prefix."
     return re.sub(r'^\d+[a-zA-Z0-9]*_', '', Path(nb).stem)
+
+def page_path(nb: Path, # a notebook under `nbs`
+              nbs: Path, # the project's notebook folder
+             ) -> str:
+    "The page a notebook becomes, from the site root and without suffix: `core`, `tutorials/intro`."
+    rel = Path(nb).relative_to(nbs)
+    return (rel.parent / page_name(rel)).as_posix()
+
+def _nbglob(nbs: Path, recursive: bool = True) -> list[Path]:
+    "The notebooks `nbdev_sidebar` finds: no name starting with `_` or `.`, no folder so named (nor `www`)."
+    found = []
+    for root, dirs, files in os.walk(nbs):
+        dirs[:] = [d for d in dirs if not re.match(r'^[_.]|^www$', d)] if recursive else []
+        found += [Path(root) / f for f in files if f.endswith('.ipynb') and not re.match(r'^[_.]', f)]
+    rel = lambda p: (p.relative_to(nbs).parent.parts, '' if p.name.startswith('index.') else p.name)  # nbdev's order
+    return sorted(found, key=rel)
+
+# %% ../nbs/12a_docs.ipynb #6b1d0e02
+def _sidebar_yml(nbs: Path, # the notebook folder holding sidebar.yml
+                 notes: list[str], # a note is added for each entry that is not a notebook
+                ) -> list[tuple[str, list[Path]]]:
+    "The sections of a hand-written `nbs/sidebar.yml`, in its order: (caption, notebooks)."
+    import yaml
+    f = Path(nbs) / 'sidebar.yml'
+    try: contents = yaml.safe_load(f.read_text(encoding='utf-8'))['website']['sidebar']['contents']
+    except (yaml.YAMLError, KeyError, TypeError) as e:
+        raise DocsError(f"{f} is not a Quarto sidebar ({type(e).__name__}: {e}).",
+                        hint="Give it `website: sidebar: contents: [...]`, or set custom_sidebar = False in settings.ini.", path=str(f)) from None
+    groups = []
+    def walk(caption, entries):
+        for e in entries or []:
+            if isinstance(e, dict) and 'section' in e:
+                walk(f"{caption} / {e['section']}" if caption else str(e['section']), ([e['href']] if e.get('href') else []) + list(e.get('contents') or []))
+                continue
+            href = e.get('href') if isinstance(e, dict) else e
+            if not (isinstance(href, str) and href.endswith('.ipynb') and '://' not in href):
+                notes.append(f"sidebar.yml: {href or e} is not a notebook, so not a page of this site"); continue
+            if not (nbs / href).is_file():
+                raise DocsError(f"{f} lists {href}, which is not in {nbs}.", exit_code=1, path=str(f),
+                                hint="Fix the path in sidebar.yml, or set custom_sidebar = False in settings.ini to list the notebooks found.")
+            if groups and groups[-1][0] == caption: groups[-1][1].append(nbs / href)
+            else: groups.append((caption, [nbs / href]))
+    walk('', contents)
+    return groups
+
+# %% ../nbs/12a_docs.ipynb #6b1d0e04
+def site_notebooks(nbs: Path, # the project's notebook folder
+                   custom_sidebar: bool = False, # settings.ini `custom_sidebar`: read nbs/sidebar.yml
+                   recursive: bool = True, # settings.ini `recursive`: sub-folders too
+                   notes: list[str] | None = None, # notes on sidebar entries that are not pages
+                  ) -> list[tuple[str, list[Path]]]:
+    "The site's sections in sidebar order, as `nbdev_sidebar` lists them: (caption, notebooks); caption '' outside any section."
+    nbs = Path(nbs)
+    if custom_sidebar and (nbs / 'sidebar.yml').exists(): return _sidebar_yml(nbs, [] if notes is None else notes)
+    groups = []
+    for nb in _nbglob(nbs, recursive):
+        caption = ' / '.join(re.sub(r'^\d+_', '', p) for p in nb.relative_to(nbs).parent.parts)
+        if groups and groups[-1][0] == caption: groups[-1][1].append(nb)
+        else: groups.append((caption, [nb]))
+    return groups
 
 # %% ../nbs/12a_docs.ipynb #3d27271a
 def _proc_worker(jobs_json: str, results: str):
@@ -89,7 +143,7 @@ def proc_notebooks(project: Path, # the project root (holds settings.ini)
     book = cache / '_notes.json'  # notes outlive the run that made them: a cached notebook keeps its note
     notes = json.loads(book.read_text()) if book.exists() else {}
     if not todo: return out, [notes[str(Path(nb).resolve())] for nb in notebooks if notes.get(str(Path(nb).resolve()))]
-    env = {**os.environ, 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
+    env = _child_env(project)
     code = 'import sys; from mlops_nb.docs import _proc_worker; _proc_worker(sys.argv[1], sys.argv[2])'
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:  # files: an unread pipe could stall a child
         procs = [(subprocess.Popen([sys.executable, '-c', code, json.dumps(todo[i::workers]), str(Path(tmp) / f'{i}.jsonl')], cwd=project, env=env, text=True,
@@ -110,10 +164,25 @@ def proc_notebooks(project: Path, # the project root (holds settings.ini)
 
 # %% ../nbs/12a_docs.ipynb #5b0f2d43
 def _ini(project: Path) -> dict:
-    "The [DEFAULT] settings of a project's settings.ini."
-    cp = configparser.ConfigParser(delimiters=['='], interpolation=None)
+    "The [DEFAULT] settings of a project's settings.ini, interpolated as nbdev reads them."
+    cp = configparser.ConfigParser(delimiters=['='])
     cp.read(Path(project) / 'settings.ini', encoding='utf-8')
-    return dict(cp['DEFAULT'])
+    def get(k):
+        try: return cp.get('DEFAULT', k)
+        except configparser.InterpolationError: return cp.get('DEFAULT', k, raw=True)
+    return {k: get(k) for k in cp.defaults()}
+
+def _flag(v: str | None, default: bool = False) -> bool:
+    "A settings.ini boolean (True/False, yes/no, 1/0)."
+    return default if v is None else v.strip().lower() in ('true', 'yes', '1', 'on')
+
+
+def _child_env(project: Path) -> dict:
+    "The environment of a child that imports the project: the folder holding settings.ini `lib_path` first on sys.path, so the package need not be installed."
+    cfg = _ini(project)
+    lib = (Path(project) / cfg.get('lib_path', cfg.get('lib_name', ''))).resolve()
+    path = [str(lib.parent)] + [str(Path(project).resolve())] * (lib.parent != Path(project).resolve()) + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path), 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
 
 # %% ../nbs/12a_docs.ipynb #3635f46f
 _OPTS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output', ('include', 'false'): 'remove-cell'}
@@ -145,6 +214,13 @@ def _site_links(text: str, # markdown
         return f'<a href="{up}{page}{anchor or ""}">{label}</a>'
     return re.sub(r'\[([^\]\n]*)\]\(' + re.escape(site.rstrip('/')) + r'/([\w./-]+\.html)(?:#([\w-]*))?\)', link, text)
 
+# %% ../nbs/12a_docs.ipynb #6b1d0e07
+def _nb_links(text: str # markdown
+             ) -> str:
+    "Relative links to notebooks pointed at the pages' sources: `[c](../00_core.ipynb#x)` -> `[c](../core.ipynb#x)`."
+    def link(m): return f"]({m.group(1)}{page_name(m.group(2))}.ipynb{m.group(3) or ''})"
+    return re.sub(r'\]\((?![a-zA-Z][\w+.-]*:)((?:[^()\s#]*/)?)([^()\s#/]+)\.ipynb(#[^()\s]*)?\)', link, text)
+
 # %% ../nbs/12a_docs.ipynb #3df2fd76
 def _frontmatter(src: str) -> dict | None:
     "The YAML of a raw frontmatter cell, or None."
@@ -169,7 +245,7 @@ def myst_notebook(nb: dict, # a notebook processed by nbdev, as JSON
         if c['cell_type'] == 'markdown':
             if src.strip().startswith('<!--') and src.strip().endswith('-->'): continue
             cells.append({**{k: c[k] for k in ('id', 'attachments') if k in c}, 'cell_type': 'markdown', 'metadata': c.get('metadata', {}),
-                          'source': _site_links(src, site, up)}); continue
+                          'source': _nb_links(_site_links(src, site, up))}); continue
         code, tags = _cell_tags(src)
         if not code.strip() and not c.get('outputs'): continue
         outs = []
@@ -190,24 +266,45 @@ def myst_notebook(nb: dict, # a notebook processed by nbdev, as JSON
     md = dict(nb.get('metadata', {})); md.pop('widgets', None)
     return {**nb, 'cells': cells, 'metadata': md}
 
+# %% ../nbs/12a_docs.ipynb #6b1d0e0a
+def nbformat4(nb: dict # a notebook as JSON, nbformat 4.0 to 4.5
+             ) -> dict:
+    "The notebook as valid nbformat 4.5: every cell with a unique valid id, code cells with outputs and a count."
+    seen, cells = set(), []
+    for i, c in enumerate(nb.get('cells', [])):
+        c = {**c, 'metadata': c.get('metadata') or {}}
+        cid = str(c.get('id') or '')
+        if not re.fullmatch(r'[a-zA-Z0-9_-]{1,64}', cid) or cid in seen: cid = f'cell-{i}'
+        while cid in seen: cid += '-'
+        seen.add(cid); c['id'] = cid
+        if c['cell_type'] == 'code': c.setdefault('outputs', []); c.setdefault('execution_count', None)
+        else: c.pop('outputs', None); c.pop('execution_count', None)
+        cells.append(c)
+    return {**nb, 'cells': cells, 'metadata': nb.get('metadata') or {}, 'nbformat': 4, 'nbformat_minor': 5}
+
 # %% ../nbs/12a_docs.ipynb #abeb82b4
 def sphinx_conf(title: str, # the site's title (settings.ini `title`)
                 author: str = '', # settings.ini `author`
+                baseurl: str = '', # the published site's URL (settings.ini doc_host + doc_baseurl), for canonical links
+                copyright: str = '', # settings.ini `copyright`, in the footer
                ) -> str:
     "The conf.py of the site."
     return f'''# Written by mlops_nb.docs on each build; edit mlops_nb's docs notebook, not this file.
 project = {title!r}
 author = {author!r}
+copyright = {copyright!r}
 extensions = ["myst_nb"]
 html_theme = "furo"
 html_title = {title!r}
+html_baseurl = {baseurl!r}
 html_show_sourcelink = False
 html_copy_source = False
 nb_execution_mode = "off"          # stored outputs only: building never runs a notebook
 nb_ipywidgets_js = {{}}              # no require.js / widget manager from a CDN
 nb_merge_streams = True
 myst_heading_anchors = 3
-nitpicky = True                    # -n: every unresolved reference is a warning, and -W makes it fatal
+nitpicky = True                    # -n: every unresolved reference is a warning (and fails the build)
+show_warning_types = True          # [type.subtype] on each warning: how the build tells cosmetic from fatal
 suppress_warnings = ["myst.header",               # notebooks and show_doc outputs skip heading levels
                      "mystnb.unknown_mime_type"]  # outputs with no static rendering (widgets) are left out
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "runs/*/**"]  # a run's downloaded artifacts are files, not pages
@@ -219,31 +316,84 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
         if isinstance(a, argparse._SubParsersAction): return dict(a.choices)
     return {}
 
-def cli_reference(parser: argparse.ArgumentParser, # the command's parser (`mlops_nb.cli.build_parser()`)
-                  width: int = 100, # columns of the help text
+def console_scripts(cfg: dict # settings.ini's [DEFAULT]
+                   ) -> list[tuple[str, str]]:
+    "The project's console scripts, `console_scripts = name=module:function ...`, as (name, entry point)."
+    out = []
+    for s in cfg.get('console_scripts', '').split():
+        name, eq, target = s.partition('=')
+        if not (eq and name.strip() and ':' in target):
+            raise DocsError(f"settings.ini console_scripts has {s!r}, not NAME=module:function.", hint="Write it as `greet=greetings.cli:main`.")
+        out.append((name.strip(), target.strip()))
+    return out
+
+def _help_worker(name: str, target: str, out: str):
+    "Write the --help of console script `name` (`module:function`) and of its subcommands to the JSON file `out`. Runs in a child."
+    import importlib, io
+    class Kept(BaseException): pass
+    kept = []
+    def keep(self, args=None, namespace=None): kept.append(self); raise Kept()
+    argparse.ArgumentParser.parse_known_args = keep  # the first parse is the command's own parser: keep it, run nothing
+    sys.argv = [name, '--help']
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            f = importlib.import_module(target.split(':')[0])
+            for a in target.split(':')[1].split('.'): f = getattr(f, a)
+            f()
+        except (Kept, SystemExit): pass
+    p = kept[0] if kept else None
+    doc = ({'prog': p.prog, 'help': p.format_help(), 'commands': {k: sp.format_help() for k, sp in _subcommands(p).items()}} if p
+           else {'prog': name, 'help': printed.getvalue(), 'commands': {}})
+    Path(out).write_text(json.dumps(doc), encoding='utf-8')
+
+# %% ../nbs/12a_docs.ipynb #6b1d0e0c
+def script_help(project: Path, # the project root (its settings.ini `lib_path` is importable: the package need not be installed)
+                name: str, # the console script, e.g. `greet`
+                target: str, # its entry point, `module:function`
+                width: int = 100, # columns of the help text
+               ) -> dict:
+    "The `--help` of a console script and of each subcommand: {'prog', 'help', 'commands': {name: help}}."
+    project = Path(project).resolve()
+    env = {**_child_env(project), 'COLUMNS': str(width)}
+    code = 'import sys; from mlops_nb.docs import _help_worker; _help_worker(*sys.argv[1:])'
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / 'help.json'
+        p = subprocess.run([sys.executable, '-c', code, name, target, str(out)], cwd=project, env=env, capture_output=True, text=True)
+        if p.returncode or not out.exists():
+            raise DocsError(f"The console script {name}={target} (settings.ini console_scripts) gave no --help:\n{p.stderr[-2000:]}", exit_code=1,
+                            hint="Run `nbdev_export` so its module exists, and install the project's requirements.", script=name)
+        return json.loads(out.read_text(encoding='utf-8'))
+
+def cli_reference(helps: list[dict], # `script_help` of each console script
                  ) -> str:
-    "A markdown page with the `--help` of the command and of each subcommand."
-    old = os.environ.get('COLUMNS')
-    os.environ['COLUMNS'] = str(width)
-    try:
-        out = [f"# Command line\n\nEvery `{parser.prog}` command with its `--help`, generated from the parser.\n",
-               f"```text\n{parser.format_help().rstrip()}\n```\n"]
-        for name, sp in _subcommands(parser).items():
-            out.append(f"## {parser.prog} {name}\n\n```text\n{sp.format_help().rstrip()}\n```\n")
-    finally:
-        if old is None: os.environ.pop('COLUMNS', None)
-        else: os.environ['COLUMNS'] = old
+    "A markdown page with the `--help` of each console script and of each of its subcommands."
+    one = len(helps) == 1
+    names = ', '.join(f"`{h['prog']}`" for h in helps)
+    out = [f"# Command line\n\nEvery {names} command with its `--help`, generated from the parser.\n"]
+    for h in helps:
+        if not one: out.append(f"## {h['prog']}\n")
+        out.append(f"```text\n{h['help'].rstrip()}\n```\n")
+        out += [f"{'##' if one else '###'} {h['prog']} {k}\n\n```text\n{v.rstrip()}\n```\n" for k, v in h['commands'].items()]
     return '\n'.join(out)
 
 # %% ../nbs/12a_docs.ipynb #23026893
-def index_page(readme: str, # the README's markdown
-               sections: dict[str, list[str]], # caption -> page paths (without suffix)
-              ) -> str:
-    "The index: the README, then one table of contents per section."
-    out = [readme.rstrip(), '']
-    for caption, pages in sections.items():
-        if pages: out += ['```{toctree}', f':caption: {caption}', ':maxdepth: 1', '', *pages, '```', '']
+def toctrees(sections: list[tuple[str | None, list[str]]], # (caption, page paths): '' no caption, None pages outside the sidebar
+             hidden: bool = False, # in the sidebar only, not on the page
+            ) -> str:
+    "The MyST toctree directives of the site's sections, in order."
+    out = []
+    for caption, pages in sections:
+        if not pages: continue
+        opts = ([':hidden:'] if hidden or caption is None else []) + ([f':caption: {caption}'] if caption else [])
+        out += ['```{toctree}', *opts, ':maxdepth: 1', '', *pages, '```', '']
     return '\n'.join(out)
+
+def index_page(readme: str, # the README's markdown
+               sections: list[tuple[str | None, list[str]]], # as `toctrees` takes them
+              ) -> str:
+    "The index made from the README: the README, then one table of contents per section."
+    return readme.rstrip() + '\n\n' + toctrees(sections)
 
 # %% ../nbs/12a_docs.ipynb #517c5e3a
 def champion_run(model: str, # registered model name
@@ -344,6 +494,46 @@ def check_links(site: Path # the built site
                 bad.append(f"{rel}: no anchor #{anchor} in {target.relative_to(site).as_posix()}")
     return bad
 
+# %% ../nbs/12a_docs.ipynb #6b1d0e0e
+_COSMETIC = [  # (Sphinx's words, ours): warnings that change how code looks, not what the site holds
+    (r'Lexing literal_block .* resulted in an error|Could not lex literal_block',
+     "code that its language's lexer rejects (a `!shell` line, a `%magic`) is shown without highlighting"),
+    (r'No source code lexer found|\[myst-?nb\.lexer\]',
+     "code cells of a notebook that names no language (no kernelspec or language_info) are shown without highlighting")]
+
+def sphinx_warnings(text: str, # Sphinx's warning file (`-w`)
+                    src: Path, # the Sphinx source folder, to name pages
+                    strict: bool = False, # every warning fails the build
+                   ) -> tuple[list[str], list[str]]:
+    "Sphinx's warnings split in two: those that fail the build (as Sphinx wrote them), and one note per cosmetic kind with its pages."
+    items = []
+    for line in text.splitlines():
+        if re.search(r'\b(WARNING|ERROR|CRITICAL|SEVERE):', line) or not items: items.append(line)
+        elif line.strip(): items[-1] += '\n' + line
+    fatal, seen = [], {}
+    root = str(Path(src).resolve()).rstrip('/') + '/'
+    for w in items:
+        kind = None if strict else next((ours for pat, ours in _COSMETIC if re.search(pat, w)), None)
+        w = w.replace(root, '')
+        if kind is None: fatal.append(w); continue
+        page = re.sub(r'\.(ipynb|md)$', '', re.split(r':\d*:? ', w, maxsplit=1)[0].split(':')[0])
+        seen.setdefault(kind, [])
+        if page not in seen[kind]: seen[kind].append(page)
+    return fatal, [f"{kind}: {', '.join(pages)}" for kind, pages in seen.items()]
+
+# %% ../nbs/12a_docs.ipynb #6b1d0e10
+def _site_pages(nbs: Path, cfg: dict, notes: list[str]) -> tuple[list[tuple[str | None, list[Path]]], dict[str, Path]]:
+    "The sidebar's sections without the home page, then (None, notebooks outside the sidebar); and page path -> notebook, home first."
+    home, recursive = nbs / 'index.ipynb', _flag(cfg.get('recursive'), True)
+    groups = [(c, [nb for nb in g if nb != home]) for c, g in site_notebooks(nbs, _flag(cfg.get('custom_sidebar')), recursive, notes)]
+    listed = {nb for _, g in groups for nb in g}
+    groups.append((None, [nb for nb in _nbglob(nbs, recursive) if nb not in listed and nb != home]))  # outside the sidebar: pages all the same
+    pages = {}
+    for nb in [home] * home.exists() + [nb for _, g in groups for nb in g]:
+        if (other := pages.setdefault(page_path(nb, nbs), nb)) != nb:
+            raise DocsError(f"{nb} and {other} would both be the page {page_path(nb, nbs)}.html.", hint="Rename one of them.", exit_code=1)
+    return groups, pages
+
 # %% ../nbs/12a_docs.ipynb #9da7a14d
 @dataclass
 class Site:
@@ -378,63 +568,68 @@ def readme_for_site(text: str, # the README's markdown
     return re.sub(r'(?<!!)\[([^\]\n]*)\]\(([^)\s]+)\)', link, text)
 
 # %% ../nbs/12a_docs.ipynb #7c9a7f56
-def _stage(project: Path, src: Path, parser, runs, settings, notes: list[str]) -> list[str]:
+def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[str]:
     "Write the Sphinx source folder; returns its pages."
     cfg = _ini(project)
     site = cfg.get('doc_host', '').rstrip('/') + '/' + cfg.get('doc_baseurl', '').strip('/')
     if src.exists(): shutil.rmtree(src)
     src.mkdir(parents=True)
     nbs = project / cfg.get('nbs_path', 'nbs')
-    groups = site_notebooks(nbs)
-    procd, n = proc_notebooks(project, groups['modules'] + groups['jobs'])
+    groups, pages = _site_pages(nbs, cfg, notes)
+    procd, n = proc_notebooks(project, list(pages.values()))
     notes += n
-    sections = {}
-    for caption, key, sub in (('Modules', 'modules', ''), ('Job notebooks', 'jobs', 'jobs/')):
-        pages = sections[caption] = []
-        for nb in groups[key]:
-            page = sub + page_name(nb)
-            doc = myst_notebook(json.loads(procd[nb].read_text(encoding='utf-8')), site, '../' * sub.count('/'))
-            (src / sub).mkdir(parents=True, exist_ok=True)
-            (src / f"{page}.ipynb").write_text(json.dumps(doc), encoding='utf-8')
-            pages.append(page)
-    sections['Reference'] = []
-    if parser is not None:
-        (src / 'command-line.md').write_text(cli_reference(parser), encoding='utf-8'); sections['Reference'].append('command-line')
-    sections['Run reports'] = [run_report(r, src, settings).relative_to(src).with_suffix('').as_posix() for r in runs]
-    readme = project / 'README.md'
-    intro = readme.read_text(encoding='utf-8') if readme.exists() else f"# {cfg.get('title', project.name)}\n"
-    repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
-    if readme.exists(): intro = readme_for_site(intro, project, src, repo)
-    (src / 'index.md').write_text(index_page(intro, sections), encoding='utf-8')
-    (src / 'conf.py').write_text(sphinx_conf(cfg.get('title', project.name), cfg.get('author', '')), encoding='utf-8')
-    return ['index'] + [p for ps in sections.values() for p in ps]
+    docs = {page: nbformat4(myst_notebook(json.loads(procd[nb].read_text(encoding='utf-8')), site, '../' * page.count('/'))) for page, nb in pages.items()}
+    sections = [(c, [page_path(nb, nbs) for nb in g]) for c, g in groups]
+    helps = [script_help(project, name, target) for name, target in console_scripts(cfg)]
+    if helps:
+        (src / 'command-line.md').write_text(cli_reference(helps), encoding='utf-8'); sections.append(('Reference', ['command-line']))
+    sections.append(('Run reports', [run_report(r, src, settings).relative_to(src).with_suffix('').as_posix() for r in runs]))
+    if 'index' in docs:
+        docs['index']['cells'].append({'cell_type': 'markdown', 'metadata': {}, 'source': toctrees(sections, hidden=True)})
+        docs['index'] = nbformat4(docs['index'])
+    else:
+        readme = project / 'README.md'
+        intro = readme.read_text(encoding='utf-8') if readme.exists() else f"# {cfg.get('title', project.name)}\n"
+        repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
+        if readme.exists(): intro = readme_for_site(intro, project, src, repo)
+        (src / 'index.md').write_text(index_page(intro, sections), encoding='utf-8')
+    for page, doc in docs.items():
+        (src / page).parent.mkdir(parents=True, exist_ok=True)
+        (src / f"{page}.ipynb").write_text(json.dumps(doc), encoding='utf-8')
+    (src / 'conf.py').write_text(sphinx_conf(cfg.get('title', project.name), cfg.get('author', ''),
+                                                site if cfg.get('doc_host') else '', cfg.get('copyright', '')), encoding='utf-8')
+    return ['index'] + [p for _, ps in sections for p in ps]
 
 # %% ../nbs/12a_docs.ipynb #d3930394
 def build_site(project: Path | None = None, # project root; found from the working directory if None
                out: Path | None = None, # output folder; settings.ini `doc_path` (_docs) if None
-               parser: argparse.ArgumentParser | None = None, # the CLI's parser, for the CLI reference page
                runs: list[str] = (), # MLflow run ids to add report pages for
                settings: Settings | None = None, # where the runs are
                progress=None, # called with the name of each step
+               strict: bool = False, # every Sphinx warning fails the build, cosmetic ones too
               ) -> Site:
-    "Build the docs site: nbdev processing, MyST-NB pages, Sphinx (-W -n), then the link check (failures exit 1)."
+    "Build the docs site: nbdev processing, MyST-NB pages, Sphinx (-n), its warnings sorted, then the link check (failures exit 1)."
     step = progress or (lambda s: None)
     project = Path(project or find_project()).resolve()
     if not (project / 'settings.ini').exists():
         raise DocsError(f"No settings.ini in {project}.", hint="Run `mlops-nb docs` inside an nbdev project (or `mlops-nb init PATH` one).")
     out = Path(out or project / _ini(project).get('doc_path', '_docs')).resolve()
-    if out.exists() and any(out.iterdir()) and not (out / '.buildinfo').exists():
-        raise DocsError(f"{out} has files that are not a site built before.", hint="Pass --out with a new or empty folder.", out=str(out))
+    check_outputs({'--out': out}, {'notebooks folder': project / _ini(project).get('nbs_path', 'nbs')}, folders={'--out'})
+    check_new_folder(out, '--out', marker='.buildinfo')  # a site built before is replaced; anything else is refused
     src, build, notes = project / '_proc' / '_sphinx', project / '_proc' / '_build' / 'html', []
     step('process notebooks (nbdev)')
-    pages = _stage(project, src, parser, list(runs), settings, notes)
+    pages = _stage(project, src, list(runs), settings, notes)
     step('render (sphinx)')
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-W', '-n', '--keep-going', '-q',
-           '-d', str(project / '_proc' / '_doctrees'), str(src), str(build)]  # MyST-NB writes beside the build folder
+    warnings = project / '_proc' / '_warnings.txt'
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-n', '-q', '-E', '-w', str(warnings),
+           '-d', str(project / '_proc' / '_doctrees'), str(src), str(build)]  # MyST-NB writes beside the build folder; -E: every page's warnings, every time
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
-    if p.returncode:
-        raise DocsError(f"Sphinx refused the site (warnings are errors):\n{(p.stderr or p.stdout)[-4000:]}", exit_code=1,
-                        hint="Fix the pages named above: a broken link or reference, or a notebook Sphinx cannot read.")
+    fatal, cosmetic = sphinx_warnings(warnings.read_text(encoding='utf-8') if warnings.exists() else '', src, strict)
+    if p.returncode or fatal:
+        said = '\n'.join(fatal[:30]) or (p.stderr or p.stdout)[-4000:]
+        raise DocsError(f"Sphinx refused the site ({len(fatal) or 'an'} error(s)" + (", --strict: every warning is one" if strict else "") + f"):\n{said}",
+                        exit_code=1, hint="Fix the pages named above: a broken link or reference, a missing page or image, or a notebook Sphinx cannot read.", warnings=fatal)
+    notes += cosmetic
     step('check links')
     bad = check_links(build)
     if bad:
@@ -571,8 +766,8 @@ python .ci/check_sync.py
 nbdev_test
 python -m pytest -q tests
 export MLFLOW_TRACKING_URI="sqlite:///$(mktemp -d)/mlflow.db"
-mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10
-mlops-nb run nbs/jobs/evaluate.ipynb
+mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
+mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
 '''
 
 _WORKFLOW = '''name: CI
@@ -598,19 +793,22 @@ jobs:
       - name: Notebook tests
         run: nbdev_test
       - name: Tests
-        run: python -m pytest -q tests
+        run: python -m pytest -q tests --junitxml reports/tests.xml
+      # each job is a JUnit test case in reports/, and a row of the table mlops-nb adds to this run's summary page
       - name: Job notebooks with small parameters
         env:
           MLFLOW_DISABLE_TELEMETRY: "true"
         run: |
-          mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10
-          mlops-nb run nbs/jobs/evaluate.ipynb
-      - name: Keep the executed notebooks
+          mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
+          mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
+      - name: Keep the executed notebooks and the reports
         if: always()
         uses: actions/upload-artifact@v4
         with:
           name: executed-notebooks
-          path: .mlops_nb/outputs
+          path: |
+            .mlops_nb/outputs
+            reports
           if-no-files-found: ignore
 '''
 
@@ -655,7 +853,7 @@ def test_model_learns_the_training_data():
 
 _GIT = {'.gitattributes': '*.ipynb merge=nbdev-merge\n',
         '.gitconfig': '[merge "nbdev-merge"]\n\tname = resolve conflicts with nbdev_fix\n\tdriver = nbdev_merge %O %A %B %P\n',
-        '.gitignore': '__pycache__/\n*.egg-info/\n.venv/\n_docs/\n_proc/\n.ipynb_checkpoints/\nmlflow.db*\nmlartifacts/\nmlruns/\n.mlops_nb/\n'}
+        '.gitignore': '__pycache__/\n*.egg-info/\n.venv/\n_docs/\n_proc/\n.ipynb_checkpoints/\nmlflow.db*\nmlartifacts/\nmlruns/\n.mlops_nb/\nreports/\n'}
 
 # %% ../nbs/12a_docs.ipynb #3286e095
 def _nb(cells: list[tuple[str, str]], tags: dict[int, list[str]] = {}) -> str:
@@ -737,8 +935,7 @@ def init_project(path: str | Path, # the new project's folder (created; must be 
                 ) -> list[Path]:
     "Write a new notebook-first project; returns the files written."
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise DocsError(f"{path} already exists and is not empty.", hint="Give `mlops-nb init` a new or empty folder.", path=str(path))
+    check_new_folder(path, 'PATH')
     pkg = name or package_name(path)
     if not pkg.isidentifier():
         raise DocsError(f"{pkg!r} is not a Python package name.", hint="Pass --name with letters, digits and _.", name=pkg)

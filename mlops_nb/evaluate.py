@@ -121,7 +121,7 @@ def evaluate(model, # a fitted estimator or pipeline
         if task not in m.tasks:
             raise ConfigError(f"Metric {n!r} does not apply to a {task} task.",
                               hint=f"Metrics for {task}: {', '.join(x for x in METRICS.names() if task in METRICS.get(x).tasks)}.")
-    has_proba = hasattr(model, 'predict_proba')
+    has_proba = getattr(model, 'predict_proba', None) is not None  # a loaded model of a flavour without probabilities has None
     if not has_proba:
         if metrics is not None and (need := [n for n, m in chosen.items() if m.needs == 'proba']):
             raise ConfigError(f"Metric(s) {', '.join(need)} need predict_proba, which this model does not have.",
@@ -130,7 +130,9 @@ def evaluate(model, # a fitted estimator or pipeline
     pred = model.predict(X)
     if task == 'regression': y_true, out = np.asarray(y, dtype=float), {'pred': np.asarray(pred, dtype=float)}
     else:
-        y_true, out = _encode(y, model.classes_), {'pred': _encode(pred, model.classes_)}
+        classes = getattr(model, 'classes_', None)
+        if classes is None: classes = np.unique(np.concatenate([np.asarray(y), np.asarray(pred)]))  # a classifier without classes_ (pyfunc)
+        y_true, out = _encode(y, classes), {'pred': _encode(pred, classes)}
         if any(m.needs == 'proba' for m in chosen.values()):
             P = model.predict_proba(X)
             out['proba'] = P[:, 1] if task == 'binary' else P
@@ -491,8 +493,9 @@ DEFAULT_GATES = {
     'regression': ['r2 >= 0.2', 'rmse <= champion * 1.05'],
 }
 
-def default_gate(task: str # 'binary', 'multiclass' or 'regression'
+def default_gate(task: str, # 'binary', 'multiclass' or 'regression'
+                 proba: bool=True, # the model gives probabilities; a binary classifier without them is gated on accuracy
                 ) -> Gate:
     "The gate promotion uses when none is given."
     if task not in DEFAULT_GATES: raise ConfigError(f"Unknown task {task!r}.", hint=f"Tasks: {', '.join(TASKS)}.")
-    return Gate(DEFAULT_GATES[task])
+    return Gate(DEFAULT_GATES['multiclass' if task == 'binary' and not proba else task])

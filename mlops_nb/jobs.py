@@ -16,6 +16,7 @@ from .engine import execute, kernelspec, papermill_engine
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .tracking import TAG
+from .outputs import check_outputs, is_ours, publish
 
 # %% auto #0
 __all__ = ['JobResult', 'read_recorded', 'redact_notebook', 'redact_file', 'job_failed', 'render_html', 'mark_failure',
@@ -38,6 +39,7 @@ class JobResult:
     engine: str = 'fast'  # what executed the cells
     attempts: list = field(default_factory=list)  # run ids of every attempt, oldest first (this run last)
     interrupted: bool = False  # stopped by Ctrl-C / SIGTERM
+    pruned: bool = False  # a tuning sweep's pruner stopped it (`mlops_nb.report`); the run is FINISHED
 
     @property
     def ok(self) -> bool: return self.status == 'FINISHED'
@@ -53,7 +55,7 @@ class JobResult:
         return s
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts')}
+        d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts', 'pruned')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
                  recorded=redact_value({k: v for k, v in self.recorded.items() if _jsonable(v)}))
         return d
@@ -243,9 +245,13 @@ def _check_kernel(nb: Path, name: str):
 def check_job(notebook: str | Path, # a notebook path or bundled job name
               parameters: dict | None = None, # values to check
               engine: str | None = None, timeout: float | None = None, retries: int = 0, allow_no_parameters: bool = False,
-              kernel_name: str | None = None):
-    "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError`."
+              kernel_name: str | None = None,
+              output: str | Path | None = None): # where the executed notebook is to be written
+    "Everything `run_job` checks before it starts anything: (notebook path, schema, coerced values, engine); else `ParameterError` (or `OutputError`)."
     nb = job_notebook(str(notebook))
+    check_outputs({'--output': output}, {'notebook': nb})  # papermill would write over its own input
+    if output and Path(output).is_dir():
+        raise ParameterError(f"--output {output} is a folder; it names the executed notebook's file.", hint=f"--output {Path(output) / nb.name}")
     spec = read_params(nb, allow_no_parameters=allow_no_parameters)
     values = check_params(nb, parameters if parameters is not None else {}, params=spec, allow_no_parameters=allow_no_parameters)
     engine = _engine_for(nb, engine, kernel_name)
@@ -271,10 +277,11 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
             allow_no_parameters: bool = False, # run a notebook that has no `parameters` cell
             parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
             cwd: str | Path | None = None, # the job's working directory; this process's if None
+            env: dict | None = None, # extra environment variables for the job's process (a tuning sweep's trial)
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
-                                         allow_no_parameters=allow_no_parameters, kernel_name=kernel_name)
+                                         allow_no_parameters=allow_no_parameters, kernel_name=kernel_name, output=output)
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)} | {k for k in values if k not in spec and is_secret_name(k)}
     for k in secret & set(values): add_secret(values[k])  # known to this process: redacted from all it writes
     prepared, secret_env = prepare_notebook(nb, values, secret)
@@ -285,7 +292,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
         res = _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine,
-                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd)
+                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd, env=env)
         attempts.append(res.run_id)
         res.attempts = list(attempts)
         if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
@@ -293,8 +300,16 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
     return res
 
 # %% ../nbs/08_jobs.ipynb #22b849ae
+def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
+    "Copy the executed notebook (and its HTML, where that file is free or ours) to `--output`: always on success, on failure only where nothing was."
+    if not ok and dst.exists(): return out, html  # a failed job leaves the previous output as it was
+    out = publish(out, dst)
+    h = dst.with_suffix('.html')
+    if html and html.exists() and h != dst and (not h.exists() or is_ours(h)): html = publish(html, h)
+    return out, html
+
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-             log_output, progress, run_name, tags, cwd=None) -> JobResult:
+             log_output, progress, run_name, tags, cwd=None, env=None) -> JobResult:
     import socket
     from mlops_nb.tracking import create_run
     mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
@@ -305,10 +320,10 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                      params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
                                               'mlflow.source.type': 'NOTEBOOK', f'{TAG}host': socket.gethostname(),
                                               f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
-    out = Path(output) if output else default_output(run.run_id, nb)
+    out = default_output(run.run_id, nb)  # `output` gets a copy at the end: a failure never half-writes it
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix('.log')
-    env = {**os.environ, **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
+    env = {**os.environ, **(env or {}), **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
     job = dict(nb=prepared, input=str(nb), output=str(out), cwd=cwd, env=env, papermill_engine=papermill_engine(engine),
                kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
                secrets=[values[k] for k in secret if k in values], html=True)
@@ -320,6 +335,8 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
     if failure: failure = redact_value(failure)  # a message may quote a secret
     ok = ex is not None and ex.status == 'ok'
+    pruned = _pruned(failure)
+    if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
     html = Path(ex.html) if ex is not None and ex.html else None
     try:
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
@@ -335,15 +352,25 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
         if failure:
             for k, v in failure.items():
                 if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
+        if pruned:
+            run.batch.tag(f'{TAG}pruned', 'true'); run.batch.tag(f'{TAG}pruned_cell', pruned['cell'])
+            run.batch.tag(f'{TAG}pruned_reason', str(pruned['evalue'])[:500])
         run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
     finally:
         run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
                 error=err if err is not None else (job_failed(failure) if failure else None))
     metrics = run.client.get_run(run.run_id).data.metrics
+    recorded = ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}
+    if output and out.exists(): out, html = _publish(out, html, Path(output), ok)
     return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
-                     metrics=dict(metrics), recorded=ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}, error=failure,
+                     metrics=dict(metrics), recorded=recorded, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
-                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt))
+                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
+
+# %% ../nbs/08_jobs.ipynb #260e8284
+def _pruned(failure: dict | None) -> dict | None:
+    "The failure, when it is a tuning sweep's pruner stopping the notebook (`TrialPruned`, ours or Optuna's)."
+    return failure if failure and failure.get('reason') == 'error' and failure.get('ename') == 'TrialPruned' else None
 
 
 # %% ../nbs/08_jobs.ipynb #3c88c9a6

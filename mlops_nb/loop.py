@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsNbError, RegistryError, get_settings
+from .outputs import check_outputs
 
 # %% auto #0
 __all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
@@ -248,6 +249,9 @@ def _check(cfg: LoopConfig, s):
     "Everything that can be wrong before a job starts: (champion, reference, labels, bounds)."
     from mlops_nb.reqlog import log_parts
     ch = champion(cfg.model, s, cfg.alias)
+    if cfg.log_dir:  # the drift results are written in LOG_DIR/drift/: never over the labels or the reference
+        check_outputs({'drift results': Path(cfg.log_dir) / 'drift'}, {'--labels': cfg.labels, '--reference': cfg.reference},
+                      folders={'drift results'})
     try: log_parts(cfg.log_dir)
     except DataError as e:
         raise LoopError(e.message, hint=f"A server started in this project keeps its log there (mlops-nb serve models:/{cfg.model}@champion); "

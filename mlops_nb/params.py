@@ -8,10 +8,13 @@ from __future__ import annotations
 import ast
 import difflib
 import fnmatch
+import importlib
 import io
 import json
 import os
+import sys
 import tokenize
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePath
@@ -20,9 +23,9 @@ from typing import Any, NamedTuple
 from .core import REDACTED, ParameterError, Secret, add_secret
 
 # %% auto #0
-__all__ = ['SECRET_PATTERNS', 'secret_env_name', 'secret_env_value', 'secret_from_env', 'is_secret_name', 'Param',
-           'find_parameters_cell', 'read_params', 'ParamValues', 'parse_param_args', 'check_params', 'format_params',
-           'params_json']
+__all__ = ['SECRET_PATTERNS', 'secret_env_name', 'secret_env_value', 'secret_from_env', 'is_secret_name', 'deferred_choices',
+           'Param', 'find_parameters_cell', 'read_params', 'ParamValues', 'parse_param_args', 'check_params',
+           'format_params', 'params_json']
 
 # %% ../nbs/07_params.ipynb #14f28c6c
 def secret_env_name(name: str) -> str:
@@ -63,7 +66,7 @@ def is_secret_name(name: str # a parameter name
 # %% ../nbs/07_params.ipynb #2e72d1af
 class _T(NamedTuple):
     "What values a parameter takes."
-    kind: str  # 'int', 'float', 'bool', 'str', 'path', 'secret', 'list', 'dict', 'literal', 'union', 'any' (or 'none' while parsing)
+    kind: str  # 'int', 'float', 'bool', 'str', 'path', 'secret', 'list', 'dict', 'literal', 'literal_ref' (values computed from imports), 'union', 'any' (or 'none' while parsing)
     args: tuple = ()  # list: (item type,); literal: the allowed values; union: the member types
     nullable: bool = False  # None is allowed
 
@@ -112,7 +115,7 @@ def _parse_ann(node) -> _T:
     if name in _DICTS: return _T('dict')
     if name == 'Literal':
         try: vals = [ast.literal_eval(a) for a in args]
-        except (ValueError, TypeError, SyntaxError): return _ANY
+        except (ValueError, TypeError, SyntaxError): return _T('literal_ref', (ast.unparse(sl),))  # values computed: see `_choices`
         return _T('literal', tuple(v for v in vals if v is not None), None in vals)
     return _ANY
 
@@ -139,6 +142,7 @@ def _type_name(t: _T) -> str:
     "A type as a person would write it: 'int', 'list[float]', 'int | None'."
     if t.kind == 'any': return 'any'
     if t.kind == 'literal': s = f"Literal[{', '.join(map(repr, t.args))}]"
+    elif t.kind == 'literal_ref': s = f"Literal[{t.args[0]}]"
     elif t.kind == 'list': s = f"list[{_type_name(t.args[0])}]"
     elif t.kind == 'union': s = ' | '.join(map(_type_name, t.args))
     else: s = {'path': 'Path', 'secret': 'Secret'}.get(t.kind, t.kind)
@@ -183,7 +187,7 @@ def _conv(t: _T, v, text: bool):
         raise _Bad()
     if text and isinstance(v, str) and t.nullable and v.strip().lower() in ('none', 'null'): return None
     k = t.kind
-    if k == 'any':
+    if k in ('any', 'literal_ref'):  # a computed Literal inside another type is not computed: any value
         if not (text and isinstance(v, str)) or not v.strip(): return v
         try: return _yaml_load(v)
         except Exception: return v
@@ -246,6 +250,66 @@ def _conv(t: _T, v, text: bool):
         raise _Bad()
     raise _Bad(f"unknown type kind {k!r}")
 
+# %% ../nbs/07_params.ipynb #8e593eb3
+def _import_bindings(sources: list[str]) -> dict[str, str]:
+    "The names top-level imports of `sources` bind: name -> 'module' or 'module:attr'."
+    out = {}
+    for src in sources:
+        code = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
+        try: tree = ast.parse(code)
+        except SyntaxError: continue
+        for st in tree.body:
+            if isinstance(st, ast.Import):
+                for a in st.names: out[a.asname or a.name.split('.')[0]] = a.name if a.asname else a.name.split('.')[0]
+            elif isinstance(st, ast.ImportFrom) and st.module and not st.level:
+                for a in st.names: out[a.asname or a.name] = f"{st.module}:{a.name}"
+    return out
+
+def _uses(expr: str, bindings: dict) -> tuple:
+    "The (name, binding) pairs of the imported names `expr` uses."
+    try: names = {n.id for n in ast.walk(ast.parse(expr, mode='eval')) if isinstance(n, ast.Name)}
+    except SyntaxError: return ()
+    return tuple(sorted((n, bindings[n]) for n in names if n in bindings))
+
+# %% ../nbs/07_params.ipynb #e301a449
+_CHOICES: dict = {}  # (expression, imports) -> the values it computed
+_DEFER = [False]  # inside `deferred_choices`
+
+@contextmanager
+def deferred_choices():
+    "Within it, a computed `Literal` whose module is not imported yet takes any value (to be checked again where it is)."
+    _DEFER[0] = True
+    try: yield
+    finally: _DEFER[0] = False
+
+def _import(mod: str):
+    "Import `mod` as the job's kernel would: a module next to the notebook's working directory first."
+    here = os.getcwd()
+    added = here not in sys.path and '' not in sys.path
+    if added: sys.path.insert(0, here)
+    try: return importlib.import_module(mod)
+    finally:
+        if added: sys.path.remove(here)
+
+def _choices(expr: str, # the `Literal[...]` argument, e.g. 'tuple(MODELS.names())'
+             imports: tuple, # (name, 'module:attr') pairs it uses
+            ) -> _T:
+    "The `Literal` type of the values `expr` computes from the notebook's imports; any value if they cannot be had here."
+    key = (expr, imports)
+    if key not in _CHOICES:
+        if _DEFER[0] and any(w.partition(':')[0] not in sys.modules for _, w in imports): return _ANY
+        ns = {}
+        try:
+            for name, where in imports:
+                mod, _, attr = where.partition(':')
+                ns[name] = getattr(_import(mod), attr) if attr else _import(mod)
+            vals = eval(expr, {'__builtins__': {'tuple': tuple, 'list': list, 'sorted': sorted}}, ns)
+        except Exception: return _ANY  # the notebook's own import or expression fails: its kernel will say so, in its words
+        vals = tuple(vals) if isinstance(vals, (tuple, list)) else (vals,)
+        _CHOICES[key] = vals if all(isinstance(v, (str, int, float, bool)) for v in vals) else None
+    vals = _CHOICES[key]
+    return _ANY if vals is None else _T('literal', tuple(v for v in vals if v is not None))
+
 # %% ../nbs/07_params.ipynb #e2b5e1a8
 @dataclass
 class Param:
@@ -257,16 +321,21 @@ class Param:
     doc: str = ''  # the trailing comment
     required: bool = False  # annotated without a value (`seed: int`): every run must pass it
     secret: bool = False  # annotated `Secret`, or the name matches a secret pattern
+    imports: tuple = ()  # (name, 'module:attr') pairs of the notebook's imports its computed `Literal[...]` uses
 
     @property
     def _t(self) -> _T:
         if not self.annotation: return _infer(self.default)
         t = _ann_type(self.annotation)
+        if t.kind == 'literal_ref':
+            r = _choices(t.args[0], self.imports)
+            t = r._replace(nullable=t.nullable) if r.kind == 'literal' else r
         return t._replace(nullable=True) if self.default_src.strip() == 'None' else t  # `name: str = None`
 
     @property
     def type(self) -> str:
         "The type values must have: the annotation as written, or the type of the default."
+        if self.imports and self._t.kind == 'literal': return _type_name(self._t)  # the values, not the expression
         return self.annotation or _type_name(self._t)
 
     def coerce(self, value, # text from the command line, or a value read from YAML
@@ -380,7 +449,13 @@ def _schema(nb: dict, nb_path) -> dict[str, Param] | None:
         raise ParameterError(f"The cell tagged 'parameters' in {nb_path} is a {cell.get('cell_type')} cell, not code.",
                              hint="Move the tag to the code cell that assigns the defaults.", path=str(nb_path))
     src = cell.get('source') or ''
-    return _parse_cell(src if isinstance(src, str) else ''.join(src), nb_path)
+    params = _parse_cell(src if isinstance(src, str) else ''.join(src), nb_path)
+    refs = {n: _ann_type(p.annotation).args[0] for n, p in params.items() if p.annotation and _ann_type(p.annotation).kind == 'literal_ref'}
+    if refs:  # a computed Literal: the names it uses, as the cells above import them
+        above = [c.get('source') or '' for c in nb['cells'][:i] if c.get('cell_type') == 'code']
+        binds = _import_bindings([s if isinstance(s, str) else ''.join(s) for s in above])
+        for n, expr in refs.items(): params[n].imports = _uses(expr, binds)
+    return params
 
 def _no_cell(nb_path) -> ParameterError:
     return ParameterError(f"{nb_path} has no cell tagged 'parameters', so no value can be checked or injected.",

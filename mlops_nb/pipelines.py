@@ -28,7 +28,7 @@ class PipelineError(MlopsNbError):
     "A pipeline file is invalid; `step` names the step at fault (None: the file itself). Nothing has started."
 
 # %% ../nbs/09b_pipelines.ipynb #25204293
-_STEP_KEYS = ('notebook', 'parameters', 'needs', 'grid', 'metric', 'maximize', 'inputs', 'promote')
+_STEP_KEYS = ('notebook', 'parameters', 'needs', 'grid', 'metric', 'maximize', 'inputs', 'promote', 'search', 'trials', 'space', 'prune', 'seed')
 _PROMOTE_KEYS = ('model', 'candidate', 'gate', 'alias', 'reason')
 
 @dataclass
@@ -43,9 +43,10 @@ class Step:
     maximize: bool = True  # higher `metric` is better
     inputs: list = field(default_factory=list)  # data files whose content keys the cache
     promote: dict | None = None  # model, candidate, gate, alias, reason
+    tune: dict = field(default_factory=dict)  # a tuning grid step: search, trials, space, prune, seed (as `mlops-nb sweep`)
 
     @property
-    def kind(self) -> str: return 'promote' if self.promote is not None else 'grid' if self.grid else 'notebook'
+    def kind(self) -> str: return 'promote' if self.promote is not None else 'grid' if self.grid or self.tune else 'notebook'
 
 @dataclass
 class Pipeline:
@@ -112,6 +113,10 @@ def _step(name, d, base: Path, where: str) -> Step:
              grid={k: _as_list(v) for k, v in (d.get('grid') or {}).items()}, metric=d.get('metric'),
              inputs=[(base / str(f)).resolve() for f in _as_list(d.get('inputs'))])
     s.maximize = bool(d.get('maximize', not (s.metric and any(w in s.metric for w in ('loss', 'error', 'rmse', 'mae', 'mse', 'mape')))))
+    s.tune = {k: d[k] for k in ('search', 'trials', 'space', 'prune', 'seed') if d.get(k) is not None}
+    if s.tune == {'search': 'grid'}: s.tune = {}  # said, but it is the default
+    if s.tune and s.tune.get('search') in (None, 'grid', 'random'):
+        raise err(f"`{', '.join(sorted(s.tune))}:` need(s) a learning search.", "Add `search: tpe` and `trials: N` (or leave them out for a plain grid).")
     if 'promote' in d:
         pr = dict(d['promote'])
         bad = sorted(set(pr) - set(_PROMOTE_KEYS))
@@ -211,6 +216,18 @@ def _check_refs(p: Pipeline, s: Step):
         if t.kind == 'grid' and not attr.startswith('best.'):
             raise err(f"{ref}: step {st!r} fans out over a grid.", f"Refer to its best job: ${{{st}.best.{attr}}} (with `metric:` on {st!r}).")
 
+# %% ../nbs/09b_pipelines.ipynb #4575f2c2
+def _step_sweep(step: Step, values: dict):
+    "The sweep a grid step runs: its grid, or a learning search over its space and grid."
+    from mlops_nb.sweeps import Sweep, build_sweep, grid_combinations
+    if not step.tune: return Sweep(step.notebook, grid_combinations(step.grid), fixed=values, metric=step.metric, maximize=step.maximize,
+                                   definition={'grid': step.grid})
+    t = step.tune
+    space = [f"{k}={v if isinstance(v, str) else 'choice:' + ','.join(map(str, v))}" for k, v in (t.get('space') or {}).items()]
+    space += [f"{k}=choice:{','.join(map(str, v))}" for k, v in step.grid.items()]
+    return build_sweep(step.notebook, space=space, fixed=values, seed=t.get('seed'), metric=step.metric, maximize=step.maximize,
+                       search=t['search'], trials=t.get('trials'), prune=t.get('prune'))
+
 # %% ../nbs/09b_pipelines.ipynb #1b7faa18
 _STAND_IN = '0'
 
@@ -221,7 +238,7 @@ def _stand_in(p: Pipeline):
 def _check_step(p: Pipeline, s: Step):
     "The step's values against its notebook's schema (every grid combination), its files."
     from mlops_nb.jobs import check_job
-    from mlops_nb.sweeps import Sweep, check_sweep, grid_combinations
+    from mlops_nb.sweeps import check_sweep
     err = lambda msg, hint=None: PipelineError(f"Step {s.name!r} of {p.where}: {msg}", hint=hint, step=s.name)
     for f in s.inputs:
         if not f.is_file(): raise err(f"input file {f} does not exist.", "Fix `inputs:` (paths are relative to the pipeline file).")
@@ -235,7 +252,7 @@ def _check_step(p: Pipeline, s: Step):
         return
     values = substitute(s.parameters, _stand_in(p))
     try:
-        if s.kind == 'grid': check_sweep(Sweep(s.notebook, grid_combinations(s.grid), fixed=values, metric=s.metric))
+        if s.kind == 'grid': check_sweep(_step_sweep(s, values))
         else: check_job(s.notebook, values)
     except MlopsNbError as e: raise err(e.message, e.hint) from None
 
@@ -263,7 +280,7 @@ def cache_key(step: Step, # the step
     "sha256 over what the step's result depends on."
     from mlops_nb.tracking import file_sha256
     d = dict(kind=step.kind, notebook=file_sha256(step.notebook) if step.notebook else None, values=values,
-             upstream=upstream, grid=step.grid, metric=step.metric, maximize=step.maximize,
+             upstream=upstream, grid=step.grid, metric=step.metric, maximize=step.maximize, **({'tune': step.tune} if step.tune else {}),
              data={str(f): file_sha256(f) for f in _data_files(values, step.inputs)})
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -395,10 +412,8 @@ def _set_tags(s: Settings, run_id: str, tags: dict):
 
 def _grid_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResult:
     "The notebook over every combination of the grid, as a sweep nested under the pipeline's run."
-    from mlops_nb.sweeps import Sweep, grid_combinations, run_sweep
-    sw = Sweep(step.notebook, grid_combinations(step.grid), fixed=values, metric=step.metric, maximize=step.maximize,
-               definition={'grid': step.grid})
-    res = run_sweep(sw, settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers)
+    from mlops_nb.sweeps import run_sweep
+    res = run_sweep(_step_sweep(step, values), settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers)
     best = res.best['run_id'] if res.best is not None else None
     _set_tags(ctx.s, res.sweep_id, {**tags, 'mlflow.parentRunId': ctx.run_id, 'mlflow.runName': step.name,
                                     **({f'{TAG}best_run_id': best} if best else {})})

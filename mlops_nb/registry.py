@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .core import GateFailed, MlopsNbError, RegistryError, Settings, get_settings
-from .tracking import TAG, absent, client, download_artifact, filter_value, load_model
+from .models import load as load_model
+from .tracking import TAG, absent, client, download_artifact, filter_value
 
 # %% auto #0
 __all__ = ['LINEAGE_KEYS', 'SERVING_INFO', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions',
@@ -45,14 +46,19 @@ def _get_run(c, run_id: str, settings: Settings):
 
 def run_model_uri(run_id: str, # the run that logged the model
                   settings: Settings | None = None) -> str:
-    "The `models:/` URI of the model a run logged (from its `mlops_nb.model_uri` tag)."
+    "The `models:/` URI of the model a run logged: its `mlops_nb.model_uri` tag, else the model plain MLflow code logged in it."
     s = settings or get_settings()
-    run = _get_run(client(s), run_id, s)
+    c = client(s)
+    run = _get_run(c, run_id, s)
     uri = run.data.tags.get(f'{TAG}model_uri')
-    if not uri:
-        raise RegistryError(f"Run {run_id} logged no model (no tag {TAG}model_uri).",
-                            hint="Use the run of a train job, which calls mlops_nb.log_model.", run_id=run_id)
-    return uri
+    if uri: return uri
+    try: logged = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    except Exception: logged = []  # a store without logged models (MLflow 2 server)
+    if not logged:
+        raise RegistryError(f"Run {run_id} logged no model (no tag {TAG}model_uri, no logged model from this run).",
+                            hint="Use a run that logged a model: a train job's, or one with mlflow.<flavour>.log_model / autolog.", run_id=run_id)
+    lm = max(logged, key=lambda m: (m.name == 'model', m.creation_timestamp))  # 'model' is what autolog and the docs name it
+    return f'models:/{lm.model_id}'
 
 # %% ../nbs/06_registry.ipynb #f5c452f8
 def model_card(name: str, # registered model name
@@ -265,41 +271,119 @@ def _log_gate(c, run_id: str, result, alias: str, name: str, version: str):
         RunTag(f'{TAG}gate_passed', str(result.passed).lower()), RunTag(f'{TAG}gate_alias', alias),
         RunTag(f'{TAG}gate_champion_version', str(result.champion_version or 'none'))])
 
-# %% ../nbs/06_registry.ipynb #af949431
+# %% ../nbs/06_registry.ipynb #df31f836
+def _version_run(c, name: str, version: str) -> str:
+    "The run behind version `version` of `name`."
+    try: mv = c.get_model_version(name, str(version))
+    except Exception:
+        raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"List its versions: mlops-nb models {name}",
+                            name=name, version=version) from None
+    if not mv.run_id:
+        raise RegistryError(f"Version {version} of {name!r} was registered without a run, so it cannot be registered again or gated.",
+                            hint="Promote the run that logged it: mlops-nb promote NAME --run RUN_ID --data FILE --target COLUMN.")
+    return mv.run_id
+
+def _gate_task(lm, y) -> str:
+    "'binary', 'multiclass' or 'regression': the model's kind, else the target's, refined by the labels."
+    from mlops_nb.train import infer_task
+    kind = lm.task or ('regression' if infer_task(y) == 'regression' else 'classification')
+    return 'regression' if kind == 'regression' else 'binary' if int(y.nunique()) <= 2 else 'multiclass'
+
+def _holdout_inputs(df, lm, path: str, who: str):
+    "The columns `lm` takes, from the held-out file; a `DataError` naming a missing one."
+    from mlops_nb.core import DataError
+    missing = [f for f in lm.features if f not in df.columns]
+    if missing:
+        raise DataError(f"Held-out file {path} lacks column(s) {', '.join(map(repr, missing))} that the {who} model needs.",
+                        hint=f"Its columns: {', '.join(map(str, df.columns[:30]))}.", path=path, column=missing[0])
+    return df[lm.features]
+
+# %% ../nbs/06_registry.ipynb #21842e17
+@dataclass
+class _Scoring:
+    "What a gate compares, however the evaluation rows were found."
+    eval_df: object  # the evaluation rows
+    y: object  # their labels or values
+    task: str  # 'binary', 'multiclass' or 'regression'
+    rows: list  # data checks, run before the metric checks
+    cand: dict  # the candidate's metrics
+    proba: bool  # the candidate gives probabilities
+
+def _score_run_split(run_id: str, s: Settings) -> _Scoring:
+    "A train-job run: its rebuilt held-out split, checked against its schema.json."
+    from mlops_nb.evaluate import data_checks, gate_metrics
+    eval_df, schema, fp = eval_data(run_id, s)
+    y = eval_df[schema.target]
+    lm = load_model(run_model_uri(run_id, s), s)
+    return _Scoring(eval_df, y, schema.task, data_checks(eval_df, schema, fp), gate_metrics(lm, eval_df[schema.features], y, schema.task),
+                    lm.predict_proba is not None)
+
+def _score_file(run_id: str, data: str, target: str | None, s: Settings) -> _Scoring:
+    "Any model's run: the rows of a held-out file, the metrics its task calls for."
+    from mlops_nb.data import load_dataset
+    from mlops_nb.evaluate import gate_metrics
+    if not target:
+        raise RegistryError("--data needs --target: the column of the held-out file holding the true labels or values.",
+                            hint=f"e.g. mlops-nb promote NAME --run {run_id} --data {data} --target label")
+    eval_df = load_dataset(str(data), target=target)  # a `DataError` naming the file or the column
+    lm = load_model(run_model_uri(run_id, s), s)
+    y, X = eval_df[target], _holdout_inputs(eval_df, lm, str(data), 'candidate')
+    task = _gate_task(lm, y)
+    rows = [dict(check='held-out file', metric=None, value=f'{len(eval_df)} rows', bound=None, passed=len(eval_df) > 0,
+                 note=f'{data} (target {target})')]
+    return _Scoring(eval_df, y, task, rows, gate_metrics(lm, X, y, task), lm.predict_proba is not None)
+
+# %% ../nbs/06_registry.ipynb #2cfc379f
+def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None, s: Settings) -> tuple[dict, list]:
+    "`(metrics, extra rows)` of the champion on the same rows as the candidate."
+    from mlops_nb.evaluate import data_checks, gate_metrics
+    lm = load_model(f'models:/{name}/{current}', s)
+    if data is not None:
+        try: X = _holdout_inputs(sc.eval_df, lm, str(data), f'champion v{current}')
+        except MlopsNbError as e:
+            return {}, [dict(check=f'data has champion v{current} inputs', metric=None, value='missing', bound='every input column',
+                             passed=False, note=' '.join(e.message.split())[:300])]
+        return gate_metrics(lm, X, sc.y, sc.task), []
+    cv = c.get_model_version(name, current)
+    from mlops_nb.data import Schema
+    try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
+    except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # one line: a table cell
+    if cschema is None:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
+        return {}, [dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',
+                         bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}")]
+    rows = data_checks(sc.eval_df, cschema, None, label=f'champion v{current}')
+    if not all(r['passed'] for r in rows): return {}, rows  # relative checks then fail with 'champion has no value'
+    return gate_metrics(lm, sc.eval_df[cschema.features], sc.y, sc.task), rows
+
+# %% ../nbs/06_registry.ipynb #43a1ff17
 def promote(name: str, # registered model name
-            run_id: str, # the candidate train run
+            run_id: str | None = None, # the candidate's run (a train job's, or any run that logged a model)
             settings: Settings | None = None, # where
             alias: str = 'champion', # the alias to move
             gate=None, # a `Gate`, check strings, dict or YAML path; None: `default_gate(task)`
             reason: str | None = None, # why, recorded on the version
             user: str | None = None, # who; from the environment if None
+            data: str | None = None, # a held-out CSV/Parquet file to score candidate and champion on; None: the run's own split
+            target: str | None = None, # the true labels or values in `data`
+            version: str | None = None, # an already registered version of `name` as the candidate (instead of `run_id`)
            ) -> Promotion:
-    "Register `run_id`'s model, gate it against the current `alias` holder, and move the alias if it passes."
-    from mlops_nb.evaluate import Gate, data_checks, default_gate, gate_metrics
+    "Register the candidate's model, gate it against the current `alias` holder on the same rows, and move the alias if it passes."
+    from mlops_nb.evaluate import Gate, default_gate
     s = settings or get_settings()
     c = client(s)
     gate = Gate.parse(gate) if gate is not None else None  # a bad gate fails before anything is registered
-    eval_df, schema, fp = eval_data(run_id, s)
+    if version is not None: run_id = _version_run(c, name, version)
+    if not run_id: raise RegistryError("Name the candidate: a run id or a registered version.", hint="--run RUN_ID or --version N")
+    sc = _score_run_split(run_id, s) if data is None else _score_file(run_id, data, target, s)
     ver = str(register_run_model(name, run_id, s).version)
-    gate = gate or default_gate(schema.task)
-    X, y = eval_df[schema.features], eval_df[schema.target]
-    cand = gate_metrics(load_model(c.get_run(run_id).data.tags[f'{TAG}model_uri'], s), X, y)
+    gate = gate or default_gate(sc.task, proba=sc.proba)
     with promotion_lock(s, name):
         current = alias_version(name, alias, s, required=False)  # read only once the lock is held
-        rows, champ = data_checks(eval_df, schema, fp), None
+        rows, champ = list(sc.rows), None
         if current is not None and current != ver and gate.relative:
-            cv = c.get_model_version(name, current)
-            from mlops_nb.data import Schema
-            try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
-            except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # one line: a table cell
-            if cschema is not None: rows += data_checks(eval_df, cschema, None, label=f'champion v{current}')
-            else:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
-                rows.append(dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',
-                                 bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}"))
-            if all(r['passed'] for r in rows):
-                champ = gate_metrics(load_model(f'models:/{name}/{current}', s), eval_df[cschema.features if cschema else schema.features], y)
-            else: champ = {}  # relative checks then fail with 'champion has no value'
-        result = gate.run(cand, champ if current not in (None, ver) else None, rows,
+            champ, more = _champion_metrics(c, name, current, sc, data, s)
+            rows += more
+        result = gate.run(sc.cand, champ if current not in (None, ver) else None, rows,
                           champion_version=current if current != ver else None)
         if current == ver:  # promoting the holder again: nothing to compare with, nothing will move
             for r in result.rows:

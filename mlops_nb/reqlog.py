@@ -67,6 +67,8 @@ def log_frame(features: pd.DataFrame, # the rows the model scored
     return df
 
 # %% ../nbs/09c_reqlog.ipynb #3358efdf
+_OUR_PART = re.compile(r'part-\d{8}T\d{6}-(\d+|batch[0-9a-z]*)-\d{6}\.parquet')  # what the server and batch jobs name their parts
+
 def _part_name(ts: float, seq: int) -> str:
     stamp = datetime.fromtimestamp(ts, timezone.utc).strftime('%Y%m%dT%H%M%S')
     return f'part-{stamp}-{os.getpid()}-{seq:06d}.parquet'
@@ -215,8 +217,8 @@ def prune_log(log_dir: str | Path, # the log directory
               max_age_days: float | None = None, # remove parts last written longer ago than this
               max_bytes: int | None = None, # then remove the oldest parts until the log is at most this big
              ) -> list[Path]:
-    "Remove the oldest parts of a request log; returns what was removed."
-    parts = log_parts(log_dir) if Path(log_dir).is_dir() else []
+    "Remove the oldest parts of a request log; returns what was removed. Only files named as our parts are ever removed."
+    parts = [p for p in log_parts(log_dir) if _OUR_PART.fullmatch(p.name)] if Path(log_dir).is_dir() else []
     removed, now = [], time.time()
     if max_age_days is not None:
         for p in parts:

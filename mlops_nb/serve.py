@@ -25,6 +25,8 @@ import pandas as pd
 
 from . import __version__
 from .core import MlopsNbError
+from .models import attach_schema, verification_rows
+from .models import load as load_model
 
 # %% auto #0
 __all__ = ['FORMATS', 'log', 'RequestError', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request',
@@ -227,7 +229,7 @@ def parse_request(body: bytes, # the request body
 @dataclass
 class ServedModel:
     "A loaded model, its signature and identity, and the function that predicts a batch."
-    model: object # the scikit-learn estimator or pipeline
+    model: object # a `models.LoadedModel` (any flavour), or a scikit-learn estimator or pipeline
     columns: list # `Column`s of the input signature
     name: str | None = None
     version: str | None = None
@@ -235,7 +237,7 @@ class ServedModel:
     run_id: str | None = None
     uri: str | None = None
     path: str | None = None # the local model folder
-    engine: str = 'sklearn' # what predicts: 'sklearn' or 'onnx'
+    engine: str = 'sklearn' # what predicts: the model's flavour ('sklearn', 'xgboost', ..., 'python_function') or 'onnx'
     engine_note: str = '' # why that engine
     onnx: object = None # the verified ONNX predictor, if any
     loaded_at: float = field(default_factory=time.time)
@@ -258,20 +260,23 @@ class ServedModel:
 
 # %% ../nbs/10_serve.ipynb #c33e78d3
 def _onnx_predictor(model, columns: list[Column]):
-    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs, one per column)."
+    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs: one per column, or one matrix)."
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     import onnxruntime as ort
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
-    onx = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns],
-                          target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    try: onx, stacked = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
+    except Exception:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+        onx, stacked = convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
     so = ort.SessionOptions(); so.intra_op_num_threads = so.inter_op_num_threads = 1
     sess = ort.InferenceSession(onx.SerializeToString(), so, providers=['CPUExecutionProvider'])
     names, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
     classes = getattr(model, 'classes_', None)
     def predict(cols: dict, proba: bool = False):
-        res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
+        if stacked: res = sess.run(None, {names[0]: np.column_stack([np.asarray(cols[c.name], dtype=np.float32) for c in columns])})
+        else: res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
         pred = res[0].ravel()
         if classes is not None: pred = np.asarray(classes)[np.searchsorted(classes, pred)] if classes.dtype.kind in 'iub' else pred
         elif pred.dtype == np.float32: pred = pred.astype(np.float64)
@@ -279,43 +284,47 @@ def _onnx_predictor(model, columns: list[Column]):
     return predict
 
 # %% ../nbs/10_serve.ipynb #d30c2016
-def compile_fast_path(sm: ServedModel, # the model as loaded (engine 'sklearn')
-                      holdout: pd.DataFrame | None, # rows to compare on (the model's held-out split)
+def compile_fast_path(sm: ServedModel, # the model as loaded (engine: its flavour)
+                      holdout: pd.DataFrame | None, # rows to compare on (the model's held-out split, or its verification rows)
                       mode: str = 'auto', # 'auto': use it if it matches; 'off': never; 'require': fail if it cannot be used
                       atol: float = 1e-4, # tolerance on probabilities
+                      rows: str = 'held-out rows', # what `holdout` is, for the notes
                      ) -> ServedModel:
     "`sm` predicting through ONNX Runtime if that gives the original's predictions on `holdout`; `sm` unchanged (with the reason) otherwise."
     def keep(why):
         if mode == 'require': raise MlopsNbError(f"The ONNX fast path cannot serve {sm.uri}: {why}", hint="Serve with --onnx auto or off.")
-        sm.engine, sm.engine_note = 'sklearn', why; return sm
+        sm.engine, sm.engine_note = flavour, why; return sm
+    flavour = getattr(sm.model, 'flavour', 'sklearn')  # a bare estimator is scikit-learn
     if mode == 'off': return keep('ONNX fast path switched off (--onnx off)')
+    if flavour != 'sklearn': return keep(f'no compiled path for {flavour} models')
     if any(c.type not in ('double', 'float', 'long', 'integer') for c in sm.columns): return keep('non-numeric input columns')
-    if holdout is None or not len(holdout): return keep('no held-out rows to verify the compiled model on')
-    try: fast = _onnx_predictor(sm.model, sm.columns)
+    if holdout is None or not len(holdout): return keep(f'no {rows} to verify the compiled model on')
+    try: fast = _onnx_predictor(getattr(sm.model, 'raw', sm.model), sm.columns)
     except ImportError: return keep('skl2onnx/onnxruntime not installed (pip install "mlops_nb[serve]")')
     except Exception as e: return keep(f'the model does not convert to ONNX ({type(e).__name__}: {str(e)[:120]})')
     cols = {c.name: holdout[c.name].to_numpy(c.dtype) for c in sm.columns}
     want, want_p = sm.predict(cols, proba=sm.classes is not None)
     try: got, got_p = fast(cols, proba=sm.classes is not None)
-    except Exception as e: return keep(f'the compiled model fails on held-out rows ({type(e).__name__})')
+    except Exception as e: return keep(f'the compiled model fails on {rows} ({type(e).__name__})')
     same = np.array_equal(want, got)  # exactly: a regressor computed in float32 differs in the last digits, and stays on scikit-learn
-    if not same: return keep(f'the compiled model disagrees on {int((np.asarray(want) != np.asarray(got)).sum())} of {len(holdout)} held-out rows')
+    if not same: return keep(f'the compiled model disagrees on {int((np.asarray(want) != np.asarray(got)).sum())} of {len(holdout)} {rows}')
     if want_p is not None and (got_p is None or not np.allclose(want_p, got_p, atol=atol)):
-        return keep(f'probabilities differ by more than {atol} on held-out rows')
-    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', f'ONNX Runtime; same predictions as scikit-learn on {len(holdout)} held-out rows'
+        return keep(f'probabilities differ by more than {atol} on {rows}')
+    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', f'ONNX Runtime; same predictions as scikit-learn on {len(holdout)} {rows}'
     return sm
 
 # %% ../nbs/10_serve.ipynb #c303b1df
 def prepare_model_dir(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local folder
                       dst: str | Path | None = None, # where to put the files (a temporary folder if None)
                       settings=None) -> dict:
-    "The model of `uri` in a local folder with `serving.json` and, when its training run can rebuild them, `holdout.parquet`."
+    "The model of `uri` in a local folder with `serving.json`, the run's `schema.json` and, when its training run can rebuild them, `holdout.parquet`."
     from mlops_nb.registry import SERVING_INFO, eval_data, fetch_model
     info = fetch_model(uri, dst, settings)
     path = Path(info['path'])
     if Path(uri).expanduser().is_dir(): return info  # served in place, as it is
     meta = {k: info[k] for k in ('uri', 'name', 'version', 'alias', 'run_id', 'source')}
     (path / SERVING_INFO).write_text(json.dumps(meta, indent=1))
+    attach_schema(path, info.get('run_id'), settings)
     if info.get('run_id') and not (path / 'holdout.parquet').exists():
         try:
             test, schema, _ = eval_data(info['run_id'], settings)
@@ -325,17 +334,15 @@ def prepare_model_dir(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs
 
 def load_served_model(path: str | Path, # a folder from `prepare_model_dir`
                       onnx: str = 'auto') -> ServedModel:
-    "The model in `path`, ready to predict (through ONNX if it verifies, see `compile_fast_path`)."
+    "The model in `path` (any flavour, through `models.load`), ready to predict (through ONNX if it verifies, see `compile_fast_path`)."
     from mlops_nb.registry import resolve_model_uri
-    from mlops_nb.tracking import load_model, model_signature
     info = resolve_model_uri(str(path))
-    columns = signature_columns(model_signature(path))
-    if not columns:
-        raise MlopsNbError(f"The model in {path} has no column-based input signature, so requests cannot be checked.",
-                           hint="Log the model with a signature: mlops_nb.log_model(model, input_example) infers one.")
-    sm = ServedModel(load_model(str(path)), columns, **{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id', 'uri')}, path=str(path))
+    lm = load_model(str(path))  # a `ModelError` (exit 2) when it cannot load or says nothing about its input
+    sm = ServedModel(lm, signature_columns({'inputs': lm.inputs}), **{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id', 'uri')},
+                     path=str(path), engine=lm.flavour)
     hp = Path(path) / 'holdout.parquet'
-    return compile_fast_path(sm, pd.read_parquet(hp) if hp.exists() else None, onnx)
+    if hp.exists(): return compile_fast_path(sm, pd.read_parquet(hp), onnx)
+    return compile_fast_path(sm, verification_rows(lm), onnx, rows='verification rows (input example and rows drawn from the schema)')
 
 # %% ../nbs/10_serve.ipynb #93ff2f5d
 class _Item:
@@ -789,7 +796,8 @@ def app_from_env():
     _log_to_stderr()
     return create_app(ServeConfig(**json.loads(os.environ['MLOPS_NB_SERVE_CONFIG'])))
 
-def run_server(config: ServeConfig # the server to run; `model_dir` prepared (`prepare_model_dir`)
+def run_server(config: ServeConfig, # the server to run; `model_dir` prepared (`prepare_model_dir`)
+               model: ServedModel | None = None, # already loaded (one worker); else loaded here
               ) -> None:
     "Serve until SIGTERM or Ctrl-C."
     import uvicorn
@@ -803,4 +811,4 @@ def run_server(config: ServeConfig # the server to run; `model_dir` prepared (`p
         try: uvicorn.run('mlops_nb.serve:app_from_env', factory=True, workers=config.workers, **kw)
         finally:
             if own: shutil.rmtree(os.environ.pop('PROMETHEUS_MULTIPROC_DIR'), ignore_errors=True)
-    else: uvicorn.run(create_app(config, load_served_model(config.model_dir or config.model_uri, config.onnx)), **kw)
+    else: uvicorn.run(create_app(config, model or load_served_model(config.model_dir or config.model_uri, config.onnx)), **kw)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -22,12 +23,13 @@ from pathlib import Path
 from .core import REDACTED, ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
 from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
+from .tuning import PRUNERS, SAMPLERS, _optuna, distributions, open_study, plot_history, plot_importance, study_path, trial_env
 
 # %% auto #0
 __all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'parse_grid', 'grid_combinations', 'parse_space_spec',
            'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job', 'Executor', 'LocalExecutor',
            'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult', 'SweepInterrupted', 'run_sweep',
-           'load_sweep', 'resume_sweep']
+           'load_sweep', 'resume_sweep', 'run_tuning']
 
 # %% ../nbs/09_sweeps.ipynb #c6a29cbb
 def _split_spec(spec: str, flag: str) -> tuple[str, str]:
@@ -106,6 +108,15 @@ class Sweep:
     maximize: bool = True  # higher `metric` is better
     seed: int = 0  # the seed of the random draw
     definition: dict = field(default_factory=dict)  # the grid and space as given, for the record
+    search: str = 'grid'  # 'grid', 'random' (combinations drawn up front) or a learning search ('tpe')
+    trials: int | None = None  # a learning search's budget: trials in all
+    space: dict = field(default_factory=dict)  # a learning search's space: parameter -> `(kind, *args)`
+    prune: str | None = None  # a learning search's pruner ('median', 'hyperband'), or None
+
+    @property
+    def learns(self) -> bool:
+        "Whether each trial is chosen from the results before it (Optuna's ask/tell), not drawn up front."
+        return self.search in SAMPLERS
 
     def jobs(self) -> list[dict]:
         "The values of each job: fixed, then swept."
@@ -124,7 +135,7 @@ def _read_yaml(path) -> dict:
     except FileNotFoundError: raise ParameterError(f"Sweep file {path} does not exist.", hint=f"A relative path is read from {os.getcwd()}.", path=str(path)) from None
     except yaml.YAMLError as e: raise ParameterError(f"Cannot read sweep file {path}: {e}", path=str(path)) from None
     if d is None: return {}
-    known = {'notebook', 'parameters', 'grid', 'random', 'metric', 'maximize'}
+    known = {'notebook', 'parameters', 'grid', 'random', 'metric', 'maximize', 'search', 'trials', 'space', 'prune', 'seed'}
     if not isinstance(d, dict) or set(d) - known:
         extra = sorted(set(d) - known) if isinstance(d, dict) else []
         raise ParameterError(f"Sweep file {path} must be a mapping" + (f"; unknown key(s) {', '.join(extra)}" if extra else '') + '.',
@@ -141,9 +152,23 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
                 seed: int | None = None, # seed of the random draw; the file's, else 0
                 metric: str | None = None, # names the best run
                 maximize: bool | None = None, # None: the file's, else guessed from the name (loss, error, rmse... are minimised)
+                search: str | None = None, # 'grid', 'random' or a learning search ('tpe'); the file's, else from the flags
+                trials: int | None = None, # a learning search's budget (or, with 'random', how many to draw)
+                prune: str | None = None, # a learning search's pruner: 'median', 'hyperband'
                ) -> Sweep:
     "A `Sweep` from command-line flags and/or a YAML sweep file."
     f = _read_yaml(sweep_file) if sweep_file else {}
+    search, prune = search or f.get('search'), prune or f.get('prune')
+    trials = trials if trials is not None else f.get('trials')
+    if search and search not in ('grid', 'random') and search not in SAMPLERS:
+        raise ParameterError(f"Unknown --search {search!r}.", hint=f"Use grid, random or {', '.join(SAMPLERS.names())}.", name=search)
+    if prune and search not in SAMPLERS:
+        raise ParameterError(f"--prune {prune} needs a learning search.", hint="Add --search tpe --trials N (pruning stops trials of a tuning sweep).")
+    if prune: PRUNERS.get(prune)  # a clear error naming the pruners
+    if search in SAMPLERS:
+        return _tuning_sweep(notebook, grid, n_random, space, sweep_file, f, fixed, seed, metric, maximize, search, trials, prune)
+    if search == 'random' and trials is not None and n_random is None: n_random = trials
+    if 'space' in f: f = {**f, 'random': {'space': f['space'], **(f.get('random') or {})}}
     nb = notebook or f.get('notebook')
     if not nb: raise ParameterError("No notebook to sweep.", hint="Give NOTEBOOK, or `notebook:` in the sweep file.")
     if sweep_file and not notebook and not Path(str(nb)).is_absolute() and os.sep in str(nb):
@@ -175,6 +200,7 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
 def check_sweep(sweep: Sweep) -> list[dict]:
     "The values of every job, converted to the notebook's types; a `ParameterError` for the first bad combination."
     spec = read_params(sweep.notebook)
+    if sweep.learns: sweep = Sweep(sweep.notebook, _corners(sweep.space), sweep.fixed)  # every bound and choice of the space, checked
     varied = sorted(set().union(*map(set, sweep.combinations)))
     secret = [k for k in varied if (spec[k].secret if k in spec else is_secret_name(k))]
     if secret:  # refused, not masked: a sweep names its jobs by their values, in the table, the files and the parent's params
@@ -235,11 +261,12 @@ def run_sweep_job(job: dict # notebook, values, index, sweep_id, run_name, tags,
     prior = _finished_run(c, experiment_id(s, s.experiment, c), job['sweep_id'], job['index'])
     if prior is not None:
         return dict(index=job['index'], worker=where, run_id=prior.info.run_id, status='FINISHED', parameters=job['values'],
-                    metrics=dict(prior.data.metrics), error=None, reused=True,
+                    metrics=dict(prior.data.metrics), error=None, reused=True, pruned=prior.data.tags.get(f'{TAG}pruned') == 'true',
                     duration=((prior.info.end_time or 0) - prior.info.start_time) / 1000)
     tags = {'mlflow.parentRunId': job['sweep_id'], SWEEP_ID: job['sweep_id'], SWEEP_INDEX: str(job['index']), WORKER: where, **job.get('tags', {})}
     opts = dict(job.get('options', {}))
-    r = run_job(job['notebook'], job['values'], settings=s, experiment=s.experiment, run_name=job['run_name'], tags=tags, **opts)
+    r = run_job(job['notebook'], job['values'], settings=s, experiment=s.experiment, run_name=job['run_name'], tags=tags,
+                env=job.get('env'), **opts)
     return {**r.to_dict(), 'index': job['index'], 'worker': where}
 
 # %% ../nbs/09_sweeps.ipynb #75dd4981
@@ -407,6 +434,7 @@ class SweepResult:
         best = next((r for r in rows if self.best and r['run_id'] == self.best['run_id']), None)
         return dict(sweep_run_id=self.sweep_id, status=self.status, jobs=len(rows),
                     finished=int((self.summary['status'] == 'FINISHED').sum()), failed=len(self.failed),
+                    pruned=int(self.summary['pruned'].sum()) if 'pruned' in self.summary else 0,
                     metric=self.metric, maximize=self.maximize, best=best,
                     tracking_uri=self.settings.tracking_uri if self.settings else None, runs=rows)
 
@@ -452,7 +480,8 @@ class _Events:
     def job(self, res: dict, running: int):
         ok = res.get('status') == 'FINISHED'
         self.done += ok; self.failed += not ok
-        self.emit('job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'), error=res.get('error'), running=running)
+        self.emit('job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'), error=res.get('error'), running=running,
+                  pruned=bool(res.get('pruned')))
 
 # %% ../nbs/09_sweeps.ipynb #515565e4
 def _make_executor(executor, workers, scheduler) -> Executor:
@@ -534,6 +563,8 @@ def run_sweep(sweep: Sweep, # what to run
     "Run every combination of `sweep` as a child run of one parent run; Ctrl-C marks unfinished runs FAILED and re-raises."
     from mlops_nb.tracking import Run, create_run
     s = settings or get_settings()
+    if sweep.learns: return run_tuning(sweep, s, executor=executor, workers=workers, scheduler=scheduler, fail_fast=fail_fast,
+                                       on_event=on_event, resume=resume, job_options=job_options, grace=grace)
     values = check_sweep(sweep)  # before anything starts
     secret = {k for k, p in read_params(sweep.notebook).items() if p.secret}
     if resume:
@@ -608,7 +639,9 @@ def load_sweep(settings: Settings, sweep_id: str, fixed: dict | None = None) -> 
     masked = [k for k, v in f.items() if v == REDACTED]
     if masked: raise ParameterError(f"Secret parameter(s) {', '.join(masked)} of sweep {sweep_id} were not stored.", hint=' '.join(f"-p {k} VALUE" for k in masked) + ' to pass them again.')
     return Sweep(job_notebook(d['notebook']), d['combinations'], fixed=f, metric=d.get('metric'), maximize=d.get('maximize', True),
-                 seed=d.get('seed', 0), definition={k: d.get(k) for k in ('grid', 'space', 'random', 'seed')})
+                 seed=d.get('seed', 0), definition={k: d.get(k) for k in ('grid', 'space', 'random', 'seed', 'search', 'trials', 'prune')},
+                 search=d.get('search') or 'grid', trials=d.get('trials'), prune=d.get('prune'),
+                 space={k: tuple(v) for k, v in (d.get('space') or {}).items()} if d.get('search') in SAMPLERS else {})
 
 # %% ../nbs/09_sweeps.ipynb #00ad50be
 def resume_sweep(sweep_id: str, # the parent run of the sweep
@@ -626,3 +659,232 @@ def resume_sweep(sweep_id: str, # the parent run of the sweep
     if metric: sw.metric, sw.maximize = metric, _guess_maximize(metric) if maximize is None else maximize
     elif maximize is not None: sw.maximize = maximize
     return run_sweep(sw, s, resume=sweep_id, **kwargs)
+
+# %% ../nbs/09_sweeps.ipynb #5247d6f9
+def _corners(space: dict[str, tuple]) -> list[dict]:
+    "Combinations that hold every bound and every choice of `space` (what a learning search may ask), for checking."
+    ends = {k: list(a) if kind == 'choice' else [a[0], a[1]] for k, (kind, *a) in space.items()}
+    return [{k: v[i % len(v)] for k, v in ends.items()} for i in range(max(map(len, ends.values()), default=0))]
+
+# %% ../nbs/09_sweeps.ipynb #891d0b18
+def _tuning_sweep(notebook, grid, n_random, space, sweep_file, f: dict, fixed, seed, metric, maximize, search, trials, prune) -> Sweep:
+    "The `Sweep` of a learning search from `build_sweep`'s flags and the file `f`: space (a grid parameter is a choice), budget, metric."
+    nb = notebook or f.get('notebook')
+    if not nb: raise ParameterError("No notebook to sweep.", hint="Give NOTEBOOK, or `notebook:` in the sweep file.")
+    if sweep_file and not notebook and not Path(str(nb)).is_absolute() and os.sep in str(nb): nb = str(Path(sweep_file).parent / nb)
+    fr = f.get('random') or {}
+    sp = {k: parse_space_spec(k, v) for k, v in {**(fr.get('space') or {}), **(f.get('space') or {})}.items()}
+    sp.update({k: ('choice', *(v if isinstance(v, list) else [v])) for k, v in (f.get('grid') or {}).items()})
+    sp.update({k: ('choice', *v) for k, v in parse_grid(list(grid)).items()})
+    for s in space:
+        k, v = _split_spec(s, '--space'); sp[k] = parse_space_spec(k, v)
+    n = trials if trials is not None else n_random if n_random is not None else fr.get('n')
+    if n is None or int(n) < 1:
+        raise ParameterError(f"--search {search} needs a budget of at least 1 trial" + (f", got {n}." if n is not None else '.'), hint="Add --trials 30.")
+    if not sp: raise ParameterError(f"--search {search} has nothing to vary.", hint="Add --space NAME=uniform:LO:HI (or int:, loguniform:, choice:).")
+    metric = metric or f.get('metric')
+    if not metric: raise ParameterError(f"--search {search} needs --metric: the recorded value each trial is judged by.", hint="Add --metric roc_auc (with --minimize for a loss).")
+    maximize = maximize if maximize is not None else f.get('maximize', _guess_maximize(metric))
+    seed = seed if seed is not None else int(f.get('seed', fr.get('seed', 0)))
+    return Sweep(job_notebook(str(nb)), [], fixed={**(f.get('parameters') or {}), **(fixed or {})}, metric=metric, maximize=bool(maximize),
+                 seed=seed, search=search, trials=int(n), space=sp, prune=prune,
+                 definition={'grid': {}, 'space': {k: list(v) for k, v in sp.items()}, 'random': None, 'seed': seed,
+                             'search': search, 'trials': int(n), 'prune': prune})
+
+# %% ../nbs/09_sweeps.ipynb #07d57356
+@dataclass
+class _Tuning:
+    "A learning sweep's study, where it is kept, and how its trials become jobs and results."
+    sweep: Sweep
+    study: object  # optuna.Study
+    path: Path  # the study's journal
+    settings: Settings
+    sweep_id: str  # the parent run (also the study's name)
+    spec: dict  # the notebook's parameters
+    options: dict = field(default_factory=dict)  # for run_job
+
+    @property
+    def dists(self): return distributions(self.sweep.space)
+
+    def job(self, trial) -> dict:
+        "The job of an asked trial: its values checked against the notebook, its trial in the environment."
+        values = check_params(self.sweep.notebook, {**self.sweep.fixed, **trial.params}, params=self.spec)
+        return {**_job_spec(self.sweep_id, trial.number, self.sweep.notebook, values, self.settings, self.options),
+                'env': trial_env(self.path, self.sweep_id, trial._trial_id, self.sweep.prune)}
+
+    def tell(self, number: int, res: dict):
+        "Tell the study how trial `number` ended."
+        S = _optuna().trial.TrialState
+        v = (res.get('metrics') or {}).get(self.sweep.metric)
+        if res.get('status') != 'FINISHED': self.study.tell(number, state=S.FAIL)
+        elif res.get('pruned'): self.study.tell(number, state=S.PRUNED)
+        elif v is None or math.isnan(v):  # the run finished without the metric: nothing to learn from
+            self.study._storage.set_trial_user_attr(self.study.trials[number]._trial_id, 'mlops_nb.missing_metric', self.sweep.metric)
+            self.study.tell(number, state=S.FAIL)
+        else: self.study.tell(number, float(v))
+
+# %% ../nbs/09_sweeps.ipynb #fb49593b
+_REQUEUED = 'mlops_nb.requeued'  # the study's list of trial numbers whose values were asked again
+
+def _requeued(study) -> set: return set(study.user_attrs.get(_REQUEUED, []))
+
+def _counted(study) -> list:
+    "Trials that count against the budget: told, and not asked again."
+    S, again = _optuna().trial.TrialState, _requeued(study)
+    return [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED, S.FAIL) and t.number not in again]
+
+def _reconcile(t: _Tuning, failed: bool = False # also ask again the trials whose job failed (a resume)
+              ) -> int:
+    "Tell the study how its RUNNING trials ended: from a FINISHED run, else FAIL and asked again; how many are asked again."
+    S = _optuna().trial.TrialState
+    runs = {int(r.data.tags[SWEEP_INDEX]): r for r in child_runs(t.settings, t.sweep_id) if r.info.status == 'FINISHED'}
+    again, done = [], _requeued(t.study)
+    for tr in t.study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        r = runs.get(tr.number)
+        if r is not None:
+            t.tell(tr.number, dict(status='FINISHED', pruned=r.data.tags.get(f'{TAG}pruned') == 'true', metrics=r.data.metrics))
+        else:
+            t.study.tell(tr.number, state=S.FAIL); again.append(tr)
+    if failed:  # a job that failed is run again on resume, as a grid's is; a run without the metric would only fail again
+        again += [tr for tr in t.study.get_trials(deepcopy=False, states=(S.FAIL,))
+                  if tr.number not in done and tr.number not in runs and tr not in again]
+    if again:
+        t.study.set_user_attr(_REQUEUED, sorted(done | {tr.number for tr in again}))
+        for tr in again: t.study.enqueue_trial(tr.params, skip_if_exists=False)
+    return len(again)
+
+# %% ../nbs/09_sweeps.ipynb #c1a04d0d
+def _follow_study(ex: Executor, t: _Tuning, budget: int, events: _Events, fail_fast: bool) -> bool:
+    "Ask a trial whenever a slot is free, until `budget` trials were asked; tell each result; whether it stopped early."
+    pending, stopped = {}, False
+    ex.futures = set()
+    while True:
+        while not stopped and budget > 0 and len(pending) < ex.slots:
+            trial = t.study.ask(t.dists)
+            budget -= 1
+            job = t.job(trial)
+            f = ex.submit(job)
+            pending[f] = job; ex.futures = ex.futures | {f}
+        if not pending: return stopped
+        for f in ex.wait(set(pending), timeout=1.0):
+            j = pending.pop(f)
+            try:
+                res = f.result()
+                if res.get('status') == 'CANCELLED': continue  # left RUNNING in the study: asked again on resume
+            except BaseException as e:  # as in `_follow`: the worker died for good, or the job could not start
+                if isinstance(e, KeyboardInterrupt): raise
+                if type(e).__name__ == 'CancelledError': continue
+                lost = type(e).__name__ in ('KilledWorker', 'BrokenProcessPool')
+                res = dict(index=j['index'], status='FAILED', run_id=None,
+                           error=dict(reason='worker_lost' if lost else 'error', ename=type(e).__name__, evalue=str(e)[:2000]))
+            mark_orphans(t.settings, t.sweep_id, 'worker_lost' if res.get('run_id') else res['error']['reason'], keep={res.get('run_id')}, index=j['index'])
+            t.tell(j['index'], res)
+            events.job(res, running=len(pending))
+            if fail_fast and res.get('status') != 'FINISHED': stopped = True
+
+# %% ../nbs/09_sweeps.ipynb #aa36bdbd
+def _tuning_summary(t: _Tuning):
+    "The summary table of a learning sweep (one row per counted trial, `pruned` marked) and its best row."
+    import pandas as pd
+    S = _optuna().trial.TrialState
+    trials = sorted(t.study.trials, key=lambda tr: tr.number)
+    if not trials: return pd.DataFrame(columns=['index', 'status', 'run_id', 'pruned']), None
+    shown = [{k: _shown(v) for k, v in tr.params.items()} for tr in trials]
+    df, _ = summarize(t.settings, t.sweep_id, shown, t.sweep.metric, t.sweep.maximize)
+    df = df[~df['index'].isin(_requeued(t.study))].reset_index(drop=True)
+    df['pruned'] = df['index'].map(lambda i: trials[i].state == S.PRUNED)
+    col, best = f'metric.{t.sweep.metric}', None
+    if col in df:
+        ok = df[(df['status'] == 'FINISHED') & ~df['pruned'] & df[col].notna()]
+        if len(ok): best = ok.loc[ok[col].idxmax() if t.sweep.maximize else ok[col].idxmin()].to_dict()
+    return df, best
+
+def _log_study(parent, t: _Tuning):
+    "The study's journal and its figures, on the parent run."
+    import warnings
+    d = Path(tempfile.mkdtemp(prefix='mlops_nb_study_'))
+    if t.path.exists(): parent.log_artifact(t.path, 'study')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # Optuna's importance evaluator warns on small studies
+        for name, fig in (('optimization_history', plot_history(t.study, t.sweep.metric)), ('param_importances', plot_importance(t.study))):
+            if fig is not None: fig.savefig(d / f'{name}.png', dpi=90); parent.log_artifact(d / f'{name}.png')
+
+# %% ../nbs/09_sweeps.ipynb #9acb63f7
+def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
+               settings: Settings | None = None, executor: str | Executor = 'local', workers: int | None = None, scheduler: str | None = None,
+               fail_fast: bool = False, on_event=None, resume: str | None = None, job_options: dict | None = None, grace: float = 30.0,
+              ) -> SweepResult:
+    "Run `sweep.trials` trials, each asked of the study as a slot frees, as child runs of one parent; arguments as `run_sweep`."
+    from mlops_nb.tracking import Run
+    s = settings or get_settings()
+    check_sweep(sweep)  # before anything starts
+    spec = read_params(sweep.notebook)
+    parent, path = _tuning_parent(sweep, s, resume, {k for k, p in spec.items() if p.secret})
+    sid = parent.run_id
+    t = _Tuning(sweep, open_study(path, sid, sweep.search, sweep.seed, sweep.prune, sweep.maximize, sweep.trials), path, s, sid, spec, job_options or {})
+    if resume: _reconcile(t, failed=True)
+    done = len(_counted(t.study))
+    events = _Events(max(0, sweep.trials - done), on_event)
+    ex, interrupted, stopped, error = None, False, False, None
+    try:
+        ex = _make_executor(executor, workers, scheduler)
+        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
+        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=done)
+        stopped = _follow_study(ex, t, events.total, events, fail_fast)
+    except KeyboardInterrupt:
+        interrupted = True
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+        try:
+            if ex is not None:
+                for f in ex.futures: f.cancel()
+                ex.interrupt()
+                _drain(ex, grace)
+        finally:
+            if old is not None: signal.signal(signal.SIGINT, old)
+    except Exception as e:  # the executor or the store failed: the sweep's runs still end
+        error = e
+        if ex is not None:
+            for f in ex.futures: f.cancel()
+    finally:
+        if ex is not None and not isinstance(executor, Executor):
+            try: ex.close(cancel=True)
+            except Exception: pass
+    mark_orphans(s, sid, 'error' if error else 'interrupted' if interrupted else 'worker_lost')
+    _reconcile(t)  # trials that ended while the sweep stopped are told; those cut short are asked again on resume
+    _log_study(parent, t)
+    if error is not None:
+        parent.end('FAILED', reason='error', error=error)
+        raise error
+    df, best = _tuning_summary(t)
+    _log_summary(parent, df, best, sweep)
+    status = 'KILLED' if interrupted else 'FINISHED' if len(df) and (df['status'] == 'FINISHED').all() else 'FAILED'
+    parent.end(status, reason='interrupted' if interrupted else None if status == 'FINISHED' else 'fail_fast' if stopped else 'jobs_failed')
+    res = SweepResult(sid, status, df, best, sweep.metric, sweep.maximize, s)
+    if interrupted: raise SweepInterrupted(res)
+    return res
+
+# %% ../nbs/09_sweeps.ipynb #dceb2afe
+def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
+    "The parent run of a learning sweep (new, or `resume` reopened) and where its study is kept."
+    from mlops_nb.tracking import Run, create_run, download_artifact
+    if resume:
+        parent, path = Run(resume, s), study_path(resume)
+        parent.client.update_run(resume, status='RUNNING')
+        try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
+        except Exception: pass  # there was none
+        if not path.exists():
+            try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
+            except Exception as e:
+                raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
+                                     hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
+        return parent, path
+    definition = dict(notebook=str(sweep.notebook), fixed=_jsonable(sweep.fixed, secret), combinations=[], metric=sweep.metric,
+                      maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
+    parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
+                        params={'sweep.search': sweep.search, 'sweep.trials': sweep.trials, 'sweep.prune': sweep.prune or 'none',
+                                'sweep.seed': sweep.seed, 'sweep.metric': sweep.metric,
+                                **{f'sweep.space.{k}': ':'.join(map(str, v)) for k, v in sweep.space.items()}},
+                        tags={f'{TAG}sweep': 'parent', f'{TAG}sweep_of': sweep.notebook.stem, f'{TAG}sweep_size': sweep.trials,
+                              f'{TAG}sweep_search': sweep.search})
+    parent.log_text(json.dumps(definition, indent=1, default=str), 'sweep.json')
+    return parent, study_path(parent.run_id)

@@ -33,3 +33,30 @@ def test_params_of_bundled_job(workdir):
     assert r.returncode == 0, r.stderr
     assert re.search(r'n_estimators\s+int\s+100', r.stdout), r.stdout
     assert not (workdir / 'mlflow.db').exists()  # reading a schema starts nothing
+
+
+LIBRARY_LINE = re.compile(r'\b(INFO|WARNING|DEBUG)\b|alembic|mlflow\.|Running upgrade|database tables')
+
+
+def _trivial_notebook(path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    nb = new_notebook(cells=[new_code_cell('n: int = 1', metadata={'tags': ['parameters']}),
+                             new_code_cell('import mlops_nb\nmlops_nb.record("n", n)')])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
+
+
+def test_a_first_command_in_a_new_folder_prints_no_library_log_lines(tmp_path):
+    "A new folder: no store, no worker from before; the first command makes both and says only its own words."
+    for name, flags in (('quiet', []), ('no_worker', ['--no-worker']), ('verbose', ['-v'])):
+        d = tmp_path / name
+        d.mkdir()
+        _trivial_notebook(d / 'ok.ipynb')
+        r = mlops_nb('run', 'ok.ipynb', *flags, cwd=d)
+        assert r.returncode == 0, r.stderr
+        assert (d / 'mlflow.db').exists() and (d / '.mlops_nb' / 'worker').is_dir() == (name != 'no_worker')
+        if name == 'verbose':  # -v lets them through: MLflow makes the store's tables in this command
+            assert 'Creating initial MLflow database tables' in r.stderr, r.stderr
+        else:
+            assert not LIBRARY_LINE.search(r.stderr), r.stderr

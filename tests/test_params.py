@@ -272,3 +272,37 @@ def test_import_is_cheap():
             "print(sorted(m for m in ('yaml', 'nbformat', 'mlflow', 'papermill', 'pandas', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == '[]'
+
+
+def _runs_dir_untouched(d):
+    return not (d / 'mlflow.db').exists() and not (d / '.mlops_nb' / 'outputs').exists()
+
+
+@pytest.mark.parametrize('flags', [[], ['--no-worker']])
+def test_train_jobs_model_choices_come_from_the_registry_and_are_checked_before_launch(tmp_path, flags):
+    "The train job's `model` is a Literal computed from mlops_nb.train's registry: a name it does not know starts nothing."
+    from conftest import mlops_nb
+    from mlops_nb.train import MODELS
+    spec = {p['name']: p for p in params_json(read_params(__import__('mlops_nb.core', fromlist=['x']).job_notebook('train')))}
+    assert spec['model']['choices'] == MODELS.names() and spec['model']['type'].startswith('Literal[')
+    r = mlops_nb('run', 'train', '-p', 'model', 'logistic_regression', *flags, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Parameter 'model'" in r.stderr and all(repr(n) in r.stderr for n in MODELS.names()), r.stderr
+    assert _runs_dir_untouched(tmp_path)
+
+
+def test_a_literal_computed_from_the_projects_own_module(tmp_path):
+    "A project's own registry of choices (a module next to the notebook), as its kernel would import it."
+    from conftest import mlops_nb
+    (tmp_path / 'palette.py').write_text('COLOURS = ("red", "green")\n')
+    cells = [new_code_cell('from typing import Literal\nfrom palette import COLOURS'),
+             new_code_cell('colour: Literal[COLOURS] = "red"  # a colour of the palette', metadata={'tags': ['parameters']}),
+             new_code_cell('import mlops_nb\nmlops_nb.record("chosen", COLOURS.index(colour))')]
+    nbformat.write(new_notebook(cells=cells), tmp_path / 'paint.ipynb')
+    r = mlops_nb('run', 'paint.ipynb', '-p', 'colour', 'blue', cwd=tmp_path)
+    assert r.returncode == 2 and "expects one of 'red', 'green', got 'blue'" in r.stderr, r.stdout + r.stderr
+    assert _runs_dir_untouched(tmp_path)
+    r = mlops_nb('run', 'paint.ipynb', '-p', 'colour', 'green', '--json', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+    assert json.loads(r.stdout)['metrics']['chosen'] == 1.0

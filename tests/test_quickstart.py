@@ -30,6 +30,7 @@ def test_quickstart_prints_summary_and_next_steps(quickstart):
     assert 'train run:' in out and 'roc_auc=' in out
     assert 'mlops-nb ui' in out and 'mlops-nb serve models:/breast_cancer@champion' in out
     assert (d / 'mlflow.db').exists() and (d / 'mlartifacts').is_dir()
+    assert 'database tables' not in first.stderr and ' INFO ' not in first.stderr, first.stderr  # no library log lines (-v shows them)
     # held-out rows a few percent beyond the training range are not drift; the 8 columns further out are information
     assert 'warnings (drift)' not in out and 'info: out_of_range in 8 columns' in out
 
