@@ -177,17 +177,18 @@ def champion_quality(ch: Champion, # the champion
     "{'task', 'metrics' (on its held-out rows), 'cbpe' (fitted there, for classifiers), 'note'}."
     from mlops_nb.evaluate import evaluate
     from mlops_nb.monitor import CBPE
+    from mlops_nb.models import load
     from mlops_nb.registry import eval_data
-    from mlops_nb.tracking import load_model
     s = settings or get_settings()
-    try:
-        test, schema, _ = eval_data(ch.run_id, s)
-        model = load_model(f'models:/{ch.name}/{ch.version}', s)
+    lm = load(f'models:/{ch.name}/{ch.version}', s)  # any flavour, through the models seam
+    try: test, schema, _ = eval_data(ch.run_id, s)
     except MlopsNbError as e:  # a champion logged outside the train job: quality still measured, bounds need --quality-gate
-        return {'task': _task(ch.run_id, s), 'metrics': {}, 'cbpe': None, 'note': f'no held-out rows: {e.message}'}
+        kind = 'regression' if lm.classes_ is None else 'binary' if len(lm.classes_) == 2 else 'multiclass'
+        return {'task': kind, 'metrics': {}, 'cbpe': None, 'note': f'no held-out rows: {e.message}'}
     X, y = test[schema.features], test[schema.target]
-    cbpe = CBPE(model.classes_).fit(model.predict_proba(X), y) if schema.task != 'regression' and hasattr(model, 'predict_proba') else None
-    return {'task': schema.task, 'metrics': evaluate(model, X, y, schema.task), 'cbpe': cbpe, 'note': ''}
+    proba = schema.task != 'regression' and lm.predict_proba is not None and lm.classes_ is not None
+    cbpe = CBPE(lm.classes_).fit(lm.predict_proba(X), y) if proba else None
+    return {'task': schema.task, 'metrics': evaluate(lm, X, y, schema.task), 'cbpe': cbpe, 'note': ''}
 
 def _all_labels(cfg, file_labels: pd.DataFrame | None) -> pd.DataFrame | None:
     "Labels from the file (if given) and from the labels log beside the request log, the latest per row: request_id, row, label."
