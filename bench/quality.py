@@ -114,7 +114,7 @@ def ensure_nannyml(python: str | None) -> str | None:
     if not py.exists():
         print(f"creating {NANNYML_VENV} with nannyml==0.13.1 (once; a few minutes) ...", flush=True)
         subprocess.run([sys.executable, '-m', 'venv', str(NANNYML_VENV)], check=True)
-        subprocess.run([str(py), '-m', 'pip', 'install', '-q', 'nannyml==0.13.1'], check=True)
+        subprocess.run([str(py), '-m', 'pip', 'install', '-q', 'nannyml==0.13.1', 'statsmodels'], check=True)  # nannyml imports statsmodels without requiring it
     return str(py)
 
 
@@ -145,7 +145,7 @@ def main():
             k = res['nannyml']['values'][w].get(m) if res.get('nannyml') else None
             f = lambda v: f'{v:9.4f}' if v is not None else f"{'-':>9}"
             e = lambda v: f'{abs(v - r):7.4f}' if v is not None else f"{'-':>7}"
-            d = f'{abs(o - k):10.4f}' if o is not None and k is not None else f"{'-':>10}"
+            d = f'{abs(o - k):10.1e}' if o is not None and k is not None else f"{'-':>10}"
             print(f"  {w:<9} {m:<9} {r:9.4f} {f(o)} {e(o)} {f(k)} {e(k)} {d}")
             if m == 'accuracy' and o is not None and abs(o - r) > 0.01: bad = True
     print(f"\n  {'tool':<10} {'seconds (fit + 4 windows)':>26} {'x mlops_nb time':>16}")

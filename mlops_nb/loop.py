@@ -81,6 +81,7 @@ class LoopResult:
             if getattr(self, k): lines.append(f"  {k[:-7]} run: {getattr(self, k)}")
         if self.new_version: lines.append(f"  champion: version {self.champion_version} -> {self.new_version}")
         if self.detail: lines.append(f"  {self.detail}")
+        if self.webhook: lines.append(f"  webhook: {'sent' if self.webhook.get('ok') else 'FAILED: ' + str(self.webhook.get('error'))}")
         return '\n'.join(lines)
 
     def to_dict(self) -> dict: return {**asdict(self), 'exit_code': self.exit_code}
@@ -88,14 +89,14 @@ class LoopResult:
 def _quality_lines(q: dict) -> list[str]:
     "The quality of the window in a line or two: realized with its interval and bound, estimated beside it."
     if not q: return []
-    est, out = q.get('estimated') or {}, []
+    est, out = q.get('estimated') or {}, [f"  labels: {q.get('labelled_rows', 0)} of {q.get('rows', 0)} rows in the window labelled"]
     for r in q.get('checks') or []:
         v = (q.get('realized') or {}).get(r['metric'])
         got = f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}] on {v['n']} labelled rows" if v else 'no labelled rows'
         bound = f", bound {r['bound']:.3f}" if r.get('bound') is not None else ''
         e = f"; estimated {est[r['metric']]:.3f}" if r['metric'] in est else ''
         out.append(f"  quality: {r['metric']} {got}{bound}{' ALERT' if r['alert'] else ''}{e}")
-    return out or [f"  quality: {q.get('labelled_rows', 0)} labelled rows"]
+    return out
 
 # %% ../nbs/12_loop.ipynb #d077a4e7
 def _read_table(path: str | Path, what: str) -> pd.DataFrame:
@@ -176,17 +177,18 @@ def champion_quality(ch: Champion, # the champion
     "{'task', 'metrics' (on its held-out rows), 'cbpe' (fitted there, for classifiers), 'note'}."
     from mlops_nb.evaluate import evaluate
     from mlops_nb.monitor import CBPE
+    from mlops_nb.models import load
     from mlops_nb.registry import eval_data
-    from mlops_nb.tracking import load_model
     s = settings or get_settings()
-    try:
-        test, schema, _ = eval_data(ch.run_id, s)
-        model = load_model(f'models:/{ch.name}/{ch.version}', s)
+    lm = load(f'models:/{ch.name}/{ch.version}', s)  # any flavour, through the models seam
+    try: test, schema, _ = eval_data(ch.run_id, s)
     except MlopsNbError as e:  # a champion logged outside the train job: quality still measured, bounds need --quality-gate
-        return {'task': _task(ch.run_id, s), 'metrics': {}, 'cbpe': None, 'note': f'no held-out rows: {e.message}'}
+        kind = 'regression' if lm.classes_ is None else 'binary' if len(lm.classes_) == 2 else 'multiclass'
+        return {'task': kind, 'metrics': {}, 'cbpe': None, 'note': f'no held-out rows: {e.message}'}
     X, y = test[schema.features], test[schema.target]
-    cbpe = CBPE(model.classes_).fit(model.predict_proba(X), y) if schema.task != 'regression' and hasattr(model, 'predict_proba') else None
-    return {'task': schema.task, 'metrics': evaluate(model, X, y, schema.task), 'cbpe': cbpe, 'note': ''}
+    proba = schema.task != 'regression' and lm.predict_proba is not None and lm.classes_ is not None
+    cbpe = CBPE(lm.classes_).fit(lm.predict_proba(X), y) if proba else None
+    return {'task': schema.task, 'metrics': evaluate(lm, X, y, schema.task), 'cbpe': cbpe, 'note': ''}
 
 def _all_labels(cfg, file_labels: pd.DataFrame | None) -> pd.DataFrame | None:
     "Labels from the file (if given) and from the labels log beside the request log, the latest per row: request_id, row, label."
@@ -252,7 +254,9 @@ def _check(cfg: LoopConfig, s):
         check_outputs({'drift results': Path(cfg.log_dir) / 'drift'}, {'--labels': cfg.labels, '--reference': cfg.reference},
                       folders={'drift results'})
     try: log_parts(cfg.log_dir)
-    except DataError as e: raise LoopError(e.message, hint=e.hint) from None
+    except DataError as e:
+        raise LoopError(e.message, hint=f"A server started in this project keeps its log there (mlops-nb serve models:/{cfg.model}@champion); "
+                        "otherwise point at the log with --log-dir DIR.") from None
     ref = Path(cfg.reference) if cfg.reference else reference_file(ch, Path('.mlops_nb') / 'loop')
     if not ref.exists(): raise LoopError(f"Reference sample {ref} does not exist.", hint='Give a CSV or Parquet file.')
     labels = _read_table(cfg.labels, 'labels') if cfg.labels else None

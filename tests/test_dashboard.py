@@ -33,8 +33,9 @@ def served(tmp_path_factory):
     for shift in (1.0, 1.3):  # two monitor windows, the second drifted
         res = drift(ref, cur * shift)
         write_latest(d / 'req', alert_payload(res, 'dash', '1'))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not list((d / 'req').glob('*.parquet')): time.sleep(0.2)
+    from mlops_nb.reqlog import read_log  # every row written (a part each 0.5 s; a busy machine may take several)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ((d / 'req').is_dir() and len(read_log(d / 'req')) >= 120): time.sleep(0.2)
     yield d, srv
     srv.stop()
 

@@ -117,6 +117,11 @@ def test_healthy_window_exits_0_with_quality_on_every_labelled_row(scenario):
     assert acc['n'] == 600 and acc['low'] < acc['value'] < acc['high'] and acc['value'] > 0.85
     assert {'accuracy', 'roc_auc', 'f1'} <= set(q['realized']) and {'accuracy', 'roc_auc'} <= set(q['estimated'])
     assert _Hook.bodies == []  # nothing to alert about
+    from mlflow import MlflowClient  # the monitor run's report holds both: realized and estimated
+    c = MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}")
+    ms = c.get_run(doc['monitor_run_id']).data.metrics
+    assert ms['quality.accuracy'] == acc['value'] and ms['quality.labelled_rows'] == 600 and 'quality_estimated.accuracy' in ms
+    assert 'quality.csv' in {a.path for a in c.list_artifacts(doc['monitor_run_id'])}
 
 
 def test_concept_drift_alerts_through_the_webhook_though_no_input_drifted(scenario):
