@@ -156,3 +156,14 @@ def test_a_model_that_cannot_load_exits_2_before_serving(store):
     r = subprocess.run([mlops_nb_exe(), 'serve', str(path), '--port', '1'], cwd=d, env=store_env(d), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'serving' not in r.stdout, (r.stdout, r.stderr[-2000:])
     assert f'Cannot load model {path} with its python_function flavour' in r.stderr
+
+
+def test_deploy_ships_the_models_own_requirements(store):
+    "The XGBoost model's build context pins xgboost beside our serving stack, and its folder serves without the registry."
+    d, _ = store
+    r = mlops_nb('deploy', 'models:/xgb@champion', '--out', 'ctx_xgb', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stderr[-2000:]
+    reqs = (d / 'ctx_xgb' / 'requirements.txt').read_text().split()
+    import xgboost
+    assert f'xgboost=={xgboost.__version__}' in reqs and any(q.startswith('mlflow-skinny==') for q in reqs), reqs
+    assert not any(q.startswith('mlflow==') for q in reqs)
