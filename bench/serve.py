@@ -12,7 +12,11 @@ percentiles. Cells are measured one server at a time (the other idles).
 Prints, per cell: requests/s, p50 and p99 for each server, the throughput ratio (ours / MLflow) and the
 p99 ratio (MLflow / ours; above 1 means ours is lower), and any non-2xx answers.
 
-Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off]
+With `--model xgboost` or `--model lightgbm` the model is a gradient-boosted classifier (100 trees, depth 4)
+on breast_cancer logged by plain MLflow code (`mlflow.xgboost.log_model` / `mlflow.lightgbm.log_model`, no
+mlops_nb), served by both through its own flavour; only one-row requests are timed.
+
+Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off] [--model forest|xgboost|lightgbm]
 """
 import argparse
 import json
@@ -72,6 +76,28 @@ def train(d: Path):
     return te.drop(columns='target')
 
 
+def train_boosted(d: Path, kind: str):
+    "A boosted classifier logged and registered by plain MLflow code, as a team would: returns held-out features."
+    import mlflow
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    mlflow.set_tracking_uri(f"sqlite:///{d / 'mlflow.db'}")
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    Xtr, Xte, ytr, _ = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    with mlflow.start_run() as run:
+        if kind == 'xgboost':
+            import xgboost
+            m = xgboost.XGBClassifier(n_estimators=100, max_depth=4, random_state=0).fit(Xtr, ytr)
+            mlflow.xgboost.log_model(m, name='model', input_example=Xtr.head(5), pip_requirements=['xgboost'])
+        else:
+            import lightgbm
+            m = lightgbm.LGBMClassifier(n_estimators=100, max_depth=4, random_state=0, verbose=-1).fit(Xtr, ytr)
+            mlflow.lightgbm.log_model(m, name='model', input_example=Xtr.head(5), pip_requirements=['lightgbm'])
+    mv = mlflow.register_model(f'runs:/{run.info.run_id}/model', 'bench')
+    mlflow.MlflowClient().set_registered_model_alias('bench', 'champion', mv.version)
+    return Xte
+
+
 def seconds(v: str) -> float:
     m = re.fullmatch(r'([\d.]+)(us|ms|s|m)', v)
     return float(m.group(1)) * {'us': 1e-6, 'ms': 1e-3, 's': 1.0, 'm': 60.0}[m.group(2)]
@@ -94,13 +120,15 @@ def main():
     ap.add_argument('--duration', type=int, default=10, help='seconds per cell (default 10)')
     ap.add_argument('--workers', type=int, default=1, help='worker processes of each server (default 1)')
     ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, scikit-learn predicts)")
+    ap.add_argument('--model', default='forest', choices=['forest', 'xgboost', 'lightgbm'],
+                    help='forest: the quickstart model (mlops_nb train run); xgboost/lightgbm: logged by plain MLflow code')
     a = ap.parse_args()
     if not shutil.which('wrk'): sys.exit('wrk is not installed (apt-get install wrk)')
     d = Path(tempfile.mkdtemp(prefix='bench_serve_'))
     env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true')
     os.environ.update(MLFLOW_DISABLE_TELEMETRY='true')
-    X = train(d)
+    X = train(d) if a.model == 'forest' else train_boosted(d, a.model)
     bodies = {}
     for n in (1, 100):
         rows = X.sample(n, replace=n > len(X), random_state=0)
@@ -121,12 +149,13 @@ def main():
         answers = {k: post(f'http://127.0.0.1:{ports[k]}/invocations', big) for k in ports}
         engine = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports['mlops_nb']}/version").read())['engine']
         identical = answers['mlflow'] == answers['mlops_nb']
-        print(f"model: random forest (100 trees) on breast_cancer; workers: {a.workers} each; mlops_nb engine: {engine}")
+        what = 'random forest (100 trees)' if a.model == 'forest' else f'{a.model} classifier (100 trees, depth 4, plain MLflow)'
+        print(f"model: {what} on breast_cancer; workers: {a.workers} each; mlops_nb engine: {engine}")
         print(f"load generator: wrk 4.1 (Debian), {a.duration} s per cell after a 2 s warm-up; predictions identical on 100 rows: "
               f"{'yes' if identical else 'NO'}\n")
         hdr = f"{'rows':>4} {'conc':>4} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'mlops_nb req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 x':>7}"
         print(hdr); print('-' * len(hdr))
-        for n in (1, 100):
+        for n in ((1, 100) if a.model == 'forest' else (1,)):
             for c in (1, 16):
                 r = {k: wrk(f'http://127.0.0.1:{ports[k]}/invocations', bodies[n], c, a.duration, lua) for k in ports}
                 m, o = r['mlflow'], r['mlops_nb']

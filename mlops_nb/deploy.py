@@ -15,11 +15,13 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .models import model_requirements
 from .outputs import check_new_folder, check_outputs
 from .serve import prepare_model_dir
 
 # %% auto #0
-__all__ = ['SERVING_REQUIREMENTS', 'pinned_requirements', 'copy_package', 'dockerfile', 'k8s_manifests', 'deploy_context']
+__all__ = ['SERVING_REQUIREMENTS', 'pinned_requirements', 'merge_requirements', 'copy_package', 'dockerfile', 'k8s_manifests',
+           'deploy_context']
 
 # %% ../nbs/10a_deploy.ipynb #2c691f66
 SERVING_REQUIREMENTS = ('mlflow-skinny', 'scikit-learn', 'numpy', 'scipy', 'pandas', 'pyarrow', 'skops', 'pyyaml',
@@ -35,6 +37,20 @@ def pinned_requirements(names=SERVING_REQUIREMENTS, # distributions to pin
         try: out.append(f'{n}=={metadata.version(n)}')
         except metadata.PackageNotFoundError: pass
     return out
+
+# %% ../nbs/10a_deploy.ipynb #42b70cec
+def _dist(req: str) -> str:
+    "The normalised distribution name of a requirement line."
+    return re.sub(r'[-_.]+', '-', re.split(r'[<>=!~;\[ @]', req.strip(), maxsplit=1)[0]).lower()
+
+def merge_requirements(ours: list[str], # our pinned serving requirements
+                       model: list[str], # the model's own requirements.txt lines
+                      ) -> list[str]:
+    "Ours, then each of the model's requirements on a distribution we do not already have (`mlflow` is `mlflow-skinny`)."
+    have = {_dist(r) for r in ours}
+    if 'mlflow-skinny' in have: have.add('mlflow')
+    extra = [r.strip() for r in model if r.strip() and not r.lstrip().startswith(('#', '-')) and _dist(r) not in have]
+    return [*ours, *dict.fromkeys(extra)]
 
 # %% ../nbs/10a_deploy.ipynb #027fd33e
 def copy_package(dst: str | Path # the context's `src/` folder
@@ -139,7 +155,8 @@ def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NA
     info = prepare_model_dir(str(out / 'model') if Path(uri).expanduser().is_dir() else uri, out / 'model', settings)
     name = info.get('name') or 'model'
     image = image or f"mlops-nb-{_k8s_name(name)}:{info.get('version') or 'latest'}"
-    (out / 'requirements.txt').write_text('\n'.join(pinned_requirements(onnx=onnx)) + '\n')
+    reqs = merge_requirements(pinned_requirements(onnx=onnx), model_requirements(info['path']))  # the model's own: xgboost, ...
+    (out / 'requirements.txt').write_text('\n'.join(reqs) + '\n')
     copy_package(out / 'src')
     (out / 'Dockerfile').write_text(dockerfile(port, workers))
     (out / '.dockerignore').write_text('**/__pycache__\n**/*.pyc\n')

@@ -35,7 +35,7 @@ LOOP_GATES = {  # the candidate must beat the champion on the new window's held-
 
 # %% ../nbs/12_loop.ipynb #9ee6b6e9
 _EXIT = {'no_drift': 0, 'too_few_rows': 0, 'promoted': 0, 'drift_no_labels': 1, 'too_few_labels': 1,
-         'monitor_failed': 1, 'retrain_failed': 1, 'refused': 1, 'would_retrain': 1, 'would_alert': 1}
+         'monitor_failed': 1, 'retrain_failed': 1, 'refused': 1, 'would_retrain': 1, 'would_alert': 1, 'no_recipe': 1}
 _SAY = {'no_drift': 'no drift, and quality holds: the champion stays', 'too_few_rows': 'too few rows in the window to judge drift',
         'promoted': '{why} answered: the retrained model is the new champion',
         'drift_no_labels': '{why}, and no labels for the window: alert only (give --labels, or POST /labels to the server, to retrain)',
@@ -43,7 +43,8 @@ _SAY = {'no_drift': 'no drift, and quality holds: the champion stays', 'too_few_
         'monitor_failed': 'the monitor job failed', 'retrain_failed': '{why}, and the retrain or evaluate job failed',
         'refused': '{why}, and the retrained model did not pass the gate: the champion stays',
         'would_retrain': '{why} (dry run): would retrain on the labelled window and gate it',
-        'would_alert': '{why} (dry run): would alert; no labels to retrain on'}
+        'would_alert': '{why} (dry run): would alert; no labels to retrain on',
+        'no_recipe': '{why}, and the champion was not made by the train job: no recipe to retrain it with, alert only'}
 _WHY = {'drift': 'DRIFT', 'quality': 'QUALITY below the gate', 'drift+quality': 'DRIFT and QUALITY below the gate'}
 
 @dataclass
@@ -142,6 +143,10 @@ class Champion:
     @property
     def target(self) -> str: return self.params.get('target') or 'target'
     def recipe(self) -> dict: return {k: self.params[k] for k in _RECIPE if k in self.params and self.params[k] not in ('', None)}
+    @property
+    def has_recipe(self) -> bool:
+        "Made by the train job (a model factory and a dataset), so the loop can retrain it; any other MLflow model only alerts."
+        return bool(self.params.get('model')) and bool(self.params.get('dataset'))
 
 def champion(name: str, # registered model name
              settings=None, alias: str = 'champion') -> Champion:
@@ -296,8 +301,9 @@ def run_loop(cfg: LoopConfig, # what to watch
         res.drift = _drift_dry(ref, Path(cfg.log_dir), t0, t1, _drift_options(cfg))
         res.trigger = _trigger(res)
         if not res.trigger: return res
-        res.action = 'would_retrain' if labels is not None else 'would_alert'
-        if labels is not None:
+        res.action = 'would_retrain' if labels is not None and ch.has_recipe else 'would_alert'
+        if not ch.has_recipe: res.detail = _no_recipe(ch)
+        elif labels is not None:
             res.labelled_rows = len(labelled_window(win, labels, 'label', ch.target, 'request_id'))
             res.detail = f'{res.labelled_rows} labelled rows; would train {ch.recipe() | cfg.train_params} and gate against version {ch.version}'
         return res
@@ -323,6 +329,10 @@ def _drift_options(cfg: LoopConfig) -> dict:
     return dict(drift_share=cfg.drift_share, threshold=parse_per_column(cfg.threshold, float), stattest=parse_per_column(cfg.stattest))
 
 # %% ../nbs/12_loop.ipynb #2d630540
+def _no_recipe(ch: Champion) -> str:
+    return (f"version {ch.version} (run {ch.run_id}) has no train recipe; retrain it your way, then gate it: "
+            f"mlops-nb promote {ch.name} --run RUN_ID --data HOLDOUT --target COLUMN")
+
 def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
     from mlops_nb.jobs import run_job
     say('monitor job: comparing the window with the reference')
@@ -346,6 +356,9 @@ def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataF
     if cfg.webhook: res.webhook = _alert(cfg, res)
     if labels is None:
         res.action = 'drift_no_labels'
+        return _finish(res, s)
+    if not ch.has_recipe:
+        res.action, res.detail = 'no_recipe', _no_recipe(ch)
         return _finish(res, s)
     data = labelled_window(win, labels, 'label', ch.target, 'request_id')
     res.labelled_rows = len(data)

@@ -20,8 +20,8 @@ from .data import ColumnSchema, Schema
 from .tracking import download_artifact, model_signature
 
 # %% auto #0
-__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'ModelError', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel', 'load',
-           'input_schema', 'verification_rows']
+__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'ModelError', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel',
+           'model_requirements', 'load', 'input_schema', 'verification_rows']
 
 # %% ../nbs/05a_models.ipynb #67922244
 class ModelError(MlopsNbError):
@@ -149,8 +149,10 @@ class LoadedModel:
     def features(self) -> list[str]: return [c['name'] for c in self.inputs]
 
 # %% ../nbs/05a_models.ipynb #ca96cde0
-def _requirements(path: Path) -> list[str]:
-    f = path / 'requirements.txt'
+def model_requirements(path: str | Path # a local model folder
+                      ) -> list[str]:
+    "The model's own requirements (its `requirements.txt`, as MLflow wrote it)."
+    f = Path(path) / 'requirements.txt'
     if not f.exists(): return []
     return [l.strip() for l in f.read_text().splitlines() if l.strip() and not l.lstrip().startswith('#')]
 
@@ -238,7 +240,7 @@ def load(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/N, mode
     outputs = [o for o in model_signature(path)['outputs'] if isinstance(o, dict)]
     return LoadedModel(name, fl.raw, predict, fl.predict_proba, fl.classes, inputs,
                        ours if ours is not None else _schema_from_inputs(inputs), source, _task(ours, fl, outputs),
-                       _requirements(path), str(path), mlm.run_id, example)
+                       model_requirements(path), str(path), mlm.run_id, example)
 
 # %% ../nbs/05a_models.ipynb #177e28ab
 def input_schema(uri: str, # as for `load`

@@ -337,8 +337,8 @@ def _score_file(run_id: str, data: str, target: str | None, s: Settings) -> _Sco
 def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None, s: Settings) -> tuple[dict, list]:
     "`(metrics, extra rows)` of the champion on the same rows as the candidate."
     from mlops_nb.evaluate import data_checks, gate_metrics
-    lm = load_model(f'models:/{name}/{current}', s)
     if data is not None:
+        lm = load_model(f'models:/{name}/{current}', s)
         try: X = _holdout_inputs(sc.eval_df, lm, str(data), f'champion v{current}')
         except MlopsNbError as e:
             return {}, [dict(check=f'data has champion v{current} inputs', metric=None, value='missing', bound='every input column',
@@ -353,6 +353,7 @@ def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None
                          bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}")]
     rows = data_checks(sc.eval_df, cschema, None, label=f'champion v{current}')
     if not all(r['passed'] for r in rows): return {}, rows  # relative checks then fail with 'champion has no value'
+    lm = load_model(f'models:/{name}/{current}', s)  # only now: loading reads its schema.json, which must be readable
     return gate_metrics(lm, sc.eval_df[cschema.features], sc.y, sc.task), rows
 
 # %% ../nbs/06_registry.ipynb #43a1ff17

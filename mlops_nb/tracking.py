@@ -28,8 +28,8 @@ from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, pr
 __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client',
            'experiment_id', 'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt',
            'Batch', 'Run', 'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded',
-           'log_dataset', 'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs',
-           'set_run_tags', 'model_signature']
+           'log_dataset', 'model_flavour', 'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run',
+           'job_runs', 'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -617,29 +617,76 @@ def _signature(example, output):
         sig.inputs = Schema([ColSpec(DataType[named[c.name]], c.name, c.required) if c.name in named else c for c in sig.inputs.inputs])
     return sig
 
-def log_model(model, # a fitted scikit-learn estimator or pipeline
-              input_example, # a few rows of model input (DataFrame), for the signature and docs
-              name: str = 'model', # the logged model's name
-             ) -> str:
-    "Log `model` to the current run with signature and input example; returns its `models:/` URI."
-    import mlflow, sklearn
-    run = current_run()
-    if run is None:
-        raise TrackingError("log_model needs a run: call it inside a job or `start_run`.",
-                            hint="Run the notebook with `mlops-nb run NB`, or wrap the code in `with start_run(): ...`.")
-    example = input_example.head(5) if hasattr(input_example, 'head') else input_example
+def _pins(*modules: str) -> list[str]:
+    "`dist==version` for the distributions that provide `modules` here (xgboost may come as xgboost-cpu)."
+    from importlib import metadata
+    dists = metadata.packages_distributions()
+    out = []
+    for m in modules:
+        for d in dists.get(m, [m]):
+            try: out.append(f'{d}=={metadata.version(d)}')
+            except metadata.PackageNotFoundError: out.append(d)
+    return out
+
+_NATIVE = ('xgboost', 'lightgbm', 'catboost')  # flavours MLflow has for these libraries' own model objects
+
+def model_flavour(model) -> str:
+    "The MLflow flavour `log_model` logs `model` with: 'sklearn', 'xgboost', 'lightgbm', 'catboost', 'pyfunc' or 'code'."
+    if isinstance(model, (str, Path)): return 'code'  # models from code: a .py file that calls mlflow.models.set_model
+    import mlflow.pyfunc
+    if isinstance(model, mlflow.pyfunc.PythonModel): return 'pyfunc'
+    mod = type(model).__module__.split('.')[0]
+    return mod if mod in _NATIVE else 'sklearn'
+
+# %% ../nbs/05_tracking.ipynb #26d6f45f
+def _log_flavour(mlflow, model, flavour: str, name: str, example, run_id: str):
+    "Log with MLflow's own function for `flavour`; returns MLflow's ModelInfo."
+    from mlflow.models import Model
+    base = [f'mlflow=={mlflow.__version__}', 'pandas']
+    if flavour in ('pyfunc', 'code'):  # MLflow infers the signature by running the model on the example
+        return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, input_example=example,
+                         python_model=str(model) if flavour == 'code' else model,
+                         pip_requirements=base + (_pins('cloudpickle') if flavour == 'pyfunc' else []))
     sig = _signature(example, model.predict(example))
-    mlflow.set_tracking_uri(run.settings.tracking_uri)
-    os.environ['MLFLOW_EXPERIMENT_ID'] = run.info.experiment_id
+    if flavour in _NATIVE:
+        return getattr(mlflow, flavour).log_model(model, name=name, signature=sig, input_example=example, run_id=run_id,
+                                                  pip_requirements=base + _pins(flavour))
+    import sklearn
     try:
         import skops.io
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # we built it in this process
     except Exception: trusted = None
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model  # a pipeline ending in XGBoost needs xgboost too
+    lib = type(last).__module__.split('.')[0]
+    return mlflow.sklearn.log_model(model, name=name, signature=sig, input_example=example, run_id=run_id, skops_trusted_types=trusted,
+                                    pip_requirements=base + [f'scikit-learn=={sklearn.__version__}', 'skops'] + (_pins(lib) if lib in _NATIVE else []))
+
+# %% ../nbs/05_tracking.ipynb #b2592960
+def log_model(model, # a fitted scikit-learn estimator or pipeline, an XGBoost/LightGBM/CatBoost model, a PythonModel, or a models-from-code .py path
+              input_example, # rows of model input (DataFrame): the signature, the example (first 5 rows) and schema.json
+              name: str = 'model', # the logged model's name
+             ) -> str:
+    "Log `model` to the current run in its own MLflow flavour, with signature, input example and `schema.json`; returns its `models:/` URI."
+    import mlflow
+    run = current_run()
+    if run is None:
+        raise TrackingError("log_model needs a run: call it inside a job or `start_run`.",
+                            hint="Run the notebook with `mlops-nb run NB`, or wrap the code in `with start_run(): ...`.")
+    flavour = model_flavour(model)
+    if flavour == 'code' and not Path(model).is_file():
+        raise TrackingError(f"Models-from-code file {model} does not exist.", hint="Give the path of a .py file that calls mlflow.models.set_model(...).")
+    example = input_example.head(5) if hasattr(input_example, 'head') else input_example
+    mlflow.set_tracking_uri(run.settings.tracking_uri)
+    os.environ['MLFLOW_EXPERIMENT_ID'] = run.info.experiment_id
     with _store_writes(run.settings):  # MLflow writes the model's records with its own client: our turn for all of them
-        info = mlflow.sklearn.log_model(model, name=name, signature=sig, input_example=example, run_id=run.run_id,
-                                        skops_trusted_types=trusted,
-                                        pip_requirements=[f'mlflow=={mlflow.__version__}', f'scikit-learn=={sklearn.__version__}',
-                                                          'pandas', 'skops'])
+        info = _log_flavour(mlflow, model, flavour, name, example, run.run_id)
+    if 'schema.json' not in run.recorded and hasattr(input_example, 'columns'):
+        from mlops_nb.data import infer_schema  # pandas and pandera: only when a schema is written here
+        f = Path(tempfile.mkdtemp(prefix='mlops_nb_')) / 'schema.json'
+        ex = input_example.reset_index(drop=True)
+        ex.attrs.clear()  # a frame from load_dataset names its target, which the model's input does not hold
+        infer_schema(ex).save(f)
+        record('schema.json', f)
     run.batch.tag(f'{TAG}model_uri', info.model_uri)
     run.flush()
     run.recorded[name] = info.model_uri

@@ -93,6 +93,28 @@ register_model('linear', _linear, tasks=('regression',))
 register_model('random_forest', _random_forest, scale=False)
 register_model('gradient_boosting', _gradient_boosting, scale=False)
 
+# %% ../nbs/03_train.ipynb #0e98d609
+def _boosting_lib(name: str):
+    "The optional library `name`; a `ConfigError` saying how to install it."
+    import importlib
+    try: return importlib.import_module(name)  # optional extra: imported only when its factory runs
+    except ImportError:
+        raise ConfigError(f"Model {name!r} needs the {name} package, which is not installed.",
+                          hint=f'pip install "mlops_nb[{name}]"') from None
+
+def _xgboost(task, seed, **params):
+    xgb = _boosting_lib('xgboost')
+    cls = xgb.XGBClassifier if _classification(task) else xgb.XGBRegressor
+    return cls(**{'random_state': seed, **{k: v for k, v in params.items() if v is not None}})
+
+def _lightgbm(task, seed, **params):
+    lgb = _boosting_lib('lightgbm')
+    cls = lgb.LGBMClassifier if _classification(task) else lgb.LGBMRegressor
+    return cls(**{'random_state': seed, 'verbose': -1, **{k: v for k, v in params.items() if v is not None}})
+
+register_model('xgboost', _xgboost, scale=False)
+register_model('lightgbm', _lightgbm, scale=False)
+
 # %% ../nbs/03_train.ipynb #e394224b
 def _factory(name: str) -> ModelFactory:
     f = MODELS.get(name)

@@ -156,3 +156,32 @@ def test_a_model_that_cannot_load_exits_2_before_serving(store):
     r = subprocess.run([mlops_nb_exe(), 'serve', str(path), '--port', '1'], cwd=d, env=store_env(d), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'serving' not in r.stdout, (r.stdout, r.stderr[-2000:])
     assert f'Cannot load model {path} with its python_function flavour' in r.stderr
+
+
+def test_deploy_ships_the_models_own_requirements(store):
+    "The XGBoost model's build context pins xgboost beside our serving stack, and its folder serves without the registry."
+    d, _ = store
+    r = mlops_nb('deploy', 'models:/xgb@champion', '--out', 'ctx_xgb', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stderr[-2000:]
+    reqs = (d / 'ctx_xgb' / 'requirements.txt').read_text().split()
+    import xgboost
+    assert f'xgboost=={xgboost.__version__}' in reqs and any(q.startswith('mlflow-skinny==') for q in reqs), reqs
+    assert not any(q.startswith('mlflow==') for q in reqs)
+
+
+def test_loop_alerts_but_does_not_retrain_a_model_without_a_recipe(store):
+    "Drift on a PythonModel's traffic (batch-scored into the request log): with labels, the loop still only alerts, and says why."
+    d, info = store
+    X = rows(d, info['custom'])
+    X.to_csv(d / 'reference.csv', index=False)
+    (X * 1.8).to_csv(d / 'shifted.csv', index=False)
+    r = mlops_nb('predict', 'models:/custom@champion', 'shifted.csv', '--out', 'shifted_scored.parquet', '--workers', '1',
+                 '--log-dir', 'reqlog', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stderr[-2000:]
+    pd.DataFrame({'request_id': ['x'], 'label': [1]}).to_csv(d / 'labels.csv', index=False)
+    r = mlops_nb('monitor', 'custom', '--log-dir', 'reqlog', '--window', '', '--reference', 'reference.csv', '--labels', 'labels.csv',
+                 '--dry-run', '--json', cwd=d, env=store_env(d))
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
+    doc = json.loads(r.stdout)
+    assert doc['action'] == 'would_alert' and doc['drift']['drifted'], doc
+    assert 'has no train recipe' in doc['detail'] and '--data HOLDOUT --target COLUMN' in doc['detail']

@@ -107,9 +107,9 @@ def test_unknown_param_names_it_and_lists_valid_ones(sets):
 
 def test_model_for_the_wrong_task_names_the_ones_that_fit(sets):
     train, _, schema = sets['regression']
-    with pytest.raises(MlopsNbError, match='Models for regression: gradient_boosting, linear, random_forest'):
+    with pytest.raises(MlopsNbError, match='Models for regression: gradient_boosting, lightgbm, linear, random_forest, xgboost'):
         fit(train, schema, 'logistic')
-    with pytest.raises(MlopsNbError, match='Models for binary: gradient_boosting, logistic, random_forest'):
+    with pytest.raises(MlopsNbError, match='Models for binary: gradient_boosting, lightgbm, logistic, random_forest, xgboost'):
         make_pipeline(sets['binary'][2], 'linear')
 
 
