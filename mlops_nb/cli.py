@@ -671,6 +671,8 @@ examples:
   mlops-nb serve models:/breast_cancer@champion --no-log     keep no request log (personal data)
   mlops-nb serve models:/breast_cancer/3 --onnx off          always predict with scikit-learn
   mlops-nb serve ./ctx/model                                  a local model folder (no registry needed)
+  mlops-nb serve models:/bc@champion --canary models:/bc/4 --canary-share 0.1    version 4 answers 10% of callers
+  mlops-nb serve models:/bc@champion --shadow models:/bc/4   version 4 scores every request; clients get the champion's answers
 
 then:
   curl -s localhost:5001/invocations -H 'Content-Type: application/json' \\
@@ -684,7 +686,14 @@ bearer token when the server listens beyond 127.0.0.1). mlops-nb monitor MODEL a
 
 formats: dataframe_split, dataframe_records, instances, inputs (JSON) or text/csv, as MLflow's server;
 add "params": {"predict_method": "predict_proba"} for class probabilities. Bad input gets a 4xx naming
-the column, row and expected type. SIGTERM lets in-flight requests finish, then flushes the request log."""
+the column, row and expected type. SIGTERM lets in-flight requests finish, then flushes the request log.
+
+rollouts: every answer carries X-Model-Version. --canary answers a share of callers (by the X-Client-Key
+header, else X-Request-Id), so one caller sees one version; a canary that raises, times out or answers
+with the wrong shape is answered for by the primary, and past --canary-max-error-rate it is dropped
+(logged, counted in /metrics, shown in /health). --shadow scores every request off the response path:
+the request log keeps its prediction beside the answer (_mlops_shadow_prediction, _mlops_shadow_version)
+and /metrics counts how often the two agree (mlops_nb_shadow_rows_total, mlops_nb_shadow_agreement)."""
 
 @subcommand
 def _add_serving_parser(sub):
@@ -714,6 +723,16 @@ def _add_serving_parser(sub):
     sv.add_argument('--onnx', choices=['auto', 'off', 'require'], default='auto',
                     help='ONNX fast path: auto uses it when it matches scikit-learn on held-out rows (default)')
     sv.add_argument('--tracking-uri', help='MLflow tracking URI')
+    sv.add_argument('--canary', metavar='URI', help='a second model answering --canary-share of callers (sticky per X-Client-Key, else request id)')
+    sv.add_argument('--canary-share', type=float, default=0.1, metavar='S', help='share of callers the canary answers, in (0, 1] (default 0.1)')
+    sv.add_argument('--canary-max-error-rate', type=float, default=0.05, metavar='R',
+                    help='drop the canary past this share of failed requests over its last --canary-window (default 0.05)')
+    sv.add_argument('--canary-window', type=int, default=100, metavar='N', help='the canary requests the error rate is taken over (default 100)')
+    sv.add_argument('--canary-min-requests', type=int, default=20, metavar='N', help='judge the error rate once the canary has this many (default 20)')
+    sv.add_argument('--shadow', metavar='URI', help='a model scoring every request off the response path; its answers go to the request log and /metrics only')
+    sv.add_argument('--shadow-queue', type=int, default=1000, metavar='N', help='requests waiting for the shadow at most; more are dropped and counted (default 1000)')
+    sv.add_argument('--shadow-tolerance', type=float, default=0.01, metavar='T', help='regression: relative difference within which the shadow agrees (default 0.01)')
+    sv.add_argument('--rollout-timeout', type=float, default=5.0, metavar='S', help='seconds a canary or shadow call may take (default 5)')
 
     dp = sub.add_parser('deploy', help='write a Docker build context and Kubernetes manifests for a model',
                         description='Write to --out a folder that `docker build` turns into an image serving MODEL_URI with no '
@@ -733,25 +752,54 @@ def _add_serving_parser(sub):
     dp.add_argument('--json', action='store_true', help='print a JSON document')
 
 # %% ../nbs/13_cli.ipynb #b65ec64c
+def _check_rollout_flags(a):
+    "Refuse rollout flags that cannot work, naming the flag (exit 2)."
+    from mlops_nb.core import ConfigError
+    if not 0 < a.canary_share <= 1: raise ConfigError(f"--canary-share {a.canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
+    if not 0 <= a.canary_max_error_rate <= 1:
+        raise ConfigError(f"--canary-max-error-rate {a.canary_max_error_rate:g} is outside [0, 1].", hint='Give a share of requests, e.g. 0.05.')
+    for flag, v in (('--canary-window', a.canary_window), ('--canary-min-requests', a.canary_min_requests), ('--shadow-queue', a.shadow_queue)):
+        if v < 1: raise ConfigError(f"{flag} {v} must be at least 1.")
+    if a.rollout_timeout <= 0: raise ConfigError(f"--rollout-timeout {a.rollout_timeout:g} must be positive.")
+    if a.canary and a.shadow and a.canary == a.shadow:
+        raise ConfigError(f"--canary and --shadow name the same model {a.canary}.", hint='Use one of them.')
+
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
     from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
     from mlops_nb.outputs import check_outputs
     check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
+    _check_rollout_flags(a)
     s = get_settings(tracking_uri=a.tracking_uri)
     info = prepare_model_dir(a.model_uri, None, s)
     sm = load_served_model(info['path'], a.onnx)  # a model that cannot load is refused (exit 2) before anything says "serving"
+    side = {}
+    for role in ('canary', 'shadow'):
+        if getattr(a, role):
+            side[role] = prepare_model_dir(getattr(a, role), None, s)
+            side[role]['model'] = load_served_model(side[role]['path'], a.onnx)
+            if [c.name for c in side[role]['model'].columns] != [c.name for c in sm.columns]:
+                print(f"warning: the {role}'s input columns differ from the primary's; requests are checked against the primary's",
+                      file=sys.stderr)
     log_dir = None if a.no_log else a.log_dir or str(default_log_dir(info.get('name') or Path(info['path']).name))
     cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
                       watch=a.watch, watch_interval=a.watch_interval, log_dir=log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
                       log_max_mb=a.log_max_mb, max_rows=a.max_rows,
-                      max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx)
+                      max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx,
+                      canary_uri=a.canary, canary_dir=side.get('canary', {}).get('path'), canary_share=a.canary_share,
+                      canary_max_error_rate=a.canary_max_error_rate, canary_window=a.canary_window, canary_min_requests=a.canary_min_requests,
+                      shadow_uri=a.shadow, shadow_dir=side.get('shadow', {}).get('path'), shadow_queue=a.shadow_queue,
+                      shadow_tolerance=a.shadow_tolerance, rollout_timeout=a.rollout_timeout)
     who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
     print(f"serving {who} at http://{a.host}:{a.port}/invocations ({a.workers} worker{'s' * (a.workers > 1)}); "
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
     print(f"request log: {log_dir} (labels: POST /labels; mlops-nb monitor and /dashboard read it)" if log_dir else
           "request log: off (--no-log)", flush=True)
-    try: run_server(cfg, sm if a.workers == 1 else None)
+    for role, what in (('canary', f'answers {a.canary_share:.0%} of callers'), ('shadow', 'scores every request off the response path')):
+        if role in side: print(f"{role}: {side[role].get('name') or getattr(a, role)} version {side[role].get('version')} {what}", flush=True)
+    one = a.workers == 1
+    try: run_server(cfg, sm if one else None, side['canary']['model'] if one and 'canary' in side else None,
+                    side['shadow']['model'] if one and 'shadow' in side else None)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import io
 import json
@@ -16,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +33,8 @@ from .models import load as load_model
 # %% auto #0
 __all__ = ['FORMATS', 'log', 'RequestError', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request',
            'ServedModel', 'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector',
-           'Metrics', 'ServeConfig', 'Server', 'openapi', 'create_app', 'app_from_env', 'run_server']
+           'Metrics', 'client_share', 'ShapeError', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server',
+           'openapi', 'create_app', 'app_from_env', 'run_server']
 
 # %% ../nbs/10_serve.ipynb #24568139
 class RequestError(MlopsNbError):
@@ -488,6 +491,21 @@ class Metrics:
         self.labels = Counter('mlops_nb_labels_received', 'Labels received on POST /labels', registry=reg)
         self.swaps = Counter('mlops_nb_model_swaps', 'Hot swaps to a new model version (--watch)', registry=reg)
         self.log_rows = Counter('mlops_nb_request_log_rows', 'Request log rows by outcome (written, dropped)', ['outcome'], registry=reg)
+        self.version_requests = Counter('mlops_nb_model_requests', 'Prediction requests by model version, role (primary, canary, '
+                                        'shadow) and outcome (ok, error, timeout, shape)', ['version', 'role', 'outcome'], registry=reg)
+        self.version_latency = Histogram('mlops_nb_model_request_duration_seconds', 'Time to a request\'s prediction by model version and role',
+                                         ['version', 'role'], buckets=_BUCKETS, registry=reg)
+        self.rollout_model = Gauge('mlops_nb_rollout_model', 'Canary and shadow models: 1 while in use, 0 once dropped', ['role', 'version'],
+                                   multiprocess_mode='livemin', registry=reg)
+        self.canary_fallbacks = Counter('mlops_nb_canary_fallbacks', 'Canary requests answered by the primary, by reason (error, timeout, shape)',
+                                        ['reason'], registry=reg)
+        self.canary_dropped = Counter('mlops_nb_canary_dropped', 'Canaries dropped for their error rate', registry=reg)
+        self.shadow_requests = Counter('mlops_nb_shadow_requests', 'Requests sent to the shadow, by outcome (scored, error, timeout, '
+                                       'shape, dropped: the queue was full)', ['outcome'], registry=reg)
+        self.shadow_rows = Counter('mlops_nb_shadow_rows', 'Rows the shadow scored, by whether it agreed with the answer given (agree, disagree)',
+                                   ['agreement'], registry=reg)
+        self.shadow_agreement = Gauge('mlops_nb_shadow_agreement', 'Share of scored rows where the shadow agreed with the answer given',
+                                      multiprocess_mode='livemax', registry=reg)
         self.log_errors = Counter('mlops_nb_request_log_errors', 'Request log write errors (rows dropped, predictions unaffected)', registry=reg)
         if self.multiprocess:
             from prometheus_client import multiprocess
@@ -510,6 +528,53 @@ class Metrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
+
+# %% ../nbs/10_serve.ipynb #c38c306a
+def client_share(key: str) -> float:
+    "Where `key` falls in [0, 1): the same key always falls at the same point, so one caller always sees one version."
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], 'big') / 2**64
+
+class ShapeError(ValueError): "A canary or shadow answered with the wrong number of predictions."
+
+def check_shape(pred, prob, n: int, proba: bool = False):
+    "`(pred, prob)` if they hold one answer per row (and probabilities when asked for); a `ShapeError` otherwise."
+    pred = np.asarray(pred)
+    if pred.ndim == 0 or len(pred) != n: raise ShapeError(f"{pred.shape[0] if pred.ndim else 'a scalar'} predictions for {n} rows")
+    if proba and (prob is None or np.ndim(prob) != 2 or len(prob) != n): raise ShapeError(f"no probabilities for the {n} rows")
+    return pred, prob
+
+def agreement(a, b, classification: bool, # same label, or...
+              tol: float = 0.01) -> np.ndarray: # ...relative difference within `tol`
+    "Per row: does prediction `b` agree with `a`?"
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape: return np.zeros(len(a), dtype=bool)
+    if classification or a.dtype.kind not in 'fiu' or b.dtype.kind not in 'fiu': return (a == b).reshape(len(a), -1).all(axis=1)
+    a, b = a.astype(float), b.astype(float)
+    close = np.abs(a - b) <= tol * np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-12)
+    return close.reshape(len(a), -1).all(axis=1)
+
+# %% ../nbs/10_serve.ipynb #ec9b8d31
+class Canary:
+    "A canary model: the share of callers it answers, the outcomes of its recent requests, and why it was dropped."
+    def __init__(self, model: ServedModel, share: float, max_error_rate: float = 0.05, window: int = 100, min_requests: int = 20):
+        self.model, self.share, self.max_error_rate, self.min_requests = model, share, max_error_rate, min_requests
+        self.recent, self.dropped, self.counts = deque(maxlen=window), None, {'ok': 0, 'error': 0, 'timeout': 0, 'shape': 0}
+
+    def takes(self, key: str) -> bool: return self.dropped is None and client_share(key) < self.share
+
+    def outcome(self, what: str = 'ok') -> bool:
+        "Count one request ('ok', 'error', 'timeout' or 'shape'); True when this one drops the canary."
+        self.counts[what] += 1; self.recent.append(what == 'ok')
+        if self.dropped is not None or what == 'ok' or len(self.recent) < self.min_requests: return False
+        rate = self.recent.count(False) / len(self.recent)
+        if rate <= self.max_error_rate: return False
+        self.dropped = {'reason': f"error rate {rate:.0%} over its last {len(self.recent)} requests is above {self.max_error_rate:.0%}",
+                        'last_failure': what, 'at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+        return True
+
+    def info(self) -> dict:
+        return {'version': str(self.model.version), 'name': self.model.name, 'share': self.share, 'active': self.dropped is None,
+                'requests': dict(self.counts), 'dropped': self.dropped}
 
 # %% ../nbs/10_serve.ipynb #e56927b6
 @dataclass
@@ -534,19 +599,37 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     onnx: str = 'auto' # 'auto', 'off' or 'require'
     graceful_timeout: float = 30.0 # seconds in-flight requests get on SIGTERM
+    canary_uri: str | None = None # a second model answering a share of requests (--canary)
+    canary_dir: str | None = None # its prepared local folder
+    canary_share: float = 0.1 # the share of callers (by client key or request id) the canary answers
+    canary_max_error_rate: float = 0.05 # past this share of failures over the window, the canary is dropped
+    canary_window: int = 100 # the canary's most recent requests the error rate is taken over
+    canary_min_requests: int = 20 # ... once it has answered at least this many of them
+    shadow_uri: str | None = None # a model scoring every request off the response path (--shadow)
+    shadow_dir: str | None = None # its prepared local folder
+    shadow_queue: int = 1000 # requests waiting for the shadow at most; more are dropped (and counted), never the answer
+    shadow_tolerance: float = 0.01 # regression: relative difference within which the shadow agrees
+    rollout_timeout: float = 5.0 # seconds a canary or shadow call may take
 
 # %% ../nbs/10_serve.ipynb #bde560fa
 log = logging.getLogger('mlops_nb.serve')
 
 class Server:
     "The server's state: model, batcher, metrics, request log, watcher."
-    def __init__(self, config: ServeConfig, model: ServedModel | None = None):
+    def __init__(self, config: ServeConfig, model: ServedModel | None = None,
+                 canary: ServedModel | None = None, # else loaded at startup from `config.canary_dir`
+                 shadow: ServedModel | None = None): # else loaded at startup from `config.shadow_dir`
         self.config, self.model, self.writer = config, model, None
+        self.canary: Canary | None = None
+        self.shadow, self.shadow_q, self._agree = None, None, [0, 0]
+        self.pools = {}  # one thread each for the canary and the shadow: a slow one never holds up the primary
         self.limits = Limits(config.max_body_bytes, config.max_rows)
         self.metrics = Metrics(config.log_dir)
         self.batcher = Batcher(config.max_batch_rows, config.max_wait_ms, on_batch=self._on_batch)
         self.tasks: list[asyncio.Task] = []
         if model is not None: self.model = None; self.swap(model)
+        if canary is not None: self.set_canary(canary)
+        if shadow is not None: self.set_shadow(shadow)
 
     def _on_batch(self, rows: int, requests: int, seconds: float):
         m = self.metrics
@@ -559,6 +642,27 @@ class Server:
         if old is not None: self.metrics.swaps.inc()
         log.info("serving %s version %s (%s engine: %s)", new.name or new.uri, new.version, new.engine, new.engine_note)
 
+    def set_canary(self, sm: ServedModel):
+        c = self.config
+        self.canary = Canary(sm, c.canary_share, c.canary_max_error_rate, c.canary_window, c.canary_min_requests)
+        self.metrics.rollout_model.labels('canary', str(sm.version)).set(1)
+        log.info("canary: %s version %s answers %.0f%% of callers", sm.name or sm.uri, sm.version, 100 * c.canary_share)
+
+    def set_shadow(self, sm: ServedModel):
+        self.shadow = sm
+        self.metrics.rollout_model.labels('shadow', str(sm.version)).set(1)
+        log.info("shadow: %s version %s scores every request off the response path", sm.name or sm.uri, sm.version)
+
+    def health(self) -> dict:
+        "What /health says: ready or not, the model, and the canary's and shadow's state."
+        sm, can = self.model, self.canary
+        doc = {'status': 'ok' if sm is not None else 'loading', 'version': None if sm is None else str(sm.version)}
+        if can is not None: doc['canary'] = can.info()
+        if self.shadow is not None:
+            doc['shadow'] = {'version': str(self.shadow.version), 'queued': self.shadow_q.qsize() if self.shadow_q else 0,
+                             'rows_scored': self._agree[1], 'agreement': self._agree[0] / self._agree[1] if self._agree[1] else None}
+        return doc
+
 # %% ../nbs/10_serve.ipynb #10121db0
 async def _startup(self: Server):
     self.batcher.start()
@@ -568,6 +672,14 @@ async def _startup(self: Server):
             self.writer = RequestLogWriter(self.config.log_dir, max_seconds=self.config.log_flush_seconds)
         except Exception as e: log.warning("request log disabled: %s", e)
     if self.model is None: await self._load()  # before the worker accepts connections: a request never meets a worker without a model
+    c = self.config
+    if c.canary_uri and self.canary is None: self.set_canary(await asyncio.to_thread(load_served_model, c.canary_dir or c.canary_uri, c.onnx))
+    if c.shadow_uri and self.shadow is None: self.set_shadow(await asyncio.to_thread(load_served_model, c.shadow_dir or c.shadow_uri, c.onnx))
+    for role in ('canary', 'shadow'):
+        if getattr(self, role) is not None: self.pools[role] = ThreadPoolExecutor(1, thread_name_prefix=f'mlops-nb-{role}')
+    if self.shadow is not None:
+        self.shadow_q = asyncio.Queue(max(1, c.shadow_queue))
+        self.shadow_task = asyncio.create_task(self._shadow_loop())
     if self.config.watch: self.tasks.append(asyncio.create_task(self._watch()))
     if self.writer is not None and (self.config.log_max_age_days or self.config.log_max_mb):
         self.tasks.append(asyncio.create_task(self._prune()))
@@ -575,6 +687,9 @@ async def _startup(self: Server):
 async def _shutdown(self: Server):
     for t in self.tasks: t.cancel()
     await self.batcher.stop()
+    if self.shadow_q is not None:  # score (and log) what waits for the shadow, then stop
+        await self.shadow_q.put(None); await self.shadow_task
+    for p in self.pools.values(): p.shutdown(wait=False)
     if self.writer is not None:
         await asyncio.to_thread(self.writer.close); self.metrics.sync_log(self.writer.stats())
 
@@ -621,37 +736,127 @@ def _want_proba(params: dict | None, query) -> bool:
     raise RequestError(f"predict_method {m!r} is not supported; use 'predict' or 'predict_proba'.", column='params.predict_method',
                        expected='predict | predict_proba', got=str(m))
 
-async def _invocations(self: Server, body: bytes, content_type: str | None, query=None, request_id: str | None = None):
-    "`(status, document, log_args)` for one /invocations request."
+async def _canary_predict(self: Server, can: Canary, parsed: Parsed, proba: bool, rid: str):
+    "The canary's `(pred, prob)`; None when it raises, times out or answers with the wrong shape (the primary answers then)."
+    t0, cm, m = time.perf_counter(), can.model, self.metrics
+    try:
+        if proba and cm.classes is None: raise ShapeError("the canary gives no probabilities")
+        fut = asyncio.get_running_loop().run_in_executor(self.pools['canary'], cm.predict, parsed.columns, proba)
+        pred, prob = check_shape(*await asyncio.wait_for(fut, self.config.rollout_timeout), parsed.n, proba)
+        what = 'ok'
+    except (asyncio.TimeoutError, TimeoutError): what, e = 'timeout', f'took over {self.config.rollout_timeout:g} s'
+    except ShapeError as x: what, e = 'shape', str(x)
+    except Exception as x: what, e = 'error', f'{type(x).__name__}: {str(x)[:200]}'
+    m.version_requests.labels(str(cm.version), 'canary', what).inc()
+    if what == 'ok':
+        m.version_latency.labels(str(cm.version), 'canary').observe(time.perf_counter() - t0); can.outcome(what)
+        return pred, prob
+    m.canary_fallbacks.labels(what).inc()
+    log.warning("request %s: the canary (version %s) failed (%s: %s); the primary answered", rid, cm.version, what, e)
+    if can.outcome(what):
+        m.canary_dropped.inc(); m.rollout_model.labels('canary', str(cm.version)).set(0)
+        log.error("canary version %s dropped: %s; the primary answers every request", cm.version, can.dropped['reason'])
+    return None
+
+async def _invocations(self: Server, body: bytes, content_type: str | None, query=None, request_id: str | None = None,
+                       client_key: str | None = None): # the caller's key (X-Client-Key): the canary's share is taken by it, else by request id
+    "`(status, document, log_args, model version)` for one /invocations request."
     rid, t0, sm = request_id or uuid.uuid4().hex, time.perf_counter(), self.model
-    if sm is None: return 503, {'error_code': 'NOT_READY', 'message': 'The model is still loading.', 'request_id': rid}, None
+    if sm is None: return 503, {'error_code': 'NOT_READY', 'message': 'The model is still loading.', 'request_id': rid}, None, ''
     self.batcher.arriving += 1
     try:
         try: parsed = parse_request(body, content_type, sm.columns, self.limits); proba = _want_proba(parsed.params, query or {})
         finally: self.batcher.arriving -= 1
         if proba and sm.classes is None: raise RequestError("This model gives no probabilities (not a classifier).", column='params.predict_method')
-        keep = self.writer is not None and self.config.log_proba and sm.classes is not None  # probabilities for the log
-        try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba or keep)
-        except Exception as e:
-            self.metrics.model_errors.inc()
-            log.error("request %s: the model raised %s: %s", rid, type(e).__name__, e, exc_info=e)
-            return 500, {'error_code': 'INTERNAL_ERROR', 'message': f"The model raised {type(e).__name__}: {str(e)[:300]}", 'request_id': rid}, None
-    except RequestError as e: return e.status, e.body(rid), None
+        can, got = self.canary, None
+        if can is not None and can.takes(client_key or rid):
+            keep = self.writer is not None and self.config.log_proba and can.model.classes is not None
+            got = await self._canary_predict(can, parsed, proba or keep, rid)
+            if got is not None: sm, (pred, prob) = can.model, got
+        if got is None:
+            keep = self.writer is not None and self.config.log_proba and sm.classes is not None  # probabilities for the log
+            t1 = time.perf_counter()
+            try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba or keep)
+            except Exception as e:
+                self.metrics.model_errors.inc(); self.metrics.version_requests.labels(str(sm.version), 'primary', 'error').inc()
+                log.error("request %s: the model raised %s: %s", rid, type(e).__name__, e, exc_info=e)
+                return 500, {'error_code': 'INTERNAL_ERROR', 'message': f"The model raised {type(e).__name__}: {str(e)[:300]}", 'request_id': rid}, None, str(sm.version)
+            self.metrics.version_requests.labels(str(sm.version), 'primary', 'ok').inc()
+            self.metrics.version_latency.labels(str(sm.version), 'primary').observe(time.perf_counter() - t1)
+    except RequestError as e: return e.status, e.body(rid), None, str(sm.version)
     doc = {'predictions': prob.tolist(), 'classes': np.asarray(sm.classes).tolist()} if proba else {'predictions': pred.tolist()}
-    return 200, doc, (sm, parsed, pred, prob, rid, (time.perf_counter() - t0) * 1000)
+    return 200, doc, (sm, parsed, pred, prob, rid, (time.perf_counter() - t0) * 1000), str(sm.version)
 
-def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float):
+def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float,
+                 shadow: tuple | None = None): # (shadow version, its predictions or None): kept beside the answer
     "Append one request to the request log (called after the response is sent)."
     if self.writer is None: return
     try:
         probas = pd.DataFrame(prob, columns=[str(c) for c in sm.classes]) if prob is not None else None
-        self.writer.append(sm.frame(parsed.columns), pred, probas=probas,
+        feats = sm.frame(parsed.columns)
+        if shadow is not None:  # meta columns (`_mlops_` prefix): never read as features
+            from mlops_nb.reqlog import META_PREFIX
+            sv, sp = shadow
+            feats[META_PREFIX + 'shadow_version'] = str(sv)
+            feats[META_PREFIX + 'shadow_prediction'] = (np.full(parsed.n, np.nan) if sp is None else np.asarray(sp) if np.ndim(sp) == 1
+                                                         else [json.dumps(np.asarray(r).tolist()) for r in sp])
+        self.writer.append(feats, pred, probas=probas,
                            meta={'request_id': rid, 'model_name': sm.name or sm.uri, 'model_version': str(sm.version),
                                  'latency_ms': latency_ms, 'source': 'serve'})
         self.metrics.sync_log(self.writer.stats())
     except Exception as e: log.warning("request log: %s", e)
 
-Server.invocations, Server.log_request = _invocations, _log_request
+Server.invocations, Server.log_request, Server._canary_predict = _invocations, _log_request, _canary_predict
+
+# %% ../nbs/10_serve.ipynb #e4278882
+async def _after_response(self: Server, *logged):
+    "Hand an answered request to the shadow (and the log), or straight to the log."
+    if self.shadow_q is None: return self.log_request(*logged)
+    try: self.shadow_q.put_nowait(logged)
+    except asyncio.QueueFull:
+        self.metrics.shadow_requests.labels('dropped').inc()
+        self.log_request(*logged)
+
+async def _shadow_loop(self: Server):
+    "Score what waits for the shadow, a batch at a time, until a None arrives."
+    while True:
+        items, rows, stop = [await self.shadow_q.get()], 0, False
+        if items[0] is None: return
+        rows = items[0][1].n
+        while not self.shadow_q.empty() and rows < self.config.max_batch_rows:
+            it = self.shadow_q.get_nowait()
+            if it is None: stop = True; break
+            items.append(it); rows += it[1].n
+        try: await self._shadow_batch(items, rows)
+        except Exception as e: log.warning("shadow: %s", e)  # never stops the loop
+        if stop: return
+
+async def _shadow_batch(self: Server, items: list, rows: int):
+    sh, m, t0 = self.shadow, self.metrics, time.perf_counter()
+    first = items[0][1].columns
+    cols = first if len(items) == 1 else {k: np.concatenate([it[1].columns[k] for it in items]) for k in first}
+    pred = None
+    try:
+        fut = asyncio.get_running_loop().run_in_executor(self.pools['shadow'], sh.predict, cols, False)
+        pred = check_shape((await asyncio.wait_for(fut, self.config.rollout_timeout))[0], None, rows)[0]
+        what = 'scored'
+    except (asyncio.TimeoutError, TimeoutError): what = 'timeout'
+    except ShapeError: what = 'shape'
+    except Exception as e: what = 'error'; log.warning("shadow version %s raised %s: %s", sh.version, type(e).__name__, str(e)[:200])
+    m.shadow_requests.labels(what).inc(len(items))
+    m.version_requests.labels(str(sh.version), 'shadow', 'ok' if what == 'scored' else what).inc(len(items))
+    if pred is not None: m.version_latency.labels(str(sh.version), 'shadow').observe(time.perf_counter() - t0)
+    i = 0
+    for sm, parsed, ans, prob, rid, ms in items:
+        sp = None if pred is None else pred[i:i + parsed.n]; i += parsed.n
+        if sp is not None:
+            a = int(agreement(ans, sp, sm.classes is not None, self.config.shadow_tolerance).sum())
+            m.shadow_rows.labels('agree').inc(a); m.shadow_rows.labels('disagree').inc(parsed.n - a)
+            self._agree[0] += a; self._agree[1] += parsed.n
+        self.log_request(sm, parsed, ans, prob, rid, ms, shadow=(sh.version, sp))
+    if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
+
+Server.after_response, Server._shadow_loop, Server._shadow_batch = _after_response, _shadow_loop, _shadow_batch
 
 # %% ../nbs/10_serve.ipynb #a5e35593
 def openapi(sm: ServedModel | None) -> dict:
@@ -672,7 +877,7 @@ def openapi(sm: ServedModel | None) -> dict:
                 'requestBody': {'content': {'application/json': {'schema': body}, 'text/csv': {'schema': {'type': 'string'}}}},
                 'responses': {'200': {'description': '{"predictions": [...]}'}, '400': err, '413': err, '415': err,
                               '500': {'description': 'The model raised; the body carries the request id'}}}},
-                      **{p: {'get': {'summary': s}} for p, s in [('/ping', 'Ready (200) once the model is loaded'), ('/health', 'Same as /ping'),
+                      **{p: {'get': {'summary': s}} for p, s in [('/ping', 'Ready (200) once the model is loaded'), ('/health', 'Ready (200) or not (503), with the canary\'s and shadow\'s state'),
                          ('/version', 'Model name, version, alias, run id, engine'), ('/metrics', 'Prometheus metrics')]}}}
 
 def _docs_html(sm: ServedModel | None) -> str:
@@ -699,14 +904,16 @@ async def _read_body(request, limit: int) -> bytes | None:
 _LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # POST /labels without a token only from this machine
 
 def create_app(config: ServeConfig, # what to serve and how
-               model: ServedModel | None = None): # an already loaded model (else loaded in the background at startup)
+               model: ServedModel | None = None, # an already loaded model (else loaded in the background at startup)
+               canary: ServedModel | None = None, # an already loaded canary (else `config.canary_dir`, if any, at startup)
+               shadow: ServedModel | None = None): # an already loaded shadow (else `config.shadow_dir`, if any, at startup)
     "The Starlette app of a prediction server."
     from contextlib import asynccontextmanager
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
-    srv = Server(config, model)
+    srv = Server(config, model, canary, shadow)
 
     def timed(route, fn):
         async def handler(request):
@@ -725,13 +932,19 @@ def create_app(config: ServeConfig, # what to serve and how
         body = await _read_body(request, srv.limits.max_body_bytes)
         if body is None:
             e = RequestError(f"The body is over the limit of {srv.limits.max_body_bytes} bytes.", status=413, expected=f'<= {srv.limits.max_body_bytes} bytes')
-            return JSONResponse(e.body(rid), 413, headers={'x-request-id': rid})
-        status, doc, logged = await srv.invocations(body, request.headers.get('content-type'), request.query_params, rid)
-        bg = BackgroundTask(srv.log_request, *logged) if logged and srv.writer is not None else None
-        return Response(json.dumps(doc), status, media_type='application/json', headers={'x-request-id': rid}, background=bg)
+            return JSONResponse(e.body(rid), 413, headers={'x-request-id': rid, 'x-model-version': str(getattr(srv.model, 'version', ''))})
+        status, doc, logged, ver = await srv.invocations(body, request.headers.get('content-type'), request.query_params, rid,
+                                                         request.headers.get('x-client-key'))
+        bg = None
+        if logged and srv.shadow_q is not None: bg = BackgroundTask(srv.after_response, *logged)
+        elif logged and srv.writer is not None: bg = BackgroundTask(srv.log_request, *logged)
+        return Response(json.dumps(doc), status, media_type='application/json', headers={'x-request-id': rid, 'x-model-version': ver},
+                        background=bg)
 
     async def ping(request):
         return Response('\n', 200 if srv.model is not None else 503, media_type='application/json')
+
+    async def health(request): return JSONResponse(srv.health(), 200 if srv.model is not None else 503)
 
     async def version(request):
         if srv.model is None: return JSONResponse({'loading': config.model_uri, 'package_version': __version__}, 503)
@@ -778,7 +991,7 @@ def create_app(config: ServeConfig, # what to serve and how
 
     routes = [Route('/invocations', timed('/invocations', invocations), methods=['POST']),
               Route('/labels', timed('/labels', labels), methods=['POST']),
-              *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', ping), ('/version', version),
+              *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', health), ('/version', version),
                                                                     ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
                                                                     ('/dashboard', dashboard), ('/dashboard.json', dashboard)])]
     app = Starlette(routes=routes, lifespan=lifespan)
@@ -798,6 +1011,8 @@ def app_from_env():
 
 def run_server(config: ServeConfig, # the server to run; `model_dir` prepared (`prepare_model_dir`)
                model: ServedModel | None = None, # already loaded (one worker); else loaded here
+               canary: ServedModel | None = None, # already loaded (one worker); else loaded at startup from `config.canary_dir`
+               shadow: ServedModel | None = None, # likewise, from `config.shadow_dir`
               ) -> None:
     "Serve until SIGTERM or Ctrl-C."
     import uvicorn
@@ -811,4 +1026,4 @@ def run_server(config: ServeConfig, # the server to run; `model_dir` prepared (`
         try: uvicorn.run('mlops_nb.serve:app_from_env', factory=True, workers=config.workers, **kw)
         finally:
             if own: shutil.rmtree(os.environ.pop('PROMETHEUS_MULTIPROC_DIR'), ignore_errors=True)
-    else: uvicorn.run(create_app(config, model or load_served_model(config.model_dir or config.model_uri, config.onnx)), **kw)
+    else: uvicorn.run(create_app(config, model or load_served_model(config.model_dir or config.model_uri, config.onnx), canary, shadow), **kw)

@@ -239,3 +239,123 @@ def test_workers_share_one_metrics_view(store, rows):
         assert sum(s.value for s in fams['mlops_nb_predicted_rows'].samples if s.name == 'mlops_nb_predicted_rows_total') == 60
     finally:
         assert p.terminate() == 0, p.output()
+
+
+# Safe rollouts: --shadow, --canary and the canary's fallback to the primary
+
+RAISER = '''import mlflow
+class Raiser(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None): raise RuntimeError('the canary is broken')
+mlflow.models.set_model(Raiser())
+'''
+
+
+@pytest.fixture(scope='module')
+def raiser(store, rows):
+    "A plain-MLflow PythonModel (models from code) whose predict raises, registered as `raiser` version 1."
+    from mlops_nb.core import get_settings
+    from mlops_nb.registry import register_run_model
+    from mlops_nb.tracking import log_model, start_run
+    s = get_settings(cwd=store, env={})
+    f = store / 'raiser_model.py'
+    f.write_text(RAISER)
+    with start_run(settings=s, params={}, tags={'mlops_nb.job': 'train'}) as run:
+        log_model(str(f), rows.head(3))  # its input columns come from schema.json: MLflow cannot infer a signature from a model that raises
+    return str(register_run_model('raiser', run.run_id, s, alias=None).version)
+
+
+def _local(store, uri):
+    from mlops_nb.core import get_settings
+    from mlops_nb.tracking import load_model
+    return load_model(uri, get_settings(cwd=store, env={}))
+
+
+def _families(base):
+    from prometheus_client.parser import text_string_to_metric_families
+    return {f.name: f for f in text_string_to_metric_families(http('GET', base + '/metrics')[2].decode())}
+
+
+def _sample(fams, family, name, **labels):
+    return sum(s.value for s in fams[family].samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_shadow_answers_stay_the_primarys_and_the_log_keeps_both(store, rows):
+    from mlops_nb.reqlog import read_log
+    log_dir = store / 'reqlog-shadow'
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/swap/1', '--shadow', 'models:/swap/2', '--port', '{port}', '--log-dir', log_dir],
+             store, store_env(store))
+    primary, shadow = _local(store, 'models:/swap/1'), _local(store, 'models:/swap/2')
+    want = {}
+    try:
+        for i in range(20):
+            part = rows.iloc[5 * i:5 * i + 5]
+            st, h, doc = post_json(p.base, {'dataframe_records': part.to_dict('records')}, headers={'X-Request-Id': f'shadow-{i}'})
+            assert st == 200 and h['x-model-version'] == '1'
+            assert doc['predictions'] == primary.predict(part).tolist()  # every answer is the primary's
+            want[f'shadow-{i}'] = (primary.predict(part).tolist(), shadow.predict(part).tolist())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the shadow scores off the response path: wait until it has seen every row
+            fams = _families(p.base)
+            agree, disagree = (_sample(fams, 'mlops_nb_shadow_rows', 'mlops_nb_shadow_rows_total', agreement=a) for a in ('agree', 'disagree'))
+            if agree + disagree == 100: break
+            time.sleep(0.2)
+        assert agree + disagree == 100, p.output()
+        n_agree = sum(a == b for pr, sh in want.values() for a, b in zip(pr, sh))
+        assert agree == n_agree and _sample(fams, 'mlops_nb_shadow_agreement', 'mlops_nb_shadow_agreement') == pytest.approx(n_agree / 100)
+        assert _sample(fams, 'mlops_nb_shadow_requests', 'mlops_nb_shadow_requests_total', outcome='scored') == 20
+        assert _sample(fams, 'mlops_nb_model_requests', 'mlops_nb_model_requests_total', version='2', role='shadow', outcome='ok') == 20
+        health = json.loads(http('GET', p.base + '/health')[2])
+        assert health['shadow']['version'] == '2' and health['shadow']['rows_scored'] == 100
+    finally:
+        assert p.terminate() == 0, p.output()
+    log = read_log(log_dir)
+    assert len(log) == 100 and set(log['_mlops_model_version']) == {'1'} and set(log['_mlops_shadow_version']) == {'2'}
+    for rid, g in log.groupby('_mlops_request_id'):
+        assert (g['prediction'].tolist(), g['_mlops_shadow_prediction'].astype(int).tolist()) == want[rid]
+
+
+def test_canary_answers_its_share_and_each_caller_sees_one_version(store, rows):
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/swap/1', '--canary', 'models:/swap/2', '--canary-share', '0.25', '--port', '{port}',
+              '--no-log'], store, store_env(store))
+    primary, canary = _local(store, 'models:/swap/1'), _local(store, 'models:/swap/2')
+    try:
+        got = {}
+        for i in range(200):
+            row = rows.iloc[[i % len(rows)]]
+            st, h, doc = post_json(p.base, {'dataframe_records': row.to_dict('records')}, headers={'X-Client-Key': f'client-{i}'})
+            assert st == 200
+            got[f'client-{i}'] = h['x-model-version']
+            assert doc['predictions'] == (canary if h['x-model-version'] == '2' else primary).predict(row).tolist()
+        share = sum(v == '2' for v in got.values()) / 200
+        assert 0.12 <= share <= 0.40, share
+        for key in [k for k, v in got.items() if v == '2'][:3] + [k for k, v in got.items() if v == '1'][:3]:
+            assert {post_json(p.base, {'dataframe_records': rows.head(1).to_dict('records')}, headers={'X-Client-Key': key})[1]['x-model-version']
+                    for _ in range(5)} == {got[key]}  # sticky: one caller, one version
+        fams = _families(p.base)
+        assert _sample(fams, 'mlops_nb_model_requests', 'mlops_nb_model_requests_total', version='2', role='canary', outcome='ok') == share * 200 + 15
+        assert _sample(fams, 'mlops_nb_model_requests', 'mlops_nb_model_requests_total', version='1', role='primary', outcome='ok') == (1 - share) * 200 + 15
+        assert _sample(fams, 'mlops_nb_model_request_duration_seconds', 'mlops_nb_model_request_duration_seconds_count', role='canary') == share * 200 + 15
+        assert json.loads(http('GET', p.base + '/health')[2])['canary']['active'] is True
+    finally:
+        assert p.terminate() == 0, p.output()
+
+
+def test_a_canary_that_raises_is_answered_by_the_primary_then_dropped(store, rows, raiser):
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/swap/1', '--canary', f'models:/raiser/{raiser}', '--canary-share', '0.5',
+              '--canary-min-requests', '10', '--port', '{port}', '--no-log'], store, store_env(store))
+    primary = _local(store, 'models:/swap/1')
+    try:
+        res = [post_json(p.base, {'dataframe_records': rows.iloc[[i]].to_dict('records')}, headers={'X-Client-Key': f'caller-{i}'})
+               for i in range(100)]
+        assert [r[0] for r in res] == [200] * 100  # 0 client errors
+        assert [r[2]['predictions'] for r in res] == [primary.predict(rows.iloc[[i]]).tolist() for i in range(100)]
+        assert {r[1]['x-model-version'] for r in res} == {'1'}
+        fams = _families(p.base)
+        assert _sample(fams, 'mlops_nb_canary_dropped', 'mlops_nb_canary_dropped_total') == 1
+        assert _sample(fams, 'mlops_nb_canary_fallbacks', 'mlops_nb_canary_fallbacks_total', reason='error') == 10  # dropped at the 10th
+        assert _sample(fams, 'mlops_nb_rollout_model', 'mlops_nb_rollout_model', role='canary') == 0
+        health = json.loads(http('GET', p.base + '/health')[2])
+        assert health['status'] == 'ok' and health['canary']['active'] is False and 'error rate 100%' in health['canary']['dropped']['reason']
+        assert 'dropped' in p.output() and 'the canary is broken' in p.output()
+    finally:
+        assert p.terminate() == 0, p.output()
