@@ -16,7 +16,11 @@ With `--model xgboost` or `--model lightgbm` the model is a gradient-boosted cla
 on breast_cancer logged by plain MLflow code (`mlflow.xgboost.log_model` / `mlflow.lightgbm.log_model`, no
 mlops_nb), served by both through its own flavour; only one-row requests are timed.
 
-Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off] [--model forest|xgboost|lightgbm]
+With `--shadow` the peer is not MLflow: two `mlops-nb serve` of the same champion, one plain and one with
+`--shadow models:/bench/2` (a second forest, seed 1) scoring every request off the response path; the
+answers of both must be identical, and the ratio is shadow / plain (aim: at least 0.7x the throughput).
+
+Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off] [--model forest|xgboost|lightgbm] [--shadow]
 """
 import argparse
 import json
@@ -59,7 +63,7 @@ def post(url, body: bytes):
     with urllib.request.urlopen(req, timeout=60) as r: return json.loads(r.read())
 
 
-def train(d: Path):
+def train(d: Path, seed: int = 0, alias: str | None = 'champion'):
     from mlops_nb.core import get_settings
     from mlops_nb.data import infer_schema, load_dataset, split
     from mlops_nb.registry import register_run_model
@@ -68,11 +72,11 @@ def train(d: Path):
     s = get_settings(cwd=d, env={})
     tr, te = split(load_dataset('breast_cancer'), test_size=0.2, seed=0, stratify='target')
     schema = infer_schema(tr, target='target')
-    with start_run(settings=s, params=dict(dataset='breast_cancer', target='target', model='random_forest', test_size=0.2, seed=0),
-                   seed=0, tags={'mlops_nb.job': 'train'}) as run:
+    with start_run(settings=s, params=dict(dataset='breast_cancer', target='target', model='random_forest', test_size=0.2, seed=seed),
+                   seed=seed, tags={'mlops_nb.job': 'train'}) as run:
         f = d / 'schema.json'; schema.save(f); record('schema.json', f)
-        log_model(fit(tr, schema, 'random_forest', seed=0), tr.drop(columns='target').head())
-    register_run_model('bench', run.run_id, s, alias='champion')
+        log_model(fit(tr, schema, 'random_forest', seed=seed), tr.drop(columns='target').head())
+    register_run_model('bench', run.run_id, s, alias=alias)
     return te.drop(columns='target')
 
 
@@ -122,8 +126,10 @@ def main():
     ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, scikit-learn predicts)")
     ap.add_argument('--model', default='forest', choices=['forest', 'xgboost', 'lightgbm'],
                     help='forest: the quickstart model (mlops_nb train run); xgboost/lightgbm: logged by plain MLflow code')
+    ap.add_argument('--shadow', action='store_true', help='compare mlops-nb serve with and without --shadow (same model) instead of against MLflow')
     a = ap.parse_args()
     if not shutil.which('wrk'): sys.exit('wrk is not installed (apt-get install wrk)')
+    if a.shadow: return main_shadow(a)
     d = Path(tempfile.mkdtemp(prefix='bench_serve_'))
     env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true')
@@ -163,6 +169,57 @@ def main():
                       f"{o['p50'] * 1e3:>8.1f} {o['p99'] * 1e3:>8.1f} | {o['rps'] / m['rps']:>12.1f} {m['p99'] / o['p99']:>7.1f}"
                       + ''.join(f"  [{k}: {v['non2xx']} non-2xx {v['socket_errors']}]" for k, v in r.items() if v['non2xx'] or v['socket_errors']),
                       flush=True)
+        return 0 if identical else 1
+    finally:
+        for p in procs.values():
+            try: os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError: pass
+        for p in procs.values():
+            try: p.wait(30)
+            except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main_shadow(a):
+    "Throughput and p99 of one server with `--shadow` against the same server without, concurrency 1 and 16."
+    d = Path(tempfile.mkdtemp(prefix='bench_shadow_'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('MLFLOW_', 'MLOPS_NB_'))}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'mlflow.db'}", MLFLOW_DISABLE_TELEMETRY='true')
+    os.environ.update(MLFLOW_DISABLE_TELEMETRY='true')
+    X = train(d)
+    train(d, seed=1, alias=None)  # version 2: the shadow
+    bodies = {}
+    for n in (1, 100):
+        bodies[n] = d / f'body{n}.json'
+        bodies[n].write_text(json.dumps({'dataframe_split': json.loads(X.sample(n, random_state=0).to_json(orient='split', index=False))}))
+    lua = d / 'post.lua'; lua.write_text(LUA)
+    exe = str(Path(sys.executable).parent / 'mlops-nb')
+    ports = {'plain': free_port(), 'shadow': free_port()}
+    common = ['serve', 'models:/bench@champion', '--workers', str(a.workers), '--onnx', a.onnx]
+    cmds = {'plain': [exe, *common, '--port', str(ports['plain']), '--log-dir', str(d / 'log-plain')],
+            'shadow': [exe, *common, '--port', str(ports['shadow']), '--log-dir', str(d / 'log-shadow'), '--shadow', 'models:/bench/2']}
+    procs = {k: subprocess.Popen(c, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=open(d / f'{k}.log', 'w'), start_new_session=True)
+             for k, c in cmds.items()}
+    try:
+        for k, p in procs.items(): wait_ready(f'http://127.0.0.1:{ports[k]}/ping', p)
+        big = bodies[100].read_bytes()
+        answers = {k: post(f'http://127.0.0.1:{ports[k]}/invocations', big) for k in ports}
+        identical = answers['plain'] == answers['shadow']
+        print(f"model: random forest (100 trees) on breast_cancer, shadow: a second forest (seed 1); workers: {a.workers} each; request log on")
+        print(f"load generator: wrk 4.1 (Debian), {a.duration} s per cell after a 2 s warm-up; answers identical on 100 rows: "
+              f"{'yes' if identical else 'NO'}\n")
+        hdr = f"{'rows':>4} {'conc':>4} | {'plain req/s':>11} {'p50 ms':>8} {'p99 ms':>8} | {'shadow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 x':>7}"
+        print(hdr); print('-' * len(hdr))
+        for n in (1, 100):
+            for c in (1, 16):
+                r = {k: wrk(f'http://127.0.0.1:{ports[k]}/invocations', bodies[n], c, a.duration, lua) for k in ports}
+                m, o = r['plain'], r['shadow']
+                print(f"{n:>4} {c:>4} | {m['rps']:>11.1f} {m['p50'] * 1e3:>8.1f} {m['p99'] * 1e3:>8.1f} | {o['rps']:>12.1f} "
+                      f"{o['p50'] * 1e3:>8.1f} {o['p99'] * 1e3:>8.1f} | {o['rps'] / m['rps']:>12.2f} {m['p99'] / o['p99']:>7.2f}"
+                      + ''.join(f"  [{k}: {v['non2xx']} non-2xx {v['socket_errors']}]" for k, v in r.items() if v['non2xx'] or v['socket_errors']),
+                      flush=True)
+        m = urllib.request.urlopen(f"http://127.0.0.1:{ports['shadow']}/metrics").read().decode()
+        print('\nshadow server: ' + '; '.join(l for l in m.splitlines() if l.startswith(('mlops_nb_shadow_requests_total', 'mlops_nb_shadow_agreement '))))
         return 0 if identical else 1
     finally:
         for p in procs.values():

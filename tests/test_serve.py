@@ -359,3 +359,33 @@ def test_a_canary_that_raises_is_answered_by_the_primary_then_dropped(store, row
         assert 'dropped' in p.output() and 'the canary is broken' in p.output()
     finally:
         assert p.terminate() == 0, p.output()
+
+
+def test_hot_swap_under_load_with_a_broken_shadow_fails_no_request(store, rows, raiser):
+    "--watch keeps working beside --shadow; a shadow that raises costs the clients nothing, and its errors are counted."
+    from mlops_nb.reqlog import read_log
+    set_alias(store, 'swap', 'champion', '1')
+    log_dir = store / 'reqlog-swap-shadow'
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/swap@champion', '--shadow', f'models:/raiser/{raiser}', '--port', '{port}', '--watch',
+              '--watch-interval', '0.5', '--log-dir', log_dir], store, store_env(store))
+    try:
+        body = json.dumps({'dataframe_records': rows.head(5).to_dict('records')}).encode()
+        stop, results = threading.Event(), []
+        threads = [threading.Thread(target=_hammer, args=(p.base, body, stop, results)) for _ in range(4)]
+        for t in threads: t.start()
+        set_alias(store, 'swap', 'champion', '2')
+        deadline = time.monotonic() + 120
+        while json.loads(http('GET', p.base + '/version')[2])['version'] != '2' and time.monotonic() < deadline: time.sleep(0.3)
+        n_at_swap = len(results)
+        while len(results) < n_at_swap + 20 and time.monotonic() < deadline: time.sleep(0.1)
+        stop.set()
+        for t in threads: t.join()
+        assert results and set(results) == {200}, [r for r in results if r != 200][:3]
+        fams = _families(p.base)
+        assert _sample(fams, 'mlops_nb_shadow_requests', 'mlops_nb_shadow_requests_total', outcome='error') > 0
+        assert _sample(fams, 'mlops_nb_shadow_rows', 'mlops_nb_shadow_rows_total') == 0
+    finally:
+        assert p.terminate() == 0, p.output()
+    log = read_log(log_dir)
+    assert len(log) == 5 * len(results) and set(log['_mlops_model_version']) == {'1', '2'}
+    assert log['_mlops_shadow_prediction'].isna().all() and set(log['_mlops_shadow_version']) == {raiser}
