@@ -823,6 +823,7 @@ async def _shadow_loop(self: Server):
         items, rows, stop = [await self.shadow_q.get()], 0, False
         if items[0] is None: return
         rows = items[0][1].n
+        await asyncio.sleep(0.01)  # off the response path: let more requests join, for fewer and larger shadow calls
         while not self.shadow_q.empty() and rows < self.config.max_batch_rows:
             it = self.shadow_q.get_nowait()
             if it is None: stop = True; break
@@ -846,7 +847,10 @@ async def _shadow_batch(self: Server, items: list, rows: int):
     m.shadow_requests.labels(what).inc(len(items))
     m.version_requests.labels(str(sh.version), 'shadow', 'ok' if what == 'scored' else what).inc(len(items))
     if pred is not None: m.version_latency.labels(str(sh.version), 'shadow').observe(time.perf_counter() - t0)
-    i = 0
+    await asyncio.to_thread(self._shadow_record, items, pred)  # agreement and the log, off the event loop
+
+def _shadow_record(self: Server, items: list, pred):
+    sh, m, i = self.shadow, self.metrics, 0
     for sm, parsed, ans, prob, rid, ms in items:
         sp = None if pred is None else pred[i:i + parsed.n]; i += parsed.n
         if sp is not None:
@@ -856,7 +860,7 @@ async def _shadow_batch(self: Server, items: list, rows: int):
         self.log_request(sm, parsed, ans, prob, rid, ms, shadow=(sh.version, sp))
     if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
 
-Server.after_response, Server._shadow_loop, Server._shadow_batch = _after_response, _shadow_loop, _shadow_batch
+Server.after_response, Server._shadow_loop, Server._shadow_batch, Server._shadow_record = _after_response, _shadow_loop, _shadow_batch, _shadow_record
 
 # %% ../nbs/10_serve.ipynb #a5e35593
 def openapi(sm: ServedModel | None) -> dict:
