@@ -439,8 +439,6 @@ def sweep(notebook=None, # notebook path or bundled job name (or a built `sweeps
           sweep_file: str | Path | None = None, # a YAML sweep file
           seed: int | None = None, # seed of the random draw
           executor: str = 'local', # 'local' or 'dask'
-          search: str | None = None, # 'grid', 'random', or a learning search ('tpe'), as `--search`
-          trials: int | None = None, # a learning search's budget, as `--trials`
           resume: str | None = None, # a sweep's parent run: run only the combinations that did not finish
           fail_fast: bool = False, timeout: float | None = None, retries: int = 0, engine: str | None = None,
           raise_on_failure: bool = False, settings: Settings | None = None, experiment: str | None = None, progress: bool = True,
