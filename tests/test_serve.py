@@ -389,3 +389,13 @@ def test_hot_swap_under_load_with_a_broken_shadow_fails_no_request(store, rows, 
     log = read_log(log_dir)
     assert len(log) == 5 * len(results) and set(log['_mlops_model_version']) == {'1', '2'}
     assert log['_mlops_shadow_prediction'].isna().all() and set(log['_mlops_shadow_version']) == {raiser}
+
+
+def test_rollout_flags_that_cannot_work_exit_2_naming_the_flag(store):
+    import subprocess
+    for args, flag in ((['--canary', 'models:/swap/2', '--canary-share', '1.5'], '--canary-share 1.5'),
+                       (['--shadow', 'models:/swap/2', '--shadow-queue', '0'], '--shadow-queue 0'),
+                       (['--canary', 'models:/swap/2', '--shadow', 'models:/swap/2'], 'same model')):
+        r = subprocess.run([mlops_nb_exe(), 'serve', 'models:/swap/1', '--no-log', *args], cwd=store, env=store_env(store),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and flag in r.stderr, (args, r.stderr[-500:])
