@@ -264,6 +264,7 @@ def _sklearn_onnx(model, columns: list[Column]):
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    _boosted_step(last)
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
     kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
     try: return convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
@@ -289,6 +290,26 @@ def _lightgbm_onnx(model, columns: list[Column]):
     try: return convert_lightgbm(model, initial_types=[('X', DoubleTensorType([None, len(columns)]))], **kw), True
     except RuntimeError:  # classifiers take float32 only
         return convert_lightgbm(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
+
+def _xgboost_unnamed(scope, operator, container):
+    "onnxmltools' XGBoost converter for skl2onnx, shown the booster without its column names (as `_xgboost_onnx`)."
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    b = operator.raw_operator.get_booster(); names, b.feature_names = b.feature_names, None
+    try: convert_xgboost(scope, operator, container)
+    finally: b.feature_names = names
+
+def _boosted_step(last):
+    "Teach skl2onnx `last`, when it is an XGBoost or LightGBM estimator ending a scikit-learn pipeline (the train job's)."
+    lib = type(last).__module__.split('.')[0]
+    if lib not in ('xgboost', 'lightgbm'): return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    clf = hasattr(last, 'predict_proba')
+    update_registered_converter(type(last), f'{lib}{type(last).__name__}',
+                                calculate_linear_classifier_output_shapes if clf else calculate_linear_regressor_output_shapes,
+                                _xgboost_unnamed if lib == 'xgboost' else convert_lightgbm,
+                                options={'nocl': [True, False], 'zipmap': [True, False, 'columns']} if clf else None)
 
 _ONNX_CONVERTERS = {'sklearn': _sklearn_onnx, 'xgboost': _xgboost_onnx, 'lightgbm': _lightgbm_onnx}  # flavour -> converter
 
