@@ -123,7 +123,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--duration', type=int, default=10, help='seconds per cell (default 10)')
     ap.add_argument('--workers', type=int, default=1, help='worker processes of each server (default 1)')
-    ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, scikit-learn predicts)")
+    ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, the model's own flavour predicts)")
     ap.add_argument('--model', default='forest', choices=['forest', 'xgboost', 'lightgbm'],
                     help='forest: the quickstart model (mlops_nb train run); xgboost/lightgbm: logged by plain MLflow code')
     ap.add_argument('--shadow', action='store_true', help='compare mlops-nb serve with and without --shadow (same model) instead of against MLflow')

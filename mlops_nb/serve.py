@@ -262,35 +262,90 @@ class ServedModel:
                     loaded_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.loaded_at)))
 
 # %% ../nbs/10_serve.ipynb #c33e78d3
-def _onnx_predictor(model, columns: list[Column]):
-    "A predictor `(cols, proba) -> (pred, proba)` running `model` compiled by ONNX Runtime (float32 inputs: one per column, or one matrix)."
+def _sklearn_onnx(model, columns: list[Column]):
+    "`(onnx model, stacked)` for a scikit-learn estimator or pipeline: one float32 input per column, or (stacked) one matrix."
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
-    import onnxruntime as ort
     last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    _boosted_step(last)
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
     kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
-    try: onx, stacked = convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
+    try: return convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
     except Exception:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
-        onx, stacked = convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
+        return convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
+
+# %% ../nbs/10_serve.ipynb #00f27d63
+_OPSET = 15  # the highest opset onnxmltools converts trees to
+
+def _xgboost_onnx(model, columns: list[Column]):
+    "`(onnx model, True)` for an XGBoost estimator or Booster: one float32 matrix in (XGBoost computes in float32 too)."
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    booster = (model.get_booster() if hasattr(model, 'get_booster') else model).copy()
+    booster.feature_names = None  # onnxmltools reads features only as f0, f1, ...: the copy forgets the column names
+    return convert_xgboost(booster, initial_types=[('X', FloatTensorType([None, len(columns)]))], target_opset=_OPSET), True
+
+def _lightgbm_onnx(model, columns: list[Column]):
+    "`(onnx model, True)` for a LightGBM estimator or Booster: one float64 matrix in where it converts (regressors), else float32."
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import DoubleTensorType, FloatTensorType
+    kw = dict(target_opset=_OPSET, zipmap=False)
+    try: return convert_lightgbm(model, initial_types=[('X', DoubleTensorType([None, len(columns)]))], **kw), True
+    except RuntimeError:  # classifiers take float32 only
+        return convert_lightgbm(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
+
+def _xgboost_unnamed(scope, operator, container):
+    "onnxmltools' XGBoost converter for skl2onnx, shown the booster without its column names (as `_xgboost_onnx`)."
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    b = operator.raw_operator.get_booster(); names, b.feature_names = b.feature_names, None
+    try: convert_xgboost(scope, operator, container)
+    finally: b.feature_names = names
+
+def _boosted_step(last):
+    "Teach skl2onnx `last`, when it is an XGBoost or LightGBM estimator ending a scikit-learn pipeline (the train job's)."
+    lib = type(last).__module__.split('.')[0]
+    if lib not in ('xgboost', 'lightgbm'): return
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    clf = hasattr(last, 'predict_proba')
+    update_registered_converter(type(last), f'{lib}{type(last).__name__}',
+                                calculate_linear_classifier_output_shapes if clf else calculate_linear_regressor_output_shapes,
+                                _xgboost_unnamed if lib == 'xgboost' else convert_lightgbm,
+                                options={'nocl': [True, False], 'zipmap': [True, False, 'columns']} if clf else None)
+
+_ONNX_CONVERTERS = {'sklearn': _sklearn_onnx, 'xgboost': _xgboost_onnx, 'lightgbm': _lightgbm_onnx}  # flavour -> converter
+
+# %% ../nbs/10_serve.ipynb #83c24ee2
+def _onnx_predictor(model, columns: list[Column], flavour: str = 'sklearn'):
+    "A predictor `(cols, proba) -> (pred, proba)` running `model` (of `flavour`) compiled by ONNX Runtime."
+    import onnxruntime as ort
+    onx, stacked = _ONNX_CONVERTERS[flavour](model, columns)
     so = ort.SessionOptions(); so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # onnxmltools declares a classifier's label shape as {1}: ORT would warn on every call
     sess = ort.InferenceSession(onx.SerializeToString(), so, providers=['CPUExecutionProvider'])
     names, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+    dtype = np.float64 if sess.get_inputs()[0].type == 'tensor(double)' else np.float32
     classes = getattr(model, 'classes_', None)
     def predict(cols: dict, proba: bool = False):
-        if stacked: res = sess.run(None, {names[0]: np.column_stack([np.asarray(cols[c.name], dtype=np.float32) for c in columns])})
-        else: res = sess.run(None, {n: np.asarray(cols[c.name], dtype=np.float32).reshape(-1, 1) for n, c in zip(names, columns)})
+        if stacked: res = sess.run(None, {names[0]: np.column_stack([np.asarray(cols[c.name], dtype=dtype) for c in columns])})
+        else: res = sess.run(None, {n: np.asarray(cols[c.name], dtype=dtype).reshape(-1, 1) for n, c in zip(names, columns)})
         pred = res[0].ravel()
         if classes is not None: pred = np.asarray(classes)[np.searchsorted(classes, pred)] if classes.dtype.kind in 'iub' else pred
+        elif len(outs) > 1:  # a classifying Booster predicts probabilities (of class 1 when binary), as pyfunc does
+            pred = (res[1][:, 1] if res[1].shape[1] == 2 else res[1]).astype(np.float64)
         elif pred.dtype == np.float32: pred = pred.astype(np.float64)
         return pred, (res[1] if proba and len(outs) > 1 else None)
     return predict
 
 # %% ../nbs/10_serve.ipynb #d30c2016
+_NAMES = {'sklearn': 'scikit-learn', 'xgboost': 'XGBoost', 'lightgbm': 'LightGBM'}
+
 def compile_fast_path(sm: ServedModel, # the model as loaded (engine: its flavour)
                       holdout: pd.DataFrame | None, # rows to compare on (the model's held-out split, or its verification rows)
                       mode: str = 'auto', # 'auto': use it if it matches; 'off': never; 'require': fail if it cannot be used
                       atol: float = 1e-4, # tolerance on probabilities
+                      rtol: float = 1e-6, # tolerance on a boosted model's values, relative to the largest (scikit-learn's must be equal)
                       rows: str = 'held-out rows', # what `holdout` is, for the notes
                      ) -> ServedModel:
     "`sm` predicting through ONNX Runtime if that gives the original's predictions on `holdout`; `sm` unchanged (with the reason) otherwise."
@@ -299,21 +354,25 @@ def compile_fast_path(sm: ServedModel, # the model as loaded (engine: its flavou
         sm.engine, sm.engine_note = flavour, why; return sm
     flavour = getattr(sm.model, 'flavour', 'sklearn')  # a bare estimator is scikit-learn
     if mode == 'off': return keep('ONNX fast path switched off (--onnx off)')
-    if flavour != 'sklearn': return keep(f'no compiled path for {flavour} models')
+    if flavour not in _ONNX_CONVERTERS: return keep(f'no compiled path for {flavour} models')
     if any(c.type not in ('double', 'float', 'long', 'integer') for c in sm.columns): return keep('non-numeric input columns')
     if holdout is None or not len(holdout): return keep(f'no {rows} to verify the compiled model on')
-    try: fast = _onnx_predictor(getattr(sm.model, 'raw', sm.model), sm.columns)
-    except ImportError: return keep('skl2onnx/onnxruntime not installed (pip install "mlops_nb[serve]")')
+    try: fast = _onnx_predictor(getattr(sm.model, 'raw', sm.model), sm.columns, flavour)
+    except ImportError as e: return keep(f'{e.name or e} not installed (pip install "mlops_nb[serve]")')
     except Exception as e: return keep(f'the model does not convert to ONNX ({type(e).__name__}: {str(e)[:120]})')
     cols = {c.name: holdout[c.name].to_numpy(c.dtype) for c in sm.columns}
     want, want_p = sm.predict(cols, proba=sm.classes is not None)
     try: got, got_p = fast(cols, proba=sm.classes is not None)
     except Exception as e: return keep(f'the compiled model fails on {rows} ({type(e).__name__})')
-    same = np.array_equal(want, got)  # exactly: a regressor computed in float32 differs in the last digits, and stays on scikit-learn
-    if not same: return keep(f'the compiled model disagrees on {int((np.asarray(want) != np.asarray(got)).sum())} of {len(holdout)} {rows}')
+    want, got = np.asarray(want), np.asarray(got)
+    if want.shape != got.shape: return keep(f'the compiled model answers in shape {got.shape}, not {want.shape}, on {rows}')
+    close = flavour != 'sklearn' and sm.classes is None and want.dtype.kind == 'f'  # a boosted model's values (or a Booster's probabilities)
+    same = np.isclose(want, got, rtol=0, atol=rtol * float(np.abs(want).max(initial=0))) if close else want == got  # labels: exactly
+    if not same.all(): return keep(f'the compiled model disagrees on {int((~same).sum())} of {len(holdout)} {rows}')
     if want_p is not None and (got_p is None or not np.allclose(want_p, got_p, atol=atol)):
         return keep(f'probabilities differ by more than {atol} on {rows}')
-    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', f'ONNX Runtime; same predictions as scikit-learn on {len(holdout)} {rows}'
+    note = f'ONNX Runtime; same predictions as {_NAMES[flavour]} on {len(holdout)} {rows}' + (f' (within {rtol:g})' if close else '')
+    sm.onnx, sm.engine, sm.engine_note = fast, 'onnx', note
     return sm
 
 # %% ../nbs/10_serve.ipynb #c303b1df

@@ -47,6 +47,15 @@ def payloads(df: pd.DataFrame) -> dict:
             'csv': df.to_csv(index=False).encode()}
 
 
+def served_equal_to_mlflow(p: Proc, X: pd.DataFrame, want: np.ndarray) -> dict:
+    "Every MLflow request format answers `want`; returns `/version`."
+    for fmt, body in payloads(X).items():
+        st, _, doc = post_json(p.base, body, ctype='text/csv' if fmt == 'csv' else 'application/json')
+        assert st == 200, (fmt, doc)
+        np.testing.assert_allclose(np.asarray(doc['predictions'], dtype=float), want.astype(float), rtol=1e-6, err_msg=fmt)
+    return json.loads(http('GET', f'{p.base}/version')[2])
+
+
 @pytest.mark.parametrize('name', FLAVOURS)
 def test_served_every_format_equal_to_mlflow(store, name):
     d, info = store
@@ -54,13 +63,10 @@ def test_served_every_format_equal_to_mlflow(store, name):
     want = reference(d, name, X)
     p = Proc([mlops_nb_exe(), 'serve', f'models:/{name}@champion', '--port', '{port}'], d, store_env(d))
     try:
-        for fmt, body in payloads(X).items():
-            st, _, doc = post_json(p.base, body, ctype='text/csv' if fmt == 'csv' else 'application/json')
-            assert st == 200, (fmt, doc)
-            np.testing.assert_allclose(np.asarray(doc['predictions'], dtype=float), want.astype(float), rtol=1e-6, err_msg=fmt)
-        v = json.loads(http('GET', f'{p.base}/version')[2])
+        v = served_equal_to_mlflow(p, X, want)
         flavour = {'sk': 'sklearn', 'xgb': 'xgboost', 'lgb': 'lightgbm'}.get(name, 'python_function')
         assert v['engine'] in (flavour, 'onnx'), v
+        if name in ('xgb', 'lgb'): assert v['engine'] == 'onnx' and 'verification rows' in v['engine_note'], v  # compiled, and verified
         if name == 'sk': assert 'verification rows' in v['engine_note'], v  # autolog kept no split: checked on drawn rows
         missing = X.columns[1]
         st, _, doc = post_json(p.base, {'dataframe_split': json.loads(X.drop(columns=missing).head(2).to_json(orient='split', index=False))})
@@ -69,6 +75,16 @@ def test_served_every_format_equal_to_mlflow(store, name):
         assert 400 <= st < 500 and 'surprise' in doc['message'], doc
     finally:
         p.stop()
+
+
+@pytest.mark.parametrize('name', ['xgb', 'lgb'])
+def test_boosted_served_by_their_own_flavour_with_onnx_off(store, name):
+    d, info = store
+    X = rows(d, info[name]).head(40)
+    p = Proc([mlops_nb_exe(), 'serve', f'models:/{name}@champion', '--port', '{port}', '--onnx', 'off'], d, store_env(d))
+    try: v = served_equal_to_mlflow(p, X, reference(d, name, X))
+    finally: p.stop()
+    assert (v['engine'], v['engine_note']) == ({'xgb': 'xgboost', 'lgb': 'lightgbm'}[name], 'ONNX fast path switched off (--onnx off)'), v
 
 
 @pytest.mark.parametrize('name', FLAVOURS)
