@@ -25,7 +25,7 @@ __all__ = ['SERVING_REQUIREMENTS', 'pinned_requirements', 'merge_requirements', 
 
 # %% ../nbs/10a_deploy.ipynb #2c691f66
 SERVING_REQUIREMENTS = ('mlflow-skinny', 'scikit-learn', 'numpy', 'scipy', 'pandas', 'pyarrow', 'skops', 'pyyaml',
-                        'uvicorn', 'starlette', 'prometheus-client', 'skl2onnx', 'onnx', 'onnxruntime')
+                        'uvicorn', 'starlette', 'prometheus-client', 'skl2onnx', 'onnxmltools', 'onnx', 'onnxruntime')
 
 def pinned_requirements(names=SERVING_REQUIREMENTS, # distributions to pin
                         onnx: bool = True, # include the ONNX fast path
@@ -33,7 +33,7 @@ def pinned_requirements(names=SERVING_REQUIREMENTS, # distributions to pin
     "`name==version` for each distribution installed here (ones not installed are left out)."
     out = []
     for n in names:
-        if not onnx and n in ('skl2onnx', 'onnx', 'onnxruntime'): continue
+        if not onnx and n in ('skl2onnx', 'onnxmltools', 'onnx', 'onnxruntime'): continue
         try: out.append(f'{n}=={metadata.version(n)}')
         except metadata.PackageNotFoundError: pass
     return out
