@@ -91,7 +91,7 @@ def test_other_seed_other_forest(sets):
 def test_unknown_model_lists_the_registered_ones(sets):
     train, _, schema = sets['binary']
     with pytest.raises(ConfigError) as e:
-        fit(train, schema, 'xgboost')
+        fit(train, schema, 'no_such_model')
     for name in MODELS.names(): assert name in str(e.value)
     assert e.value.exit_code == 2
 
