@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .core import MlopsNbError, get_settings, redact
+from .outputs import check_outputs, check_replace, publish  # a small module: imports only core
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
@@ -537,7 +538,6 @@ def _drift_report(a):
     from mlops_nb.core import JobFailed, ParameterError
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import download_artifact
-    from mlops_nb.outputs import check_outputs, check_replace, publish
     for p in (a.reference, a.current):
         if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
     check_outputs({'--report': a.report}, {'REFERENCE': a.reference, 'CURRENT': a.current})
@@ -767,7 +767,6 @@ def _check_rollout_flags(a):
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
     from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
-    from mlops_nb.outputs import check_outputs
     check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
     _check_rollout_flags(a)
     s = get_settings(tracking_uri=a.tracking_uri)

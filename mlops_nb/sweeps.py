@@ -527,6 +527,17 @@ def _drain(ex: Executor, grace: float):
         try: fs -= ex.wait(fs, timeout=1.0)
         except Exception: break
 
+def _stop(ex: Executor | None, grace: float):
+    "After Ctrl-C: what has not started never starts, running jobs get `grace` seconds; another Ctrl-C meanwhile is ignored."
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+    try:
+        if ex is not None:
+            for f in ex.futures: f.cancel()
+            ex.interrupt()
+            _drain(ex, grace)
+    finally:
+        if old is not None: signal.signal(signal.SIGINT, old)
+
 # %% ../nbs/09_sweeps.ipynb #4d0d8e48
 def _log_summary(parent, df, best, sweep: Sweep):
     "The summary CSV, the links to each child and the best run, on the parent run."
@@ -594,14 +605,7 @@ def run_sweep(sweep: Sweep, # what to run
         stopped = _follow(ex, todo, s, sid, events, fail_fast)
     except KeyboardInterrupt:
         interrupted = True
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
-        try:
-            if ex is not None:
-                for f in ex.futures: f.cancel()  # what has not started never starts
-                ex.interrupt()
-                _drain(ex, grace)
-        finally:
-            if old is not None: signal.signal(signal.SIGINT, old)
+        _stop(ex, grace)
     except Exception as e:  # the executor or the store failed: the sweep's runs still end
         error = e
         if ex is not None:
@@ -833,14 +837,7 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
         stopped = _follow_study(ex, t, events.total, events, fail_fast)
     except KeyboardInterrupt:
         interrupted = True
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
-        try:
-            if ex is not None:
-                for f in ex.futures: f.cancel()
-                ex.interrupt()
-                _drain(ex, grace)
-        finally:
-            if old is not None: signal.signal(signal.SIGINT, old)
+        _stop(ex, grace)
     except Exception as e:  # the executor or the store failed: the sweep's runs still end
         error = e
         if ex is not None:
