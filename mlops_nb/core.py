@@ -14,8 +14,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
            'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'Secret', 'add_secret', 'redact',
-           'redact_value', 'is_secret', 'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook',
-           'process_alive', 'Registry']
+           'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings', 'get_settings', 'jobs_dir',
+           'job_notebook', 'process_alive', 'Registry']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -116,6 +116,16 @@ def redact_value(v):
 def is_secret(v) -> bool:
     "Is `v` (or something inside it) a secret this process knows?"
     return redact_value(v) != v if not isinstance(v, Secret) else True
+
+# %% ../nbs/00_core.ipynb #f1e2d3c5
+class RedactingStream:
+    "A text stream whose writes pass through `redact` first; everything else is the wrapped stream's."
+    def __init__(self, stream): self._stream = stream
+    def write(self, s): return self._stream.write(redact(s) if isinstance(s, str) else s)
+    def writelines(self, lines):
+        for s in lines: self.write(s)
+    def __getattr__(self, name): return getattr(self._stream, name)
+
 
 # %% ../nbs/00_core.ipynb #7fb26728
 _KEYS = ('tracking_uri', 'artifact_root', 'experiment', 'registry_uri')

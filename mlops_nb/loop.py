@@ -15,12 +15,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import DataError, MlopsNbError, RegistryError, get_settings
-from .outputs import check_outputs
+from .core import DataError, JobFailed, MlopsNbError, RegistryError, get_settings
+from .outputs import check_outputs, publish
 
 # %% auto #0
 __all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
-           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
+           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'drift_report', 'shift_data',
+           'cronjob_manifest']
 
 # %% ../nbs/12_loop.ipynb #bd135078
 class LoopError(MlopsNbError):
@@ -460,6 +461,28 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
         res.detail = 'failed: ' + '; '.join(f"{r['check']} ({r['value']} vs {r['bound']})" for r in pr.promotion.gate.failed)
     else: res.action, res.detail = 'retrain_failed', f'promote: {pr.error}'
     return _finish(res, s)
+
+# %% ../nbs/12_loop.ipynb #e1f2a3b5
+def drift_report(values: dict, # the monitor job's parameters: reference, current, window, tests (nbs/jobs/monitor.ipynb)
+                 out: str | Path, # the HTML report to write
+                 settings=None, # the store; `get_settings()` if None
+                 experiment: str | None = None, # the run's MLflow experiment
+                 progress: bool = False, # show the job's progress bar
+                ):
+    "Run the monitor job and publish its HTML at `out`: (the decision, the job), or (None, the job) when it failed."
+    from mlops_nb.jobs import run_job
+    from mlops_nb.tracking import download_artifact
+    s = settings or get_settings()
+    job = run_job('monitor', values, settings=s, experiment=experiment, progress=progress)
+    if not job.ok: return None, job
+    doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
+    if not job.html or not Path(job.html).exists():
+        raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
+                        hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
+    publish(job.html, Path(out))  # atomic: a failed or killed report leaves the previous one
+    doc.pop('bins', None)
+    return doc, job
+
 
 # %% ../nbs/12_loop.ipynb #4a1d48e2
 def shift_data(n: int, # rows
