@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .core import MlopsNbError, RedactingStream, get_settings, redact
+from .core import (ConfigError, GateFailed, JobFailed, MlopsNbError, ParameterError, RedactingStream, get_settings,
+                           job_notebook, redact)
 from .outputs import check_outputs, check_replace  # a small module: imports only core
+# Every other module is imported by the handler that needs it. `import mlops_nb.cli` takes 43 ms; with params, ci and
+# worker at the top it would take 59 ms, with jobs, tracking, sweeps, pipelines and docs 91 ms, and with any module
+# that imports pandas (registry, monitor, batch, serve, loop) over 0.9 s, which `--help` and every job's client would
+# pay (python -X importtime, the least of 9 runs, load average 10).
 
 # %% auto #0
 __all__ = ['COMMANDS', 'EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG',
@@ -138,7 +143,6 @@ def _bundled(*jobs: str # bundled job notebooks the command runs
             ) -> Callable:
     "A `Command.check` for a command that runs bundled job notebooks: the modules they import."
     def check(a) -> list[str]:
-        from mlops_nb.core import job_notebook
         from mlops_nb.worker import notebook_imports
         return notebook_imports([job_notebook(n) for n in jobs])
     return check
@@ -249,7 +253,6 @@ def _add_run_parser(sub):
 # %% ../nbs/13_cli.ipynb #bbe4ac38
 def _batch_items(a) -> list[tuple[str, dict]]:
     "(notebook, values) for each job asked for: the NOTEBOOK arguments and the --batch file."
-    from mlops_nb.core import ParameterError
     from mlops_nb.params import parse_param_args, read_batch_file, spread_values
     values = parse_param_args(a.parameters, a.parameters_file, a.parameters_yaml)
     items = [(nb, None) for nb in a.notebook] + (read_batch_file(a.batch) if a.batch else [])
@@ -275,7 +278,6 @@ def cmd_run(a) -> int:
     for nb, values in items:  # every job's parameters are checked before the first starts
         check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel, output=a.output)
     if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
-        from mlops_nb.core import job_notebook
         warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
     s = _settings(a)
     results, bar = [], None
@@ -365,7 +367,6 @@ def _add_params_parser(sub):
 # %% ../nbs/13_cli.ipynb #b4efa80e
 @command('params', _add_params_parser)
 def cmd_params(a) -> int:
-    from mlops_nb.core import job_notebook
     from mlops_nb.params import format_params, params_json, read_params
     nb = job_notebook(a.notebook)
     ps = read_params(nb, allow_no_parameters=True)
@@ -423,7 +424,6 @@ def _gate_lines(p) -> str:
 # %% ../nbs/13_cli.ipynb #14d53260
 @command('promote', _add_promote_parser)
 def cmd_promote(a) -> int:
-    from mlops_nb.core import GateFailed
     from mlops_nb.registry import promote
     s = _settings(a)
     try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason,
@@ -534,13 +534,12 @@ def _drift_direct(a):
         bar.append(tqdm(total=n, unit='col', desc='drift', file=sys.stderr))
     show = not a.json and sys.stderr.isatty()
     try: return drift_files(a.reference, a.current, o, window=a.window or '', start=a.start or '', end=a.end or '', model_version=a.model_version,
-                            chunked=a.chunked, webhook=a.webhook, on_start=start if show else None, on_column=lambda c: bar[0].update(1))
+                            chunked=a.chunked, webhook=a.webhook, on_start=start if show else None, on_column=(lambda c: bar[0].update(1)) if show else None)
     finally:
         if bar: bar[0].close()
 
 def _drift_report(a):
     "Run the monitor job for the report; returns (result dict, alert payload, job result)."
-    from mlops_nb.core import ParameterError
     from mlops_nb.loop import drift_report
     for p in (a.reference, a.current):
         if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
@@ -573,7 +572,6 @@ def _drift_table(doc: dict) -> str:
 @command('drift', _add_drift_parser)
 def cmd_drift(a) -> int:
     if a.report:
-        from mlops_nb.core import JobFailed
         try: doc, extra, job = _drift_report(a)
         except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
         if doc is None:
@@ -752,7 +750,6 @@ def _add_deploy_parser(sub):
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def _check_rollout_flags(a):
     "Refuse rollout flags that cannot work, naming the flag (exit 2)."
-    from mlops_nb.core import ConfigError
     if not 0 < a.canary_share <= 1: raise ConfigError(f"--canary-share {a.canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
     if not 0 <= a.canary_max_error_rate <= 1:
         raise ConfigError(f"--canary-max-error-rate {a.canary_max_error_rate:g} is outside [0, 1].", hint='Give a share of requests, e.g. 0.05.')
@@ -857,7 +854,6 @@ def _add_predict_parser(sub):
 # %% ../nbs/13_cli.ipynb #7d47bcc3
 def _predict_request(a):
     from mlops_nb.batch import BatchOptions, PredictRequest, resume_request
-    from mlops_nb.core import ParameterError
     if a.resume: return resume_request(a.resume, _settings(a))
     missing = [n for n, v in (('MODEL_URI', a.model_uri), ('INPUT', a.input), ('--out OUTPUT', a.out)) if not v]
     if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
@@ -1236,7 +1232,6 @@ def cmd_sweep(a) -> int:
     fixed = dict(parse_param_args(a.parameters))
     progress = _SweepProgress('json' if a.json else 'bar')
     kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast, on_event=progress)
-    import contextlib
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout is the JSON document only
     try:
         with quiet: res = _sweep_for(a, s, fixed, kw)
@@ -1250,7 +1245,6 @@ def cmd_sweep(a) -> int:
     return max(0 if res.status == 'FINISHED' else 1, _sweep_reports(a, res))
 
 def _sweep_for(a, s, fixed, kw):
-    from mlops_nb.core import ParameterError
     from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
     if a.resume:
         if a.grid or a.random or a.space or a.sweep_file or a.search or a.trials or a.prune:
@@ -1262,7 +1256,6 @@ def _sweep_for(a, s, fixed, kw):
 
 def _sweep_reports(a, res) -> int:
     from mlops_nb.ci import sweep_cases
-    from mlops_nb.core import job_notebook
     return _ci_reports(a, 'mlops-nb sweep', lambda: sweep_cases(res, notebook=job_notebook(a.notebook) if a.notebook else None))
 
 def _report(res, a):

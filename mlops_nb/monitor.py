@@ -928,7 +928,7 @@ def drift_files(reference: str | Path, # CSV or Parquet file
         ref = load_sample(reference)
         cur = load_sample(current, start=lo, end=hi, model_version=model_version) if log else load_sample(current)
         if on_start: on_start(len(options.columns or [c for c in ref.columns if c in cur.columns]))
-        res = drift(ref, cur, options, on_column=on_column if on_start else None)
+        res = drift(ref, cur, options, on_column=on_column)
     payload = alert_payload(res, window={'start': lo, 'end': hi, 'rows': res.n_current})
     if webhook and res.drifted: payload['webhook'] = post_webhook(webhook, payload)
     return res.to_dict(), payload
