@@ -58,8 +58,12 @@ def imports(mod: str) -> dict[str, int]:
     return out
 
 
+_GRAPHS = {}
+
 def graph() -> dict[str, dict[str, int]]:
-    return {m: imports(m) for m in modules()}
+    "Module -> {module it imports: line}, read once per package folder."
+    if PKG not in _GRAPHS: _GRAPHS[PKG] = {m: imports(m) for m in modules()}
+    return _GRAPHS[PKG]
 
 
 def test_every_module_has_a_layer():
