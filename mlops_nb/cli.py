@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .core import MlopsNbError, get_settings, redact
 from .outputs import check_outputs, check_replace, publish  # a small module: imports only core
+from .procs import supervised
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
@@ -1276,19 +1277,6 @@ def _report_lost(s):
     except MlopsNbError: return  # the command itself says what is wrong with the store
     for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
 
-def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
-    "Run a server in its own process group; Ctrl-C or SIGTERM stop the whole group (SIGKILL after `stop_after` s)."
-    import subprocess
-    p = subprocess.Popen(cmd, start_new_session=True)
-    try: return p.wait()
-    except KeyboardInterrupt:
-        for sig, wait in ((signal.SIGTERM, stop_after), (signal.SIGKILL, None)):
-            try: os.killpg(p.pid, sig)
-            except ProcessLookupError: break
-            try: p.wait(wait); break
-            except subprocess.TimeoutExpired: continue
-        return 0
-
 # %% ../nbs/13_cli.ipynb #668bff6c
 WORKER_COMMANDS = ('run', 'sweep', 'reproduce', 'predict', 'pipeline', 'monitor')  # the commands that run jobs: the warm worker runs them
 
@@ -1384,7 +1372,7 @@ def cmd_ui(a) -> int:
     cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
     if s.tracking_uri.startswith('sqlite:'):
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    return _supervised(cmd)
+    return supervised(cmd)
 
 # %% ../nbs/13_cli.ipynb #cf0e8593
 LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output

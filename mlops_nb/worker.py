@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import MlopsNbError, find_project
+from .procs import die_with_parent, process_alive
 
 # %% auto #0
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
            'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
            'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
-           'WorkerError', 'fingerprint', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command',
-           'RemoteProcess']
+           'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'request', 'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -282,25 +282,6 @@ def changed(fp: dict # as `fingerprint` returned it
     return None
 
 # %% ../nbs/08b_worker.ipynb #d60ea8cf
-def _die_with_parent(parent: int):
-    "SIGKILL this process when `parent` dies (Linux), else a thread that watches for it."
-    try:
-        import ctypes
-        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0: raise OSError('prctl')  # PR_SET_PDEATHSIG
-        if os.getppid() != parent: os._exit(1)  # it died before the call
-    except (OSError, AttributeError, ImportError):
-        def watch():
-            while os.getppid() == parent: time.sleep(0.5)
-            os.kill(os.getpid(), signal.SIGKILL)
-        threading.Thread(target=watch, daemon=True).start()
-
-def set_process_name(name: str):
-    "Name this process as `ps`, `top` and psutil show it (Linux; elsewhere nothing happens)."
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError, ImportError): pass
-
 def _adopt_stdio(fds, encodings: dict):
     "Make `fds` (the client's stdin, stdout, stderr) this process's standard streams."
     import io
@@ -541,7 +522,7 @@ def _fork(self, op: str, msg: dict, fds: list) -> int:
 def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     global ATTACHED
     os.setsid()  # its own session: the client's terminal signals reach it only through the client
-    _die_with_parent(parent)
+    die_with_parent(parent)
     *std, exit_w = fds
     os.set_inheritable(exit_w, False)  # only this process says how the command ended
     _adopt_stdio(std, msg.get('encodings', {}))
@@ -718,7 +699,6 @@ class RemoteProcess:
     def _poll(self, timeout: float):
         if self._code is not None: return
         if self._lost:  # the worker died: the job was its child, so only whether it still lives can be known
-            from mlops_nb.core import process_alive
             if not process_alive(self.pid): self._code = -signal.SIGKILL
             else: time.sleep(min(timeout, 0.2))
             return
