@@ -5,6 +5,7 @@
 # %% ../nbs/08b_worker.ipynb #90ba9b92
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import json
@@ -20,14 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import MlopsNbError, find_project
-from .procs import die_with_parent, process_alive
+from .core import MlopsNbError, Registry, find_project, get_settings
+from .procs import die_with_parent, process_alive, pss
 
 # %% auto #0
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
-           'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
-           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
-           'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'request', 'run_command', 'RemoteProcess']
+           'JOB_PROCESS', 'ATTACHED', 'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload',
+           'notebook_imports', 'html_exporter', 'warm', 'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir',
+           'worker_paths', 'worker_enabled', 'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start',
+           'request', 'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -174,9 +176,9 @@ ATTACHED = None  # in a process forked by the worker: its `WorkerPaths` (jobs th
 
 @dataclass
 class WorkerPaths:
-    "Files of one worker: `KEY.sock`, `KEY.lock`, `KEY.log`, `KEY.json` in `.mlops_nb/worker/`."
-    dir: Path  # the project's `.mlops_nb/worker`
-    key: str  # hash of interpreter, environment and project
+    "Files of one worker: `KEY.sock`, `KEY.lock`, `KEY.log`, `KEY.json` in the user's worker folder."
+    dir: Path  # `worker_dir()`
+    key: str  # hash of the interpreter and the Python environment
     @property
     def sock(self) -> Path: return self.dir / f'{self.key}.sock'
     @property
@@ -186,13 +188,21 @@ class WorkerPaths:
     @property
     def info(self) -> Path: return self.dir / f'{self.key}.json'
 
-def worker_paths(cwd: str | Path | None = None # where the command runs; os.getcwd() if None
-                ) -> WorkerPaths:
-    "Where the worker for this project and this Python environment lives."
-    here = Path(cwd or os.getcwd()).resolve()
-    project = find_project(here) or here
-    ident = '\0'.join([os.path.realpath(sys.executable), sys.prefix, sys.version, os.environ.get('PYTHONPATH', ''), str(project)])
-    return WorkerPaths(project / '.mlops_nb' / 'worker', hashlib.sha256(ident.encode()).hexdigest()[:12])
+def worker_dir() -> Path:
+    "The user's folder for workers: `MLOPS_NB_WORKER_DIR`, else `$XDG_RUNTIME_DIR/mlops_nb`, else `~/.cache/mlops_nb/worker`."
+    if d := os.environ.get('MLOPS_NB_WORKER_DIR', '').strip(): return Path(d).expanduser().resolve()
+    run = os.environ.get('XDG_RUNTIME_DIR', '').strip()
+    try:
+        if run and os.stat(run).st_uid == os.getuid(): return Path(run) / 'mlops_nb'  # the user's own, in memory, per boot
+    except OSError: pass
+    home = os.path.expanduser('~')
+    if home == '~': return Path('/tmp') / f'mlops_nb-{os.getuid()}' / 'worker'  # no home folder at all
+    return Path(home) / '.cache' / 'mlops_nb' / 'worker'
+
+def worker_paths() -> WorkerPaths:
+    "Where the worker of this user and this Python environment lives (the same from every folder)."
+    ident = '\0'.join([os.path.realpath(sys.executable), sys.prefix, sys.version, os.environ.get('PYTHONPATH', '')])
+    return WorkerPaths(worker_dir(), hashlib.sha256(ident.encode()).hexdigest()[:12])
 
 # %% ../nbs/08b_worker.ipynb #665c7de2
 _NO = ('0', 'false', 'no', 'off')
@@ -281,6 +291,64 @@ def changed(fp: dict # as `fingerprint` returned it
         if _stat(p) != sig: return p
     return None
 
+# %% ../nbs/08b_worker.ipynb #efd2a63c
+OPERATIONS = Registry('worker operation')  # name -> what a forked process runs; registered by the modules above (cli, engine)
+
+def _provider(name: str) -> str | None:
+    "The module that registered operation `name` in this process (the worker imports it when it has not)."
+    return getattr(OPERATIONS.get(name), '__module__', None) if name in OPERATIONS else None
+
+# %% ../nbs/08b_worker.ipynb #146530b6
+STORE_IDLE, MAX_STORES = 300.0, 8  # seconds an unused project's store stays open in the worker; how many at most
+
+def _release_connections():
+    "Close the pooled connections of MLflow's SQLAlchemy engines: a forked process must open its own, never share the parent's."
+    for mod in ('mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store'):
+        store = getattr(sys.modules.get(mod), 'SqlAlchemyStore', None)
+        for engine in list(getattr(store, '_engine_map', {}).values()):
+            try: engine.dispose()
+            except Exception: pass
+
+def _forget_stores(uris):
+    "Drop MLflow's cached stores and engines of `uris` (MLflow keeps every store it opened for the life of the process)."
+    from mlflow.tracking._model_registry import utils as models
+    from mlflow.tracking._tracking_service import utils as runs
+    from mlops_nb import tracking
+    for reg in (runs._tracking_store_registry, models._get_store_registry()):
+        type(reg)._get_store_with_resolved_uri.cache_clear()  # an lru_cache: all or nothing; `_Stores` reopens the ones kept
+    for mod in ('mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store'):
+        engines = getattr(getattr(sys.modules.get(mod), 'SqlAlchemyStore', None), '_engine_map', {})
+        for u in uris:
+            if (e := engines.pop(u, None)) is not None: e.dispose()
+    tracking._READY.difference_update(uris)
+
+# %% ../nbs/08b_worker.ipynb #6b6aa46d
+class _Stores:
+    "The projects' SQLite stores this worker holds open, each released when unused for `idle` seconds."
+    def __init__(self, idle: float = STORE_IDLE, most: int = MAX_STORES): self.idle, self.most, self.open = idle, most, {}
+
+    def use(self, settings) -> bool:
+        "Open the store of `settings` (a SQLite file that exists), or mark it used; whether it is open."
+        from mlops_nb.tracking import _sqlite_path, client
+        db = _sqlite_path(settings.tracking_uri)
+        if db is None or not db.exists(): return False
+        try: client(settings)
+        except MlopsNbError: return False
+        finally: _release_connections()
+        self.open[settings.tracking_uri] = (settings, time.time())
+        return True
+
+    def release_idle(self, now: float | None = None) -> list[str]:
+        "Release the stores unused for `idle` s, beyond the `most` newest, or whose file is gone; the URIs released."
+        now = time.time() if now is None else now
+        newest = sorted(self.open, key=lambda u: self.open[u][1], reverse=True)[:self.most]
+        gone = [u for u, (s, t) in self.open.items() if u not in newest or now - t > self.idle or not Path(u[len('sqlite:///'):]).exists()]
+        if not gone: return []
+        _forget_stores(gone)
+        for u in gone: del self.open[u]
+        for u, (s, t) in list(self.open.items()): self.use(s); self.open[u] = (s, t)  # reopened: the cache went as a whole
+        return gone
+
 # %% ../nbs/08b_worker.ipynb #d60ea8cf
 def _adopt_stdio(fds, encodings: dict):
     "Make `fds` (the client's stdin, stdout, stderr) this process's standard streams."
@@ -295,13 +363,16 @@ def _adopt_stdio(fds, encodings: dict):
     sys.stdin, sys.stdout, sys.stderr = stream(0, 'r', 'stdin'), stream(1, 'w', 'stdout'), stream(2, 'w', 'stderr')
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
 
-def _release_connections():
-    "Close the pooled connections of MLflow's SQLAlchemy engines: a forked process must open its own, never share the parent's."
-    for mod in ('mlflow.store.tracking.sqlalchemy_store', 'mlflow.store.model_registry.sqlalchemy_store'):
-        store = getattr(sys.modules.get(mod), 'SqlAlchemyStore', None)
-        for engine in list(getattr(store, '_engine_map', {}).values()):
-            try: engine.dispose()
-            except Exception: pass
+def _forget_shadowed(folder: str):
+    "Drop the imported modules a file of `folder` shadows (`name.py`, `name/__init__.py`): a job there imports its own, as a new process would."
+    try: names = os.listdir(folder)
+    except OSError: return
+    tops = {m for m in sys.modules if '.' not in m} - set(sys.builtin_module_names) - {'__main__'}
+    for name in tops & ({n[:-3] for n in names if n.endswith('.py')} | set(names)):
+        mine = [p for p in (os.path.join(folder, f'{name}.py'), os.path.join(folder, name, '__init__.py')) if os.path.isfile(p)]
+        f = getattr(sys.modules[name], '__file__', None)
+        if not mine or (f and os.path.realpath(f) in map(os.path.realpath, mine)): continue  # the same file: mlops_nb in its own repository
+        for m in [m for m in sys.modules if m == name or m.startswith(name + '.')]: del sys.modules[m]
 
 def _exit_code(e: SystemExit) -> int:
     if e.code is None: return 0
@@ -309,118 +380,149 @@ def _exit_code(e: SystemExit) -> int:
     print(e.code, file=sys.stderr); return 1
 
 # %% ../nbs/08b_worker.ipynb #183537fa
+def _max_bytes() -> int:
+    "`MLOPS_NB_WORKER_MAX_MB` in bytes (default 1024 MB): past it, the worker preloads no more of the notebooks' imports."
+    v = os.environ.get('MLOPS_NB_WORKER_MAX_MB', '').strip()
+    try: return int(float(v) * 2**20) if v else 2**30
+    except ValueError: return 2**30
+
 class _Worker:
-    "The worker's process: one `select` loop over its socket, forking commands and jobs."
+    "The worker's process: one `select` loop over its socket, forking commands and jobs for every project of its environment."
     def __init__(self, paths: WorkerPaths, idle: float):
         self.paths, self.idle = paths, idle
         self.started = self.last = time.time()
         self.children: dict[int, tuple[str, socket.socket | None]] = {}
         self.counts = {'commands': 0, 'jobs': 0}
+        self.projects: dict[str, dict] = {}  # project folder -> what was served there, its store
+        self.stores, self.max_bytes = _Stores(), _max_bytes()
         self.stopping, self.why = False, None
-        self.fp, self.failed, self.store_open = {}, [], False
+        self.fp, self.failed, self.skipped = {}, [], []
 
     def status(self) -> dict:
+        now, size = time.time(), pss(os.getpid())
+        projects = [{'path': p, 'commands': e['commands'], 'jobs': e['jobs'], 'idle_s': round(now - e['last'], 1),
+                     'store': e.get('store') if e.get('store') in self.stores.open else None} for p, e in self.projects.items()]
         return {'pid': os.getpid(), 'socket': str(self.paths.sock), 'log': str(self.paths.log), 'python': sys.executable,
-                'started': self.started, 'uptime_s': round(time.time() - self.started, 1), 'idle_timeout_s': self.idle,
-                'idle_s': round(time.time() - self.last, 1), 'running': {k: sum(1 for v in self.children.values() if v[0] == k)
-                                                                          for k in ('command', 'job')},
-                'served': dict(self.counts), 'modules': len(sys.modules), 'watched_files': len(self.fp),
-                'preload_failed': self.failed, 'stopping': self.stopping}
+                'started': self.started, 'uptime_s': round(now - self.started, 1), 'idle_timeout_s': self.idle,
+                'idle_s': round(now - self.last, 1), 'running': {k: sum(1 for v in self.children.values() if v[0] == k)
+                                                                  for k in ('command', 'job')},
+                'served': dict(self.counts), 'projects': projects, 'modules': len(sys.modules), 'watched_files': len(self.fp),
+                'pss_mb': None if size is None else round(size / 2**20, 1), 'max_mb': round(self.max_bytes / 2**20),
+                'preload_failed': self.failed, 'preload_skipped': self.skipped, 'stopping': self.stopping}
 
-    def _load(self, names=(), jobs: bool = True):
-        "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
-        lean_jsonschema()
-        self.failed += preload(names)
-        if jobs:
-            self.failed += warm()
-            try:
-                from mlops_nb.tracking import environment_txt
-                environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
-            except Exception: pass
-        self.fp = {**fingerprint([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
+    def _note(self, kind: str, cwd: str, env: dict | None = None):
+        "Count a command or job for the project of `cwd`; after a command, its store is opened (between requests)."
+        here = Path(cwd or '/')
+        e = self.projects.setdefault(str(find_project(here) or here), {'commands': 0, 'jobs': 0})
+        e[kind + 's'] += 1; e['last'] = time.time()
+        if env is not None: e['pending'] = (cwd, env)
 
-    def _open_store(self):
-        "Open the project's SQLite store once, so commands and jobs skip connecting to it and checking its schema (0.2 s each)."
-        if self.store_open: return
+# %% ../nbs/08b_worker.ipynb #7657b6b3
+def _load(self, names=(), jobs: bool = True):
+    "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
+    lean_jsonschema()
+    names = [n.strip() for n in names if n.strip() and n.strip() not in sys.modules]
+    if names and (size := pss(os.getpid()) or 0) > self.max_bytes:  # bounded: jobs import the rest themselves
+        self.skipped += names
+        print(f"not preloading {', '.join(names)}: the worker's PSS is {size / 2**20:.0f} MB, over MLOPS_NB_WORKER_MAX_MB", flush=True)
+        names = []
+    self.failed += preload(names)
+    if jobs:
+        self.failed += warm()
         try:
-            from mlops_nb.core import get_settings
-            from mlops_nb.tracking import _sqlite_path, client
-            s = get_settings(cwd=self.paths.dir.parent.parent)
-            db = _sqlite_path(s.tracking_uri)
-            if db is None or not db.exists(): return  # a server has no schema to check here; a store not made yet is made by a command
-            client(s)
-            self.store_open = True
-        except Exception: pass
-        finally: _release_connections()
+            from mlops_nb.tracking import environment_txt
+            environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
+        except Exception: pass  # an optional speed-up: a job computes it itself
+    gc.collect(); gc.freeze()  # what is loaded stays out of the collector: forked processes do not touch (and copy) its pages
+    self.fp = {**fingerprint(), **self.fp}  # a file already watched keeps the state it had when imported
 
-    def _bind(self):
-        self.paths.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.paths.dir, 0o700)
-        s, keep = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), []
-        old = os.umask(0o177)  # the socket file is created owner-only
-        try: s.bind(_address(self.paths.sock, keep))
-        finally:
-            os.umask(old)
-            for fd in keep: os.close(fd)
-        os.chmod(self.paths.sock, 0o600)
-        self.ino = os.stat(self.paths.sock).st_ino
-        s.listen(64)
-        return s
+def _open_stores(self):
+    "Between requests, nothing running: open the stores of the projects just served; release the idle ones."
+    for e in self.projects.values():
+        if (pending := e.pop('pending', None)) is None: continue
+        try: s = get_settings(cwd=pending[0], env=pending[1])
+        except MlopsNbError: continue  # the command said what is wrong with its settings
+        if self.stores.use(s): e['store'] = s.tracking_uri
+    self.stores.release_idle()
+    for p in [p for p in self.projects if not os.path.isdir(p)]: del self.projects[p]  # a folder deleted since
 
-    def serve(self):
-        import selectors
-        self.settings_file = self.paths.dir.parent.parent / 'settings.ini'
-        t0 = time.time()
-        self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
-        self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
-        self.sel = selectors.DefaultSelector()
-        self.listener = self._bind()
-        self.sel.register(self.listener, selectors.EVENT_READ, ('accept', None))
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False); os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop('SIGTERM'))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.sel.register(wake_r, selectors.EVENT_READ, ('wake', None))
-        self.paths.info.write_text(json.dumps({'pid': os.getpid(), 'started': self.started, 'socket': str(self.paths.sock)}))
-        print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} in {time.time() - t0:.2f} s ({len(sys.modules)} modules, "
-              f"{len(self.fp)} files watched, idle timeout {self.idle:g} s)", flush=True)
-        try:
-            while True:
-                for key, _ in self.sel.select(timeout=1.0):
-                    what, arg = key.data
-                    if what == 'accept': self._accept()
-                    elif what == 'wake':
-                        try: os.read(wake_r, 512)
-                        except BlockingIOError: pass
-                    else: self._from_client(key.fileobj, arg)
-                if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
-                elif not self.children: self._open_store()
-                self._reap()
-                if not self.children and (self.stopping or time.time() - self.last > self.idle): break
-        finally: self._close()
-        print(f"mlops_nb worker {os.getpid()} exits ({self.why or 'idle'}); served {self.counts}", flush=True)
+_Worker._load, _Worker._open_stores = _load, _open_stores
 
-    def stop(self, why: str):
-        "Take the socket away (new commands start a new worker); exit once the running commands and jobs end."
-        if self.stopping: return
-        self.stopping, self.why = True, why
-        self._unlink()
-        try: self.sel.unregister(self.listener)
-        except (KeyError, ValueError): pass
-        self.listener.close()
+# %% ../nbs/08b_worker.ipynb #ae3282b1
+def _bind(self):
+    self.paths.dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(self.paths.dir, 0o700)
+    s, keep = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), []
+    old = os.umask(0o177)  # the socket file is created owner-only
+    try: s.bind(_address(self.paths.sock, keep))
+    finally:
+        os.umask(old)
+        for fd in keep: os.close(fd)
+    os.chmod(self.paths.sock, 0o600)
+    self.ino = os.stat(self.paths.sock).st_ino
+    s.listen(64)
+    return s
 
-    def _unlink(self):
-        try:
-            if os.stat(self.paths.sock).st_ino == self.ino: os.unlink(self.paths.sock)  # not a newer worker's
-        except OSError: pass
+def _serve(self):
+    import selectors
+    t0 = time.time()
+    self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
+    self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
+    self.sel = selectors.DefaultSelector()
+    self.listener = self._bind()
+    self.sel.register(self.listener, selectors.EVENT_READ, ('accept', None))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False); os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: self.stop('SIGTERM'))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    self.sel.register(wake_r, selectors.EVENT_READ, ('wake', None))
+    self.paths.info.write_text(json.dumps({'pid': os.getpid(), 'started': self.started, 'socket': str(self.paths.sock)}))
+    print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} in {time.time() - t0:.2f} s ({len(sys.modules)} modules, "
+          f"{len(self.fp)} files watched, idle timeout {self.idle:g} s)", flush=True)
+    try: self._loop(wake_r)
+    finally: self._close()
+    print(f"mlops_nb worker {os.getpid()} exits ({self.why or 'idle'}); served {self.counts} in {len(self.projects)} project(s)", flush=True)
 
-    def _close(self):
-        self._unlink()
-        try:
-            if json.loads(self.paths.info.read_text()).get('pid') == os.getpid(): self.paths.info.unlink()
-        except (OSError, ValueError): pass
+def _loop(self, wake_r: int):
+    while True:
+        for key, _ in self.sel.select(timeout=1.0):
+            what, arg = key.data
+            if what == 'accept': self._accept()
+            elif what == 'wake':
+                try: os.read(wake_r, 512)
+                except BlockingIOError: pass
+            else: self._from_client(key.fileobj, arg)
+        if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
+        elif not self.children: self._open_stores()
+        self._reap()
+        if not self.children and (self.stopping or time.time() - self.last > self.idle): break
+
+_Worker._bind, _Worker.serve, _Worker._loop = _bind, _serve, _loop
+
+# %% ../nbs/08b_worker.ipynb #0af552fc
+def _unlink(self):
+    try:
+        if os.stat(self.paths.sock).st_ino == self.ino: os.unlink(self.paths.sock)  # not a newer worker's
+    except OSError: pass
+
+def _close(self):
+    self._unlink()
+    try:
+        if json.loads(self.paths.info.read_text()).get('pid') == os.getpid(): self.paths.info.unlink()
+    except (OSError, ValueError): pass
+
+def _stop(self, why: str):
+    "Take the socket away (new commands start a new worker); exit once the running commands and jobs end."
+    if self.stopping: return
+    self.stopping, self.why = True, why
+    self._unlink()
+    try: self.sel.unregister(self.listener)
+    except (KeyError, ValueError): pass
+    self.listener.close()
+
+_Worker._unlink, _Worker._close, _Worker.stop = _unlink, _close, _stop
 
 # %% ../nbs/08b_worker.ipynb #5caf06ed
 def _peer_uid(conn: socket.socket) -> int | None:
@@ -428,7 +530,6 @@ def _peer_uid(conn: socket.socket) -> int | None:
     except (AttributeError, OSError): return None  # no SO_PEERCRED here: the 0600 socket in a 0700 folder is the guard
 
 def _accept(self):
-    import selectors
     try: conn, _ = self.listener.accept()
     except OSError: return
     uid = _peer_uid(conn)
@@ -438,19 +539,8 @@ def _accept(self):
     try: msg, fds = _recv(conn, maxfds=8)
     except (OSError, EOFError, pickle.UnpicklingError): conn.close(); return
     op = (msg or {}).get('op')
-    if op in ('command', 'job'): self.last = time.time()  # asking for the status is not work
     try:
-        if op in ('command', 'job'):
-            why = self.why if self.stopping else None
-            if why is None and (p := changed(self.fp)): why = f"{p} changed"; self.stop(why)
-            if why: _send(conn, {'stale': why}); conn.close(); return
-            if op == 'command': self.later += msg.get('preload') or []  # imported once this command is forked, before its jobs
-            pid = self._fork(op, msg, fds)
-            self.children[pid] = (op, conn)
-            self.counts[op + 's'] += 1
-            _send(conn, {'pid': pid})
-            if op == 'command': self.sel.register(conn, selectors.EVENT_READ, ('client', pid))
-            return
+        if op in ('command', 'job'): self._take(conn, msg, fds); return
         if op == 'status': _send(conn, self.status())
         elif op == 'stop':
             _send(conn, self.status())
@@ -465,6 +555,29 @@ def _kill(pid: int, sig=signal.SIGKILL):
     try: os.kill(pid, sig)
     except (ProcessLookupError, PermissionError): pass
 
+# %% ../nbs/08b_worker.ipynb #9e95574b
+def _take(self, conn: socket.socket, msg: dict, fds: list):
+    "Fork the process a `command` or `job` request asks for, or say why not."
+    import selectors
+    op, run = msg['op'], msg.get('run', msg['op'])
+    self.last = time.time()
+    why = self.why if self.stopping else None
+    if why is None and (p := changed(self.fp)): why = f"{p} changed"; self.stop(why)
+    if why: _send(conn, {'stale': why}); conn.close(); return
+    if run not in OPERATIONS and msg.get('provider'): self.failed += preload([msg['provider']])  # the module registers it
+    if run not in OPERATIONS:
+        _send(conn, {'error': f"no worker operation {run!r} (registered: {', '.join(OPERATIONS.names())})"}); conn.close(); return
+    if op == 'command':
+        self.later += msg.get('preload') or []  # imported once this command is forked, before its jobs
+        if msg.get('idle'): self.idle = float(msg['idle'])
+    self._note(op, msg.get('cwd'), msg.get('env') if op == 'command' else None)
+    pid = self._fork(op, msg, fds)
+    self.children[pid] = (op, conn)
+    self.counts[op + 's'] += 1
+    _send(conn, {'pid': pid})
+    if op == 'command': self.sel.register(conn, selectors.EVENT_READ, ('client', pid))
+
+# %% ../nbs/08b_worker.ipynb #5b97fe6a
 def _from_client(self, conn, pid: int):
     "A message from a command's client: a signal to pass on; or the client is gone: kill the command (its jobs see that)."
     try: msg, _ = _recv(conn)
@@ -491,7 +604,7 @@ def _reap(self):
             except (KeyError, ValueError): pass
         conn.close()
 
-_Worker._accept, _Worker._from_client, _Worker._reap = _accept, _from_client, _reap
+_Worker._accept, _Worker._take, _Worker._from_client, _Worker._reap = _accept, _take, _from_client, _reap
 
 # %% ../nbs/08b_worker.ipynb #37388d89
 def _fork(self, op: str, msg: dict, fds: list) -> int:
@@ -528,11 +641,10 @@ def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     _adopt_stdio(std, msg.get('encodings', {}))
     os.chdir(msg['cwd'])
     os.environ.clear(); os.environ.update(msg['env'])
-    sys.argv = [msg.get('prog', 'mlops-nb'), *msg['argv']]
+    sys.argv = [msg.get('prog', 'mlops-nb'), *msg['args']]
     ATTACHED = self.paths
     import atexit
-    from mlops_nb.cli import main
-    try: rc = main(msg['argv'], worker=False)
+    try: rc = OPERATIONS.get(msg.get('run', 'command'))(msg['args'])
     except SystemExit as e: rc = _exit_code(e)
     except BaseException:
         import traceback; traceback.print_exc(); rc = 1
@@ -543,11 +655,10 @@ def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     return rc
 
 def _run_job(self, msg: dict, fds: list, parent: int) -> int:
-    from multiprocessing.connection import Connection
-    from mlops_nb.engine import _child
     report, *std = fds
     _adopt_stdio(std, msg.get('encodings', {}))
-    _child(msg['job'], Connection(report))
+    _forget_shadowed(msg.get('cwd') or '')  # the job's folder goes first on its sys.path: its own modules win
+    OPERATIONS.get(msg.get('run', 'job'))(msg['args'], report)
     return 0
 
 _Worker._fork = _fork
@@ -584,10 +695,12 @@ class _Lock:
 def start(paths: WorkerPaths | None = None, # the worker's files; this project's if None
           wait: float = 180.0, # seconds to wait for a new worker to listen
          ) -> socket.socket:
-    "A connection to the project's worker, starting the worker if none listens."
+    "A connection to this environment's worker, starting the worker if none listens."
     paths = paths or worker_paths()
     if (s := _connect(paths.sock)) is not None: return s
     paths.dir.mkdir(parents=True, exist_ok=True)
+    if paths.dir.stat().st_uid != os.getuid():
+        raise WorkerError(f"{paths.dir} belongs to another user.", hint='Set MLOPS_NB_WORKER_DIR to a folder of your own.')
     os.chmod(paths.dir, 0o700)
     with _Lock(paths.lock):
         if (s := _connect(paths.sock)) is not None: return s  # another command started it meanwhile
@@ -640,21 +753,24 @@ def _umask() -> int:
 
 def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got them
                 preload=(), # modules the worker should import first (what the command's notebooks import)
-                paths: WorkerPaths | None = None, # the worker's files; this project's if None
+                paths: WorkerPaths | None = None, # the worker's files; this environment's if None
+                op: str = 'command', # the registered operation that runs it (`mlops_nb.cli` registers `command`)
                ) -> int | None:
     "Run `mlops-nb ARGV` in a process forked from the warm worker, on this process's terminal; its exit code (None: no worker)."
-    paths = paths or worker_paths()
+    paths, idle = paths or worker_paths(), idle_timeout()
     for attempt in range(3):
         s = start(paths)
         exit_r, exit_w = os.pipe()
         try:
-            _send(s, {'op': 'command', 'argv': list(argv), 'prog': os.path.basename(sys.argv[0] or 'mlops-nb'), 'cwd': os.getcwd(),
-                      'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'encodings': _encodings()},
+            _send(s, {'op': 'command', 'run': op, 'provider': _provider(op), 'args': list(argv), 'prog': os.path.basename(sys.argv[0] or 'mlops-nb'),
+                      'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'encodings': _encodings(),
+                      'idle': idle},
                   fds=[*_std_fds(), exit_w])
             reply = _recv(s)[0]
         except (OSError, EOFError): reply = None
         finally: os.close(exit_w)
         if reply and 'pid' in reply: return _follow(s, exit_r, reply['pid'])
+        if reply and 'error' in reply: s.close(); os.close(exit_r); raise WorkerError(reply['error'])
         s.close(); os.close(exit_r)  # a stale worker (it stops taking work) or one that died: start a new one
     return None
 
@@ -678,10 +794,13 @@ def _follow(s: socket.socket, exit_r: int, pid: int) -> int:
 # %% ../nbs/08b_worker.ipynb #48f6d1f1
 class RemoteProcess:
     "A job's process forked by the worker for this command: `pid`, `exitcode`, `join` as `multiprocessing.Process`."
-    def __init__(self, job: dict, # the job, as the engine's job body takes it
+    def __init__(self, job, # the job, as the registered operation `op` takes it
                  report_fd: int, # write end of the pipe the job sends its report on
-                 paths: WorkerPaths | None = None):
-        self.job, self.report_fd, self.paths = job, report_fd, paths or ATTACHED
+                 paths: WorkerPaths | None = None, # the worker's files; the one this command runs in if None
+                 op: str = 'job', # the registered operation that runs it (`mlops_nb.engine` registers `job`)
+                 cwd: str | None = None, # the job's folder: its modules shadow the worker's; the working directory if None
+                ):
+        self.job, self.report_fd, self.paths, self.op, self.cwd = job, report_fd, paths or ATTACHED, op, cwd or os.getcwd()
         self.pid, self._code, self._sock, self._lost = None, None, None, False
 
     def start(self):
@@ -689,11 +808,13 @@ class RemoteProcess:
         s = _connect(self.paths.sock) if self.paths else None
         if s is None: raise WorkerError('no worker is listening')
         try:
-            _send(s, {'op': 'job', 'job': self.job, 'umask': _umask(), 'encodings': _encodings()}, fds=[self.report_fd, *_std_fds()])
+            _send(s, {'op': 'job', 'run': self.op, 'provider': _provider(self.op), 'args': self.job, 'cwd': self.cwd, 'umask': _umask(),
+                      'encodings': _encodings()}, fds=[self.report_fd, *_std_fds()])
             reply = _recv(s)[0]
         except (OSError, EOFError): reply = None
         if not reply or 'pid' not in reply:
-            s.close(); raise WorkerError(f"the worker did not fork the job: {(reply or {}).get('stale', 'it closed the connection')}")
+            why = (reply or {}).get('stale') or (reply or {}).get('error') or 'it closed the connection'
+            s.close(); raise WorkerError(f"the worker did not fork the job: {why}")
         self.pid, self._sock = reply['pid'], s
 
     def _poll(self, timeout: float):
