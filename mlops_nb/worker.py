@@ -635,6 +635,7 @@ def _fork(self, op: str, msg: dict, fds: list) -> int:
             except Exception: pass
         os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 
+# %% ../nbs/08b_worker.ipynb #f0rk0002
 def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     global ATTACHED
     os.setsid()  # its own session: the client's terminal signals reach it only through the client
@@ -695,6 +696,7 @@ class _Lock:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
     def __exit__(self, *exc): os.close(self.fd)
 
+# %% ../nbs/08b_worker.ipynb #st4rt002
 def start(paths: WorkerPaths | None = None, # the worker's files; this project's if None
           wait: float = 180.0, # seconds to wait for a new worker to listen
          ) -> socket.socket:
@@ -754,6 +756,7 @@ def _encodings() -> dict:
 def _umask() -> int:
     m = os.umask(0o022); os.umask(m); return m
 
+# %% ../nbs/08b_worker.ipynb #runc0002
 def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got them
                 preload=(), # modules the worker should import first (what the command's notebooks import)
                 paths: WorkerPaths | None = None, # the worker's files; this environment's if None
