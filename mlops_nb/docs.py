@@ -702,8 +702,9 @@ def template_files(pkg: str # the package name
                   ) -> dict[str, str]:
     "Every file of a new project: relative path -> text, `__PKG__` replaced by `pkg` in both."
     tpl = template_dir()
-    files = sorted(p for p in tpl.rglob('*') if p.is_file() and '__pycache__' not in p.parts)  # an installed wheel's byte-code is not the template
-    return {p.relative_to(tpl).as_posix().replace('__PKG__', pkg): p.read_text(encoding='utf-8').replace('__PKG__', pkg) for p in files}
+    files = sorted(p for p in tpl.rglob('*') if p.is_file() and '__pycache__' not in p.parts)
+    name = lambda p: re.sub(r'\.tmpl$', '', p.relative_to(tpl).as_posix()).replace('__PKG__', pkg)
+    return {name(p): p.read_text(encoding='utf-8').replace('__PKG__', pkg) for p in files}
 
 # %% ../nbs/12a_docs.ipynb #2f39943e
 def init_project(path: str | Path, # the new project's folder (created; must be empty if it exists)
