@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import MlopsNbError, find_project
+from .postprocess import html_exporter
 
 # %% auto #0
-__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
-           'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
-           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
-           'WorkerError', 'fingerprint', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command',
-           'RemoteProcess']
+__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'JOB_PROCESS', 'ATTACHED',
+           'lean_jsonschema', 'preload', 'notebook_imports', 'warm', 'forkserver_context', 'warm_up', 'WorkerPaths',
+           'worker_paths', 'worker_enabled', 'idle_timeout', 'WorkerError', 'fingerprint', 'changed',
+           'set_process_name', 'serve', 'start', 'request', 'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -85,7 +85,8 @@ def notebook_imports(notebooks) -> list[str]:
                     mods.append(node.module)
                     if node.module == 'mlops_nb': mods += [f'mlops_nb.{a.name}' for a in node.names if a.name in MODEL_USERS]
     if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
-    if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
+    if any(m.split('.')[0] == 'mlflow' or m.replace('mlops_nb.', '', 1) in MODEL_USERS for m in mods): mods += MLFLOW_STORE_MODULES
+    # `record` alone needs no MLflow in the job: its values wait in the job's spool until its runner sends them (see `tracking`)
     if any(m in MODEL_USERS or m.startswith('mlflow.sklearn') for m in (x.replace('mlops_nb.', '', 1) for x in mods)):
         mods += MODEL_MODULES  # loading or logging a model imports MLflow's flavour and most of scikit-learn: about a second
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
@@ -93,24 +94,6 @@ def notebook_imports(notebooks) -> list[str]:
     return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
 
 # %% ../nbs/08b_worker.ipynb #d095a27c
-HTML_EXPORTER = None  # built once by `warm`, so every job's HTML render skips loading nbconvert's templates
-
-def html_exporter():
-    "nbconvert's HTML exporter, built and exercised once per process (None if nbconvert cannot)."
-    global HTML_EXPORTER
-    if HTML_EXPORTER is not None: return HTML_EXPORTER
-    try:
-        from nbconvert import HTMLExporter
-        import nbformat
-        exporter, v4 = HTMLExporter(), nbformat.v4
-        sample = v4.new_notebook(cells=[v4.new_markdown_cell('# t\n*x* <b>y</b>'), v4.new_code_cell('1', outputs=[
-            v4.new_output('stream', name='stdout', text='a'), v4.new_output('display_data', data={'text/html': '<b>h</b>', 'text/plain': 'h'}),
-            v4.new_output('error', ename='E', evalue='e', traceback=['\x1b[31mE\x1b[0m'])])])
-        exporter.from_notebook_node(sample)  # compiles the template and loads the markdown and HTML machinery now
-        HTML_EXPORTER = exporter
-    except BaseException: pass
-    return HTML_EXPORTER
-
 def warm(extra=() # more modules to import, e.g. those the notebooks about to run import
         ) -> list[str]:
     "Import what every job needs, `extra` and `MLOPS_NB_WARM_MODULES`, and build the HTML exporter; the modules that failed."
@@ -361,6 +344,7 @@ class _Worker:
     def _open_store(self):
         "Open the project's SQLite store once, so commands and jobs skip connecting to it and checking its schema (0.2 s each)."
         if self.store_open: return
+        if 'mlflow.store.tracking.sqlalchemy_store' not in sys.modules: self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)
         try:
             from mlops_nb.core import get_settings
             from mlops_nb.tracking import _sqlite_path, client
@@ -390,7 +374,8 @@ class _Worker:
         import selectors
         self.settings_file = self.paths.dir.parent.parent / 'settings.ini'
         t0 = time.time()
-        self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
+        self._load(('mlops_nb.cli', 'mlops_nb.jobs'), jobs=False)  # what a command needs first; no MLflow: a cold command
+        # imports it itself while this process loads what its job needs, each on a core (MLflow comes later, when idle)
         self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
         self.sel = selectors.DefaultSelector()
         self.listener = self._bind()
