@@ -61,11 +61,12 @@ def test_cold_job_that_dies_at_once_is_failed_with_its_records_and_partial_noteb
     r = mlops_nb('run', nb, '--json', cwd=workdir, timeout=300)
     assert r.returncode == 1, r.stderr
     res = json.loads(r.stdout)
-    assert res['error']['reason'] == 'kernel_died' and res['error']['cell'] == 4  # Secret import, params, injected, record, kill
+    assert res['error']['reason'] == 'kernel_died' and res['error']['cell'] == 3  # Secret import, params, record, kill (no -p: no injected cell)
     run = _client(workdir).get_run(res['run_id'])
     assert run.info.status == 'FAILED' and run.data.metrics['before'] == 1.0
     partial = nbformat.read(res['output'], as_version=4)
-    assert 'about to die' in nbformat.writes(partial) and partial.cells[5].metadata.papermill.status == 'failed'
+    failed = [c.source for c in partial.cells if c.get('metadata', {}).get('papermill', {}).get('status') == 'failed']
+    assert 'about to die' in nbformat.writes(partial) and failed == ['os.kill(os.getpid(), signal.SIGKILL)']
     assert [x.info.status for x in _runs(workdir)] == ['FAILED']
 
 
