@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import tracking, worker
-from .core import REDACTED, JobFailed, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
+from .core import REDACTED, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
 from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
 # IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
 # and only a job's process (or the warm worker) needs them (IPython's shell 0.3-0.5 s, papermill 0.5-1 s on this machine).
@@ -313,7 +313,6 @@ def register_engine(name: str, # the name `--engine` takes
 def papermill_engine(name: str # an engine name, as `--engine` takes it
                     ) -> str | None:
     "The papermill engine `name` runs; a `ParameterError` naming the choices when it is unknown."
-    from mlops_nb.core import ParameterError
     if name not in ENGINES:
         raise ParameterError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINES.names())}.",
                              hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
@@ -397,7 +396,6 @@ def failure(e: BaseException) -> dict:
 # %% ../nbs/08a_engine.ipynb #13d205f8
 def _recorded() -> dict:
     "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
-    from mlops_nb import tracking
     run = tracking._ATTACHED
     if run is None: return {}
     ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))

@@ -329,8 +329,6 @@ def _stripped(executed, dst: Path) -> Path:
 
 def _data_check(run, run_id: str, base: Path):
     "Refuse (DataError) when a local data file given to `log_dataset` is gone or changed (relative paths from `base`)."
-    from mlops_nb.core import DataError
-    from mlops_nb.tracking import file_sha256
     tags = run.data.tags
     for k, src in tags.items():
         if not k.startswith(f'{TAG}data_source.'): continue
@@ -347,8 +345,6 @@ def _data_check(run, run_id: str, base: Path):
 
 def _files_check(reads: dict | None, run_id: str) -> int | None:
     "Refuse (DataError, naming each) when a file the job read is gone or changed; how many were checked (None: none recorded)."
-    from mlops_nb.core import DataError
-    from mlops_nb.tracking import file_sha256
     if reads is None: return None
     base, problems = Path(reads['cwd']), []
     for f in reads['files']:
@@ -371,8 +367,6 @@ def reproduce(run_id: str, # the run to rerun
              ) -> Reproduction:
     "Rerun the job of `run_id` from its recorded notebook and parameters, and compare data and metrics."
     import tempfile
-    from mlops_nb.core import TrackingError
-    from mlops_nb.tracking import client, download_artifact, file_sha256
     s = settings or get_settings()
     c = client(s)
     try: old = c.get_run(run_id)
