@@ -66,9 +66,10 @@ def client(settings: Settings | None = None # resolved settings; `get_settings()
         # already do it); two jobs starting together on a fresh directory would both try. One at a
         # time: the second finds the tables made.
         with _file_lock(db.with_name(db.name + '.init.lock')):
+            made = db.exists() and db.stat().st_size > 0  # an existing store has every table: opening the registry can wait
             c = make()
             c.search_experiments(max_results=1)
-            c.search_registered_models(max_results=1)
+            if not made: c.search_registered_models(max_results=1)
         _READY.add(s.tracking_uri)
         return c
     except Exception as e:
