@@ -27,7 +27,7 @@ from .postprocess import html_exporter
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'JOB_PROCESS', 'ATTACHED',
            'lean_jsonschema', 'preload', 'notebook_imports', 'warm', 'forkserver_context', 'warm_up', 'WorkerPaths',
            'worker_paths', 'worker_enabled', 'idle_timeout', 'WorkerError', 'fingerprint', 'changed',
-           'set_process_name', 'serve', 'start', 'request', 'run_command', 'RemoteProcess']
+           'set_process_name', 'serve', 'start', 'wait_warm', 'request', 'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -319,7 +319,7 @@ class _Worker:
         self.children: dict[int, tuple[str, socket.socket | None]] = {}
         self.counts = {'commands': 0, 'jobs': 0}
         self.stopping, self.why = False, None
-        self.fp, self.failed, self.store_open = {}, [], False
+        self.fp, self.failed, self.store_open, self.warm = {}, [], False, False  # warm: MLflow too is imported
 
     def status(self) -> dict:
         return {'pid': os.getpid(), 'socket': str(self.paths.sock), 'log': str(self.paths.log), 'python': sys.executable,
@@ -327,7 +327,7 @@ class _Worker:
                 'idle_s': round(time.time() - self.last, 1), 'running': {k: sum(1 for v in self.children.values() if v[0] == k)
                                                                           for k in ('command', 'job')},
                 'served': dict(self.counts), 'modules': len(sys.modules), 'watched_files': len(self.fp),
-                'preload_failed': self.failed, 'stopping': self.stopping}
+                'preload_failed': self.failed, 'stopping': self.stopping, 'warm': self.warm}
 
     def _load(self, names=(), jobs: bool = True):
         "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
@@ -344,7 +344,7 @@ class _Worker:
     def _open_store(self):
         "Open the project's SQLite store once, so commands and jobs skip connecting to it and checking its schema (0.2 s each)."
         if self.store_open: return
-        if 'mlflow.store.tracking.sqlalchemy_store' not in sys.modules: self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)
+        if not self.warm: self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False); self.warm = True
         try:
             from mlops_nb.core import get_settings
             from mlops_nb.tracking import _sqlite_path, client
@@ -616,6 +616,12 @@ def start(paths: WorkerPaths | None = None, # the worker's files; this project's
             time.sleep(0.02)
         raise WorkerError(f"The mlops_nb worker did not listen on {paths.sock} within {wait:g} s; see {paths.log}.",
                           hint='Run with --no-worker (or MLOPS_NB_WORKER=0) meanwhile.')
+
+def wait_warm(paths: WorkerPaths | None = None, limit: float = 180.0) -> dict | None:
+    "Wait until the running worker has imported all it preloads (MLflow last, once idle); its status (None: none running)."
+    end = time.time() + limit
+    while (st := request('status', paths)) is not None and not st.get('warm', True) and time.time() < end: time.sleep(0.1)
+    return st
 
 def request(op: str, paths: WorkerPaths | None = None, **fields) -> dict | None:
     "Ask the running worker (`status`, `stop`); None when no worker is running."
