@@ -1423,8 +1423,8 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         rc = _via_worker(a, argv) if worker and a.command in WORKER_COMMANDS else None
         if rc is None:
             from mlops_nb import tracking
-            from mlops_nb.worker import lean_jsonschema
-            lean_jsonschema()  # nbformat's import, a second faster
+            from mlops_nb.worker import ATTACHED, lean_jsonschema
+            if ATTACHED is None: lean_jsonschema()  # nbformat's import, a second faster (in the worker: its jobs have it, a command rarely needs it)
             tracking.GIT_CACHE = {}  # git lineage read once per command, not once per job
             rc = COMMANDS[a.command](a)
     except MlopsNbError as e:

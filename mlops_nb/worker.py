@@ -331,7 +331,6 @@ class _Worker:
 
     def _load(self, names=(), jobs: bool = True):
         "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
-        lean_jsonschema()
         self.failed += preload(names)
         if jobs:
             self.failed += warm()
