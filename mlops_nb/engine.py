@@ -23,9 +23,9 @@ from .postprocess import _redacting_writes, job_failed, mark_failure, redact_fil
 # and only a job's process (or the warm worker) needs them (IPython's shell 0.3-0.5 s, papermill 0.5-1 s on this machine).
 
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'CellRunner',
-           'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'parameterize',
-           'failure', 'Job', 'stop_all', 'StartingJob', 'outcome', 'execute']
+__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'SEND_AFTER',
+           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution',
+           'parameterize', 'failure', 'Job', 'stop_all', 'StartingJob', 'outcome', 'execute']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -421,9 +421,10 @@ class _DriverWatch(threading.Thread):
     def run(self):
         if not self.pid: return
         beat = float(os.environ.get('MLOPS_NB_HEARTBEAT') or 30)
-        next_beat = time.time() + beat
+        started = time.time(); next_beat = started + beat
         while process_alive(self.pid, self.start_time):
             if time.time() >= next_beat: _heartbeat(); next_beat = time.time() + beat
+            _send_spooled(started)
             time.sleep(0.5)
         self.lost = True
         os.kill(os.getpid(), signal.SIGTERM)  # the running cell raises KeyboardInterrupt; the main thread ends the run
@@ -435,6 +436,15 @@ def _heartbeat():
     if rid is None: return  # the run is not created yet
     try: tracking.client(get_settings()).set_tag(rid, f'{tracking.TAG}heartbeat', f'{time.time():.0f}')
     except Exception: pass  # a missed beat only makes the run look older; the boundary of a background thread
+
+SEND_AFTER = 5.0  # seconds a job runs before its process imports MLflow to send what waits in its spool (a short job never does)
+
+def _send_spooled(started: float):
+    "Once the job's run exists, send what its cells recorded meanwhile: at once if MLflow is imported here, else after SEND_AFTER."
+    run = tracking._ATTACHED
+    if run is None or not run.spool or run.known_run_id() is None: return
+    if not (run.batch.metrics or run.batch.params or run.batch.tags): return
+    if 'mlflow' in sys.modules or time.time() - started > SEND_AFTER: tracking._safe_flush(run, send=True)
 
 def _job_run_id() -> str | None:
     "This job's run id, if its run exists yet (`MLOPS_NB_RUN_ID`, or the file the runner writes it to)."

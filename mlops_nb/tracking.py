@@ -285,6 +285,7 @@ class Batch:
         self._client, self._run_id, self.owner, self.max_buffer = mlflow_client, run_id, owner, max_buffer
         self.metrics, self.params, self.tags = [], {}, {}  # metrics as (key, value, timestamp ms, step)
         self._step, self._sent = {}, {}  # next metric steps; params already sent
+        self.lock = threading.RLock()  # a job's process may send from its watch thread while a cell records
 
     @property
     def client(self): return self._client if self._client is not None else self.owner.client
@@ -310,6 +311,9 @@ class Batch:
 
     def flush(self):
         "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
+        with self.lock: self._flush()
+
+    def _flush(self):
         if not (self.metrics or self.params or self.tags): return
         from mlflow.entities import Metric, Param, RunTag
         ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
@@ -519,10 +523,11 @@ def current_run() -> Run | None:
         atexit.register(_safe_flush, _ATTACHED)
     return _ATTACHED
 
-def _safe_flush(run: Run):
+def _safe_flush(run: Run, send: bool = False # send even if MLflow is not imported yet (it is then), once the run exists
+               ):
     "Send what `run` buffered; in a job's process without MLflow (or before its run exists), spool it for the runner instead."
     try:
-        if run.spool and ('mlflow' not in sys.modules or run.known_run_id() is None):
+        if run.spool and (run.known_run_id() is None or not (send or 'mlflow' in sys.modules)):
             if not os.path.isdir(os.path.dirname(run.spool)): return  # the job's folder is gone (moved by its runner)
             if run.batch.metrics or run.batch.params or run.batch.tags or os.path.exists(run.spool): _write_spool(run)
             return
@@ -532,7 +537,7 @@ def _safe_flush(run: Run):
 
 def _write_spool(run: Run):
     tmp = f'{run.spool}.{os.getpid()}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f: json.dump(run.batch.pending(), f)
+    with run.batch.lock, open(tmp, 'w', encoding='utf-8') as f: json.dump(run.batch.pending(), f)
     os.replace(tmp, run.spool)
 
 def take_spool(path: str | Path) -> dict | None:
