@@ -26,7 +26,7 @@ from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, pr
 
 # %% auto #0
 __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'LOST_AFTER', 'RECORD_MIME',
-           'client', 'experiment_id', 'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags',
+           'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'git_info', 'file_sha256', 'lineage_tags',
            'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run', 'create_run', 'start_run',
            'mark_lost_runs', 'current_run', 'take_spool', 'record', 'recorded', 'log_dataset', 'model_flavour',
            'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags',
@@ -167,6 +167,11 @@ def _turn_taking_client():
               if n.startswith(_WRITE_PREFIXES) and n not in _FILE_WRITES and inspect.isfunction(f)}
     return type('TurnTakingMlflowClient', (MlflowClient,), {'__module__': __name__, '__doc__': _turn_taking_client.__doc__,
                                                            'write_db': None, **writes})
+
+def new_store(settings: Settings) -> bool:
+    "Whether `settings`' store is a SQLite file not made yet: the first process to open it creates and migrates it."
+    db = _sqlite_path(settings.tracking_uri)
+    return db is not None and not (db.exists() and db.stat().st_size > 0)
 
 def _store_writes(settings: Settings):
     "Hold the write lock of `settings`' SQLite store (nothing for other stores), for MLflow calls made without our client."
