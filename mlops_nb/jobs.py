@@ -18,7 +18,7 @@ from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Setti
 from .engine import StartingJob, kernelspec, outcome, papermill_engine, parameterize
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
-from .tracking import RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, take_spool, write_run_id
+from .tracking import RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, new_store, take_spool, write_run_id
 from .outputs import check_outputs, is_ours, publish
 from .postprocess import job_failed, mark_failure, redact_file, redact_notebook, render_html  # re-exported: `jobs.redact_file` etc. as before
 
@@ -254,19 +254,21 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
 def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
     "Start the job, then create its run while it runs; (run, how the job ended or None, what kept it from starting or None)."
     t0 = time.time()  # the job's real start: its run is dated from here
-    starting, stopped = StartingJob(job, timeout), False
+    first = new_store(s)  # a store not made yet is made before the job starts: a kill mid-migration would leave it broken
+    starting, stopped = None if first else StartingJob(job, timeout), False
     try: run = create_run(settings=s, start_time=t0, **job['run'])
     except KeyboardInterrupt:  # Ctrl-C while the run was being made: the job stops, and is a run all the same
+        if starting is None: shutil.rmtree(Path(job['output']).parent, ignore_errors=True); raise
         stopped = _stop_started(starting, 'interrupted')
         run = create_run(settings=s, start_time=t0, **job['run'])
     except BaseException:  # no store to record in: the job stops and nothing of it is kept
-        if (j := _stop_started(starting, 'error')): j.wait()
+        if starting is not None and (j := _stop_started(starting, 'error')): j.wait()
         shutil.rmtree(Path(job['output']).parent, ignore_errors=True)
         raise
     write_run_id(Path(job['output']).parent / '.run_id', run.run_id)
     ex, err = None, None
     try:
-        j = starting.result()
+        j = (starting or StartingJob(job, timeout)).result()
         run.client.set_tag(run.run_id, f'{TAG}pid', str(j.proc.pid))
         ex = outcome(j)
         if stopped: ex.interrupted = True
