@@ -26,6 +26,11 @@ def _client(d):
     return client(get_settings(tracking_uri=f"sqlite:///{d / 'mlflow.db'}"))
 
 
+def _store(d):
+    "Make the project's store first (a store not made yet is made before the job starts): the command then overlaps."
+    _client(d)
+
+
 def _runs(d):
     if not (d / 'mlflow.db').exists(): return []
     c = _client(d)
@@ -34,6 +39,7 @@ def _runs(d):
 
 def test_cold_run_is_dated_from_the_job_start_and_keeps_every_record(workdir):
     "No worker running: the run's start is the job's (before its first cell), what it recorded early is all there, no secret anywhere."
+    _store(workdir)
     nb = _notebook(workdir / 'early.ipynb', 'import mlops_nb, time\nmlops_nb.record("t_cell", time.time())\n'
                    'for i in range(n): mlops_nb.record("loss", 1 / (i + 1))\nmlops_nb.record("token_seen", api_token)\nprint(api_token)')
     launched = time.time()
@@ -56,6 +62,7 @@ def test_cold_run_is_dated_from_the_job_start_and_keeps_every_record(workdir):
 
 def test_cold_job_that_dies_at_once_is_failed_with_its_records_and_partial_notebook(workdir):
     "The job dies in its first cell, most likely before its run exists: still one run, FAILED, the cell marked, the record kept."
+    _store(workdir)
     nb = _notebook(workdir / 'die.ipynb', 'import os, signal, mlops_nb\nmlops_nb.record("before", 1.0)\nprint("about to die")',
                    'os.kill(os.getpid(), signal.SIGKILL)', 'print("never")')
     r = mlops_nb('run', nb, '--json', cwd=workdir, timeout=300)
@@ -71,6 +78,7 @@ def test_cold_job_that_dies_at_once_is_failed_with_its_records_and_partial_noteb
 
 
 def test_failing_cell_is_recorded_with_the_cell(workdir):
+    _store(workdir)
     nb = _notebook(workdir / 'bad.ipynb', 'x = 1', 'raise ValueError(f"bad value {n}")', 'print("never")')
     r = mlops_nb('run', nb, '--json', cwd=workdir)
     assert r.returncode == 1
@@ -82,6 +90,7 @@ def test_failing_cell_is_recorded_with_the_cell(workdir):
 
 def test_driver_killed_while_the_run_is_made_still_ends_a_run(workdir):
     "The command dies while it imports MLflow or creates the run: the job stops itself and its run ends FAILED (driver_lost)."
+    _store(workdir)
     nb = _notebook(workdir / 'slow.ipynb', f'open({str(workdir / "started")!r}, "w").write("x")\nimport time\ntime.sleep(600)')
     exe = Path(sys.executable).parent / 'mlops-nb'
     p = subprocess.Popen([str(exe), 'run', '--no-worker', str(nb)], cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
