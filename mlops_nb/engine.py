@@ -19,6 +19,7 @@ from pathlib import Path
 from . import tracking, worker
 from .core import REDACTED, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
 from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
+from .worker import OPERATIONS
 # IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
 # and only a job's process (or the warm worker) needs them (IPython's shell 0.3-0.5 s, papermill 0.5-1 s on this machine).
 
@@ -614,6 +615,16 @@ def _child(job: dict, conn):
     report['ended'] = time.time()  # its runner may read the report later (it was creating the run): the job's own end
     conn.send(report); conn.close()
 
+# %% ../nbs/08a_engine.ipynb #4a16f422
+def _child_on_fd(job: dict, # the job, as `_child` takes it
+                 report: int, # descriptor of the pipe the report goes back on
+                ):
+    "A job's process forked by the warm worker (its `job` operation): `_child`, reporting on `report`."
+    from multiprocessing.connection import Connection  # stdlib, already imported by every caller
+    _child(job, Connection(report))
+
+OPERATIONS.register('job', _child_on_fd)
+
 # %% ../nbs/08a_engine.ipynb #d37bc581
 _LIVE: set = set()  # jobs of this process that have not ended
 
@@ -638,7 +649,7 @@ class Job:
         if worker.ATTACHED is not None:  # this command runs in the persistent worker: the job forks from it
             import multiprocessing
             self._recv, send = multiprocessing.Pipe(duplex=False)
-            self.proc = worker.RemoteProcess(job, send.fileno())
+            self.proc = worker.RemoteProcess(job, send.fileno(), cwd=job['cwd'])
             try: self.proc.start()
             except worker.WorkerError: self.proc = None; self._recv.close(); send.close()  # it went stale: fork here instead
         if self.proc is None:
