@@ -1307,9 +1307,9 @@ def _add_worker_parser(sub):
                                        help="run in this process, not in the warm worker (see `mlops-nb worker --help`)")
 
 def cmd_worker(a) -> int:
-    from mlops_nb.worker import request, start, worker_paths
+    from mlops_nb.worker import request, start, wait_warm, worker_paths
     paths = worker_paths()
-    if a.action == 'start': start(paths).close()
+    if a.action == 'start': start(paths).close(); wait_warm(paths)  # ready for commands with everything imported, MLflow included
     st = request('stop' if a.action == 'stop' else 'status', paths, force=a.force)
     if a.json: _print_json({'running': st is not None, **(st or {'socket': str(paths.sock)})}); return 0
     if st is None: print(f"no worker running for this Python environment ({paths.sock})"); return 0

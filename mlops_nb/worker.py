@@ -29,8 +29,8 @@ from .procs import die_with_parent, process_alive, pss
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'JOB_PROCESS', 'ATTACHED',
            'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload', 'notebook_imports', 'warm',
            'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir', 'worker_paths', 'worker_enabled',
-           'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'request', 'run_command',
-           'RemoteProcess']
+           'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'wait_warm', 'request',
+           'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -88,7 +88,8 @@ def notebook_imports(notebooks) -> list[str]:
                     mods.append(node.module)
                     if node.module == 'mlops_nb': mods += [f'mlops_nb.{a.name}' for a in node.names if a.name in MODEL_USERS]
     if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
-    if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
+    if any(m.split('.')[0] == 'mlflow' or m.replace('mlops_nb.', '', 1) in MODEL_USERS for m in mods): mods += MLFLOW_STORE_MODULES
+    # `record` alone needs no MLflow in the job: its values wait in the job's spool until its runner sends them (see `tracking`)
     if any(m in MODEL_USERS or m.startswith('mlflow.sklearn') for m in (x.replace('mlops_nb.', '', 1) for x in mods)):
         mods += MODEL_MODULES  # loading or logging a model imports MLflow's flavour and most of scikit-learn: about a second
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
@@ -379,7 +380,7 @@ class _Worker:
         self.projects: dict[str, dict] = {}  # project folder -> what was served there, its store
         self.stores, self.max_bytes = _Stores(), _max_bytes()
         self.stopping, self.why = False, None
-        self.fp, self.failed, self.skipped = {}, [], []
+        self.fp, self.failed, self.skipped, self.warm = {}, [], [], False  # warm: MLflow too is imported
 
     def status(self) -> dict:
         now, size = time.time(), pss(os.getpid())
@@ -391,7 +392,7 @@ class _Worker:
                                                                   for k in ('command', 'job')},
                 'served': dict(self.counts), 'projects': projects, 'modules': len(sys.modules), 'watched_files': len(self.fp),
                 'pss_mb': None if size is None else round(size / 2**20, 1), 'max_mb': round(self.max_bytes / 2**20),
-                'preload_failed': self.failed, 'preload_skipped': self.skipped, 'stopping': self.stopping}
+                'preload_failed': self.failed, 'preload_skipped': self.skipped, 'stopping': self.stopping, 'warm': self.warm}
 
     def _note(self, kind: str, cwd: str, env: dict | None = None):
         "Count a command or job for the project of `cwd`; after a command, its store is opened (between requests)."
@@ -403,7 +404,6 @@ class _Worker:
 # %% ../nbs/08b_worker.ipynb #7657b6b3
 def _load(self, names=(), jobs: bool = True):
     "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
-    lean_jsonschema()
     names = [n.strip() for n in names if n.strip() and n.strip() not in sys.modules]
     if names and (size := pss(os.getpid()) or 0) > self.max_bytes:  # bounded: jobs import the rest themselves
         self.skipped += names
@@ -421,6 +421,7 @@ def _load(self, names=(), jobs: bool = True):
 
 def _open_stores(self):
     "Between requests, nothing running: open the stores of the projects just served; release the idle ones."
+    if not self.warm: self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False); self.warm = True  # idle: MLflow now
     for e in self.projects.values():
         if (pending := e.pop('pending', None)) is None: continue
         try: s = get_settings(cwd=pending[0], env=pending[1])
@@ -452,7 +453,8 @@ _Worker._bind = _bind
 def _serve(self):
     import selectors
     t0 = time.time()
-    self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
+    self._load(('mlops_nb.cli', 'mlops_nb.jobs'), jobs=False)  # what a command needs first; no MLflow: a cold command
+    # imports it itself while this process loads what its job needs, each on a core (MLflow comes later, when idle)
     self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
     self.sel = selectors.DefaultSelector()
     self.listener = self._bind()
@@ -713,6 +715,12 @@ def start(paths: WorkerPaths | None = None, # the worker's files; this project's
             time.sleep(0.02)
         raise WorkerError(f"The mlops_nb worker did not listen on {paths.sock} within {wait:g} s; see {paths.log}.",
                           hint='Run with --no-worker (or MLOPS_NB_WORKER=0) meanwhile.')
+
+def wait_warm(paths: WorkerPaths | None = None, limit: float = 180.0) -> dict | None:
+    "Wait until the running worker has imported all it preloads (MLflow last, once idle); its status (None: none running)."
+    end = time.time() + limit
+    while (st := request('status', paths)) is not None and not st.get('warm', True) and time.time() < end: time.sleep(0.1)
+    return st
 
 def request(op: str, paths: WorkerPaths | None = None, **fields) -> dict | None:
     "Ask the running worker (`status`, `stop`); None when no worker is running."
