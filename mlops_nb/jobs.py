@@ -256,16 +256,16 @@ def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
     t0 = time.time()  # the job's real start: its run is dated from here
     first = new_store(s)  # a store not made yet is made before the job starts: a kill mid-migration would leave it broken
     starting, stopped = None if first else StartingJob(job, timeout), False
-    try: run = create_run(settings=s, start_time=t0, **job['run'])
+    rid_file = Path(job['output']).parent / '.run_id'
+    try: run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
     except KeyboardInterrupt:  # Ctrl-C while the run was being made: the job stops, and is a run all the same
         if starting is None: shutil.rmtree(Path(job['output']).parent, ignore_errors=True); raise
         stopped = _stop_started(starting, 'interrupted')
-        run = create_run(settings=s, start_time=t0, **job['run'])
+        run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
     except BaseException:  # no store to record in: the job stops and nothing of it is kept
         if starting is not None and (j := _stop_started(starting, 'error')): j.wait()
         shutil.rmtree(Path(job['output']).parent, ignore_errors=True)
         raise
-    write_run_id(Path(job['output']).parent / '.run_id', run.run_id)
     ex, err = None, None
     try:
         j = (starting or StartingJob(job, timeout)).result()

@@ -449,6 +449,7 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
                seed: int | None = None, # the job seed, for lineage
                parent_run_id: str | None = None, # makes this a child run
                start_time: float | None = None, # when the run started (seconds since the epoch); now if None
+               run_id_file: str | Path | None = None, # where a job's process learns the run's id, written as soon as the run exists
               ) -> Run:
     "Create a RUNNING run with lineage tags, params and `environment.txt`."
     s = settings or get_settings()
@@ -458,6 +459,7 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
     if parent_run_id: t['mlflow.parentRunId'] = parent_run_id
     r = c.create_run(eid, start_time=int(start_time * 1000) if start_time else None, run_name=redact(run_name) if run_name else run_name,
                      tags={k: redact(str(v)) for k, v in t.items()})
+    if run_id_file: write_run_id(run_id_file, r.info.run_id)  # before anything else: a runner killed now leaves the job its run
     run = Run(r.info.run_id, s, c)
     for k, v in (params or {}).items(): run.batch.param(k, v)
     run.flush()
