@@ -1309,9 +1309,9 @@ def _add_worker_parser(sub):
 
 @command('worker', _add_worker_parser)
 def cmd_worker(a) -> int:
-    from mlops_nb.worker import request, start, worker_paths
+    from mlops_nb.worker import request, start, wait_warm, worker_paths
     paths = worker_paths()
-    if a.action == 'start': start(paths).close()
+    if a.action == 'start': start(paths).close(); wait_warm(paths)  # ready for commands with everything imported, MLflow included
     st = request('stop' if a.action == 'stop' else 'status', paths, force=a.force)
     if a.json: _print_json({'running': st is not None, **(st or {'socket': str(paths.sock)})}); return 0
     if st is None: print(f"no worker running for this Python environment ({paths.sock})"); return 0
@@ -1434,8 +1434,8 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         rc = _via_worker(cmd, a, argv) if worker and cmd.in_worker else None
         if rc is None:
             from mlops_nb import tracking
-            from mlops_nb.worker import lean_jsonschema
-            lean_jsonschema()  # nbformat's import, a second faster
+            from mlops_nb.worker import ATTACHED, lean_jsonschema
+            if ATTACHED is None: lean_jsonschema()  # nbformat's import, a second faster (in the worker: its jobs have it, a command rarely needs it)
             tracking.GIT_CACHE = {}  # git lineage read once per command, not once per job
             rc = cmd.run(a)
     except MlopsNbError as e:

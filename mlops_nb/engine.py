@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import REDACTED, JobFailed, Registry, _proc_start, add_secret, process_alive, redact, redact_value
+from . import tracking, worker
+from .core import REDACTED, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
+from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
 from .worker import OPERATIONS
+# IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
+# and only a job's process (or the warm worker) needs them (IPython's shell 0.3-0.5 s, papermill 0.5-1 s on this machine).
 
 # %% auto #0
-__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'CellRunner',
-           'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'failure', 'Job',
-           'stop_all', 'execute']
+__all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'SEND_AFTER',
+           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution',
+           'parameterize', 'failure', 'Job', 'stop_all', 'StartingJob', 'outcome', 'execute']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -310,7 +314,6 @@ def register_engine(name: str, # the name `--engine` takes
 def papermill_engine(name: str # an engine name, as `--engine` takes it
                     ) -> str | None:
     "The papermill engine `name` runs; a `ParameterError` naming the choices when it is unknown."
-    from mlops_nb.core import ParameterError
     if name not in ENGINES:
         raise ParameterError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINES.names())}.",
                              hint="Register another with mlops_nb.engine.register_engine(name, papermill_engine_name).")
@@ -331,14 +334,43 @@ class Execution:
     recorded: dict | None = None  # values the job passed to `record` (fast engine); None: read them from the notebook
 
 # %% ../nbs/08a_engine.ipynb #ad34274e
+def parameterize(notebook: str | Path, # the job notebook
+                 values: dict, # checked values
+                 secrets=(), # names whose values must stay out of the notebook (they come from the environment)
+                ):
+    "The notebook with papermill's injected-parameters cell; a secret's line reads its value from the environment."
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    import warnings, uuid
+    from nbformat.validator import MissingIDFieldWarning
+    with warnings.catch_warnings():  # a notebook written by an older tool: give its cells ids, once, instead of a warning per save
+        warnings.simplefilter('ignore', MissingIDFieldWarning)
+        nb = load_notebook_node(str(notebook))
+    if nb.nbformat == 4 and nb.nbformat_minor >= 5:
+        for c in nb.cells:
+            if not c.get('id'): c['id'] = uuid.uuid4().hex[:8]
+    kernel, language = kernelspec(nb)
+    if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    if not values: return nb
+    hidden = {k for k in values if k in set(secrets)}
+    nb = parameterize_notebook(nb, {k: (REDACTED if k in hidden else v) for k, v in values.items()}, kernel_name=kernel, language=language)
+    if hidden:
+        cell = next(c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', []))
+        lines = [l for l in cell.source.splitlines() if not any(l.startswith(f'{k} = ') for k in hidden)]
+        lines += ['from mlops_nb.params import secret_from_env  # secret values come from the environment, never from this notebook']
+        lines += [f'{k} = secret_from_env({k!r})' for k in sorted(hidden)]
+        cell.source = '\n'.join(lines)
+    return nb
+
 def _execute_notebook(job: dict):
-    "papermill's `execute_notebook`, on a notebook the runner already parameterised."
+    "papermill's `execute_notebook`, on the job's notebook: parameterised here unless the runner did it ('nb')."
     import nbformat
     from papermill.engines import papermill_engines
     from papermill.execute import prepare_notebook_metadata, remove_error_markers, raise_for_execution_errors
     from papermill.iorw import write_ipynb
     import papermill  # noqa: F401  registers the entry-point engines
-    nb = nbformat.from_dict(job['nb'])
+    nb = nbformat.from_dict(job['nb']) if job.get('nb') is not None else parameterize(job['input'], job.get('values') or {}, job.get('secret_names', ()))
     nb = remove_error_markers(prepare_notebook_metadata(nb, job['input'], job['output']))
     engine = job.get('papermill_engine')
     kernel = papermill_engines.nb_kernel_name(engine_name=engine, nb=nb, name=job.get('kernel_name'))
@@ -365,7 +397,6 @@ def failure(e: BaseException) -> dict:
 # %% ../nbs/08a_engine.ipynb #13d205f8
 def _recorded() -> dict:
     "What the notebook passed to `record` in this process (JSON-able values, secrets redacted)."
-    from mlops_nb import tracking
     run = tracking._ATTACHED
     if run is None: return {}
     ok = lambda v: isinstance(v, (int, float, str, bool, type(None), list, dict))
@@ -391,9 +422,10 @@ class _DriverWatch(threading.Thread):
     def run(self):
         if not self.pid: return
         beat = float(os.environ.get('MLOPS_NB_HEARTBEAT') or 30)
-        next_beat = time.time() + beat
+        started = time.time(); next_beat = started + beat
         while process_alive(self.pid, self.start_time):
             if time.time() >= next_beat: _heartbeat(); next_beat = time.time() + beat
+            _send_spooled(started)
             time.sleep(0.5)
         self.lost = True
         os.kill(os.getpid(), signal.SIGTERM)  # the running cell raises KeyboardInterrupt; the main thread ends the run
@@ -401,22 +433,39 @@ class _DriverWatch(threading.Thread):
         if self.claim(): _finish_alone(self.job, None); os._exit(1)  # the cell did not give way
 
 def _heartbeat():
-    try:
-        from mlops_nb.core import get_settings
-        from mlops_nb.tracking import TAG, client
-        client(get_settings()).set_tag(os.environ['MLOPS_NB_RUN_ID'], f'{TAG}heartbeat', f'{time.time():.0f}')
-    except Exception: pass  # a missed beat only makes the run look older
+    rid = _job_run_id()
+    if rid is None: return  # the run is not created yet
+    try: tracking.client(get_settings()).set_tag(rid, f'{tracking.TAG}heartbeat', f'{time.time():.0f}')
+    except Exception: pass  # a missed beat only makes the run look older; the boundary of a background thread
+
+SEND_AFTER = 5.0  # seconds a job runs before its process imports MLflow to send what waits in its spool (a short job never does)
+
+def _send_spooled(started: float):
+    "Once the job's run exists, send what its cells recorded meanwhile: at once if MLflow is imported here, else after SEND_AFTER."
+    run = tracking._ATTACHED
+    if run is None or not run.spool or run.known_run_id() is None: return
+    if not (run.batch.metrics or run.batch.params or run.batch.tags): return
+    if 'mlflow' in sys.modules or time.time() - started > SEND_AFTER: tracking._safe_flush(run, send=True)
+
+def _job_run_id() -> str | None:
+    "This job's run id, if its run exists yet (`MLOPS_NB_RUN_ID`, or the file the runner writes it to)."
+    rfile = os.environ.get('MLOPS_NB_RUN_ID_FILE')
+    return os.environ.get('MLOPS_NB_RUN_ID') or (tracking.read_run_id(rfile) if rfile else None)
 
 # %% ../nbs/08a_engine.ipynb #61fd80f0
 def _finish_alone(job: dict, report: dict | None):
     "The driver is gone: end the job's run FAILED (`driver_lost`) from the job's process, keeping the partial notebook."
-    from mlops_nb.core import get_settings
-    from mlops_nb.tracking import TAG, Run
-    from mlops_nb.jobs import job_failed, mark_failure, redact_file, render_html
+    TAG = tracking.TAG
     err = {**((report or {}).get('error') or {}), 'reason': 'driver_lost', 'ename': 'DriverLost',
            'evalue': f"the process running this job (pid {job.get('driver')}) died; the job stopped itself"}
     out, log = Path(job['output']), Path(job.get('log') or '')
-    run = Run(os.environ['MLOPS_NB_RUN_ID'], get_settings())
+    rid = _job_run_id()
+    if rid is None and job.get('run'):  # the driver died before it created the run: every job is a run, so create it here
+        spec = {**job['run'], 'tags': {**job['run'].get('tags', {}), f'{TAG}pid': str(os.getpid())}}
+        rid = tracking.create_run(settings=get_settings(), **spec).run_id
+    run = tracking.Run(rid, get_settings())
+    spooled = tracking.take_spool(os.environ['MLOPS_NB_RECORD_SPOOL']) if os.environ.get('MLOPS_NB_RECORD_SPOOL') else None
+    if spooled: run.batch.absorb(spooled)
     try:
         if out.exists():
             redact_file(out)
@@ -532,7 +581,6 @@ def _child(job: dict, conn):
     os.chdir(job['cwd'])
     sys.path.insert(0, job['cwd'])
     add_secret(job.get('secrets'))  # every form of every secret: nothing this process writes may carry one
-    from mlops_nb.jobs import _redacting_writes, redact_file, render_html  # the executed notebook's post-processing
     _redacting_writes()
     engine = job.get('papermill_engine')
     reads = _Reads(job) if engine == 'mlops_nb' else _KernelReads(job) if engine is None else None  # None: a kernel
@@ -553,11 +601,8 @@ def _child(job: dict, conn):
         report = {'status': 'ok', 'error': None}
     except BaseException as e:
         report = {'status': 'failed', 'error': failure(e)}
-    finally:
-        try:
-            from mlops_nb import tracking
-            if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
-        except Exception: pass
+    finally:  # sent, or spooled for the runner when MLflow is not imported here or the run does not exist yet
+        if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if reads is not None: report['reads'] = reads.files()
     if engine == 'mlops_nb': report['recorded'] = _recorded()
@@ -567,6 +612,7 @@ def _child(job: dict, conn):
     if out.exists():  # in the job's process, so a batch renders one job while the next runs
         redact_file(out)
         if job.get('html', True): report['html'] = str(render_html(out) or '') or None
+    report['ended'] = time.time()  # its runner may read the report later (it was creating the run): the job's own end
     conn.send(report); conn.close()
 
 # %% ../nbs/08a_engine.ipynb #4a16f422
@@ -597,7 +643,6 @@ def _may_have_children():
 class Job:
     "One notebook executing in its own process; `wait()` for how it ended, `stop()` to interrupt it."
     def __init__(self, job: dict, timeout: float | None = None, grace: float = 5.0, on_start=None):
-        from mlops_nb import worker
         self.timeout, self.grace, self._stop_reason = timeout, grace, None
         job = {**job, 'driver': os.getpid(), 'driver_start': _proc_start(os.getpid())}  # the job watches this process
         self.proc = None
@@ -649,7 +694,7 @@ class Job:
         return self._result(report)
 
     def _result(self, report: dict | None) -> Execution:
-        code, dur = self.proc.exitcode, time.time() - self.t0
+        code, dur = self.proc.exitcode, max((report or {}).get('ended') or time.time(), self.t0) - self.t0
         html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
         if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
             ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
@@ -668,13 +713,27 @@ def stop_all(reason: str = 'interrupted'):
     "Stop every job this process is running (a sweep interrupted): each ends FAILED with `reason`, its notebook saved."
     for j in list(_LIVE): j.stop(reason)
 
+# %% ../nbs/08a_engine.ipynb #e5a1b2c2
+class StartingJob(threading.Thread):
+    "A `Job` being started in the background, so its caller can create the job's run meanwhile."
+    def __init__(self, job: dict, timeout: float | None = None):
+        super().__init__(daemon=True, name='mlops_nb job start')
+        self.spec, self.timeout, self.job, self.error = job, timeout, None, None
+        self.start()
+
+    def run(self):
+        try: self.job = Job(self.spec, timeout=self.timeout)
+        except BaseException as e: self.error = e  # handed to the caller by `result()`
+
+    def result(self) -> Job:
+        "The started job (waiting for it to start); raises what starting it raised."
+        self.join()
+        if self.error is not None: raise self.error
+        return self.job
+
 # %% ../nbs/08a_engine.ipynb #1fe2ccb3
-def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd', 'env', engine, kernel, 'log'
-            timeout: float | None = None, # seconds the whole job may take
-            on_start=None, # called with the job's pid once its process started
-           ) -> Execution:
-    "Execute one prepared job in a process forked from the warm worker; Ctrl-C stops the job (`interrupted` is set)."
-    j = Job(job, timeout=timeout, on_start=on_start)
+def outcome(j: Job) -> Execution:
+    "How `j` ends; Ctrl-C stops it (its notebook saved, `interrupted` set), a second Ctrl-C kills it without waiting."
     try: return j.wait()
     except KeyboardInterrupt:
         j.stop('interrupted')
@@ -683,3 +742,10 @@ def execute(job: dict, # notebook ('nb', parameterised), 'input', 'output', 'cwd
             except KeyboardInterrupt: j._kill()  # a second Ctrl-C: no grace
         ex.interrupted = True
         return ex
+
+def execute(job: dict, # notebook ('nb' parameterised, or 'values'), 'input', 'output', 'cwd', 'env', engine, kernel, 'log'
+            timeout: float | None = None, # seconds the whole job may take
+            on_start=None, # called with the job's pid once its process started
+           ) -> Execution:
+    "Execute one prepared job in a process forked from the warm worker; Ctrl-C stops the job (`interrupted` is set)."
+    return outcome(Job(job, timeout=timeout, on_start=on_start))

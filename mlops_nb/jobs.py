@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import REDACTED, JobFailed, ParameterError, Secret, Settings, add_secret, get_settings, job_notebook, redact, redact_value
-from .engine import execute, kernelspec, papermill_engine
+from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Settings, TrackingError, add_secret, get_settings,
+                           job_notebook, redact, redact_value)
+from .engine import StartingJob, kernelspec, outcome, papermill_engine, parameterize
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
-from .tracking import TAG
+from .tracking import RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, new_store, take_spool, write_run_id
 from .outputs import check_outputs, is_ours, publish
+from .postprocess import job_failed, mark_failure, redact_file, redact_notebook, render_html  # re-exported: `jobs.redact_file` etc. as before
 
 # %% auto #0
-__all__ = ['JobResult', 'read_recorded', 'redact_notebook', 'redact_file', 'job_failed', 'render_html', 'mark_failure',
-           'prepare_notebook', 'default_output', 'default_engine', 'check_job', 'run_job', 'Reproduction', 'reproduce']
+__all__ = ['JobResult', 'read_recorded', 'prepare_notebook', 'secret_env', 'default_output', 'default_engine', 'check_job',
+           'run_job', 'Reproduction', 'reproduce']
 
 # %% ../nbs/08_jobs.ipynb #83abe93e
 @dataclass
@@ -67,7 +71,6 @@ def _jsonable(v) -> bool:
 # %% ../nbs/08_jobs.ipynb #ce2905aa
 def read_recorded(nb) -> dict:
     "Values a notebook passed to `mlops_nb.record`, from its outputs (last one wins)."
-    from mlops_nb.tracking import RECORD_MIME
     if not hasattr(nb, 'cells'):
         import nbformat
         nb = nbformat.read(str(nb), as_version=4)
@@ -78,136 +81,17 @@ def read_recorded(nb) -> dict:
             if d: out[d['name']] = d['value']
     return out
 
-# %% ../nbs/08_jobs.ipynb #6fb9a886
-def _text_mime(mime: str) -> bool:
-    return mime.startswith('text/') or mime.endswith(('json', '+xml', 'javascript', 'latex', 'markdown'))
-
-def _joined(t): return ''.join(t) if isinstance(t, list) else t
-
-def redact_notebook(nb # a notebook (dict or NotebookNode), changed in place
-                   ):
-    "Take every known secret out of `nb`'s content fields; its keys and structure stay as they are."
-    from mlops_nb.core import _FORMS
-    if not _FORMS: return nb
-    for cell in nb.get('cells', []):
-        cell['source'] = redact(_joined(cell.get('source', '')))
-        for o in cell.get('outputs', None) or []:
-            if 'text' in o: o['text'] = redact(_joined(o['text']))
-            data = o.get('data') or {}
-            for mime, v in list(data.items()):
-                if isinstance(v, dict): data[mime] = redact_value(v)
-                elif _text_mime(mime): data[mime] = redact(_joined(v))
-            if o.get('output_type') == 'error':
-                o['ename'], o['evalue'] = redact(o.get('ename', '')), redact(o.get('evalue', ''))
-                o['traceback'] = [redact(t) for t in o.get('traceback', [])]
-    pm = nb.get('metadata', {}).get('papermill') or {}
-    if pm.get('parameters'): pm['parameters'] = redact_value(dict(pm['parameters']))
-    return nb
-
-def _redacting_writes():
-    "Make papermill's notebook writes (every save of the output notebook) redact first."
-    import papermill.engines, papermill.execute, papermill.iorw
-    write = getattr(papermill.iorw.write_ipynb, '__wrapped__', papermill.iorw.write_ipynb)
-    def write_ipynb(nb, path, *args, **kwargs): return write(redact_notebook(nb), path, *args, **kwargs)
-    write_ipynb.__wrapped__ = write
-    for m in (papermill.iorw, papermill.engines, papermill.execute): m.write_ipynb = write_ipynb
-
-# %% ../nbs/08_jobs.ipynb #0db4b303
-def redact_file(path: Path, # a notebook (redacted field by field) or a text file such as a log
-                values=(), # secret values to know first, besides those this process already knows
-               ) -> bool:
-    "Take every known secret out of the file `path`; whether anything changed."
-    for v in values: add_secret(v)
-    from mlops_nb.core import _FORMS
-    path = Path(path)
-    if not _FORMS or not path.is_file(): return False
-    text = path.read_text(encoding='utf-8', errors='surrogateescape')
-    new = None
-    if path.suffix == '.ipynb':
-        try: new = json.dumps(redact_notebook(json.loads(text)), indent=1, ensure_ascii=False) + '\n'
-        except ValueError: new = None  # cut short by a kill: redact it as text
-    if new is None: new = redact(text)
-    if new != text: path.write_text(new, encoding='utf-8', errors='surrogateescape')
-    return new != text
-
-def job_failed(failure: dict # {'reason', 'cell', 'ename', 'evalue', ...} of a failed job
-              ) -> JobFailed:
-    "The error a failed job is recorded (and raised) as, carrying the failure's facts."
-    where = f" in cell {failure['cell']}" if failure.get('cell') is not None else ''
-    return JobFailed(redact(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}"),
-                     hint='Open the executed notebook to see the failing cell.', **{k: v for k, v in failure.items() if k != 'hint'})
-
-def render_html(nb_path: Path) -> Path | None:
-    "An HTML render of the executed notebook next to it (None if rendering fails)."
-    try:
-        import nbformat
-        from mlops_nb.worker import HTML_EXPORTER as exporter  # built once by the warm process this job forked from
-        if exporter is None:
-            from nbconvert import HTMLExporter
-            exporter = HTMLExporter()
-        body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-        out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
-        return out
-    except Exception as e:
-        print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
-        return None
-
-def mark_failure(nb_path: Path, error: dict) -> int | None:
-    "Mark the cell that was running when the job was stopped or died; its index (None if no cell was running)."
-    import nbformat
-    from nbformat.v4 import new_markdown_cell, new_output
-    nb = nbformat.read(str(nb_path), as_version=4)
-    pm = lambda c: c.get('metadata', {}).get('papermill', {})
-    idx = next((i for i, c in enumerate(nb.cells) if pm(c).get('status') == 'running'), None)
-    if idx is None and error.get('reason') == 'kernel_died' and not nb.metadata.get('papermill', {}).get('exception'):
-        # papermill's own engine marks every cell "completed" when the kernel dies: the one that died is the last started
-        started = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and pm(c).get('start_time')]
-        idx = started[-1] if started else None
-        for c in nb.cells[idx + 1:] if idx is not None else []:
-            if not pm(c).get('start_time') and 'status' in pm(c): c.metadata.papermill.update(status='pending', end_time=None, duration=None)
-    if idx is None: return None
-    cell = nb.cells[idx]
-    cell.metadata.papermill.update(status='failed', exception=True)
-    cell.setdefault('outputs', []).append(new_output('error', ename=error.get('ename') or 'Error', evalue=error.get('evalue') or '',
-                                                     traceback=[f"{error.get('ename')}: {error.get('evalue')}"]))
-    if not any('papermill-error-cell-tag' in c.get('metadata', {}).get('tags', []) for c in nb.cells):
-        banner = new_markdown_cell(f'<span style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-serif; font-size:2em;">'
-                                   f'{error.get("reason", "failed").replace("_", " ").capitalize()}: {error.get("evalue", "")}</span>')
-        banner.metadata['tags'] = ['papermill-error-cell-tag']
-        nb.cells.insert(0, banner)
-    nb.metadata.setdefault('papermill', {})['exception'] = True
-    nbformat.write(nb, str(nb_path))
-    return idx  # as papermill counts: before its banner
-
 # %% ../nbs/08_jobs.ipynb #3b177419
 def prepare_notebook(notebook: Path, # the job notebook
                      values: dict, # checked values, as `check_params` returns them
                      secrets: set, # names whose values must stay out of the notebook
                     ):
     "The parameterised notebook and the environment variables that carry the secret values."
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
-    import warnings, uuid
-    from nbformat.validator import MissingIDFieldWarning
-    with warnings.catch_warnings():  # a notebook written by an older tool: give its cells ids, once, instead of a warning per save
-        warnings.simplefilter('ignore', MissingIDFieldWarning)
-        nb = load_notebook_node(str(notebook))
-    if nb.nbformat == 4 and nb.nbformat_minor >= 5:
-        for c in nb.cells:
-            if not c.get('id'): c['id'] = uuid.uuid4().hex[:8]
-    kernel, language = kernelspec(nb)
-    if not nb.metadata.get('kernelspec', {}).get('name'):  # e.g. written by a script: run it on python3
-        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    if not values: return nb, {}
-    hidden = {k for k in values if k in secrets}
-    nb = parameterize_notebook(nb, {k: (REDACTED if k in hidden else v) for k, v in values.items()}, kernel_name=kernel, language=language)
-    if hidden:
-        cell = next(c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', []))
-        lines = [l for l in cell.source.splitlines() if not any(l.startswith(f'{k} = ') for k in hidden)]
-        lines += ['from mlops_nb.params import secret_from_env  # secret values come from the environment, never from this notebook']
-        lines += [f'{k} = secret_from_env({k!r})' for k in sorted(hidden)]
-        cell.source = '\n'.join(lines)
-    return nb, {secret_env_name(k): secret_env_value(values[k]) for k in hidden}
+    return parameterize(notebook, values, secrets), secret_env(values, secrets)
+
+def secret_env(values: dict, secrets: set) -> dict:
+    "The environment variables that carry the secret values into the job's process."
+    return {secret_env_name(k): secret_env_value(values[k]) for k in values if k in secrets}
 
 # %% ../nbs/08_jobs.ipynb #ba85f205
 def default_output(run_id: str, notebook: Path, cwd: Path | None = None) -> Path:
@@ -284,14 +168,14 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
                                          allow_no_parameters=allow_no_parameters, kernel_name=kernel_name, output=output)
     secret = {k for k, p in spec.items() if getattr(p, 'secret', False)} | {k for k in values if k not in spec and is_secret_name(k)}
     for k in secret & set(values): add_secret(values[k])  # known to this process: redacted from all it writes
-    prepared, secret_env = prepare_notebook(nb, values, secret)
+    prepared = secret_env(values, secret)  # the notebook is parameterised in the job's process, which has papermill loaded
     s = settings or get_settings(experiment=experiment)
     tags = {**(tags or {}), **({'mlflow.parentRunId': parent_run_id} if parent_run_id else {})}
     attempts = []
     for attempt in range(1, retries + 2):
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
-        res = _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine,
+        res = _attempt(nb, None, spec, secret, values, prepared, s, experiment, output, timeout, cell_timeout, engine,
                        kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd, env=env)
         attempts.append(res.run_id)
         res.attempts = list(attempts)
@@ -310,26 +194,25 @@ def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
 
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
              log_output, progress, run_name, tags, cwd=None, env=None) -> JobResult:
-    import socket
-    from mlops_nb.tracking import create_run
+    import socket, uuid
     mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
     cwd = str(Path(cwd or os.getcwd()).resolve())
     full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
     if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
-    run = create_run(settings=s, experiment=experiment, run_name=run_name or nb.stem, notebook=nb, seed=full.get('seed'),
-                     params=mask(full), tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb),
-                                              'mlflow.source.type': 'NOTEBOOK', f'{TAG}host': socket.gethostname(),
-                                              f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
-    out = default_output(run.run_id, nb)  # `output` gets a copy at the end: a failure never half-writes it
+    the_run = dict(experiment=experiment, run_name=run_name or nb.stem, notebook=str(nb), seed=full.get('seed'), params=mask(full),
+                   tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb), 'mlflow.source.type': 'NOTEBOOK',
+                         f'{TAG}host': socket.gethostname(), f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
+    out = default_output(f'starting-{uuid.uuid4().hex[:12]}', nb)  # moved to the run's folder once the run exists and the job ended
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix('.log')
-    env = {**os.environ, **(env or {}), **s.as_env(), 'MLOPS_NB_RUN_ID': run.run_id, 'MLFLOW_EXPERIMENT_ID': run.info.experiment_id, **secret_env}
-    job = dict(nb=prepared, input=str(nb), output=str(out), cwd=cwd, env=env, papermill_engine=papermill_engine(engine),
-               kernel_name=kernel_name, log=str(log), log_output=log_output, progress=progress, cell_timeout=cell_timeout,
-               secrets=[values[k] for k in secret if k in values], html=True)
-    ex, err = None, None
-    try: ex = execute(job, timeout=timeout, on_start=lambda pid: run.client.set_tag(run.run_id, f'{TAG}pid', str(pid)))
-    except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
+    rid_file, spool = out.parent / '.run_id', out.parent / '.record_spool.json'
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in ('MLOPS_NB_RUN_ID', 'MLFLOW_EXPERIMENT_ID', 'MLFLOW_RUN_ID')}
+    env.update(s.as_env(), MLOPS_NB_RUN_ID_FILE=str(rid_file), MLOPS_NB_RECORD_SPOOL=str(spool),
+               MLFLOW_EXPERIMENT_NAME=experiment or s.experiment, **secret_env)
+    job = dict(nb=prepared, values=values, secret_names=sorted(secret), input=str(nb), output=str(out), cwd=cwd, env=env,
+               papermill_engine=papermill_engine(engine), kernel_name=kernel_name, log=str(out.with_suffix('.log')), log_output=log_output,
+               progress=progress, cell_timeout=cell_timeout, secrets=[values[k] for k in secret if k in values], html=True, run=the_run)
+    run, ex, err = _start(job, timeout, s)
+    out, html, log = _settle(out, default_output(run.run_id, nb), ex)
     if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
         failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
     else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
@@ -337,8 +220,8 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     ok = ex is not None and ex.status == 'ok'
     pruned = _pruned(failure)
     if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
-    html = Path(ex.html) if ex is not None and ex.html else None
     try:
+        if (left := take_spool(out.parent / '.record_spool.json')): run.batch.absorb(left)  # what the notebook recorded before its run existed
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
             redact_file(out)  # a process that died did not redact its notebook itself
             idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
@@ -366,6 +249,45 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                      metrics=dict(metrics), recorded=recorded, error=failure,
                      duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
                      interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
+
+# %% ../nbs/08_jobs.ipynb #j0b5a7a2
+def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
+    "Start the job, then create its run while it runs; (run, how the job ended or None, what kept it from starting or None)."
+    t0 = time.time()  # the job's real start: its run is dated from here
+    first = new_store(s)  # a store not made yet is made before the job starts: a kill mid-migration would leave it broken
+    starting, stopped = None if first else StartingJob(job, timeout), False
+    rid_file = Path(job['output']).parent / '.run_id'
+    try: run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
+    except KeyboardInterrupt:  # Ctrl-C while the run was being made: the job stops, and is a run all the same
+        if starting is None: shutil.rmtree(Path(job['output']).parent, ignore_errors=True); raise
+        stopped = _stop_started(starting, 'interrupted')
+        run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
+    except BaseException:  # no store to record in: the job stops and nothing of it is kept
+        if starting is not None and (j := _stop_started(starting, 'error')): j.wait()
+        shutil.rmtree(Path(job['output']).parent, ignore_errors=True)
+        raise
+    ex, err = None, None
+    try:
+        j = (starting or StartingJob(job, timeout)).result()
+        run.client.set_tag(run.run_id, f'{TAG}pid', str(j.proc.pid))
+        ex = outcome(j)
+        if stopped: ex.interrupted = True
+    except BaseException as e: err = e  # could not start the job's process (or Ctrl-C while it started): the run still ends, FAILED
+    return run, ex, err
+
+def _stop_started(starting: StartingJob, reason: str):
+    "Stop the job `starting` started, once it has; the job, or None if it never started."
+    try: j = starting.result()
+    except BaseException: return None  # it never started: nothing to stop
+    j.stop(reason)
+    return j
+
+def _settle(tmp: Path, final: Path, ex) -> tuple:
+    "Move the ended job's folder to its run's (`.mlops_nb/outputs/RUN_ID/`); (notebook, HTML or None, log) there."
+    final.parent.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp.parent, final.parent)
+    (final.parent / '.run_id').unlink(missing_ok=True)
+    return final, (final.with_suffix('.html') if ex is not None and ex.html else None), final.with_suffix('.log')
 
 # %% ../nbs/08_jobs.ipynb #260e8284
 def _pruned(failure: dict | None) -> dict | None:
@@ -409,8 +331,6 @@ def _stripped(executed, dst: Path) -> Path:
 
 def _data_check(run, run_id: str, base: Path):
     "Refuse (DataError) when a local data file given to `log_dataset` is gone or changed (relative paths from `base`)."
-    from mlops_nb.core import DataError
-    from mlops_nb.tracking import file_sha256
     tags = run.data.tags
     for k, src in tags.items():
         if not k.startswith(f'{TAG}data_source.'): continue
@@ -427,8 +347,6 @@ def _data_check(run, run_id: str, base: Path):
 
 def _files_check(reads: dict | None, run_id: str) -> int | None:
     "Refuse (DataError, naming each) when a file the job read is gone or changed; how many were checked (None: none recorded)."
-    from mlops_nb.core import DataError
-    from mlops_nb.tracking import file_sha256
     if reads is None: return None
     base, problems = Path(reads['cwd']), []
     for f in reads['files']:
@@ -451,8 +369,6 @@ def reproduce(run_id: str, # the run to rerun
              ) -> Reproduction:
     "Rerun the job of `run_id` from its recorded notebook and parameters, and compare data and metrics."
     import tempfile
-    from mlops_nb.core import TrackingError
-    from mlops_nb.tracking import client, download_artifact, file_sha256
     s = settings or get_settings()
     c = client(s)
     try: old = c.get_run(run_id)

@@ -25,11 +25,12 @@ from . import __version__
 from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'LOST_AFTER', 'RECORD_MIME', 'client',
-           'experiment_id', 'absent', 'filter_value', 'git_info', 'file_sha256', 'lineage_tags', 'environment_txt',
-           'Batch', 'Run', 'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'record', 'recorded',
-           'log_dataset', 'model_flavour', 'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run',
-           'job_runs', 'set_run_tags', 'model_signature']
+__all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'LOST_AFTER', 'RECORD_MIME',
+           'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'git_info', 'file_sha256', 'lineage_tags',
+           'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run', 'create_run', 'start_run',
+           'mark_lost_runs', 'current_run', 'take_spool', 'record', 'recorded', 'log_dataset', 'model_flavour',
+           'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags',
+           'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #8d260cd1
 def _sqlite_path(uri: str) -> Path | None:
@@ -65,9 +66,10 @@ def client(settings: Settings | None = None # resolved settings; `get_settings()
         # already do it); two jobs starting together on a fresh directory would both try. One at a
         # time: the second finds the tables made.
         with _file_lock(db.with_name(db.name + '.init.lock')):
+            made = db.exists() and db.stat().st_size > 0  # an existing store has every table: opening the registry can wait
             c = make()
             c.search_experiments(max_results=1)
-            c.search_registered_models(max_results=1)
+            if not made: c.search_registered_models(max_results=1)
         _READY.add(s.tracking_uri)
         return c
     except Exception as e:
@@ -165,6 +167,11 @@ def _turn_taking_client():
               if n.startswith(_WRITE_PREFIXES) and n not in _FILE_WRITES and inspect.isfunction(f)}
     return type('TurnTakingMlflowClient', (MlflowClient,), {'__module__': __name__, '__doc__': _turn_taking_client.__doc__,
                                                            'write_db': None, **writes})
+
+def new_store(settings: Settings) -> bool:
+    "Whether `settings`' store is a SQLite file not made yet: the first process to open it creates and migrates it."
+    db = _sqlite_path(settings.tracking_uri)
+    return db is not None and not (db.exists() and db.stat().st_size > 0)
 
 def _store_writes(settings: Settings):
     "Hold the write lock of `settings`' SQLite store (nothing for other stores), for MLflow calls made without our client."
@@ -276,18 +283,25 @@ def _name(key: str) -> str:
     return redact(key).replace(REDACTED, 'REDACTED')
 
 class Batch:
-    "Buffer of metrics, params and tags for one run, sent with `log_batch`."
-    def __init__(self, mlflow_client, run_id: str, max_buffer: int = MAX_METRICS):
-        self.client, self.run_id, self.max_buffer = mlflow_client, run_id, max_buffer
-        self.metrics, self.params, self.tags = [], {}, {}
+    "Buffer of metrics, params and tags for one run, sent with `log_batch`; buffering needs no MLflow, only sending does."
+    def __init__(self, mlflow_client, run_id: str | None, max_buffer: int = MAX_METRICS,
+                 owner=None, # a `Run` whose `client` and `run_id` are used when these are None (a job's run, known later)
+                ):
+        self._client, self._run_id, self.owner, self.max_buffer = mlflow_client, run_id, owner, max_buffer
+        self.metrics, self.params, self.tags = [], {}, {}  # metrics as (key, value, timestamp ms, step)
         self._step, self._sent = {}, {}  # next metric steps; params already sent
+        self.lock = threading.RLock()  # a job's process may send from its watch thread while a cell records
+
+    @property
+    def client(self): return self._client if self._client is not None else self.owner.client
+    @property
+    def run_id(self) -> str: return self._run_id if self._run_id is not None else self.owner.run_id
 
     def metric(self, key: str, value: float, step: int | None = None):
-        from mlflow.entities import Metric
         key = _name(key)
         if step is None: step = self._step.get(key, -1) + 1
         self._step[key] = step
-        self.metrics.append(Metric(key, float(value), int(time.time() * 1000), step))
+        self.metrics.append((key, float(value), int(time.time() * 1000), step))
         if len(self.metrics) >= self.max_buffer: self.flush()
 
     def param(self, key: str, value):
@@ -302,29 +316,87 @@ class Batch:
 
     def flush(self):
         "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
-        from mlflow.entities import Param, RunTag
+        with self.lock: self._flush()
+
+    def _flush(self):
         if not (self.metrics or self.params or self.tags): return
-        ms, ps, ts = self.metrics, [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
+        from mlflow.entities import Metric, Param, RunTag
+        ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
         for m, p, t in _chunks(ms, ps, ts):
             self.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
             self.metrics = self.metrics[len(m):]
             for o in p: self._sent[o.key] = self.params.pop(o.key, o.value)
             for o in t: self.tags.pop(o.key, None)
 
+    def pending(self) -> dict:
+        "What is buffered and not sent, as JSON-able data (a job's process hands it to its runner)."
+        return {'metrics': [list(m) for m in self.metrics], 'params': dict(self.params), 'tags': dict(self.tags)}
+
+    def absorb(self, pending: dict):
+        "Buffer what another process left unsent (`pending`), as that process recorded it (metrics keep their time and step)."
+        self.metrics += [tuple(m) for m in pending.get('metrics', [])]
+        for k, v in pending.get('params', {}).items(): self.param(k, v)
+        self.tags.update(pending.get('tags', {}))
+
 def _param_str(v) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s if len(s) <= 6000 else s[:5997] + '...'
 
+# %% ../nbs/05_tracking.ipynb #a7c1d0e2
+RUN_ID_WAIT = 600.0  # seconds a job's process waits for its runner to create its run
+
+def write_run_id(path: str | Path, run_id: str):
+    "Tell a job's process its run's id (written whole: a reader never sees half of it)."
+    tmp = Path(f'{path}.{os.getpid()}.tmp')
+    tmp.write_text(run_id, encoding='utf-8'); os.replace(tmp, path)
+
+def read_run_id(path: str | Path) -> str | None:
+    "The run id written to `path`, or None if it is not there yet."
+    try: return Path(path).read_text(encoding='utf-8').strip() or None
+    except OSError: return None
+
+def _await_run_id(path: str | Path, wait: float = RUN_ID_WAIT) -> str:
+    "Wait for the runner to write the run's id (its driver watch ends this process if the runner dies first)."
+    end = time.monotonic() + wait
+    while (rid := read_run_id(path)) is None:
+        if time.monotonic() > end:
+            raise TrackingError(f"The job's run was not created within {wait:g} s (no run id in {path}).",
+                                hint="Check the tracking store: the runner could not create the run.")
+        time.sleep(0.02)
+    return rid
+
 # %% ../nbs/05_tracking.ipynb #1f52a752
 class Run:
     "A handle on one MLflow run: record values, log artifacts, end it."
-    def __init__(self, run_id: str, settings: Settings | None = None, mlflow_client=None, owned: bool = True):
-        self.run_id, self.settings = run_id, settings or get_settings()
-        self.client = mlflow_client or client(self.settings)
+    def __init__(self, run_id: str | None, settings: Settings | None = None, mlflow_client=None, owned: bool = True,
+                 run_id_file: str | None = None, # with run_id None: the file its runner writes the run's id to, once it exists
+                 spool: str | None = None, # where values wait while MLflow is not imported here (a job's process), for its runner
+                ):
+        self._run_id, self.settings = run_id, settings or get_settings()
+        self._client = mlflow_client if mlflow_client is not None else None if run_id_file else client(self.settings)
+        self.run_id_file, self.spool = run_id_file, spool
         self.owned = owned  # False when a job runner in another process ends it
-        self.batch = Batch(self.client, run_id)
+        self.batch = Batch(None, None, owner=self)
         self.recorded: dict[str, Any] = {}
         self.ended = False
+
+    @property
+    def client(self):
+        if self._client is None: self._client = client(self.settings)  # a job's run: MLflow is imported when first needed
+        return self._client
+    @client.setter
+    def client(self, c): self._client = c
+
+    @property
+    def run_id(self) -> str:
+        "The run's id; a job's process waits for its runner to create the run, the first time it needs the id."
+        if self._run_id is None: self._run_id = _await_run_id(self.run_id_file)
+        return self._run_id
+
+    def known_run_id(self) -> str | None:
+        "The run's id if it exists already, without waiting."
+        if self._run_id is None and self.run_id_file: self._run_id = read_run_id(self.run_id_file)
+        return self._run_id
 
     @property
     def info(self): return self.client.get_run(self.run_id).info
@@ -376,6 +448,8 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
                notebook: str | Path | None = None, # the job notebook, for lineage
                seed: int | None = None, # the job seed, for lineage
                parent_run_id: str | None = None, # makes this a child run
+               start_time: float | None = None, # when the run started (seconds since the epoch); now if None
+               run_id_file: str | Path | None = None, # where a job's process learns the run's id, written as soon as the run exists
               ) -> Run:
     "Create a RUNNING run with lineage tags, params and `environment.txt`."
     s = settings or get_settings()
@@ -383,7 +457,9 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
     eid = experiment_id(s, experiment, c)
     t = {**lineage_tags(notebook, seed), **(tags or {})}
     if parent_run_id: t['mlflow.parentRunId'] = parent_run_id
-    r = c.create_run(eid, run_name=redact(run_name) if run_name else run_name, tags={k: redact(str(v)) for k, v in t.items()})
+    r = c.create_run(eid, start_time=int(start_time * 1000) if start_time else None, run_name=redact(run_name) if run_name else run_name,
+                     tags={k: redact(str(v)) for k, v in t.items()})
+    if run_id_file: write_run_id(run_id_file, r.info.run_id)  # before anything else: a runner killed now leaves the job its run
     run = Run(r.info.run_id, s, c)
     for k, v in (params or {}).items(): run.batch.param(k, v)
     run.flush()
@@ -442,20 +518,41 @@ _LOCAL: dict[str, Any] = {}
 RECORD_MIME = 'application/vnd.mlops-nb.record+json'
 
 def current_run() -> Run | None:
-    "The run `record` writes to: the active `start_run`, the job's run (`MLOPS_NB_RUN_ID`), or None."
+    "The run `record` writes to: the active `start_run`, the job's run (`MLOPS_NB_RUN_ID`, or one known later), or None."
     global _ATTACHED
     if _ACTIVE is not None: return _ACTIVE
-    rid = os.environ.get('MLOPS_NB_RUN_ID')
-    if not rid: return None
-    if _ATTACHED is None or _ATTACHED.run_id != rid:
-        _ATTACHED = Run(rid, get_settings(), owned=False)
+    rid, rfile = os.environ.get('MLOPS_NB_RUN_ID'), os.environ.get('MLOPS_NB_RUN_ID_FILE')
+    if not (rid or rfile): return None
+    if _ATTACHED is None or (_ATTACHED._run_id, _ATTACHED.run_id_file) != ((rid, None) if rid else (_ATTACHED._run_id, rfile)):
+        _ATTACHED = Run(rid or None, get_settings(), owned=False, run_id_file=None if rid else rfile,
+                        spool=None if rid else os.environ.get('MLOPS_NB_RECORD_SPOOL'))
         _flush_after_each_cell(_ATTACHED)
         atexit.register(_safe_flush, _ATTACHED)
     return _ATTACHED
 
-def _safe_flush(run: Run):
-    try: run.flush()
-    except Exception as e: print(f"mlops_nb: could not flush recorded values to run {run.run_id}: {e}", file=sys.stderr)
+def _safe_flush(run: Run, send: bool = False # send even if MLflow is not imported yet (it is then), once the run exists
+               ):
+    "Send what `run` buffered; in a job's process without MLflow (or before its run exists), spool it for the runner instead."
+    try:
+        if run.spool and (run.known_run_id() is None or not (send or 'mlflow' in sys.modules)):
+            if not os.path.isdir(os.path.dirname(run.spool)): return  # the job's folder is gone (moved by its runner)
+            if run.batch.metrics or run.batch.params or run.batch.tags or os.path.exists(run.spool): _write_spool(run)
+            return
+        run.flush()
+        if run.spool and os.path.exists(run.spool): os.unlink(run.spool)  # everything it held was just sent
+    except Exception as e: print(f"mlops_nb: could not flush recorded values to run {run.known_run_id() or '(not created yet)'}: {e}", file=sys.stderr)
+
+def _write_spool(run: Run):
+    tmp = f'{run.spool}.{os.getpid()}.tmp'
+    with run.batch.lock, open(tmp, 'w', encoding='utf-8') as f: json.dump(run.batch.pending(), f)
+    os.replace(tmp, run.spool)
+
+def take_spool(path: str | Path) -> dict | None:
+    "What a job's process left unsent in its spool (the file is removed), or None."
+    try: data = json.loads(Path(path).read_text(encoding='utf-8'))
+    except (OSError, ValueError): return None
+    Path(path).unlink(missing_ok=True)
+    return data
 
 def _flush_after_each_cell(run: Run):
     "In a kernel, send buffered values after every cell, so a killed kernel loses at most one cell's values."
@@ -507,7 +604,7 @@ def _record_into(run: Run, name: str, value, step=None):
     elif kind == 'path': run.log_artifact(value, None if Path(value).is_file() else name)
     else: run.batch.param(name, value)
     run.recorded[name] = value
-    _display_record(name, value, run.run_id, kind)
+    _display_record(name, value, run, kind)
     return value
 
 def _kind(value) -> str:
@@ -528,9 +625,10 @@ def _flatten(d: dict, prefix: str) -> dict:
         else: out[key] = v
     return out
 
-def _display_record(name, value, run_id, kind: str):
+def _display_record(name, value, run, kind: str):
     "Show a recorded scalar in the notebook under `RECORD_MIME`, readable from the executed notebook."
     if kind not in ('metric', 'param', 'dict') or os.environ.get('MLOPS_NB_RECORD_DISPLAY') == '0': return  # a fast-engine job: none
+    run_id = run.known_run_id() if run is not None else None  # a job's run may not exist yet: never wait for it to show a value
     try:
         from IPython import get_ipython
         if get_ipython() is None: return
@@ -577,7 +675,7 @@ def log_dataset(df, # the frame used
                 source: str | None = None, # where it came from (dataset name or path)
                ) -> str:
     "Fingerprint `df` and record it on the current run; returns the fingerprint."
-    from mlops_nb.data import fingerprint
+    from mlops_nb.data import fingerprint  # lazy: `mlops_nb.data` imports pandas and pandera, 5 s under load here against 0.45 s for this module
     fp = fingerprint(df)
     run = current_run()
     if run is None:

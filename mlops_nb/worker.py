@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import MlopsNbError, Registry, find_project, get_settings
+from .postprocess import html_exporter
 from .procs import die_with_parent, process_alive, pss
 
 # %% auto #0
-__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
-           'JOB_PROCESS', 'ATTACHED', 'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload',
-           'notebook_imports', 'html_exporter', 'warm', 'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir',
-           'worker_paths', 'worker_enabled', 'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start',
-           'request', 'run_command', 'RemoteProcess']
+__all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'JOB_PROCESS', 'ATTACHED',
+           'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload', 'notebook_imports', 'warm',
+           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir', 'worker_paths', 'worker_enabled',
+           'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'wait_warm', 'request',
+           'run_command', 'RemoteProcess']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -87,7 +88,8 @@ def notebook_imports(notebooks) -> list[str]:
                     mods.append(node.module)
                     if node.module == 'mlops_nb': mods += [f'mlops_nb.{a.name}' for a in node.names if a.name in MODEL_USERS]
     if any(m == 'mlops_nb' or m.startswith('mlops_nb.') for m in mods): mods += ['mlops_nb.tracking']  # `record` logs to MLflow
-    if any(m.split('.')[0] in ('mlflow', 'mlops_nb') for m in mods): mods += MLFLOW_STORE_MODULES
+    if any(m.split('.')[0] == 'mlflow' or m.replace('mlops_nb.', '', 1) in MODEL_USERS for m in mods): mods += MLFLOW_STORE_MODULES
+    # `record` alone needs no MLflow in the job: its values wait in the job's spool until its runner sends them (see `tracking`)
     if any(m in MODEL_USERS or m.startswith('mlflow.sklearn') for m in (x.replace('mlops_nb.', '', 1) for x in mods)):
         mods += MODEL_MODULES  # loading or logging a model imports MLflow's flavour and most of scikit-learn: about a second
     dirs = {Path.cwd(), *(Path(p).resolve().parent for p in notebooks)}
@@ -95,24 +97,6 @@ def notebook_imports(notebooks) -> list[str]:
     return [m for m in dict.fromkeys(mods) if not local(m)]  # the project's own modules are imported fresh by each job
 
 # %% ../nbs/08b_worker.ipynb #d095a27c
-HTML_EXPORTER = None  # built once by `warm`, so every job's HTML render skips loading nbconvert's templates
-
-def html_exporter():
-    "nbconvert's HTML exporter, built and exercised once per process (None if nbconvert cannot)."
-    global HTML_EXPORTER
-    if HTML_EXPORTER is not None: return HTML_EXPORTER
-    try:
-        from nbconvert import HTMLExporter
-        import nbformat
-        exporter, v4 = HTMLExporter(), nbformat.v4
-        sample = v4.new_notebook(cells=[v4.new_markdown_cell('# t\n*x* <b>y</b>'), v4.new_code_cell('1', outputs=[
-            v4.new_output('stream', name='stdout', text='a'), v4.new_output('display_data', data={'text/html': '<b>h</b>', 'text/plain': 'h'}),
-            v4.new_output('error', ename='E', evalue='e', traceback=['\x1b[31mE\x1b[0m'])])])
-        exporter.from_notebook_node(sample)  # compiles the template and loads the markdown and HTML machinery now
-        HTML_EXPORTER = exporter
-    except BaseException: pass
-    return HTML_EXPORTER
-
 def warm(extra=() # more modules to import, e.g. those the notebooks about to run import
         ) -> list[str]:
     "Import what every job needs, `extra` and `MLOPS_NB_WARM_MODULES`, and build the HTML exporter; the modules that failed."
@@ -396,7 +380,7 @@ class _Worker:
         self.projects: dict[str, dict] = {}  # project folder -> what was served there, its store
         self.stores, self.max_bytes = _Stores(), _max_bytes()
         self.stopping, self.why = False, None
-        self.fp, self.failed, self.skipped = {}, [], []
+        self.fp, self.failed, self.skipped, self.warm = {}, [], [], False  # warm: MLflow too is imported
 
     def status(self) -> dict:
         now, size = time.time(), pss(os.getpid())
@@ -408,7 +392,7 @@ class _Worker:
                                                                   for k in ('command', 'job')},
                 'served': dict(self.counts), 'projects': projects, 'modules': len(sys.modules), 'watched_files': len(self.fp),
                 'pss_mb': None if size is None else round(size / 2**20, 1), 'max_mb': round(self.max_bytes / 2**20),
-                'preload_failed': self.failed, 'preload_skipped': self.skipped, 'stopping': self.stopping}
+                'preload_failed': self.failed, 'preload_skipped': self.skipped, 'stopping': self.stopping, 'warm': self.warm}
 
     def _note(self, kind: str, cwd: str, env: dict | None = None):
         "Count a command or job for the project of `cwd`; after a command, its store is opened (between requests)."
@@ -420,7 +404,6 @@ class _Worker:
 # %% ../nbs/08b_worker.ipynb #7657b6b3
 def _load(self, names=(), jobs: bool = True):
     "Import `names` (and, with `jobs`, what every job needs); watch the files of everything imported."
-    lean_jsonschema()
     names = [n.strip() for n in names if n.strip() and n.strip() not in sys.modules]
     if names and (size := pss(os.getpid()) or 0) > self.max_bytes:  # bounded: jobs import the rest themselves
         self.skipped += names
@@ -438,6 +421,7 @@ def _load(self, names=(), jobs: bool = True):
 
 def _open_stores(self):
     "Between requests, nothing running: open the stores of the projects just served; release the idle ones."
+    if not self.warm: self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False); self.warm = True  # idle: MLflow now
     for e in self.projects.values():
         if (pending := e.pop('pending', None)) is None: continue
         try: s = get_settings(cwd=pending[0], env=pending[1])
@@ -469,7 +453,8 @@ _Worker._bind = _bind
 def _serve(self):
     import selectors
     t0 = time.time()
-    self._load(MLFLOW_STORE_MODULES + COMMAND_MODULES, jobs=False)  # what a command needs first
+    self._load(('mlops_nb.cli', 'mlops_nb.jobs'), jobs=False)  # what a command needs first; no MLflow: a cold command
+    # imports it itself while this process loads what its job needs, each on a core (MLflow comes later, when idle)
     self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
     self.sel = selectors.DefaultSelector()
     self.listener = self._bind()
@@ -730,6 +715,12 @@ def start(paths: WorkerPaths | None = None, # the worker's files; this project's
             time.sleep(0.02)
         raise WorkerError(f"The mlops_nb worker did not listen on {paths.sock} within {wait:g} s; see {paths.log}.",
                           hint='Run with --no-worker (or MLOPS_NB_WORKER=0) meanwhile.')
+
+def wait_warm(paths: WorkerPaths | None = None, limit: float = 180.0) -> dict | None:
+    "Wait until the running worker has imported all it preloads (MLflow last, once idle); its status (None: none running)."
+    end = time.time() + limit
+    while (st := request('status', paths)) is not None and not st.get('warm', True) and time.time() < end: time.sleep(0.1)
+    return st
 
 def request(op: str, paths: WorkerPaths | None = None, **fields) -> dict | None:
     "Ask the running worker (`status`, `stop`); None when no worker is running."
