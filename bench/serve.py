@@ -16,11 +16,18 @@ With `--model xgboost` or `--model lightgbm` the model is a gradient-boosted cla
 on breast_cancer logged by plain MLflow code (`mlflow.xgboost.log_model` / `mlflow.lightgbm.log_model`, no
 mlops_nb), served by both through its own flavour; only one-row requests are timed.
 
+MLServer is a second peer for the XGBoost and LightGBM models: `mlserver start` (1.7.1, MLflow runtime
+`mlserver_mlflow.MLflowRuntime`, `parallel_workers` = W) on the same model folder, in its own virtual environment
+(`bench/out/mlserver-venv`, created on first use with mlserver, mlserver-mlflow, the model's library and `uvloop<0.22`,
+which MLServer 1.7 needs). It answers MLflow's `/invocations` protocol, so it gets the same bodies, and its answers
+must equal MLflow's too. `--mlserver off` skips it; when its environment cannot be made, a line says so and the run
+goes on without it.
+
 With `--shadow` the peer is not MLflow: two `mlops-nb serve` of the same champion, one plain and one with
 `--shadow models:/bench/2` (a second forest, seed 1) scoring every request off the response path; the
 answers of both must be identical, and the ratio is shadow / plain (aim: at least 0.7x the throughput).
 
-Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off] [--model forest|xgboost|lightgbm] [--shadow]
+Usage: python bench/serve.py [--duration S] [--workers W] [--onnx auto|off] [--model forest|xgboost|lightgbm] [--mlserver auto|off] [--shadow]
 """
 import argparse
 import json
@@ -102,6 +109,37 @@ def train_boosted(d: Path, kind: str):
     return Xte
 
 
+MLSERVER_VENV = Path(__file__).resolve().parent / 'out' / 'mlserver-venv'
+MLSERVER_PINS = ['mlserver==1.7.1', 'mlserver-mlflow==1.7.1', 'uvloop<0.22']  # MLServer 1.7's workers fail under uvloop 0.22+
+
+
+def ensure_mlserver(kind: str) -> tuple[str | None, str]:
+    "`(mlserver executable or None, why not)`: the MLServer environment, created on first use with the model's library."
+    exe, py = MLSERVER_VENV / 'bin' / 'mlserver', MLSERVER_VENV / 'bin' / 'python'
+    try:
+        if not exe.exists():
+            print(f"creating {MLSERVER_VENV} ({', '.join(MLSERVER_PINS)}; once, a few minutes) ...", flush=True)
+            subprocess.run([sys.executable, '-m', 'venv', str(MLSERVER_VENV)], check=True)
+            subprocess.run([str(py), '-m', 'pip', 'install', '-q', *MLSERVER_PINS], check=True)
+        if subprocess.run([str(py), '-c', f'import {kind}'], capture_output=True).returncode:
+            subprocess.run([str(py), '-m', 'pip', 'install', '-q', {'xgboost': 'xgboost-cpu', 'lightgbm': 'lightgbm'}[kind]], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return None, f'could not create {MLSERVER_VENV}: {e}'
+    return str(exe), ''
+
+
+def mlserver_cmd(exe: str, d: Path, port: int, workers: int) -> list:
+    "MLServer's settings and model settings in `d/mlserver`, for the champion's files (downloaded here); its command."
+    import mlflow
+    model = Path(mlflow.artifacts.download_artifacts('models:/bench@champion', dst_path=str(d / 'mlserver-model')))
+    ms = d / 'mlserver'; ms.mkdir()
+    (ms / 'settings.json').write_text(json.dumps({'host': '127.0.0.1', 'http_port': port, 'grpc_port': free_port(),
+                                                  'metrics_port': free_port(), 'parallel_workers': workers, 'debug': False}))
+    (ms / 'model-settings.json').write_text(json.dumps({'name': 'bench', 'implementation': 'mlserver_mlflow.MLflowRuntime',
+                                                        'parameters': {'uri': str(model)}}))
+    return [exe, 'start', str(ms)]
+
+
 def seconds(v: str) -> float:
     m = re.fullmatch(r'([\d.]+)(us|ms|s|m)', v)
     return float(m.group(1)) * {'us': 1e-6, 'ms': 1e-3, 's': 1.0, 'm': 60.0}[m.group(2)]
@@ -126,6 +164,8 @@ def main():
     ap.add_argument('--onnx', default='auto', choices=['auto', 'off'], help="mlops-nb serve's --onnx (off: batching alone, the model's own flavour predicts)")
     ap.add_argument('--model', default='forest', choices=['forest', 'xgboost', 'lightgbm'],
                     help='forest: the quickstart model (mlops_nb train run); xgboost/lightgbm: logged by plain MLflow code')
+    ap.add_argument('--mlserver', default='auto', choices=['auto', 'off'],
+                    help='auto: MLServer (MLflow runtime) as a second peer for xgboost/lightgbm, its venv made on first use; off: skip it')
     ap.add_argument('--shadow', action='store_true', help='compare mlops-nb serve with and without --shadow (same model) instead of against MLflow')
     a = ap.parse_args()
     if not shutil.which('wrk'): sys.exit('wrk is not installed (apt-get install wrk)')
@@ -146,19 +186,30 @@ def main():
                        '-h', '127.0.0.1', '-p', str(ports['mlflow']), '-w', str(a.workers)],
             'mlops_nb': [str(Path(sys.executable).parent / 'mlops-nb'), 'serve', 'models:/bench@champion', '--port', str(ports['mlops_nb']),
                          '--workers', str(a.workers), '--onnx', a.onnx]}
+    skipped = 'MLServer: skipped (--mlserver off)' if a.mlserver == 'off' else \
+              'MLServer: skipped (measured for the xgboost and lightgbm models only)' if a.model == 'forest' else None
+    if skipped is None:
+        exe, why = ensure_mlserver(a.model)
+        if exe is None: skipped = f'MLServer: skipped ({why})'
+        else:
+            os.environ['MLFLOW_TRACKING_URI'] = env['MLFLOW_TRACKING_URI']
+            ports['mlserver'] = free_port()
+            cmds['mlserver'] = mlserver_cmd(exe, d, ports['mlserver'], a.workers)
+    ready = {'mlflow': '/ping', 'mlops_nb': '/ping', 'mlserver': '/v2/health/ready'}
     procs = {k: subprocess.Popen(c, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=open(d / f'{k}.log', 'w'), start_new_session=True)
              for k, c in cmds.items()}
     try:
-        for k, p in procs.items(): wait_ready(f'http://127.0.0.1:{ports[k]}/ping', p)
+        for k, p in procs.items(): wait_ready(f'http://127.0.0.1:{ports[k]}{ready[k]}', p)
         time.sleep(2)  # our server answers /ping once loaded; let MLflow's workers settle too
         big = bodies[100].read_bytes()
         answers = {k: post(f'http://127.0.0.1:{ports[k]}/invocations', big) for k in ports}
         engine = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports['mlops_nb']}/version").read())['engine']
-        identical = answers['mlflow'] == answers['mlops_nb']
+        identical = all(answers[k] == answers['mlflow'] for k in ports)
         what = 'random forest (100 trees)' if a.model == 'forest' else f'{a.model} classifier (100 trees, depth 4, plain MLflow)'
         print(f"model: {what} on breast_cancer; workers: {a.workers} each; mlops_nb engine: {engine}")
-        print(f"load generator: wrk 4.1 (Debian), {a.duration} s per cell after a 2 s warm-up; predictions identical on 100 rows: "
-              f"{'yes' if identical else 'NO'}\n")
+        print(f"load generator: wrk 4.1 (Debian), {a.duration} s per cell after a 2 s warm-up; predictions identical on 100 rows "
+              f"({', '.join(ports)}): {'yes' if identical else 'NO'}; load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print((skipped or f'MLServer 1.7.1 (MLflow runtime, parallel_workers {a.workers}): {cmds["mlserver"][0]}') + '\n')
         hdr = f"{'rows':>4} {'conc':>4} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'mlops_nb req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 x':>7}"
         print(hdr); print('-' * len(hdr))
         for n in ((1, 100) if a.model == 'forest' else (1,)):
@@ -169,6 +220,11 @@ def main():
                       f"{o['p50'] * 1e3:>8.1f} {o['p99'] * 1e3:>8.1f} | {o['rps'] / m['rps']:>12.1f} {m['p99'] / o['p99']:>7.1f}"
                       + ''.join(f"  [{k}: {v['non2xx']} non-2xx {v['socket_errors']}]" for k, v in r.items() if v['non2xx'] or v['socket_errors']),
                       flush=True)
+                if 'mlserver' in r:
+                    s_ = r['mlserver']
+                    print(f"{'':>4} {'':>4} | mlserver: {s_['rps']:.1f} req/s, p50 {s_['p50'] * 1e3:.1f} ms, p99 {s_['p99'] * 1e3:.1f} ms"
+                          f" | ours / mlserver: throughput {o['rps'] / s_['rps']:.1f}x, p99 {s_['p99'] / o['p99']:.1f}x", flush=True)
+        print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         return 0 if identical else 1
     finally:
         for p in procs.values():

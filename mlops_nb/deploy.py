@@ -25,7 +25,7 @@ __all__ = ['SERVING_REQUIREMENTS', 'pinned_requirements', 'merge_requirements', 
 
 # %% ../nbs/10a_deploy.ipynb #2c691f66
 SERVING_REQUIREMENTS = ('mlflow-skinny', 'scikit-learn', 'numpy', 'scipy', 'pandas', 'pyarrow', 'skops', 'pyyaml',
-                        'uvicorn', 'starlette', 'prometheus-client', 'skl2onnx', 'onnxmltools', 'onnx', 'onnxruntime')
+                        'uvicorn', 'httptools', 'starlette', 'prometheus-client', 'skl2onnx', 'onnxmltools', 'onnx', 'onnxruntime')
 
 def pinned_requirements(names=SERVING_REQUIREMENTS, # distributions to pin
                         onnx: bool = True, # include the ONNX fast path

@@ -202,6 +202,36 @@ def _content_type(ct: str | None) -> str:
                            expected='application/json | text/csv', got=ct or 'none')
     return mime.lower()
 
+# %% ../nbs/10_serve.ipynb #d1680ff0
+_FLOATS = ('double', 'float')
+
+def _fast_rows(doc: dict, names: list[str]) -> list | None:
+    "The rows of a `dataframe_split` (columns in signature order, or none) or of records with exactly the signature's keys."
+    if len(doc) > 2 or (len(doc) == 2 and not isinstance(doc.get('params', 0), (dict, type(None)))): return None
+    if isinstance(doc.get('dataframe_split'), dict):
+        split = doc['dataframe_split']
+        if split.keys() - {'columns', 'data', 'index'} or split.get('columns', names) != names: return None
+        return split.get('data')
+    recs = doc.get('dataframe_records', doc.get('instances'))
+    if not isinstance(recs, list) or not all(type(r) is dict and list(r) == names for r in recs): return None
+    return [list(r.values()) for r in recs]
+
+def _fast_columns(doc, columns: list[Column], max_rows: int) -> dict | None:
+    "Typed columns of a request of plain numbers for an all-float signature; None: take the checked path."
+    if type(doc) is not dict or not columns or any(c.type not in _FLOATS for c in columns): return None
+    rows = _fast_rows(doc, [c.name for c in columns])
+    if type(rows) is not list or not 0 < len(rows) <= max_rows: return None
+    k = len(columns)
+    for r in rows:
+        if type(r) is not list or len(r) != k: return None
+        for v in r:
+            if type(v) is not float and type(v) is not int: return None  # bool, None, str, nested: checked one by one
+    try: arr = np.array(rows, dtype=np.float64)
+    except OverflowError: return None  # an integer past float64: the checked path says so
+    if np.isnan(arr).any(): return None  # a null where a value may be required: named by the checked path
+    cols = np.ascontiguousarray(arr.T)
+    return {c.name: cols[j] if c.type == 'double' else cols[j].astype(np.float32) for j, c in enumerate(columns)}
+
 # %% ../nbs/10_serve.ipynb #7b350796
 def parse_request(body: bytes, # the request body
                   content_type: str | None, # its Content-Type header
@@ -220,6 +250,8 @@ def parse_request(body: bytes, # the request body
     else:
         try: doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e: raise RequestError(f"Malformed JSON: {e}") from None
+        fast = _fast_columns(doc, columns, limits.max_rows)
+        if fast is not None: return Parsed(fast, len(next(iter(fast.values()))), doc.get('params'))
         raw, params = _json_columns(doc, columns)
     n = len(next(iter(raw.values()))) if raw else 0
     if n > limits.max_rows:
@@ -415,8 +447,10 @@ class Batcher:
     "Gathers concurrent prediction requests into one model call."
     def __init__(self, max_rows: int = 1024, # stop gathering at this many rows
                  max_wait_ms: float = 2.0, # longest wait for requests still arriving
-                 on_batch=None): # called with (rows, requests, seconds) after each model call
-        self.max_rows, self.max_wait, self.on_batch = max_rows, max_wait_ms / 1000, on_batch
+                 on_batch=None, # called with (rows, requests, seconds) after each model call
+                 inline_ms: float = 1.0): # a model whose calls average less CPU time than this runs on the event loop: no thread hop
+        self.max_rows, self.max_wait, self.on_batch, self.inline = max_rows, max_wait_ms / 1000, on_batch, inline_ms / 1000
+        self.cost: dict[int, float] = {}  # id(model) -> moving average of its calls' seconds
         self.arriving = 0  # requests being read or parsed: they will join soon
         self.q: asyncio.Queue | None = None
         self.executor = self.task = None
@@ -454,18 +488,27 @@ async def _gather(self):
         items.append(it); rows += it.n
     return items
 
+def _timed(fn, *args):
+    "`fn(*args)` and the CPU seconds it took in this thread (wall time would count the waits of a busy machine)."
+    t0 = time.thread_time(); out = fn(*args)
+    return out, time.thread_time() - t0
+
 async def _run(self, items: list):
     "Predict items that share a model in one call; split the answers back."
     loop, t0 = asyncio.get_running_loop(), time.perf_counter()
     sm, proba = items[0].model, any(it.proba for it in items)
     cols = items[0].cols if len(items) == 1 else {k: np.concatenate([it.cols[k] for it in items]) for k in items[0].cols}
-    try: pred, prob = await loop.run_in_executor(self.executor, sm.predict, cols, proba)
+    cost = self.cost.get(id(sm))
+    try:
+        if cost is not None and cost < self.inline: (pred, prob), took = _timed(sm.predict, cols, proba)
+        else: (pred, prob), took = await loop.run_in_executor(self.executor, _timed, sm.predict, cols, proba)
     except Exception as e:
         if len(items) == 1:
             if not items[0].fut.done(): items[0].fut.set_exception(e)
             return
         for it in items: await _run(self, [it])  # find the request that fails; the others succeed
         return
+    self.cost[id(sm)] = took if cost is None else 0.8 * cost + 0.2 * took
     if self.on_batch: self.on_batch(sum(it.n for it in items), len(items), time.perf_counter() - t0)
     i = 0
     for it in items:
@@ -686,6 +729,7 @@ class Server:
         self.metrics = Metrics(config.log_dir)
         self.batcher = Batcher(config.max_batch_rows, config.max_wait_ms, on_batch=self._on_batch)
         self.tasks: list[asyncio.Task] = []
+        self.log_queue: list[tuple] = []  # answered requests waiting to be handed to the request log writer, in order
         if model is not None: self.model = None; self.swap(model)
         if canary is not None: self.set_canary(canary)
         if shadow is not None: self.set_shadow(shadow)
@@ -740,6 +784,7 @@ async def _startup(self: Server):
         self.shadow_q = asyncio.Queue(max(1, c.shadow_queue))
         self.shadow_task = asyncio.create_task(self._shadow_loop())
     if self.config.watch: self.tasks.append(asyncio.create_task(self._watch()))
+    if self.writer is not None: self.tasks.append(asyncio.create_task(self._log_ticker()))
     if self.writer is not None and (self.config.log_max_age_days or self.config.log_max_mb):
         self.tasks.append(asyncio.create_task(self._prune()))
 
@@ -750,7 +795,7 @@ async def _shutdown(self: Server):
         await self.shadow_q.put(None); await self.shadow_task
     for p in self.pools.values(): p.shutdown(wait=False)
     if self.writer is not None:
-        await asyncio.to_thread(self.writer.close); self.metrics.sync_log(self.writer.stats())
+        self.flush_log(); await asyncio.to_thread(self.writer.close); self.metrics.sync_log(self.writer.stats())
 
 async def _load(self: Server):
     try: self.swap(await asyncio.to_thread(load_served_model, self.config.model_dir or self.config.model_uri, self.config.onnx))
@@ -846,26 +891,53 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
     doc = {'predictions': prob.tolist(), 'classes': np.asarray(sm.classes).tolist()} if proba else {'predictions': pred.tolist()}
     return 200, doc, (sm, parsed, pred, prob, rid, (time.perf_counter() - t0) * 1000), str(sm.version)
 
+_LOG_BATCH, _LOG_EVERY = 512, 0.25  # queued requests go to the log writer at this many, or this often (seconds)
+
 def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float,
                  shadow: tuple | None = None): # (shadow version, its predictions or None): kept beside the answer
-    "Append one request to the request log (called after the response is sent)."
+    "Queue one answered request for the request log (on the event loop: an append; `flush_log` builds the rows)."
     if self.writer is None: return
-    try:
-        probas = pd.DataFrame(prob, columns=[str(c) for c in sm.classes]) if prob is not None else None
-        feats = sm.frame(parsed.columns)
-        if shadow is not None:  # meta columns (`_mlops_` prefix): never read as features
-            from mlops_nb.reqlog import META_PREFIX
-            sv, sp = shadow
-            feats[META_PREFIX + 'shadow_version'] = str(sv)
-            feats[META_PREFIX + 'shadow_prediction'] = (np.full(parsed.n, np.nan) if sp is None else np.asarray(sp) if np.ndim(sp) == 1
-                                                         else [json.dumps(np.asarray(r).tolist()) for r in sp])
-        self.writer.append(feats, pred, probas=probas,
-                           meta={'request_id': rid, 'model_name': sm.name or sm.uri, 'model_version': str(sm.version),
-                                 'latency_ms': latency_ms, 'source': 'serve'})
-        self.metrics.sync_log(self.writer.stats())
-    except Exception as e: log.warning("request log: %s", e)
+    self.log_queue.append((sm, parsed, pred, prob, rid, latency_ms, time.time(), shadow))
+    if len(self.log_queue) >= _LOG_BATCH: self.flush_log()
 
 Server.invocations, Server.log_request, Server._canary_predict = _invocations, _log_request, _canary_predict
+
+# %% ../nbs/10_serve.ipynb #f344240f
+def _log_key(it): return id(it[0]), it[3] is None, None if it[7] is None else (it[7][0], it[7][1] is None, np.ndim(it[7][1]))
+
+def _flush_log(self: Server):
+    "Hand the queued requests to the log writer: one frame per run of requests answered alike (same model, same columns)."
+    q, self.log_queue = self.log_queue, []
+    start = 0
+    for j in range(1, len(q) + 1):
+        if j == len(q) or _log_key(q[j]) != _log_key(q[start]):
+            try: self._log_rows(q[start:j])
+            except Exception as e: log.warning("request log: %s", e)  # a row the log cannot hold never fails the server
+            start = j
+    if q and self.writer is not None: self.metrics.sync_log(self.writer.stats())
+
+def _log_rows(self: Server, items: list):
+    from mlops_nb.reqlog import META_PREFIX
+    sm, ns = items[0][0], [it[1].n for it in items]
+    feats = pd.DataFrame({c.name: np.concatenate([it[1].columns[c.name] for it in items]) for c in sm.columns}, columns=[c.name for c in sm.columns])
+    pred = np.concatenate([np.asarray(it[2]) for it in items])
+    probas = None if items[0][3] is None else pd.DataFrame(np.concatenate([it[3] for it in items]), columns=[str(c) for c in sm.classes])
+    if items[0][7] is not None:  # the shadow's answers beside ours, as meta columns (`_mlops_` prefix): never read as features
+        feats[META_PREFIX + 'shadow_version'] = str(items[0][7][0])
+        sp = [it[7][1] for it in items]
+        feats[META_PREFIX + 'shadow_prediction'] = (np.full(len(feats), np.nan) if sp[0] is None else np.concatenate(sp) if np.ndim(sp[0]) == 1
+                                                     else [json.dumps(np.asarray(r).tolist()) for s in sp for r in s])
+    per_row = lambda k: np.repeat(np.asarray([it[k] for it in items]), ns)
+    self.writer.append(feats, pred, probas=probas, meta={
+        'request_id': per_row(4), 'latency_ms': per_row(5), 'ts': list(pd.to_datetime(per_row(6), unit='s', utc=True)),
+        'model_name': sm.name or sm.uri, 'model_version': str(sm.version), 'source': 'serve'})
+
+async def _log_ticker(self: Server):
+    while True:
+        await asyncio.sleep(_LOG_EVERY)
+        if self.log_queue: self.flush_log()
+
+Server.flush_log, Server._log_rows, Server._log_ticker = _flush_log, _log_rows, _log_ticker
 
 # %% ../nbs/10_serve.ipynb #e4278882
 async def _after_response(self: Server, *logged):
@@ -911,18 +983,21 @@ async def _shadow_batch(self: Server, items: list, rows: int):
     m.shadow_requests.labels(what).inc(len(items))
     m.version_requests.labels(str(sh.version), 'shadow', 'ok' if what == 'scored' else what).inc(len(items))
     if pred is not None: m.version_latency.labels(str(sh.version), 'shadow').observe(time.perf_counter() - t0)
-    await asyncio.to_thread(self._shadow_record, items, pred)  # agreement and the log, off the event loop
+    shadows = await asyncio.to_thread(self._shadow_record, items, pred)  # agreement off the event loop
+    for it, sp in zip(items, shadows): self.log_request(*it, shadow=(sh.version, sp))  # the log queue is the loop's
 
-def _shadow_record(self: Server, items: list, pred):
-    sh, m, i = self.shadow, self.metrics, 0
+def _shadow_record(self: Server, items: list, pred) -> list:
+    "Count agreement with the answers given; the shadow's predictions per request."
+    sh, m, i, out = self.shadow, self.metrics, 0, []
     for sm, parsed, ans, prob, rid, ms in items:
         sp = None if pred is None else pred[i:i + parsed.n]; i += parsed.n
         if sp is not None:
             a = int(agreement(ans, sp, sm.classes is not None, self.config.shadow_tolerance).sum())
             m.shadow_rows.labels('agree').inc(a); m.shadow_rows.labels('disagree').inc(parsed.n - a)
             self._agree[0] += a; self._agree[1] += parsed.n
-        self.log_request(sm, parsed, ans, prob, rid, ms, shadow=(sh.version, sp))
+        out.append(sp)
     if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
+    return out
 
 Server.after_response, Server._shadow_loop, Server._shadow_batch, Server._shadow_record = _after_response, _shadow_loop, _shadow_batch, _shadow_record
 
@@ -1005,7 +1080,7 @@ def create_app(config: ServeConfig, # what to serve and how
                                                          request.headers.get('x-client-key'))
         bg = None
         if logged and srv.shadow_q is not None: bg = BackgroundTask(srv.after_response, *logged)
-        elif logged and srv.writer is not None: bg = BackgroundTask(srv.log_request, *logged)
+        elif logged: srv.log_request(*logged)  # queued: the log's rows are built later, many requests at a time
         return Response(json.dumps(doc), status, media_type='application/json', headers={'x-request-id': rid, 'x-model-version': ver},
                         background=bg)
 

@@ -22,6 +22,29 @@ def context(tmp_path_factory):
     return d, json.loads(r.stdout)
 
 
+XGB_SCRIPT = """import mlflow, xgboost
+from sklearn.datasets import load_breast_cancer
+X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+with mlflow.start_run() as r:
+    m = xgboost.XGBClassifier(n_estimators=20, max_depth=3, random_state=0).fit(X, y)
+    mlflow.xgboost.log_model(m, name='model', input_example=X.head(5), pip_requirements=[f'xgboost=={xgboost.__version__}'])
+mv = mlflow.register_model(f'runs:/{r.info.run_id}/model', 'xgbd')
+mlflow.MlflowClient().set_registered_model_alias('xgbd', 'champion', mv.version)
+"""
+
+
+@pytest.fixture(scope='module')
+def xgb_context(context):
+    "An XGBoost model logged and registered by plain MLflow code (no mlops_nb), deployed beside the scikit-learn one."
+    pytest.importorskip('xgboost')
+    d, _ = context
+    r = subprocess.run([sys.executable, '-c', XGB_SCRIPT], cwd=d, env=store_env(d), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = mlops_nb('deploy', 'models:/xgbd@champion', '--out', d / 'ctx_xgb', '--json', cwd=d, env=store_env(d))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return d / 'ctx_xgb'
+
+
 def _tool(name):
     exe = Path(sys.executable).parent / name
     if not exe.exists(): pytest.skip(f'{name} is not installed (pip install -e ".[dev]" installs it)')
@@ -73,13 +96,9 @@ def _steps(dockerfile: str):
     return runs, argv
 
 
-def test_dockerfile_steps_serve_the_copied_model_without_the_registry(context, tmp_path):
-    "The install steps in a fresh venv, then the entrypoint, with the store out of reach: predictions as the model's own."
-    d, r = context
-    app = tmp_path / 'app'
-    shutil.copytree(d / 'ctx', app)  # the image's WORKDIR
-    subprocess.run([sys.executable, '-m', 'venv', str(tmp_path / 'venv')], check=True)
-    bin_ = tmp_path / 'venv' / 'bin'
+def _install(ctx: Path, app: Path, bin_: Path) -> list:
+    "The context copied to `app` (the image's WORKDIR), its Dockerfile's install steps run with the venv's pip; its entrypoint argv."
+    shutil.copytree(ctx, app)
     runs, argv = _steps((app / 'Dockerfile').read_text())
     assert len(runs) == 2 and argv[:3] == ['mlops-nb', 'serve', 'model']
     for cmd in runs:
@@ -89,17 +108,34 @@ def test_dockerfile_steps_serve_the_copied_model_without_the_registry(context, t
     argv = [str(bin_ / 'mlops-nb'), *argv[1:]]
     argv[argv.index('--port') + 1] = '{port}'
     argv[argv.index('--host') + 1] = '127.0.0.1'
-    argv[argv.index('--log-dir') + 1] = str(tmp_path / 'requests')
-    env = store_env(tmp_path, MLFLOW_TRACKING_URI='http://127.0.0.1:9')  # no registry: nothing listens there
+    argv[argv.index('--log-dir') + 1] = str(app / 'requests')
+    return argv
+
+
+def _serves_as_pyfunc(argv: list, app: Path, bin_: Path, want_version: tuple):
+    "The entrypoint with the store out of reach answers 50 rows as `mlflow.pyfunc` does on the context's model folder."
+    import mlflow.pyfunc
+    env = store_env(app, MLFLOW_TRACKING_URI='http://127.0.0.1:9')  # no registry: nothing listens there
     env['PATH'] = f"{bin_}:{env.get('PATH', '')}"
     srv = Proc(argv, app, env)
     try:
         v = json.loads(http('GET', srv.base + '/version')[2])
-        assert (v['name'], v['version'], v['alias']) == ('bc', '1', 'champion')
+        assert (v['name'], v['version'], v['alias']) == want_version, v
         from mlops_nb.data import load_dataset
-        from mlops_nb.tracking import load_model
         X = load_dataset('breast_cancer').drop(columns='target').head(50)
         st, _, doc = post_json(srv.base, {'dataframe_split': json.loads(X.to_json(orient='split', index=False))})
-        assert st == 200 and doc['predictions'] == load_model(str(d / 'ctx' / 'model')).predict(X).tolist()
+        assert st == 200 and doc['predictions'] == mlflow.pyfunc.load_model(str(app / 'model')).predict(X).tolist(), doc
     finally:
         assert srv.terminate() == 0, srv.output()
+
+
+def test_dockerfile_steps_serve_the_copied_model_without_the_registry(context, xgb_context, tmp_path):
+    """The install steps in one fresh venv, then the entrypoint, with the store out of reach: predictions as the model's own.
+    The scikit-learn model (train-job run) first; then, in the same venv, the XGBoost model logged by plain MLflow code,
+    whose context adds its own requirement (xgboost) to ours."""
+    d, r = context
+    subprocess.run([sys.executable, '-m', 'venv', str(tmp_path / 'venv')], check=True)
+    bin_ = tmp_path / 'venv' / 'bin'
+    _serves_as_pyfunc(_install(d / 'ctx', tmp_path / 'app', bin_), tmp_path / 'app', bin_, ('bc', '1', 'champion'))
+    assert any(q.startswith('xgboost==') for q in (xgb_context / 'requirements.txt').read_text().split())
+    _serves_as_pyfunc(_install(xgb_context, tmp_path / 'app_xgb', bin_), tmp_path / 'app_xgb', bin_, ('xgbd', '1', 'champion'))

@@ -201,3 +201,46 @@ def test_loop_alerts_but_does_not_retrain_a_model_without_a_recipe(store):
     doc = json.loads(r.stdout)
     assert doc['action'] == 'would_alert' and doc['drift']['drifted'], doc
     assert 'has no train recipe' in doc['detail'] and '--data HOLDOUT --target COLUMN' in doc['detail']
+
+
+CATBOOST_SCRIPT = """import json, mlflow, catboost, pandas as pd
+X = pd.read_csv('bc_holdout.csv').drop(columns='target')
+y = pd.read_csv('bc_holdout.csv')['target']
+m = catboost.CatBoostClassifier(iterations=30, depth=3, random_seed=0, verbose=0).fit(X, y)
+with mlflow.start_run() as r:
+    mlflow.catboost.log_model(m, name='model', input_example=X.head(5), pip_requirements=[f'catboost=={catboost.__version__}'])
+mv = mlflow.register_model(f'runs:/{r.info.run_id}/model', 'cb')
+mlflow.MlflowClient().set_registered_model_alias('cb', 'champion', mv.version)
+"""
+
+
+def test_catboost_logged_by_plain_mlflow_and_by_log_model(store, tmp_path):
+    "CatBoost (the optional extra mlops_nb[catboost]): served through its own flavour, every format equal to pyfunc, "
+    "probabilities equal to the model's, a missing column named; `mlops_nb.log_model` logs one in the catboost flavour."
+    catboost = pytest.importorskip('catboost')
+    import mlflow.catboost
+    from mlops_nb import models
+    d, info = store
+    r = subprocess.run([sys.executable, '-c', CATBOOST_SCRIPT], cwd=d, env=store_env(d), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    X = rows(d, info['xgb']).head(40)  # the breast-cancer hold-out rows
+    p = Proc([mlops_nb_exe(), 'serve', 'models:/cb@champion', '--port', '{port}'], d, store_env(d))
+    try:
+        v = served_equal_to_mlflow(p, X, reference(d, 'cb', X))
+        assert v['engine'] == 'catboost', v  # no compiled path for CatBoost: its own model predicts
+        st, _, doc = post_json(p.base, {'inputs': X.head(3).to_dict('list'), 'params': {'predict_method': 'predict_proba'}})
+        raw = mlflow.catboost.load_model('models:/cb@champion')
+        assert st == 200 and np.allclose(doc['predictions'], raw.predict_proba(X.head(3))), doc
+        st, _, doc = post_json(p.base, {'dataframe_split': json.loads(X.drop(columns='mean area').head(2).to_json(orient='split', index=False))})
+        assert 400 <= st < 500 and 'mean area' in doc['message'], doc
+    finally:
+        p.stop()
+    from mlops_nb.core import get_settings
+    from mlops_nb.tracking import log_model, start_run
+    with start_run(settings=get_settings(cwd=tmp_path, env={})):
+        uri = log_model(raw, X.head())
+    lm = models.load(uri, get_settings(cwd=tmp_path, env={}))
+    assert (lm.flavour, lm.task, lm.schema_source) == ('catboost', 'classification', 'schema.json')
+    assert any(q.startswith('catboost==') for q in lm.requirements), lm.requirements
+    np.testing.assert_array_equal(np.asarray(lm.predict(X)).ravel(), np.asarray(raw.predict(X)).ravel())
+    np.testing.assert_allclose(lm.predict_proba(X), raw.predict_proba(X))
