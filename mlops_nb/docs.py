@@ -20,18 +20,16 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .core import MlopsNbError, Settings, find_project
+from .core import DocsError, MlopsNbError, Settings, find_project
 from .outputs import check_new_folder, check_outputs
 
+_all_ = ['DocsError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['DocsError', 'page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
+__all__ = ['page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
            'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'champion_run', 'run_report',
            'check_links', 'sphinx_warnings', 'Site', 'readme_for_site', 'build_site', 'serve_site', 'package_name',
-           'template_files', 'init_project']
-
-# %% ../nbs/12a_docs.ipynb #a15ca4dd
-class DocsError(MlopsNbError):
-    "The docs site or a project template cannot be built."
+           'template_files', 'init_project', 'DocsError']
 
 # %% ../nbs/12a_docs.ipynb #8ed9831b
 def page_name(nb: str | Path) -> str:

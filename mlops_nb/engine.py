@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import REDACTED, JobFailed, Registry, _proc_start, add_secret, process_alive, redact, redact_value
+from .core import CellTimeoutError, JobFailed, REDACTED, Registry, _proc_start, add_secret, process_alive, redact, redact_value
+
+_all_ = ['CellTimeoutError']  # defined in core (the one map of errors); still importable from here
 
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'CellRunner',
-           'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'failure', 'Job',
-           'stop_all', 'execute']
+           'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'failure', 'Job', 'stop_all', 'execute',
+           'CellTimeoutError']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -217,9 +219,6 @@ class CellRunner:
 # %% ../nbs/08a_engine.ipynb #43d55f0b
 LANGUAGE_INFO = {'codemirror_mode': {'name': 'ipython', 'version': 3}, 'file_extension': '.py', 'mimetype': 'text/x-python',
                  'name': 'python', 'nbconvert_exporter': 'python', 'pygments_lexer': 'ipython3'}
-
-class CellTimeoutError(TimeoutError):
-    "A cell ran longer than the per-cell `execution_timeout`."
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat().replace('+00:00', 'Z')
 

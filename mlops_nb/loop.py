@@ -15,17 +15,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import DataError, MlopsNbError, RegistryError, get_settings
+from .core import DataError, LoopError, MlopsNbError, RegistryError, get_settings
 from .outputs import check_outputs
 
+_all_ = ['LoopError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
-           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
+__all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopResult', 'labelled_window', 'Champion', 'champion',
+           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest',
+           'LoopError']
 
 # %% ../nbs/12_loop.ipynb #bd135078
-class LoopError(MlopsNbError):
-    "The closed loop could not start: a bad model name, log directory, labels file or window."
-
 LOOP_TAG = 'mlops_nb.loop.'  # tags linking monitor, retrain, evaluate and promotion
 LOOP_GATES = {  # the candidate must beat the champion on the new window's held-out rows
     'binary': ['roc_auc >= 0.7', 'roc_auc > champion'],

@@ -15,18 +15,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import MlopsNbError, Registry, Settings, get_settings
+from .core import MlopsNbError, ModelError, Registry, Settings, get_settings
 from .data import ColumnSchema, Schema
 from .tracking import download_artifact, model_signature
 
+_all_ = ['ModelError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'ModelError', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel',
-           'model_requirements', 'load', 'input_schema', 'verification_rows']
+__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel', 'model_requirements', 'load',
+           'input_schema', 'verification_rows', 'ModelError']
 
 # %% ../nbs/05a_models.ipynb #67922244
-class ModelError(MlopsNbError):
-    "A model cannot be found, read or loaded, or does not say what it takes."
-
 _TYPES = {'int': 'long', 'float': 'double', 'bool': 'boolean', 'category': 'string', 'string': 'string', 'datetime': 'datetime'}
 _DTYPES = {'long': 'int', 'integer': 'int', 'double': 'float', 'float': 'float', 'boolean': 'bool', 'string': 'string',
            'datetime': 'datetime', 'binary': 'string'}

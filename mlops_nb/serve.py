@@ -26,28 +26,17 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .core import MlopsNbError
+from .core import MlopsNbError, RequestError, ShapeError
 from .models import attach_schema, verification_rows
 from .models import load as load_model
 
+_all_ = ['RequestError', 'ShapeError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['FORMATS', 'log', 'RequestError', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request',
-           'ServedModel', 'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector',
-           'Metrics', 'client_share', 'ShapeError', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server',
-           'openapi', 'create_app', 'app_from_env', 'run_server']
-
-# %% ../nbs/10_serve.ipynb #24568139
-class RequestError(MlopsNbError):
-    "A request the server refuses: `status` is the HTTP status, `detail` names the column, row and expected type."
-    def __init__(self, message: str, # what is wrong, and where
-                 status: int = 400, # HTTP status to answer with
-                 **detail): # column, row, expected, got, ...
-        super().__init__(message, hint=None)
-        self.status, self.detail = status, {k: v for k, v in detail.items() if v is not None}
-
-    def body(self, request_id: str | None = None) -> dict:
-        code = {413: 'REQUEST_LIMIT_EXCEEDED', 415: 'BAD_REQUEST'}.get(self.status, 'BAD_REQUEST')
-        return {'error_code': code, 'message': str(self), **self.detail, **({'request_id': request_id} if request_id else {})}
+__all__ = ['FORMATS', 'log', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request', 'ServedModel',
+           'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector', 'Metrics',
+           'client_share', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server', 'openapi', 'create_app',
+           'app_from_env', 'run_server', 'RequestError', 'ShapeError']
 
 # %% ../nbs/10_serve.ipynb #31de2b60
 @dataclass(frozen=True)
@@ -592,8 +581,6 @@ class Metrics:
 def client_share(key: str) -> float:
     "Where `key` falls in [0, 1): the same key always falls at the same point, so one caller always sees one version."
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], 'big') / 2**64
-
-class ShapeError(ValueError): "A canary or shadow answered with the wrong number of predictions."
 
 def check_shape(pred, prob, n: int, proba: bool = False):
     "`(pred, prob)` if they hold one answer per row (and probabilities when asked for); a `ShapeError` otherwise."

@@ -20,14 +20,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import MlopsNbError, find_project
+from .core import MlopsNbError, WorkerError, find_project
+
+_all_ = ['WorkerError']  # defined in core (the one map of errors); still importable from here
 
 # %% auto #0
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
            'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
            'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
-           'WorkerError', 'fingerprint', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command',
-           'RemoteProcess']
+           'fingerprint', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command', 'RemoteProcess',
+           'WorkerError']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -215,10 +217,6 @@ def idle_timeout(cwd=None) -> float:
     v = _setting('worker_idle', 'MLOPS_NB_WORKER_IDLE', cwd)
     try: return max(float(v), 1.0) if v else (60.0 if os.environ.get('CI', '').lower() in ('true', '1') else 900.0)
     except ValueError: raise WorkerError(f"MLOPS_NB_WORKER_IDLE / worker_idle must be a number of seconds, got {v!r}.") from None
-
-class WorkerError(MlopsNbError):
-    "The warm worker cannot be started or reached."
-    exit_code = 1
 
 # %% ../nbs/08b_worker.ipynb #0d5e12a9
 def _send(sock: socket.socket, obj, fds=()):
