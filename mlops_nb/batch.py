@@ -306,7 +306,7 @@ class _Parts:
     def discard(self):
         for w in self.writers.values():
             try: w.close()
-            except Exception: pass
+            except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         for t in self.paths.values(): t.unlink(missing_ok=True)
 
 # %% ../nbs/10b_batch.ipynb #b6d644b3
@@ -523,7 +523,7 @@ class _Gather:
     def discard(self):
         if self.writer is not None:
             try: self.writer.close()
-            except Exception: pass
+            except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         self.tmp.unlink(missing_ok=True)
 
 def _gather_rejects(staging: Path, dst: Path) -> int:
@@ -595,7 +595,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
         rej = Path(o.rejects) if o.rejects else default_rejects(out)
         n_rej = _gather_rejects(staging, rej)
         if gather: gather.finish()
-    except BaseException:
+    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
         if gather: gather.discard()  # the parts stay, for --resume
         raise
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,

@@ -107,7 +107,7 @@ def _proc_worker(jobs_json: str, results: str):
         "nbdev's `exec_show_docs`, going on past a cell that only works inside its notebook."
         def __call__(self, cell):
             try: super().__call__(cell)
-            except Exception as e:
+            except Exception as e:  # broad: a docs cell may raise anything outside its notebook; it is skipped and listed
                 skipped.append(f"cell {cell.idx_} ({type(e.__cause__ or e).__name__}: {str(e.__cause__ or e).splitlines()[0][:120]})")
                 self.k.exc = None
     class Filter(FilterDefaults):

@@ -197,7 +197,7 @@ class CellRunner:
                 from matplotlib_inline import backend_inline
                 backend_inline.configure_inline_support.__dict__.pop('current_backend', None)  # set figure formats on this shell too
                 self.shell.run_line_magic('matplotlib', 'inline')
-            except Exception: pass
+            except Exception: pass  # broad: inline plots are a nicety; a kernel without matplotlib or its backend still runs
 
     def run(self, source: str) -> tuple[int, list[dict], bool]:
         "Run one cell: (execution count, outputs, whether it raised)."
@@ -403,7 +403,7 @@ def _heartbeat():
         from mlops_nb.core import get_settings
         from mlops_nb.tracking import TAG, client
         client(get_settings()).set_tag(os.environ['MLOPS_NB_RUN_ID'], f'{TAG}heartbeat', f'{time.time():.0f}')
-    except Exception: pass  # a missed beat only makes the run look older
+    except Exception: pass  # broad: any store error; a missed beat only makes the run look older
 
 # %% ../nbs/08a_engine.ipynb #61fd80f0
 def _finish_alone(job: dict, report: dict | None):
@@ -509,7 +509,7 @@ class _KernelReads(_Reads):
         try:
             from jupyter_core.paths import jupyter_runtime_dir
             self.skip += (os.path.join(jupyter_runtime_dir(), ''), os.path.join(str(self.dir), ''))  # the kernel's connection file; ours
-        except Exception: pass
+        except (ImportError, OSError): pass  # no jupyter_core, or no runtime folder: nothing of the kernel's to skip
 
     def files(self) -> list[dict]:
         import shutil
@@ -549,13 +549,13 @@ def _child(job: dict, conn):
     try:
         _execute_notebook(job)
         report = {'status': 'ok', 'error': None}
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the notebook (Ctrl-C, SystemExit too) becomes the job's failure report
         report = {'status': 'failed', 'error': failure(e)}
     finally:
         try:
             from mlops_nb import tracking
             if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
-        except Exception: pass
+        except Exception: pass  # broad: the job's process is ending; a store error must not replace the job's own report
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if reads is not None: report['reads'] = reads.files()
     if engine == 'mlops_nb': report['recorded'] = _recorded()

@@ -57,10 +57,10 @@ class JobResult:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts', 'pruned')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
-                 recorded=redact_value({k: v for k, v in self.recorded.items() if _jsonable(v)}))
+                 recorded=redact_value({k: v for k, v in self.recorded.items() if _is_json(v)}))
         return d
 
-def _jsonable(v) -> bool:
+def _is_json(v) -> bool:
     try: json.dumps(v); return True
     except TypeError: return False
 
@@ -148,7 +148,7 @@ def render_html(nb_path: Path) -> Path | None:
         body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
         out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
         return out
-    except Exception as e:
+    except Exception as e:  # broad: nbconvert fails in many ways; a job without its HTML page is still a job
         print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
         return None
 
@@ -329,7 +329,7 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                secrets=[values[k] for k in secret if k in values], html=True)
     ex, err = None, None
     try: ex = execute(job, timeout=timeout, on_start=lambda pid: run.client.set_tag(run.run_id, f'{TAG}pid', str(pid)))
-    except BaseException as e: err = e  # could not start the job's process: the run still ends, FAILED
+    except BaseException as e: err = e  # broad: the job's process could not start (Ctrl-C too): the run still ends, FAILED
     if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
         failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
     else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
@@ -456,7 +456,7 @@ def reproduce(run_id: str, # the run to rerun
     s = settings or get_settings()
     c = client(s)
     try: old = c.get_run(run_id)
-    except Exception as e:
+    except Exception as e:  # broad: each store says 'no such run' its own way (MLflow, SQLAlchemy, HTTP errors)
         raise TrackingError(f"No run {run_id!r} in {s.tracking_uri} ({type(e).__name__}).",
                             hint="List runs with `mlops-nb ui`; set --tracking-uri to the store the run is in.", run_id=run_id) from None
     tags = old.data.tags
@@ -471,7 +471,7 @@ def reproduce(run_id: str, # the run to rerun
         raise ParameterError(f"Run {run_id} used secret parameter(s) {', '.join(hidden)}, whose values are not recorded.",
                              hint='Pass them again: ' + ' '.join(f'-p {k} VALUE' for k in hidden), parameter=hidden[0])
     try: reads = json.loads(Path(download_artifact(run_id, 'reads.json', tmp, settings=s)).read_text())
-    except Exception: reads = None  # a run older than reads.json
+    except Exception: reads = None  # broad: any store or file error; a run older than reads.json has none
     base = Path(tags.get(f'{TAG}cwd') or (reads or {}).get('cwd') or os.getcwd())
     _data_check(old, run_id, base)
     checked = _files_check(reads, run_id)

@@ -104,7 +104,7 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file(): raise LoopError(f"{what} file {p} does not exist.", hint='Give a CSV or Parquet file.')
     try: return pd.read_parquet(p) if p.suffix.lower() in ('.parquet', '.pq') else pd.read_csv(p)
-    except Exception as e: raise LoopError(f"Cannot read {what} file {p}: {e}", hint='Give a CSV or Parquet file.') from None
+    except Exception as e: raise LoopError(f"Cannot read {what} file {p}: {e}", hint='Give a CSV or Parquet file.') from None  # broad: as data.load
 
 def labelled_window(window: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
                     labels: pd.DataFrame, # the id column, the label column, optionally `row`

@@ -435,7 +435,7 @@ def _promote_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResult
         except GateFailed as e: pr, why = e.promotion, e.message.splitlines()[0]
         run.log_text(json.dumps(pr.to_dict(), indent=1, default=str), 'promotion.json')
         for k, v in dict(promoted_version=pr.version, promoted_model=pr.name, promoted_alias=alias).items(): run.batch.tag(f'{TAG}{k}', v)
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the promotion (Ctrl-C too) ends its run FAILED; re-raised
         run.end('FAILED', reason='error', error=e); raise
     run.end('FAILED' if why else 'FINISHED', reason='gate_failed' if why else None)
     return StepResult(step.name, 'FAILED' if why else 'FINISHED', run.run_id, error=why, promotion=pr)
@@ -457,7 +457,7 @@ def _run_step(ctx: _Ctx, step: Step) -> StepResult:
         tags = {PIPELINE_ID: ctx.run_id, STEP: step.name, UPSTREAM: ','.join(step.needs),
                 DOWNSTREAM: ','.join(ctx.down[step.name]), CACHE_KEY: key}
         r = _RUNNERS[step.kind](ctx, step, values, tags)
-    except Exception as e:  # a step that cannot run fails; its siblings go on
+    except Exception as e:  # broad: a step that cannot run, for any reason, fails; its siblings go on
         r = StepResult(step.name, 'FAILED', error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
     r.duration = time.time() - t0
     return r
@@ -513,7 +513,7 @@ def run_pipeline(p: Pipeline, # as `load_pipeline` returns it
         parent, prior = _parent(p, s, steps, executor, resume)
         ctx = _Ctx(p, s, parent.run_id, {}, {n: [m for m in steps if n in p.steps[m].needs] for n in steps}, ex, workers, cache, set(force), prior, cancel)
         _follow(ctx, steps, parent, emit, max(1, int(workers or os.cpu_count() or 1)))
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the pipeline (Ctrl-C too) ends its run FAILED; re-raised
         if parent is not None: parent.end('FAILED', reason='interrupted' if isinstance(e, KeyboardInterrupt) else 'error', error=e)
         raise
     finally:

@@ -34,12 +34,12 @@ def _recent_runs(c, settings: Settings, n: int = 5) -> str:
     try:
         exps = [e.experiment_id for e in c.search_experiments()]
         rs = c.search_runs(exps, f"tags.`{TAG}job` = 'train'", order_by=['attributes.start_time DESC'], max_results=n) if exps else []
-    except Exception: rs = []
+    except Exception: rs = []  # broad: any store error; this only fills a hint
     return ', '.join(r.info.run_id for r in rs) or '(none)'
 
 def _get_run(c, run_id: str, settings: Settings):
     try: return c.get_run(run_id)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises every store error but 'not found' as a TrackingError
         absent(e, settings)  # any other store error is a TrackingError naming the store
         raise RegistryError(f"Run {run_id!r} does not exist in {settings.tracking_uri}.",
                             hint=f"Newest train runs: {_recent_runs(c, settings)}. `mlops-nb ui` lists all runs.", run_id=run_id) from None
@@ -53,7 +53,7 @@ def run_model_uri(run_id: str, # the run that logged the model
     uri = run.data.tags.get(f'{TAG}model_uri')
     if uri: return uri
     try: logged = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    except Exception: logged = []  # a store without logged models (MLflow 2 server)
+    except Exception: logged = []  # broad: a store without logged models (MLflow 2 server)
     if not logged:
         raise RegistryError(f"Run {run_id} logged no model (no tag {TAG}model_uri, no logged model from this run).",
                             hint="Use a run that logged a model: a train job's, or one with mlflow.<flavour>.log_model / autolog.", run_id=run_id)
@@ -95,10 +95,10 @@ def _version_of_run(c, name: str, run_id: str):
 
 def _ensure_model(c, name: str):
     try: c.get_registered_model(name)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises all but 'not found'
         absent(e)
         try: c.create_registered_model(name, description="Registered by mlops_nb; `mlops-nb models NAME` lists its versions.")
-        except Exception:
+        except Exception:  # broad: a concurrent create fails differently per store; the get below raises anything else
             c.get_registered_model(name)  # created concurrently by another promotion; anything else raises here
 
 def _point_mlflow_at(s: Settings):
@@ -138,7 +138,7 @@ def register_run_model(name: str, # registered model name
 # %% ../nbs/06_registry.ipynb #af1de748
 def _model(c, name: str):
     try: return c.get_registered_model(name)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises all but 'not found'
         absent(e)
         names = [m.name for m in c.search_registered_models()]
         raise RegistryError(f"Registered model {name!r} does not exist.",
@@ -165,7 +165,7 @@ def model_versions(name: str, # registered model name
     out = []
     for v in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
         try: metrics = dict(c.get_run(v.run_id).data.metrics) if v.run_id else {}
-        except Exception: metrics = {}
+        except Exception: metrics = {}  # broad: a version whose run was deleted or cannot be read still lists
         tags = {k[len(TAG):]: val for k, val in (v.tags or {}).items() if k.startswith(TAG)}
         out.append(dict(version=str(v.version), aliases=sorted(by_version.get(str(v.version), [])), run_id=v.run_id, source=v.source,
                         created=datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec='seconds'),
@@ -238,7 +238,7 @@ def _user() -> str:
     for k in ('MLOPS_NB_USER', 'GITHUB_ACTOR', 'USER'):
         if os.environ.get(k): return os.environ[k]
     try: return getpass.getuser()
-    except Exception: return 'unknown'
+    except (KeyError, OSError, ImportError): return 'unknown'  # no login name, no passwd entry (a container's user)
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
@@ -275,7 +275,7 @@ def _log_gate(c, run_id: str, result, alias: str, name: str, version: str):
 def _version_run(c, name: str, version: str) -> str:
     "The run behind version `version` of `name`."
     try: mv = c.get_model_version(name, str(version))
-    except Exception:
+    except Exception:  # broad: each store says 'no such version' its own way
         raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"List its versions: mlops-nb models {name}",
                             name=name, version=version) from None
     if not mv.run_id:
@@ -347,7 +347,7 @@ def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None
     cv = c.get_model_version(name, current)
     from mlops_nb.data import Schema
     try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
-    except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # one line: a table cell
+    except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # broad: any failure is shown, on one line: a table cell
     if cschema is None:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
         return {}, [dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',
                          bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}")]
@@ -448,14 +448,14 @@ def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, mode
         c = client(settings)
         if alias: version = alias_version(name, alias, settings)
         try: mv = c.get_model_version(name, version)
-        except Exception:
+        except Exception:  # broad: each store says 'no such version' its own way
             raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"mlops-nb models {name} lists its versions.",
                                 name=name, version=version) from None
         return {**info, 'name': name, 'version': str(version), 'alias': alias, 'run_id': mv.run_id, 'source': mv.source}
     m = re.fullmatch(r'models:/(m-[0-9a-f]+)/?', uri)  # a logged model, by id (what log_model returns)
     if m:
         try: run_id = client(settings).get_logged_model(m.group(1)).source_run_id
-        except Exception:
+        except Exception:  # broad: each store says 'no such model' its own way
             raise RegistryError(f"No logged model {m.group(1)!r} in the store.", hint="Check the URI and --tracking-uri.", uri=uri) from None
         return {**info, 'run_id': run_id}
     m = re.fullmatch(r'runs:/([0-9a-f]+)/(.+)', uri)
@@ -480,7 +480,7 @@ def fetch_model(uri: str, # as for `resolve_model_uri`
     # a models:/ alias is pinned to the version just resolved, so the files match `info` even if the alias moves meanwhile
     src = f"models:/{info['name']}/{info['version']}" if info['name'] else uri
     try: path = mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=str(dst))
-    except Exception as e:
+    except Exception as e:  # broad: every artifact store fails its own way; one RegistryError naming the URI
         raise RegistryError(f"Cannot download model {uri}: {type(e).__name__}: {e}", hint="Check the URI and the store (--tracking-uri).",
                             uri=uri) from None
     return {**info, 'path': str(path)}
@@ -497,13 +497,13 @@ def model_source(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m
         _model(c, name)  # an unknown name lists the registered ones
         version = alias_version(name, rest, s) if '@' in uri else rest
         try: run_id = c.get_model_version(name, version).run_id
-        except Exception:
+        except Exception:  # broad: each store says 'no such version' its own way
             raise RegistryError(f"Model {name!r} has no version {version!r}.", hint=f"List its versions: mlops-nb models {name}",
                                 name=name, version=version) from None
     elif uri.startswith(('models:/', 'runs:/')):
         ref = uri.split(':/', 1)[1].strip('/').split('/')[0]
         try: run_id = c.get_logged_model(ref).source_run_id if uri.startswith('models:/') else c.get_run(ref).info.run_id
-        except Exception:
+        except Exception:  # broad: each store says 'no such model' its own way
             raise RegistryError(f"No model {uri} in {s.tracking_uri}.", hint="Check the URI; `mlops-nb models` lists registered "
                                 "models, and a train run's model URI is its tag mlops_nb.model_uri.", uri=uri) from None
     else:

@@ -357,7 +357,7 @@ class SweepResult:
 # %% ../nbs/09_sweeps.ipynb #34412384
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
 
-def _jsonable(d: dict, secret: set = frozenset()) -> dict:
+def _json_values(d: dict, secret: set = frozenset()) -> dict:
     return {k: (REDACTED if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
 
 # %% ../nbs/09_sweeps.ipynb #e1df7f51
@@ -439,6 +439,29 @@ def _stop(ex: Executor | None, grace: float):
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)
 
+# %% ../nbs/09_sweeps.ipynb #6b88afa1
+def _drive(follow, executor, workers, scheduler, cancel: Cancel | None, grace: float, parent, events: _Events, notebook: str,
+           already: int) -> tuple[bool, bool, Exception | None]:
+    "Run `follow(ex)` on the executor; `(interrupted, stopped early, the error that stopped it)`."
+    ex, interrupted, stopped, error = None, False, False, None
+    try:
+        ex = make_executor(executor, workers, scheduler, cancel)
+        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
+        events.emit('start', sweep_id=parent.run_id, notebook=notebook, executor=ex.describe(), already_finished=already)
+        stopped = follow(ex)
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(ex, grace)
+    except Exception as e:  # broad: the executor or the store failed, any way: the sweep's runs still end, then it is raised
+        error = e
+        if ex is not None:
+            for f in ex.futures: f.cancel()
+    finally:
+        if ex is not None and not isinstance(executor, Executor):
+            try: ex.close(cancel=True)
+            except Exception: pass  # broad: closing after a failure must not hide the failure
+    return interrupted, stopped, error
+
 # %% ../nbs/09_sweeps.ipynb #4d0d8e48
 def _log_summary(parent, df, best, sweep: Sweep):
     "The summary CSV, the links to each child and the best run, on the parent run."
@@ -479,10 +502,10 @@ def run_sweep(sweep: Sweep, # what to run
         parent = Run(resume, s)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # there was none
+        except Exception: pass  # broad: each store says 'no such tag' its own way; there was none
         done = {int(r.data.tags[SWEEP_INDEX]) for r in child_runs(s, resume) if r.info.status == 'FINISHED'}
     else:
-        definition = dict(notebook=str(sweep.notebook), fixed=_jsonable(sweep.fixed, secret), combinations=[_jsonable(c, secret) for c in sweep.combinations],
+        definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[_json_values(c, secret) for c in sweep.combinations],
                           metric=sweep.metric, maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
         parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
                             params={'sweep.size': len(values), 'sweep.seed': sweep.seed, 'sweep.metric': sweep.metric or '',
@@ -494,23 +517,8 @@ def run_sweep(sweep: Sweep, # what to run
     sid = parent.run_id
     todo = [_job_spec(sid, i, sweep.notebook, v, s, job_options or {}) for i, v in enumerate(values) if i not in done]
     events = _Events(len(todo), on_event)
-    ex, interrupted, stopped, error = None, False, False, None
-    try:
-        ex = make_executor(executor, workers, scheduler, cancel)
-        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
-        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=len(done))
-        stopped = _follow(ex, todo, s, sid, events, fail_fast)
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(ex, grace)
-    except Exception as e:  # the executor or the store failed: the sweep's runs still end
-        error = e
-        if ex is not None:
-            for f in ex.futures: f.cancel()
-    finally:
-        if ex is not None and not isinstance(executor, Executor):
-            try: ex.close(cancel=True)
-            except Exception: pass
+    interrupted, stopped, error = _drive(lambda ex: _follow(ex, todo, s, sid, events, fail_fast), executor, workers, scheduler, cancel,
+                                         grace, parent, events, sweep.notebook.name, len(done))
     if error is not None:
         mark_orphans(s, sid, 'error')
         parent.end('FAILED', reason='error', error=error)
@@ -555,7 +563,7 @@ def resume_sweep(sweep_id: str, # the parent run of the sweep
     try:  # the new runs go where the sweep is, whatever the default experiment is now
         c = client(s)
         s = dataclasses.replace(s, experiment=c.get_experiment(c.get_run(sweep_id).info.experiment_id).name)
-    except Exception: pass  # load_sweep says what is wrong with the run id
+    except Exception: pass  # broad: any store error; load_sweep says what is wrong with the run id
     sw = load_sweep(s, sweep_id, fixed)
     if metric: sw.metric, sw.maximize = metric, _guess_maximize(metric) if maximize is None else maximize
     elif maximize is not None: sw.maximize = maximize
@@ -725,23 +733,8 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
     if resume: _reconcile(t, failed=True)
     done = len(_counted(t.study))
     events = _Events(max(0, sweep.trials - done), on_event)
-    ex, interrupted, stopped, error = None, False, False, None
-    try:
-        ex = make_executor(executor, workers, scheduler, cancel)
-        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
-        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=done)
-        stopped = _follow_study(ex, t, events.total, events, fail_fast)
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(ex, grace)
-    except Exception as e:  # the executor or the store failed: the sweep's runs still end
-        error = e
-        if ex is not None:
-            for f in ex.futures: f.cancel()
-    finally:
-        if ex is not None and not isinstance(executor, Executor):
-            try: ex.close(cancel=True)
-            except Exception: pass
+    interrupted, stopped, error = _drive(lambda ex: _follow_study(ex, t, events.total, events, fail_fast), executor, workers, scheduler,
+                                         cancel, grace, parent, events, sweep.notebook.name, done)
     mark_orphans(s, sid, 'error' if error else 'interrupted' if interrupted else 'worker_lost')
     _reconcile(t)  # trials that ended while the sweep stopped are told; those cut short are asked again on resume
     _log_study(parent, t)
@@ -764,14 +757,14 @@ def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
         parent, path = Run(resume, s), study_path(resume)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # there was none
+        except Exception: pass  # broad: each store says 'no such tag' its own way; there was none
         if not path.exists():
             try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
-            except Exception as e:
+            except Exception as e:  # broad: any store or file error means the study is not there
                 raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
                                      hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
         return parent, path
-    definition = dict(notebook=str(sweep.notebook), fixed=_jsonable(sweep.fixed, secret), combinations=[], metric=sweep.metric,
+    definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[], metric=sweep.metric,
                       maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
     parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
                         params={'sweep.search': sweep.search, 'sweep.trials': sweep.trials, 'sweep.prune': sweep.prune or 'none',

@@ -26,9 +26,9 @@ _all_ = ['WorkerError']  # defined in core (the one map of errors); still import
 
 # %% auto #0
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'HTML_EXPORTER',
-           'JOB_PROCESS', 'ATTACHED', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter', 'warm',
-           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
-           'fingerprint', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command', 'RemoteProcess',
+           'JOB_PROCESS', 'ATTACHED', 'fingerprint', 'lean_jsonschema', 'preload', 'notebook_imports', 'html_exporter',
+           'warm', 'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_paths', 'worker_enabled', 'idle_timeout',
+           'code_state', 'changed', 'set_process_name', 'serve', 'start', 'request', 'run_command', 'RemoteProcess',
            'WorkerError']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
@@ -64,7 +64,7 @@ def preload(names) -> list[str]:
         name = name.strip()
         if not name or name in sys.modules: continue
         try: importlib.import_module(name)
-        except BaseException: failed.append(name)  # the job imports it itself, and sees the error there
+        except BaseException: failed.append(name)  # broad: warming may hit anything (even SystemExit); the job imports it itself, and sees the error there
     return failed
 
 # %% ../nbs/08b_worker.ipynb #89d4f1e9
@@ -110,7 +110,7 @@ def html_exporter():
             v4.new_output('error', ename='E', evalue='e', traceback=['\x1b[31mE\x1b[0m'])])])
         exporter.from_notebook_node(sample)  # compiles the template and loads the markdown and HTML machinery now
         HTML_EXPORTER = exporter
-    except BaseException: pass
+    except BaseException: pass  # broad: warming is optional; the job renders (and reports) on its own
     return HTML_EXPORTER
 
 def warm(extra=() # more modules to import, e.g. those the notebooks about to run import
@@ -131,7 +131,7 @@ def _draw_once():
         fig = Figure(figsize=(2, 1))
         ax = fig.subplots(); ax.bar(['a', 'b'], [1, 2]); ax.set_title('t'); ax.set_ylabel('n')
         fig.tight_layout(); fig.savefig(io.BytesIO(), format='png')
-    except Exception: pass
+    except Exception: pass  # broad: warming is optional; no matplotlib or no backend is fine
 
 # %% ../nbs/08b_worker.ipynb #8ad6e0b7
 _CTX = None
@@ -264,20 +264,22 @@ def _stat(path: str):
     except OSError: return None
     return st.st_mtime_ns, st.st_size
 
-def fingerprint(extra=() # more files to watch, e.g. the project's settings.ini
-               ) -> dict:
+def code_state(extra=() # more files to watch, e.g. the project's settings.ini
+              ) -> dict:
     "path -> (mtime_ns, size) of everything a warm process depends on: imported files, `sys.path` folders, interpreter."
     paths = {getattr(m, '__file__', None) for m in list(sys.modules.values())}
     paths |= {p for p in sys.path if p and os.path.isdir(p)}
     paths |= {os.path.realpath(sys.executable), os.path.join(sys.prefix, 'pyvenv.cfg'), *map(str, extra)}
     return {p: _stat(p) for p in paths if isinstance(p, str)}
 
-def changed(fp: dict # as `fingerprint` returned it
+def changed(fp: dict # as `code_state` returned it
            ) -> str | None:
     "The first file of `fp` that changed since, or None."
     for p, sig in fp.items():
         if _stat(p) != sig: return p
     return None
+
+fingerprint = code_state  # the old name (not `data.fingerprint`, which identifies a dataset), kept for callers
 
 # %% ../nbs/08b_worker.ipynb #d60ea8cf
 def _die_with_parent(parent: int):
@@ -318,7 +320,7 @@ def _release_connections():
         store = getattr(sys.modules.get(mod), 'SqlAlchemyStore', None)
         for engine in list(getattr(store, '_engine_map', {}).values()):
             try: engine.dispose()
-            except Exception: pass
+            except Exception: pass  # broad: a pool already broken has nothing to release
 
 def _exit_code(e: SystemExit) -> int:
     if e.code is None: return 0
@@ -353,8 +355,8 @@ class _Worker:
             try:
                 from mlops_nb.tracking import environment_txt
                 environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
-            except Exception: pass
-        self.fp = {**fingerprint([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
+            except Exception: pass  # broad: warming is optional; the run writes it itself
+        self.fp = {**code_state([self.settings_file]), **self.fp}  # a file already watched keeps the state it had when imported
 
     def _open_store(self):
         "Open the project's SQLite store once, so commands and jobs skip connecting to it and checking its schema (0.2 s each)."
@@ -367,7 +369,7 @@ class _Worker:
             if db is None or not db.exists(): return  # a server has no schema to check here; a store not made yet is made by a command
             client(s)
             self.store_open = True
-        except Exception: pass
+        except Exception: pass  # broad: warming is optional; the command reports a store it cannot open
         finally: _release_connections()
 
     def _bind(self):
@@ -528,12 +530,12 @@ def _fork(self, op: str, msg: dict, fds: list) -> int:
         os.umask(msg.get('umask', 0o022))
         code = (_run_command if op == 'command' else _run_job)(self, msg, fds, parent)
     except SystemExit as e: code = _exit_code(e)
-    except BaseException:
+    except BaseException:  # broad: the forked child's boundary: anything is printed, and it exits with a code
         import traceback; traceback.print_exc()
     finally:
         for f in (sys.stdout, sys.stderr):
             try: f.flush()
-            except Exception: pass
+            except Exception: pass  # broad: a closed pipe at exit
         os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 
 def _run_command(self, msg: dict, fds: list, parent: int) -> int:
@@ -551,10 +553,10 @@ def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     from mlops_nb.cli import main
     try: rc = main(msg['argv'], worker=False)
     except SystemExit as e: rc = _exit_code(e)
-    except BaseException:
+    except BaseException:  # broad: the command's boundary in the child: printed, exit 1
         import traceback; traceback.print_exc(); rc = 1
     try: atexit._run_exitfuncs()
-    except BaseException: pass
+    except BaseException: pass  # broad: exit hooks may raise anything; the exit code stands
     for f in (sys.stdout, sys.stderr): f.flush()
     os.write(exit_w, str(rc).encode())
     return rc
