@@ -471,7 +471,7 @@ def reproduce(run_id: str, # the run to rerun
         raise ParameterError(f"Run {run_id} used secret parameter(s) {', '.join(hidden)}, whose values are not recorded.",
                              hint='Pass them again: ' + ' '.join(f'-p {k} VALUE' for k in hidden), parameter=hidden[0])
     try: reads = json.loads(Path(download_artifact(run_id, 'reads.json', tmp, settings=s)).read_text())
-    except Exception: reads = None  # broad: any store or file error; a run older than reads.json has none
+    except (TrackingError, OSError, ValueError): reads = None  # a run older than reads.json has none (or an unreadable one)
     base = Path(tags.get(f'{TAG}cwd') or (reads or {}).get('cwd') or os.getcwd())
     _data_check(old, run_id, base)
     checked = _files_check(reads, run_id)

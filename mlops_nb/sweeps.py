@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ConfigError, ParameterError, REDACTED, Registry, Settings, SweepInterrupted, get_settings, job_notebook
+from .core import ConfigError, ParameterError, REDACTED, Settings, SweepInterrupted, TrackingError, get_settings, job_notebook
 from .executors import EXECUTORS, Cancel, DaskExecutor, Executor, LocalExecutor, make_executor, where
 from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
@@ -492,6 +492,7 @@ def run_sweep(sweep: Sweep, # what to run
               cancel: Cancel | None = None, # a stop switch shared with the caller (a pipeline); the sweep's own if None
              ) -> SweepResult:
     "Run every combination of `sweep` as a child run of one parent run; Ctrl-C marks unfinished runs FAILED and re-raises."
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
     from mlops_nb.tracking import Run, create_run
     s = settings or get_settings()
     if sweep.learns: return run_tuning(sweep, s, executor=executor, workers=workers, scheduler=scheduler, fail_fast=fail_fast,
@@ -502,7 +503,7 @@ def run_sweep(sweep: Sweep, # what to run
         parent = Run(resume, s)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # broad: each store says 'no such tag' its own way; there was none
+        except MlflowException: pass  # there was none
         done = {int(r.data.tags[SWEEP_INDEX]) for r in child_runs(s, resume) if r.info.status == 'FINISHED'}
     else:
         definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[_json_values(c, secret) for c in sweep.combinations],
@@ -752,15 +753,16 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
 # %% ../nbs/09_sweeps.ipynb #dceb2afe
 def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
     "The parent run of a learning sweep (new, or `resume` reopened) and where its study is kept."
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
     from mlops_nb.tracking import Run, create_run, download_artifact
     if resume:
         parent, path = Run(resume, s), study_path(resume)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # broad: each store says 'no such tag' its own way; there was none
+        except MlflowException: pass  # there was none
         if not path.exists():
             try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
-            except Exception as e:  # broad: any store or file error means the study is not there
+            except (TrackingError, OSError) as e:  # not kept with the run (download_artifact says so as a TrackingError)
                 raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
                                      hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
         return parent, path

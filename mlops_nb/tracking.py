@@ -223,7 +223,7 @@ def environment_txt() -> str:
     metadata takes 0.1-0.2 s, so the result is kept in the user's cache folder with the state of those metadata files, and read
     again only when one is added, removed or changed."""
     try: key, cache = _environment_key(), _environment_cache()
-    except Exception: key, cache = None, None  # broad: a cache is optional; e.g. no home folder: computed each time
+    except (OSError, RuntimeError): key, cache = None, None  # no home folder (RuntimeError), an unreadable one: computed each time: computed each time
     try: head, text = cache.read_text(encoding='utf-8').split('\n', 1) if cache else (None, None)
     except (OSError, ValueError): head = None  # not cached yet, or a damaged file
     if head is not None and head == key: return text
@@ -695,9 +695,10 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline, an XGBoost/L
 # %% ../nbs/05_tracking.ipynb #1a6e5836
 def run_data(run_id: str, settings: Settings | None = None) -> dict:
     "Status, params, metrics and tags of a run, as plain dicts."
+    from mlflow.exceptions import MlflowException  # here, not at the top: importing mlflow costs 4 s, paid once a client exists
     c = client(settings)
     try: r = c.get_run(run_id)
-    except Exception:  # broad: each store says 'no such run' its own way
+    except MlflowException:  # every store (SQL, REST, files) says 'no such run', or 'cannot reach me', as one
         raise TrackingError(f"Run {run_id!r} does not exist in {(settings or get_settings()).tracking_uri}.",
                             hint="Check the run id (`mlops-nb ui` lists runs) and --tracking-uri.", run_id=run_id) from None
     return dict(run_id=run_id, status=r.info.status, experiment_id=r.info.experiment_id, params=dict(r.data.params),
