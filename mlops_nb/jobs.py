@@ -451,12 +451,13 @@ def reproduce(run_id: str, # the run to rerun
              ) -> Reproduction:
     "Rerun the job of `run_id` from its recorded notebook and parameters, and compare data and metrics."
     import tempfile
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import; a client loads it here anyway
     from mlops_nb.core import TrackingError
     from mlops_nb.tracking import client, download_artifact, file_sha256
     s = settings or get_settings()
     c = client(s)
     try: old = c.get_run(run_id)
-    except Exception as e:  # broad: each store says 'no such run' its own way (MLflow, SQLAlchemy, HTTP errors)
+    except MlflowException as e:  # every store says 'no such run' (or 'cannot reach me') this way
         raise TrackingError(f"No run {run_id!r} in {s.tracking_uri} ({type(e).__name__}).",
                             hint="List runs with `mlops-nb ui`; set --tracking-uri to the store the run is in.", run_id=run_id) from None
     tags = old.data.tags

@@ -332,8 +332,11 @@ def _spread(notebooks: list, values: dict) -> list[tuple[str, dict]]:
     return out
 
 def _experiment_id(s: Settings, run_id: str | None) -> str | None:
-    try: return tracking.client(s).get_run(run_id).info.experiment_id if run_id else None
-    except Exception: return None  # broad: any store error; only the UI link needs it
+    if not run_id: return None
+    c = tracking.client(s)
+    from mlflow.exceptions import MlflowException  # loaded with the client: costs nothing here, 4 s at the top
+    try: return c.get_run(run_id).info.experiment_id
+    except MlflowException: return None  # only the UI link needs it
 
 # %% ../nbs/12b_notebook.ipynb #e6412e6a
 def run_items(items: list[tuple], # (notebook, values) per job, as `mlops-nb run` builds them

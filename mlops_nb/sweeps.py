@@ -559,12 +559,13 @@ def resume_sweep(sweep_id: str, # the parent run of the sweep
                  **kwargs) -> SweepResult:
     "Run the combinations of sweep `sweep_id` that did not finish; `kwargs` as `run_sweep`."
     import dataclasses
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep resumes
     from mlops_nb.tracking import client
     s = settings or get_settings()
     try:  # the new runs go where the sweep is, whatever the default experiment is now
         c = client(s)
         s = dataclasses.replace(s, experiment=c.get_experiment(c.get_run(sweep_id).info.experiment_id).name)
-    except Exception: pass  # broad: any store error; load_sweep says what is wrong with the run id
+    except (MlflowException, TrackingError): pass  # load_sweep says what is wrong with the run id or the store
     sw = load_sweep(s, sweep_id, fixed)
     if metric: sw.metric, sw.maximize = metric, _guess_maximize(metric) if maximize is None else maximize
     elif maximize is not None: sw.maximize = maximize

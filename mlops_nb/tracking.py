@@ -79,6 +79,7 @@ def experiment_id(settings: Settings | None = None, # resolved settings
                   mlflow_client=None, # an existing client, to avoid reconnecting
                  ) -> str:
     "Id of the experiment `name`, created (with artifacts under the artifact root) if it does not exist."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     s = settings or get_settings()
     c = mlflow_client or client(s)
     name = name or s.experiment
@@ -87,7 +88,7 @@ def experiment_id(settings: Settings | None = None, # resolved settings
     root = s.artifact_root
     loc = (Path(root) / name).resolve().as_uri() if '://' not in root else f"{root.rstrip('/')}/{name}"
     try: return c.create_experiment(name, artifact_location=loc)
-    except Exception:  # broad: created concurrently by another job (each store says so its own way): use theirs
+    except MlflowException:  # created concurrently by another job: use theirs
         exp = c.get_experiment_by_name(name)
         if exp is None: raise
         return exp.experiment_id
