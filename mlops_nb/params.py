@@ -167,8 +167,7 @@ def _yaml_loader():
 
 def _yaml_load(text: str):
     import yaml
-    try: return yaml.load(text, Loader=_yaml_loader())
-    except yaml.YAMLError as e: raise ValueError(f"not valid YAML: {e}") from None  # callers catch what they mean
+    return yaml.load(text, Loader=_yaml_loader())
 
 def _same(member, v) -> bool:
     "Is `v` the Literal `member`? Booleans match only booleans (in Python True == 1)."
@@ -190,8 +189,9 @@ def _conv(t: _T, v, text: bool):
     k = t.kind
     if k in ('any', 'literal_ref'):  # a computed Literal inside another type is not computed: any value
         if not (text and isinstance(v, str)) or not v.strip(): return v
+        import yaml  # cheap once loaded; only text that may be YAML gets here
         try: return _yaml_load(v)
-        except ValueError: return v  # not YAML: the text itself
+        except yaml.YAMLError: return v  # not YAML: the text itself
     if k in ('str', 'path', 'secret'):
         if k == 'path' and isinstance(v, PurePath): v = str(v)
         if isinstance(v, str): return Secret(v) if k == 'secret' else v
@@ -217,8 +217,9 @@ def _conv(t: _T, v, text: bool):
         if isinstance(v, str):
             s = v.strip()
             if s.startswith('['):
+                import yaml
                 try: v = _yaml_load(s)
-                except ValueError: raise _Bad("not a valid YAML/JSON list") from None
+                except yaml.YAMLError: raise _Bad("not a valid YAML/JSON list") from None
             else: v, items_text = ([x.strip() for x in s.split(',')] if s else []), True
         if not isinstance(v, (list, tuple)): raise _Bad()
         out = []
@@ -228,8 +229,9 @@ def _conv(t: _T, v, text: bool):
         return out
     if k == 'dict':
         if isinstance(v, str):
+            import yaml
             try: v = _yaml_load(v) if v.strip() else {}
-            except ValueError: raise _Bad("not valid JSON or YAML") from None
+            except yaml.YAMLError: raise _Bad("not valid JSON or YAML") from None
         if not isinstance(v, dict): raise _Bad(f"expected a mapping such as '{{\"a\": 1}}', not {type(v).__name__}")
         return v
     if k == 'literal':
