@@ -361,8 +361,8 @@ def _limit_threads(n: int):
 
 def _scoring_process(threads: int, parent: int):
     "Set up a process forked to score: it dies with the batch, is named, and keeps to its share of the cores."
-    from mlops_nb.worker import _die_with_parent, set_process_name
-    _die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
+    from mlops_nb.procs import die_with_parent, set_process_name
+    die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
     set_process_name('mlops-nb-score')  # as `ps` and `top` show it
     _limit_threads(threads)
 
