@@ -24,19 +24,22 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .core import DataError, Registry, SchemaError, get_settings
+from .core import BadRows, ConfigError, DataError, SchemaError, WorkerLost, get_settings
+from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
 from .models import input_schema
 from .models import load as load_model
 
+_all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
+
 # %% auto #0
-__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'EXECUTORS', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions',
-           'Checked', 'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
-           'BadRows', 'score_partition', 'local_workers', 'run_local', 'run_dask', 'BatchOptions', 'output_format',
-           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
-           'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
-           'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict']
+__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
+           'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
+           'score_partition', 'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir',
+           'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score',
+           'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema',
+           'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -264,10 +267,6 @@ def _output_chunk(model, X: pd.DataFrame, kept: pa.Table, proba: bool) -> tuple[
     return pa.table(cols), pred, P
 
 # %% ../nbs/10b_batch.ipynb #84ca9457
-class BadRows(DataError):
-    "An input row cannot be scored and the job was told to fail on bad rows."
-    exit_code = 1
-
 def _chunks(part: Partition, spec: BatchSpec, needed: list[str]) -> Iterator[pa.Table]:
     "The partition's rows, `spec.chunk_rows` at a time; one empty table when it has none (its part still gets the columns)."
     if part.data is not None:
@@ -307,7 +306,7 @@ class _Parts:
     def discard(self):
         for w in self.writers.values():
             try: w.close()
-            except Exception: pass
+            except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         for t in self.paths.values(): t.unlink(missing_ok=True)
 
 # %% ../nbs/10b_batch.ipynb #b6d644b3
@@ -317,7 +316,7 @@ def score_partition(spec: BatchSpec, # what to do
                    ) -> dict:
     "Score one partition into its output part (with rejects and request-log parts); a summary of what happened."
     t0, final = time.time(), part_path(spec.staging, part.index)
-    info = dict(index=part.index, worker=_where(), loaded=False)
+    info = dict(index=part.index, worker=where(), loaded=False)
     if final.exists(): return {**info, 'status': 'present', 'seconds': 0.0}
     if model is None: model, info['loaded'] = load_batch_model(spec)
     from mlops_nb.reqlog import log_frame
@@ -342,21 +341,12 @@ def score_partition(spec: BatchSpec, # what to do
             out.write(final, tbl)
             n_in, n_bad, row = n_in + table.num_rows, n_bad + len(ch.reasons), row + table.num_rows
         wrote = out.commit()[final]
-    except BaseException:
+    except BaseException:  # broad: whatever stops the partition (Ctrl-C too) leaves no partial part; re-raised
         out.discard(); raise
     return {**info, 'status': 'written' if wrote else 'present', 'rows_in': n_in, 'rows_out': n_in - n_bad,
             'rejected': n_bad, 'seconds': time.time() - t0}
 
-def _where() -> str:
-    "Where a partition is scored: the Dask worker's address, else host and pid."
-    try:
-        from distributed import get_worker
-        return get_worker().address
-    except (ImportError, ValueError): return f"{os.uname().nodename}:{os.getpid()}"
-
 # %% ../nbs/10b_batch.ipynb #63d99a4f
-EXECUTORS = Registry('batch executor')
-
 def local_workers(workers: int | None = None) -> int:
     "Processes the local executor scores with: `workers`, else one per core."
     return max(1, workers or os.cpu_count() or 1)
@@ -366,111 +356,43 @@ def _limit_threads(n: int):
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(n)
-    except Exception: pass  # threadpoolctl comes with scikit-learn; without it each library keeps its own pool
+    except ImportError: pass  # threadpoolctl comes with scikit-learn; without it each library keeps its own pool
     pa.set_cpu_count(n)
 
-def _scorer(conn, spec: BatchSpec, model, threads: int, parent: int):
-    "A scoring process: partitions in, results (or the error) out, until it gets None."
-    import pickle, signal
+def _scoring_process(threads: int, parent: int):
+    "Set up a process forked to score: it dies with the batch, is named, and keeps to its share of the cores."
     from mlops_nb.procs import die_with_parent, set_process_name
     die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
     set_process_name('mlops-nb-score')  # as `ps` and `top` show it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a stop is the parent's: it lets running partitions finish
     _limit_threads(threads)
-    while (part := conn.recv()) is not None:
-        try: conn.send(('ok', score_partition(spec, part, model)))
-        except BaseException as e:
-            try: pickle.loads(pickle.dumps(e)); conn.send(('error', e))
-            except Exception: conn.send(('error', RuntimeError(f"{type(e).__name__}: {e}")))
 
-def _in_order(spec, parts, done, model, loaded):
-    for p in parts:  # a stop leaves exactly the partitions done
-        r = score_partition(spec, p, model)
-        done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
-
-@EXECUTORS.register('local')
-def run_local(spec: BatchSpec, parts, done: Callable, model=None, workers: int | None = None, **_):
-    """Score the partitions on this machine: `workers` processes forked from this one (default: one per core), which
-    share the loaded model and split the cores' native threads; `workers=1` scores them in order in this process.
-    Each partition is written and committed whole; a stop lets the running ones finish and starts no more."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-    if model is None: model, loaded = load_batch_model(spec)
-    else: loaded = False
-    parts, n = iter(parts), min(local_workers(workers), (os.cpu_count() or 1) * 4)
-    first = list(itertools.islice(parts, n))
-    n = min(n, len(first))  # no process without a partition to score
-    if n <= 1 or 'fork' not in mp.get_all_start_methods():  # nothing left to score, one partition, or one process
-        return _in_order(spec, itertools.chain(first, parts), done, model, loaded)
-    parts, ctx, procs = itertools.chain(first, parts), mp.get_context('fork'), {}
-    threads = max(1, (os.cpu_count() or 1) // n)
-    try:
-        for _ in range(n):
-            here, there = ctx.Pipe()
-            p = ctx.Process(target=_scorer, args=(there, spec, model, threads, os.getpid()), name='mlops-nb-score', daemon=True)
-            p.start(); there.close()
-            procs[here] = [p, None]  # its connection -> [process, the partition it scores]
-        def died(conn):  # a scoring process died mid-partition (the out-of-memory killer?)
-            p, part = procs[conn]
-            p.join(5)
-            return DataError(f"The process scoring partition {part.index} of {part.path} died (exit {p.exitcode}).",
-                             hint="Out of memory? Score with fewer --workers or smaller --chunk-rows; --resume RUN_ID "
-                                  "scores only the partitions not written.", partition=part.index)
-        def feed(conn):
-            part = next(parts, None)
-            procs[conn][1] = part
-            if part is None: return False
-            try: conn.send(part)
-            except OSError: raise died(conn) from None
-            return True
-        busy = {c for c in list(procs) if feed(c)}
-        while busy:
-            for c in wait(list(busy)):
-                try: kind, r = c.recv()
-                except (EOFError, OSError): raise died(c) from None
-                if kind == 'error': raise r
-                done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
-                if not feed(c): busy.discard(c)
-    finally:
-        for conn, (p, _) in procs.items():
-            try: conn.send(None)  # each finishes the partition it scores, then exits
-            except OSError: pass
-        for conn, (p, _) in procs.items():
-            p.join(); conn.close()
+def _score(spec: BatchSpec, model, part: Partition) -> dict: return score_partition(spec, part, model)  # `map` passes the item last
 
 # %% ../nbs/10b_batch.ipynb #9d133ec7
-@EXECUTORS.register('dask')
-def run_dask(spec: BatchSpec, parts, done: Callable, scheduler: str | None = None, workers: int | None = None,
-             in_flight: int = 2, **_):
-    "Score the partitions on a Dask cluster; each worker process loads the model once."
-    from mlops_nb.core import ConfigError
-    try: from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise ConfigError("The dask executor needs dask.distributed.", hint="pip install 'mlops_nb[dask]'") from None
-    if spec.model_uri is None: raise ConfigError("The dask executor loads the model by URI on each worker; give model_uri.")
-    cluster = None
-    try:
-        if not scheduler:
-            cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(scheduler or cluster, set_as_default=False, timeout='30s')
-    except OSError as e:
-        if cluster is not None: cluster.close()
-        raise ConfigError(f"Cannot reach the Dask scheduler at {scheduler}: {e}",
-                          hint="Start one (`dask scheduler`, `dask worker ADDRESS`) and pass --scheduler tcp://HOST:8786.") from None
-    try:
-        limit = max(1, in_flight * sum(client.nthreads().values()))
-        todo, key = iter(parts), uuid.uuid4().hex[:8]
-        submit = lambda p: client.submit(score_partition, spec, p, key=f'mlops-nb-batch-{key}-{p.index}', pure=False)
-        first = [submit(p) for p in itertools.islice(todo, limit)]
-        if not first: return
-        ac = as_completed(first, loop=client.loop)  # this client is private: not the default one
-        for fut in ac:
-            done(fut.result())
-            p = next(todo, None)
-            if p is not None: ac.add(submit(p))
-    finally:
-        client.close()
-        if cluster is not None: cluster.close()
+def score_parts(spec: BatchSpec, # what to do
+                parts, # the partitions to score (an iterable, read as they are needed)
+                done: Callable, # called with each partition's result as it ends
+                model=None, # the loaded model (local executor); loaded here from `spec.model_uri` if None
+                options: BatchOptions | None = None, # executor, scheduler, workers
+               ):
+    """Score `parts` on the executor `options.executor` names. `local`: `workers` processes forked from this one (default:
+    one per core), which share the loaded model and split the cores' native threads; `workers=1` scores in order in this
+    process. `dask`: each worker process loads the model once. Each partition is written and committed whole."""
+    o, key = options or BatchOptions(), uuid.uuid4().hex[:8]
+    with make_executor(o.executor, o.workers, o.scheduler, processes=True, init=_scoring_process, label='mlops-nb-score', dashboard=None) as ex:
+        if ex.remote:
+            if spec.model_uri is None: raise ConfigError("The dask executor loads the model by URI on each worker; give model_uri.")
+            return ex.map(_score, parts, done, spec, None, key=lambda p: f'mlops-nb-batch-{key}-{p.index}')
+        loaded = False
+        if model is None: model, loaded = load_batch_model(spec)
+        def first(r):  # the partition scored first carries the model's one load
+            nonlocal loaded
+            done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+        try: ex.map(_score, parts, first, spec, model)
+        except WorkerLost as e:  # a scoring process died mid-partition (the out-of-memory killer?)
+            raise DataError(f"The process scoring partition {e.item.index} of {e.item.path} died (exit {e.exitcode}).",
+                            hint="Out of memory? Score with fewer --workers or smaller --chunk-rows; --resume RUN_ID "
+                                 "scores only the partitions not written.", partition=e.item.index) from None
 
 # %% ../nbs/10b_batch.ipynb #49b68407
 @dataclass
@@ -601,7 +523,7 @@ class _Gather:
     def discard(self):
         if self.writer is not None:
             try: self.writer.close()
-            except Exception: pass
+            except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         self.tmp.unlink(missing_ok=True)
 
 def _gather_rejects(staging: Path, dst: Path) -> int:
@@ -647,7 +569,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     "Score `input_path` into `output_path` in partitions; see the section above."
     o, t0 = options or BatchOptions(), time.time()
     if o.on_bad_rows not in ('reject', 'fail'): raise DataError(f"on_bad_rows must be 'reject' or 'fail', got {o.on_bad_rows!r}.")
-    run = EXECUTORS.get(o.executor)
+    EXECUTORS.get(o.executor)  # an unknown name, before anything is read
     feats = [c for c in schema.columns if c.name != schema.target]
     check_input(input_path, feats, o.keep)
     out, fmt = Path(output_path), output_format(output_path)
@@ -667,13 +589,13 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     todo = (p for p in partitions(input_path) if not part_path(staging, p.index).exists())
     try:
         if gather: gather.more()  # resuming: the parts already there
-        run(spec, todo, done, model=model, scheduler=o.scheduler, workers=o.workers)
+        score_parts(spec, todo, done, model, o)
         n_parts = len(list(staging.glob('part-*.parquet')))
         rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
         rej = Path(o.rejects) if o.rejects else default_rejects(out)
         n_rej = _gather_rejects(staging, rej)
         if gather: gather.finish()
-    except BaseException:
+    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
         if gather: gather.discard()  # the parts stay, for --resume
         raise
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,

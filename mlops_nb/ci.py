@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import MlopsNbError, ParameterError, redact
+from .core import MlopsNbError, ParameterError, ReportError, redact
 from .outputs import check_outputs
 
+_all_ = ['ReportError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['Case', 'case_name', 'failing_cell', 'job_case', 'sweep_cases', 'pipeline_cases', 'junit_xml', 'ReportError',
-           'check_report_path', 'write_junit', 'step_summary', 'write_reports']
+__all__ = ['Case', 'case_name', 'failing_cell', 'job_case', 'sweep_cases', 'pipeline_cases', 'junit_xml', 'check_report_path',
+           'write_junit', 'step_summary', 'write_reports', 'ReportError']
 
 # %% ../nbs/09e_ci.ipynb #045e5262
 @dataclass
@@ -173,9 +175,6 @@ def junit_xml(cases: list[Case], # the jobs
     return root
 
 # %% ../nbs/09e_ci.ipynb #34b8a8f1
-class ReportError(MlopsNbError):
-    "A CI report could not be written."
-
 def check_report_path(path, # where a report is to be written
                       flag: str = '--junit-xml', # how the user named it
                       inputs: dict | None = None, # name -> path of what the command reads (notebooks, pipeline and parameter files)

@@ -15,9 +15,11 @@ from .procs import proc_start as _proc_start, process_alive  # they live in proc
 
 # %% auto #0
 __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
-           'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'Secret', 'add_secret', 'redact',
-           'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings', 'get_settings', 'jobs_dir',
-           'job_notebook', 'Registry']
+           'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'CellTimeoutError', 'ModelError', 'OutputError',
+           'PipelineError', 'MonitorError', 'LoopError', 'DocsError', 'ReportError', 'BadRows', 'RequestError',
+           'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned', 'SweepInterrupted', 'Secret', 'add_secret',
+           'redact', 'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings', 'get_settings',
+           'jobs_dir', 'job_notebook', 'Registry']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -57,6 +59,69 @@ class JobFailed(MlopsNbError):
 class GateFailed(MlopsNbError):
     "A promotion gate refused a candidate model."
     exit_code = 1
+
+class CellTimeoutError(JobFailed, TimeoutError):
+    "A cell ran longer than the per-cell `execution_timeout`."
+
+# %% ../nbs/00_core.ipynb #84530f22
+class ModelError(MlopsNbError):
+    "A model cannot be found, read or loaded, or does not say what it takes."
+
+class OutputError(MlopsNbError):
+    "An output path would destroy an input, or a file the command did not write. Nothing has started (exit 2)."
+
+class PipelineError(MlopsNbError):
+    "A pipeline file is invalid; `step` names the step at fault (None: the file itself). Nothing has started."
+
+class MonitorError(MlopsNbError):
+    "Drift cannot be computed on these inputs (missing columns, empty samples, unknown options)."
+
+class LoopError(MlopsNbError):
+    "The closed loop could not start: a bad model name, log directory, labels file or window."
+
+class DocsError(MlopsNbError):
+    "The docs site or a project template cannot be built."
+
+class ReportError(MlopsNbError):
+    "A CI report could not be written."
+
+class BadRows(DataError):
+    "An input row cannot be scored and the job was told to fail on bad rows."
+    exit_code = 1
+
+# %% ../nbs/00_core.ipynb #99d79a86
+class RequestError(MlopsNbError):
+    "A request the server refuses: `status` is the HTTP status, `detail` names the column, row and expected type."
+    def __init__(self, message: str, # what is wrong, and where
+                 status: int = 400, # HTTP status to answer with
+                 **detail): # column, row, expected, got, ...
+        super().__init__(message, hint=None)
+        self.status, self.detail = status, {k: v for k, v in detail.items() if v is not None}
+
+    def body(self, request_id: str | None = None) -> dict:
+        "The JSON the server answers with (MLflow's error shape)."
+        code = {413: 'REQUEST_LIMIT_EXCEEDED', 415: 'BAD_REQUEST'}.get(self.status, 'BAD_REQUEST')
+        return {'error_code': code, 'message': str(self), **self.detail, **({'request_id': request_id} if request_id else {})}
+
+class ShapeError(MlopsNbError, ValueError):
+    "A canary or shadow answered with the wrong number of predictions."
+
+class WorkerError(MlopsNbError):
+    "The warm worker cannot be started or reached."
+    exit_code = 1
+
+class WorkerLost(MlopsNbError):
+    "A process running a piece of work died; `item` is what it worked on, `exitcode` how it ended."
+    exit_code = 1
+
+class TrialPruned(MlopsNbError):
+    "The pruner stopped this trial; the job ends FINISHED with the tag `mlops_nb.pruned`."
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a full traceback: it says all, and costs nothing
+        return [f"TrialPruned: {self}"]
+
+class SweepInterrupted(KeyboardInterrupt):
+    "Ctrl-C stopped a sweep; `result` is what it had done (unfinished runs are FAILED, 'interrupted')."
+    def __init__(self, result): super().__init__(f"sweep {result.sweep_id} interrupted"); self.result = result
 
 # %% ../nbs/00_core.ipynb #c6de29b5
 REDACTED = '***'  # what every secret value is replaced with, everywhere

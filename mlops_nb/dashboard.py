@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['traffic', 'prediction_counts', 'drift_history', 'quality_history', 'latest_drift', 'line_chart', 'bar_chart',
+__all__ = ['traffic', 'prediction_counts', 'log_drift_history', 'quality_history', 'latest_drift', 'line_chart', 'bar_chart',
            'dashboard_data', 'render_dashboard']
 
 # %% ../nbs/09d_dashboard.ipynb #84f74147
@@ -41,10 +41,10 @@ def prediction_counts(log: pd.DataFrame, # rows of the request log
     return pd.Series(counts, index=[f'{a:.3g}..{b:.3g}' for a, b in zip(edges[:-1], edges[1:])])
 
 # %% ../nbs/09d_dashboard.ipynb #b1252bc1
-def drift_history(log_dir: str | Path, # the request log directory
-                  max_runs: int = 50, # most recent monitor runs
-                 ) -> pd.DataFrame:
-    "One row per monitor run: time, share of drifted columns, and each column's score."
+def log_drift_history(log_dir: str | Path, # the request log directory
+                      max_runs: int = 50, # most recent monitor runs
+                     ) -> pd.DataFrame:
+    "One row per monitor run, as the request log keeps it (`monitor.drift_history` reads the runs instead): time, share of drifted columns, each column's score."
     p = Path(log_dir) / 'drift' / 'history.jsonl'
     rows = []
     if p.is_file():
@@ -153,7 +153,7 @@ def dashboard_data(log_dir: str | Path | None, # the request log; None: the serv
     start = pd.Timestamp.now(tz='UTC') - pd.Timedelta(window)
     log = read_log(log_dir, start=start)
     tr = traffic(log, freq)
-    hist = drift_history(log_dir)
+    hist = log_drift_history(log_dir)
     qh, bounds = quality_history(log_dir)
     return {'log_dir': str(log_dir), 'window': window, 'rows': len(log),
             'traffic': json.loads(tr.to_json(orient='records', date_format='iso')),

@@ -53,7 +53,7 @@ def _read_file(p: Path) -> pd.DataFrame:
         raise DataError(f"Dataset file {p} does not exist.",
                         hint=f"Check the path; a relative path is read from the working directory {os.getcwd()}.", path=str(p))
     try: return pd.read_csv(p) if fmt == 'csv' else pd.read_parquet(p)
-    except Exception as e:
+    except Exception as e:  # broad: readers fail in many ways (parser, encoding, Arrow); each is one DataError naming the file
         raise DataError(f"Cannot read {p} as {fmt}: {type(e).__name__}: {e}",
                         hint=f"Check that the file is a valid {fmt} file (open it, or rewrite it with pandas).", path=str(p)) from e
 

@@ -17,16 +17,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import tracking, worker
-from .core import REDACTED, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
+from .core import REDACTED, CellTimeoutError, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
 from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
 from .worker import OPERATIONS
 # IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
 # and only a job's process (or the warm worker) needs them (IPython's shell 0.3-0.5 s, papermill 0.5-1 s on this machine).
 
+_all_ = ['CellTimeoutError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'SEND_AFTER',
-           'CellRunner', 'CellTimeoutError', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution',
-           'parameterize', 'failure', 'Job', 'stop_all', 'StartingJob', 'outcome', 'execute']
+           'CellRunner', 'kernelspec', 'register_engine', 'papermill_engine', 'Execution', 'parameterize', 'failure',
+           'Job', 'stop_all', 'StartingJob', 'outcome', 'execute', 'CellTimeoutError']
 
 # %% ../nbs/08a_engine.ipynb #958e56ae
 def _clean(data: dict | None) -> dict:
@@ -200,7 +202,7 @@ class CellRunner:
                 from matplotlib_inline import backend_inline
                 backend_inline.configure_inline_support.__dict__.pop('current_backend', None)  # set figure formats on this shell too
                 self.shell.run_line_magic('matplotlib', 'inline')
-            except Exception: pass
+            except Exception: pass  # broad: inline plots are a nicety; a kernel without matplotlib or its backend still runs
 
     def run(self, source: str) -> tuple[int, list[dict], bool]:
         "Run one cell: (execution count, outputs, whether it raised)."
@@ -222,9 +224,6 @@ class CellRunner:
 # %% ../nbs/08a_engine.ipynb #43d55f0b
 LANGUAGE_INFO = {'codemirror_mode': {'name': 'ipython', 'version': 3}, 'file_extension': '.py', 'mimetype': 'text/x-python',
                  'name': 'python', 'nbconvert_exporter': 'python', 'pygments_lexer': 'ipython3'}
-
-class CellTimeoutError(TimeoutError):
-    "A cell ran longer than the per-cell `execution_timeout`."
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat().replace('+00:00', 'Z')
 
@@ -436,7 +435,7 @@ def _heartbeat():
     rid = _job_run_id()
     if rid is None: return  # the run is not created yet
     try: tracking.client(get_settings()).set_tag(rid, f'{tracking.TAG}heartbeat', f'{time.time():.0f}')
-    except Exception: pass  # a missed beat only makes the run look older; the boundary of a background thread
+    except Exception: pass  # broad: any store error; a missed beat only makes the run look older; the boundary of a background thread
 
 SEND_AFTER = 5.0  # seconds a job runs before its process imports MLflow to send what waits in its spool (a short job never does)
 
@@ -560,7 +559,7 @@ class _KernelReads(_Reads):
         try:
             from jupyter_core.paths import jupyter_runtime_dir
             self.skip += (os.path.join(jupyter_runtime_dir(), ''), os.path.join(str(self.dir), ''))  # the kernel's connection file; ours
-        except Exception: pass
+        except (ImportError, OSError): pass  # no jupyter_core, or no runtime folder: nothing of the kernel's to skip
 
     def files(self) -> list[dict]:
         import shutil
@@ -599,7 +598,7 @@ def _child(job: dict, conn):
     try:
         _execute_notebook(job)
         report = {'status': 'ok', 'error': None}
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the notebook (Ctrl-C, SystemExit too) becomes the job's failure report
         report = {'status': 'failed', 'error': failure(e)}
     finally:  # sent, or spooled for the runner when MLflow is not imported here or the run does not exist yet
         if tracking._ATTACHED is not None: tracking._safe_flush(tracking._ATTACHED)
@@ -723,7 +722,7 @@ class StartingJob(threading.Thread):
 
     def run(self):
         try: self.job = Job(self.spec, timeout=self.timeout)
-        except BaseException as e: self.error = e  # handed to the caller by `result()`
+        except BaseException as e: self.error = e  # broad: whatever stopped the start (Ctrl-C too) is handed to the caller by `result()`
 
     def result(self) -> Job:
         "The started job (waiting for it to start); raises what starting it raised."

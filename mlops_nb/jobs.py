@@ -61,10 +61,10 @@ class JobResult:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts', 'pruned')}
         d.update(notebook=str(self.notebook), output=str(self.output), html=str(self.html) if self.html else None,
-                 recorded=redact_value({k: v for k, v in self.recorded.items() if _jsonable(v)}))
+                 recorded=redact_value({k: v for k, v in self.recorded.items() if _is_json(v)}))
         return d
 
-def _jsonable(v) -> bool:
+def _is_json(v) -> bool:
     try: json.dumps(v); return True
     except TypeError: return False
 
@@ -262,7 +262,7 @@ def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
         if starting is None: shutil.rmtree(Path(job['output']).parent, ignore_errors=True); raise
         stopped = _stop_started(starting, 'interrupted')
         run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
-    except BaseException:  # no store to record in: the job stops and nothing of it is kept
+    except BaseException:  # broad: Ctrl-C too; no store to record in: the job stops and nothing of it is kept
         if starting is not None and (j := _stop_started(starting, 'error')): j.wait()
         shutil.rmtree(Path(job['output']).parent, ignore_errors=True)
         raise
@@ -272,13 +272,13 @@ def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
         run.client.set_tag(run.run_id, f'{TAG}pid', str(j.proc.pid))
         ex = outcome(j)
         if stopped: ex.interrupted = True
-    except BaseException as e: err = e  # could not start the job's process (or Ctrl-C while it started): the run still ends, FAILED
+    except BaseException as e: err = e  # broad: could not start the job's process (or Ctrl-C while it started): the run still ends, FAILED
     return run, ex, err
 
 def _stop_started(starting: StartingJob, reason: str):
     "Stop the job `starting` started, once it has; the job, or None if it never started."
     try: j = starting.result()
-    except BaseException: return None  # it never started: nothing to stop
+    except BaseException: return None  # broad: whatever stopped it, it never started: nothing to stop
     j.stop(reason)
     return j
 
@@ -371,8 +371,9 @@ def reproduce(run_id: str, # the run to rerun
     import tempfile
     s = settings or get_settings()
     c = client(s)
+    from mlflow.exceptions import MlflowException  # lazy: importing MLflow costs seconds; `client` above has loaded it already
     try: old = c.get_run(run_id)
-    except Exception as e:
+    except MlflowException as e:  # every store says 'no such run' (or 'cannot reach me') this way
         raise TrackingError(f"No run {run_id!r} in {s.tracking_uri} ({type(e).__name__}).",
                             hint="List runs with `mlops-nb ui`; set --tracking-uri to the store the run is in.", run_id=run_id) from None
     tags = old.data.tags
@@ -387,7 +388,7 @@ def reproduce(run_id: str, # the run to rerun
         raise ParameterError(f"Run {run_id} used secret parameter(s) {', '.join(hidden)}, whose values are not recorded.",
                              hint='Pass them again: ' + ' '.join(f'-p {k} VALUE' for k in hidden), parameter=hidden[0])
     try: reads = json.loads(Path(download_artifact(run_id, 'reads.json', tmp, settings=s)).read_text())
-    except Exception: reads = None  # a run older than reads.json
+    except (TrackingError, OSError, ValueError): reads = None  # a run older than reads.json has none (or an unreadable one)
     base = Path(tags.get(f'{TAG}cwd') or (reads or {}).get('cwd') or os.getcwd())
     _data_check(old, run_id, base)
     checked = _files_check(reads, run_id)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import DataError, JobFailed, MlopsNbError, RegistryError, get_settings
+from .core import DataError, JobFailed, LoopError, MlopsNbError, RegistryError, get_settings
 from .data import BUNDLED, Schema, load_dataset
 from .jobs import run_job
 from .models import load
@@ -26,15 +26,14 @@ from .registry import alias_version, eval_data, model_versions
 from .reqlog import META_PREFIX, log_parts, read_labels, read_log, split_log
 from .tracking import download_artifact, run_data, set_run_tags
 
+_all_ = ['LoopError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
+__all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopResult', 'labelled_window', 'Champion', 'champion',
            'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'drift_report', 'shift_data',
-           'cronjob_manifest']
+           'cronjob_manifest', 'LoopError']
 
 # %% ../nbs/12_loop.ipynb #bd135078
-class LoopError(MlopsNbError):
-    "The closed loop could not start: a bad model name, log directory, labels file or window."
-
 LOOP_TAG = 'mlops_nb.loop.'  # tags linking monitor, retrain, evaluate and promotion
 LOOP_GATES = {  # the candidate must beat the champion on the new window's held-out rows
     'binary': ['roc_auc >= 0.7', 'roc_auc > champion'],
@@ -113,7 +112,7 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file(): raise LoopError(f"{what} file {p} does not exist.", hint='Give a CSV or Parquet file.')
     try: return pd.read_parquet(p) if p.suffix.lower() in ('.parquet', '.pq') else pd.read_csv(p)
-    except Exception as e: raise LoopError(f"Cannot read {what} file {p}: {e}", hint='Give a CSV or Parquet file.') from None
+    except Exception as e: raise LoopError(f"Cannot read {what} file {p}: {e}", hint='Give a CSV or Parquet file.') from None  # broad: as data.load
 
 def labelled_window(window: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
                     labels: pd.DataFrame, # the id column, the label column, optionally `row`

@@ -15,18 +15,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import MlopsNbError, Registry, Settings, get_settings
+from .core import MlopsNbError, ModelError, Registry, Settings, get_settings
 from .data import ColumnSchema, Schema
 from .tracking import download_artifact, model_signature
 
+_all_ = ['ModelError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'ModelError', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel',
-           'model_requirements', 'load', 'input_schema', 'verification_rows']
+__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel', 'model_requirements', 'load',
+           'input_schema', 'verification_rows', 'ModelError']
 
 # %% ../nbs/05a_models.ipynb #67922244
-class ModelError(MlopsNbError):
-    "A model cannot be found, read or loaded, or does not say what it takes."
-
 _TYPES = {'int': 'long', 'float': 'double', 'bool': 'boolean', 'category': 'string', 'string': 'string', 'datetime': 'datetime'}
 _DTYPES = {'long': 'int', 'integer': 'int', 'double': 'float', 'float': 'float', 'boolean': 'bool', 'string': 'string',
            'datetime': 'datetime', 'binary': 'string'}
@@ -123,7 +122,7 @@ def local_model(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/
     mlflow.set_tracking_uri(s.tracking_uri); mlflow.set_registry_uri(s.registry_uri or s.tracking_uri)
     dst = Path(dst or tempfile.mkdtemp(prefix='mlops_nb_model_'))
     try: return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except Exception as e:
+    except Exception as e:  # broad: every artifact store fails its own way; each is one ModelError naming the URI
         raise ModelError(f"Cannot download model {uri} from {s.tracking_uri}: {type(e).__name__}: {str(e)[:300]}",
                          hint="Check the URI and the store (--tracking-uri); `mlops-nb models` lists registered models.", uri=uri) from None
 
@@ -164,7 +163,7 @@ def _task(schema: Schema | None, fl: Flavour, outputs: list) -> str | None:
         from sklearn.base import is_classifier, is_regressor
         if is_regressor(fl.raw): return 'regression'
         if is_classifier(fl.raw): return 'classification'
-    except Exception: pass  # not a scikit-learn-style object (a Booster, a PyFuncModel)
+    except Exception: pass  # broad: not a scikit-learn-style object (a Booster, a PyFuncModel), whose tags may raise anything
     types = [o.get('type') for o in outputs]
     if len(types) == 1 and types[0] in ('long', 'integer', 'string', 'boolean'): return 'classification'
     if len(types) == 1 and types[0] in ('double', 'float'): return 'regression'
@@ -190,7 +189,7 @@ def _conforming(predict: Callable, inputs: list) -> Callable:
 def _mlmodel(path: Path, uri: str):
     from mlflow.models import Model
     try: return Model.load(str(path))
-    except Exception as e:
+    except Exception as e:  # broad: a missing or malformed MLmodel (OSError, YAML, MLflow errors): not a model
         raise ModelError(f"{uri} is not an MLflow model ({type(e).__name__}: {str(e)[:200]}).",
                          hint="Give a folder holding an MLmodel file, or a models:/ or runs:/ URI.", uri=uri) from None
 
@@ -208,7 +207,7 @@ def _read_schema(path: Path, mlm, uri: str) -> tuple[Schema | None, list, str, p
     "`(schema.json or None, inputs, source, input example)` of a model folder."
     ours = Schema.load(path / SCHEMA_FILE) if (path / SCHEMA_FILE).exists() else None
     try: example = mlm.load_input_example(str(path))
-    except Exception: example = None  # an example that cannot be read is no example
+    except Exception: example = None  # broad: an example that cannot be read (any format, any error) is no example
     if example is not None and not isinstance(example, pd.DataFrame):
         example = pd.DataFrame(example) if isinstance(example, (dict, list)) else None
     inputs = [c for c in model_signature(path)['inputs'] if 'name' in c]
@@ -233,7 +232,7 @@ def load(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/N, mode
     except ImportError as e:
         raise ModelError(f"Model {uri} is a {name} model, and loading it needs {e.name or e}, which is not installed.",
                          hint=f"Install the model's requirements: pip install -r {path / 'requirements.txt'}", uri=uri) from None
-    except Exception as e:
+    except Exception as e:  # broad: a flavour's loader may raise anything; each is one ModelError naming the model
         raise ModelError(f"Cannot load model {uri} with its {name} flavour: {type(e).__name__}: {str(e)[:300]}",
                          hint="Check that the model loads with mlflow.pyfunc.load_model in this environment.", uri=uri) from None
     predict = _conforming(fl.predict, inputs) if name == 'python_function' else fl.predict

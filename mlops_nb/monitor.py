@@ -22,23 +22,21 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from .core import DataError, MlopsNbError, Registry
+from .core import DataError, MlopsNbError, MonitorError, Registry
 from .reqlog import META_PREFIX, PROBA_PREFIX as PROBA
 
+_all_ = ['MonitorError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS', 'DEFAULT_QUALITY_GATES', 'MonitorError',
-           'ks_2samp_sorted', 'ks_pvalue', 'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance',
-           'chi2_counts', 'ColumnData', 'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test',
-           'default_test', 'DriftOptions', 'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift',
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS', 'DEFAULT_QUALITY_GATES', 'ks_2samp_sorted',
+           'ks_pvalue', 'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts',
+           'ColumnData', 'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test',
+           'DriftOptions', 'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift',
            'prediction_drift', 'performance_drift', 'wilson', 'quality_metrics', 'quality_checks', 'CBPE',
            'join_labels', 'window_quality', 'quality_frame', 'quality_metrics_flat', 'drift_chunked', 'parse_window',
            'window_bounds', 'features_only', 'load_sample', 'alert_payload', 'write_latest', 'post_webhook',
            'drift_files', 'metric_key', 'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms',
-           'plot_history']
-
-# %% ../nbs/11_monitor.ipynb #e01d1284
-class MonitorError(MlopsNbError):
-    "Drift cannot be computed on these inputs (missing columns, empty samples, unknown options)."
+           'plot_history', 'MonitorError']
 
 # %% ../nbs/11_monitor.ipynb #9162afe2
 def ks_2samp_sorted(a: np.ndarray, # sorted reference values, no NaN

@@ -278,7 +278,7 @@ class _Progress:
     def _draw(self, html_text: str | None = None):
         if self.handle is None: return
         try: self.handle.update(self._HTML(html_text if html_text is not None else self._html()))
-        except Exception: pass  # a display that went away (the kernel is shutting down) must not break the job
+        except Exception: pass  # broad: a display that went away (the kernel is shutting down) must not break the job
 
     def update(self, text: str = '', what: str | None = None):
         self.text, self.what = text, what or self.what
@@ -332,8 +332,11 @@ def _spread(notebooks: list, values: dict) -> list[tuple[str, dict]]:
     return out
 
 def _experiment_id(s: Settings, run_id: str | None) -> str | None:
-    try: return tracking.client(s).get_run(run_id).info.experiment_id if run_id else None
-    except Exception: return None  # only the UI link needs it
+    if not run_id: return None
+    c = tracking.client(s)
+    from mlflow.exceptions import MlflowException  # loaded with the client: costs nothing here, 4 s at the top
+    try: return c.get_run(run_id).info.experiment_id
+    except MlflowException: return None  # only the UI link needs it
 
 # %% ../nbs/12b_notebook.ipynb #e6412e6a
 def run_items(items: list[tuple], # (notebook, values) per job, as `mlops-nb run` builds them
@@ -573,7 +576,7 @@ def _run_id(x) -> str:
 def _executed_notebook(c, run_id: str, dst: Path) -> Path | None:
     "The executed notebook kept with a run (job runs and tracked sessions keep one under `notebook/`), downloaded."
     try: arts = [a.path for a in c.list_artifacts(run_id, 'notebook') if a.path.endswith('.ipynb')]
-    except Exception: return None  # artifacts the store cannot list (a removed folder): compared without them
+    except Exception: return None  # broad: artifacts the store cannot list (a removed folder): compared without them
     if not arts: return None
     return Path(c.download_artifacts(run_id, arts[0], str(dst)))
 
@@ -581,7 +584,7 @@ def _plots(c, run_id: str, dst: Path, limit: int = 4) -> dict:
     "The PNG images a run recorded (its figures), name -> base64 PNG."
     out = {}
     try: arts = [a.path for a in c.list_artifacts(run_id) if a.path.endswith('.png')][:limit]
-    except Exception: return out  # artifacts the store cannot list (a removed folder): compared without them
+    except Exception: return out  # broad: artifacts the store cannot list (a removed folder): compared without them
     for a in arts:
         p = Path(c.download_artifacts(run_id, a, str(dst)))
         out[Path(a).name] = base64.b64encode(p.read_bytes()).decode()
@@ -764,7 +767,7 @@ class track:
         if ip is None: return None
         def hook(*a, **k):
             try: self.run.flush()
-            except Exception as e:  # a hook after every cell must never break the session: say it and go on
+            except Exception as e:  # broad: a hook after every cell must never break the session: say it and go on
                 print(f"mlops_nb: could not flush recorded values to run {self.run_id}: {e}", file=sys.stderr)
         ip.events.register('post_run_cell', hook)
         return ip, hook

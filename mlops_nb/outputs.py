@@ -14,15 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .core import MlopsNbError
+from .core import MlopsNbError, OutputError
+
+_all_ = ['OutputError']  # defined in core (the one map of errors); still importable from here
 
 # %% auto #0
-__all__ = ['OutputError', 'real_path', 'check_outputs', 'mark_ours', 'is_ours', 'remove_ours', 'check_replace', 'temp_beside',
-           'replacing', 'publish', 'check_new_folder']
-
-# %% ../nbs/00b_outputs.ipynb #2ee9964b
-class OutputError(MlopsNbError):
-    "An output path would destroy an input, or a file the command did not write. Nothing has started (exit 2)."
+__all__ = ['real_path', 'check_outputs', 'mark_ours', 'is_ours', 'remove_ours', 'check_replace', 'temp_beside', 'replacing',
+           'publish', 'check_new_folder', 'OutputError']
 
 # %% ../nbs/00b_outputs.ipynb #eb29222b
 def real_path(p: str | os.PathLike # a path as the user wrote it

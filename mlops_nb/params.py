@@ -189,8 +189,9 @@ def _conv(t: _T, v, text: bool):
     k = t.kind
     if k in ('any', 'literal_ref'):  # a computed Literal inside another type is not computed: any value
         if not (text and isinstance(v, str)) or not v.strip(): return v
+        import yaml  # cheap once loaded; only text that may be YAML gets here
         try: return _yaml_load(v)
-        except Exception: return v
+        except yaml.YAMLError: return v  # not YAML: the text itself
     if k in ('str', 'path', 'secret'):
         if k == 'path' and isinstance(v, PurePath): v = str(v)
         if isinstance(v, str): return Secret(v) if k == 'secret' else v
@@ -216,8 +217,9 @@ def _conv(t: _T, v, text: bool):
         if isinstance(v, str):
             s = v.strip()
             if s.startswith('['):
+                import yaml
                 try: v = _yaml_load(s)
-                except Exception: raise _Bad("not a valid YAML/JSON list") from None
+                except yaml.YAMLError: raise _Bad("not a valid YAML/JSON list") from None
             else: v, items_text = ([x.strip() for x in s.split(',')] if s else []), True
         if not isinstance(v, (list, tuple)): raise _Bad()
         out = []
@@ -227,8 +229,9 @@ def _conv(t: _T, v, text: bool):
         return out
     if k == 'dict':
         if isinstance(v, str):
+            import yaml
             try: v = _yaml_load(v) if v.strip() else {}
-            except Exception: raise _Bad("not valid JSON or YAML") from None
+            except yaml.YAMLError: raise _Bad("not valid JSON or YAML") from None
         if not isinstance(v, dict): raise _Bad(f"expected a mapping such as '{{\"a\": 1}}', not {type(v).__name__}")
         return v
     if k == 'literal':
@@ -304,7 +307,7 @@ def _choices(expr: str, # the `Literal[...]` argument, e.g. 'tuple(MODELS.names(
                 mod, _, attr = where.partition(':')
                 ns[name] = getattr(_import(mod), attr) if attr else _import(mod)
             vals = eval(expr, {'__builtins__': {'tuple': tuple, 'list': list, 'sorted': sorted}}, ns)
-        except Exception: return _ANY  # the notebook's own import or expression fails: its kernel will say so, in its words
+        except Exception: return _ANY  # broad: the notebook's own import or expression fails: its kernel will say so, in its words
         vals = tuple(vals) if isinstance(vals, (tuple, list)) else (vals,)
         _CHOICES[key] = vals if all(isinstance(v, (str, int, float, bool)) for v in vals) else None
     vals = _CHOICES[key]
@@ -608,7 +611,7 @@ def format_params(params: dict[str, Param] # as `read_params` returns
     return '\n'.join(f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}".rstrip() for a, b, c, d in rows)
 
 # %% ../nbs/07_params.ipynb #0de71ffd
-def _jsonable(v, fallback):
+def _json_or(v, fallback):
     try: json.dumps(v, allow_nan=False); return v
     except (TypeError, ValueError): return fallback
 
@@ -620,7 +623,7 @@ def params_json(params: dict[str, Param] # as `read_params` returns
         t, hide = p._t, p.secret and bool(p.default_src)
         choices = list(t.args) + ([None] if t.nullable else []) if t.kind == 'literal' else None
         out.append(dict(name=p.name, type=p.type, annotation=p.annotation,
-                        default=REDACTED if hide else _jsonable(p.default, p.default_src),
+                        default=REDACTED if hide else _json_or(p.default, p.default_src),
                         default_src=REDACTED if hide else p.default_src, doc=p.doc, required=p.required,
-                        secret=p.secret, choices=_jsonable(choices, None)))
+                        secret=p.secret, choices=_json_or(choices, None)))
     return out

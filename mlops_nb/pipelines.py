@@ -15,17 +15,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import ConfigError, GateFailed, MlopsNbError, Settings, get_settings, job_notebook
+from .core import ConfigError, GateFailed, MlopsNbError, PipelineError, Settings, get_settings, job_notebook
+from .executors import Cancel, LocalExecutor, make_executor, where
 from .tracking import TAG
 
-# %% auto #0
-__all__ = ['QUICKSTART', 'CACHE_KEY', 'PIPELINE_ID', 'STEP', 'UPSTREAM', 'DOWNSTREAM', 'COLOURS', 'PipelineError', 'Step',
-           'Pipeline', 'references', 'substitute', 'load_pipeline', 'order', 'check_pipeline', 'cache_key',
-           'StepResult', 'PipelineResult', 'run_step_job', 'run_pipeline', 'dag_svg', 'last_run']
+_all_ = ['PipelineError']  # defined in core (the one map of errors); still importable from here
 
-# %% ../nbs/09b_pipelines.ipynb #a8228b3d
-class PipelineError(MlopsNbError):
-    "A pipeline file is invalid; `step` names the step at fault (None: the file itself). Nothing has started."
+# %% auto #0
+__all__ = ['QUICKSTART', 'CACHE_KEY', 'PIPELINE_ID', 'STEP', 'UPSTREAM', 'DOWNSTREAM', 'COLOURS', 'Step', 'Pipeline',
+           'references', 'substitute', 'load_pipeline', 'order', 'check_pipeline', 'cache_key', 'StepResult',
+           'PipelineResult', 'run_step_job', 'run_pipeline', 'dag_svg', 'last_run', 'PipelineError']
 
 # %% ../nbs/09b_pipelines.ipynb #25204293
 _STEP_KEYS = ('notebook', 'parameters', 'needs', 'grid', 'metric', 'maximize', 'inputs', 'promote', 'search', 'trials', 'space', 'prune', 'seed')
@@ -339,6 +338,7 @@ class _Ctx:
     cache: bool = True
     force: set = field(default_factory=set)
     prior: dict = field(default_factory=dict)  # --resume: step -> its FINISHED run
+    cancel: Cancel = field(default_factory=Cancel)  # set on Ctrl-C: no step, and no job of a grid step, starts
 
 def _lookup(ctx: _Ctx, name: str):
     "(step, attr) -> value, for the references of step `name`."
@@ -382,10 +382,9 @@ def _reused(ctx: _Ctx, step: Step, run) -> StepResult | None:
 def run_step_job(job: dict # notebook, values, run_name, tags, parent_run_id, settings (URIs, experiment)
                 ) -> dict:
     "Run one notebook step where it is sent (a Dask worker): `run_job`, plain values in and out."
-    from distributed import get_worker
     from mlops_nb.jobs import run_job
     s = get_settings(**job['settings'])
-    tags = {**job['tags'], f'{TAG}worker': get_worker().address}
+    tags = {**job['tags'], f'{TAG}worker': where()}
     return run_job(job['notebook'], job['values'], settings=s, run_name=job['run_name'], tags=tags,
                    parent_run_id=job['parent_run_id']).to_dict()
 
@@ -395,7 +394,7 @@ def _notebook_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResul
         s = ctx.s
         job = dict(notebook=str(step.notebook), values=values, run_name=step.name, tags=tags, parent_run_id=ctx.run_id,
                    settings=dict(tracking_uri=s.tracking_uri, artifact_root=s.artifact_root, experiment=s.experiment, registry_uri=s.registry_uri))
-        d = ctx.ex.client.submit(run_step_job, job, pure=False, key=f"mlops-nb-step-{step.name}-{uuid.uuid4().hex[:8]}").result()
+        d = ctx.ex.submit(run_step_job, job, key=f"mlops-nb-step-{step.name}-{uuid.uuid4().hex[:8]}").result()
         res = JobResult(**{**{k: d[k] for k in ('run_id', 'status', 'parameters', 'metrics', 'error', 'duration', 'engine', 'attempts', 'recorded')},
                            'notebook': Path(d['notebook']), 'output': Path(d['output']), 'html': Path(d['html']) if d['html'] else None})
     else: res = run_job(step.notebook, values, settings=ctx.s, run_name=step.name, tags=tags, parent_run_id=ctx.run_id)
@@ -413,7 +412,7 @@ def _set_tags(s: Settings, run_id: str, tags: dict):
 def _grid_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResult:
     "The notebook over every combination of the grid, as a sweep nested under the pipeline's run."
     from mlops_nb.sweeps import run_sweep
-    res = run_sweep(_step_sweep(step, values), settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers)
+    res = run_sweep(_step_sweep(step, values), settings=ctx.s, executor=ctx.ex or 'local', workers=ctx.workers, cancel=ctx.cancel)
     best = res.best['run_id'] if res.best is not None else None
     _set_tags(ctx.s, res.sweep_id, {**tags, 'mlflow.parentRunId': ctx.run_id, 'mlflow.runName': step.name,
                                     **({f'{TAG}best_run_id': best} if best else {})})
@@ -436,7 +435,7 @@ def _promote_step(ctx: _Ctx, step: Step, values: dict, tags: dict) -> StepResult
         except GateFailed as e: pr, why = e.promotion, e.message.splitlines()[0]
         run.log_text(json.dumps(pr.to_dict(), indent=1, default=str), 'promotion.json')
         for k, v in dict(promoted_version=pr.version, promoted_model=pr.name, promoted_alias=alias).items(): run.batch.tag(f'{TAG}{k}', v)
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the promotion (Ctrl-C too) ends its run FAILED; re-raised
         run.end('FAILED', reason='error', error=e); raise
     run.end('FAILED' if why else 'FINISHED', reason='gate_failed' if why else None)
     return StepResult(step.name, 'FAILED' if why else 'FINISHED', run.run_id, error=why, promotion=pr)
@@ -458,7 +457,7 @@ def _run_step(ctx: _Ctx, step: Step) -> StepResult:
         tags = {PIPELINE_ID: ctx.run_id, STEP: step.name, UPSTREAM: ','.join(step.needs),
                 DOWNSTREAM: ','.join(ctx.down[step.name]), CACHE_KEY: key}
         r = _RUNNERS[step.kind](ctx, step, values, tags)
-    except Exception as e:  # a step that cannot run fails; its siblings go on
+    except Exception as e:  # broad: a step that cannot run, for any reason, fails; its siblings go on
         r = StepResult(step.name, 'FAILED', error=f"{type(e).__name__}: {getattr(e, 'message', None) or e}")
     r.duration = time.time() - t0
     return r
@@ -487,10 +486,9 @@ def _parent(p: Pipeline, s: Settings, steps: list, executor: str, resume: str | 
     return run, prior
 
 # %% ../nbs/09b_pipelines.ipynb #42885d7a
-def _make_executor(executor: str, workers, scheduler):
-    if executor == 'local': return None
-    from mlops_nb.sweeps import EXECUTORS
-    return EXECUTORS.get(executor)(workers=workers, scheduler=scheduler)
+def _make_executor(executor: str, workers, scheduler, cancel: Cancel):
+    "The executor notebook steps are sent to; None for local (each step thread calls `run_job` itself)."
+    return None if executor == 'local' else make_executor(executor, workers, scheduler, cancel)
 
 def run_pipeline(p: Pipeline, # as `load_pipeline` returns it
                  settings: Settings | None = None, # where to track; `get_settings()` if None
@@ -503,19 +501,19 @@ def run_pipeline(p: Pipeline, # as `load_pipeline` returns it
                  on_event=None, # called with ('start', step, None) and ('end', step, StepResult)
                 ) -> PipelineResult:
     "Check `p`, then run its steps as children of one parent run; a failed step stops its descendants, not its siblings."
-    import concurrent.futures as cf
     s = settings or get_settings()
     steps = check_pipeline(p)
     bad = sorted(set(force) - set(steps))
     if bad: raise PipelineError(f"--force names unknown step(s) {', '.join(bad)} of {p.where}.", hint=f"Steps: {', '.join(steps)}.", step=bad[0])
     emit = on_event or (lambda *a: None)
-    ex = _make_executor(executor, workers, scheduler)
+    cancel = Cancel()
+    ex = _make_executor(executor, workers, scheduler, cancel)
     t0, parent = time.time(), None
     try:
         parent, prior = _parent(p, s, steps, executor, resume)
-        ctx = _Ctx(p, s, parent.run_id, {}, {n: [m for m in steps if n in p.steps[m].needs] for n in steps}, ex, workers, cache, set(force), prior)
+        ctx = _Ctx(p, s, parent.run_id, {}, {n: [m for m in steps if n in p.steps[m].needs] for n in steps}, ex, workers, cache, set(force), prior, cancel)
         _follow(ctx, steps, parent, emit, max(1, int(workers or os.cpu_count() or 1)))
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever stops the pipeline (Ctrl-C too) ends its run FAILED; re-raised
         if parent is not None: parent.end('FAILED', reason='interrupted' if isinstance(e, KeyboardInterrupt) else 'error', error=e)
         raise
     finally:
@@ -530,7 +528,6 @@ def run_pipeline(p: Pipeline, # as `load_pipeline` returns it
 # %% ../nbs/09b_pipelines.ipynb #e743ab27
 def _follow(ctx: _Ctx, steps: list, parent, emit, slots: int):
     "Start each step once what it needs has FINISHED; mark NOT_RUN what cannot run; record each end on the parent."
-    import concurrent.futures as cf
     todo, pending = list(steps), {}
     def ended(n, r):
         ctx.results[n] = r
@@ -538,27 +535,27 @@ def _follow(ctx: _Ctx, steps: list, parent, emit, slots: int):
         if r.run_id: parent.batch.tag(f'{TAG}step.{n}.run_id', r.run_id)
         parent.flush()
         emit('end', n, r)
-    with cf.ThreadPoolExecutor(slots, thread_name_prefix='mlops-nb-step') as pool:
-        try:
-            while todo or pending:
-                for n in list(todo):
-                    needs = ctx.p.steps[n].needs
-                    stopped = [m for m in needs if m in ctx.results and ctx.results[m].status != 'FINISHED']
-                    if stopped:
-                        todo.remove(n); ended(n, StepResult(n, 'NOT_RUN', error=f"{', '.join(stopped)} did not finish"))
-                    elif all(m in ctx.results for m in needs):
-                        todo.remove(n); emit('start', n, None)
-                        pending[pool.submit(_run_step, ctx, ctx.p.steps[n])] = n
-                if not pending: continue
-                done, _ = cf.wait(set(pending), return_when=cf.FIRST_COMPLETED)
-                for f in done: ended(pending.pop(f), f.result())
-        except KeyboardInterrupt:  # Ctrl-C: no step starts; running jobs end FAILED (interrupted), then the pool closes
-            import mlops_nb.sweeps as sweeps
-            from mlops_nb.engine import stop_all
-            for f in pending: f.cancel()
-            sweeps._STOPPING = True  # grid jobs not started do not start
-            stop_all('interrupted')
-            raise
+    ex = LocalExecutor(slots, cancel=ctx.cancel, label='mlops-nb-step')
+    try:
+        while todo or pending:
+            for n in list(todo):
+                needs = ctx.p.steps[n].needs
+                stopped = [m for m in needs if m in ctx.results and ctx.results[m].status != 'FINISHED']
+                if stopped:
+                    todo.remove(n); ended(n, StepResult(n, 'NOT_RUN', error=f"{', '.join(stopped)} did not finish"))
+                elif all(m in ctx.results for m in needs):
+                    todo.remove(n); emit('start', n, None)
+                    pending[ex.submit(_run_step, ctx, ctx.p.steps[n])] = n
+            if not pending: continue
+            for f in ex.wait(set(pending), timeout=None): ended(pending.pop(f), f.result())
+    except KeyboardInterrupt:  # Ctrl-C: no step starts; running jobs end FAILED (interrupted), then the pool closes
+        from mlops_nb.engine import stop_all
+        for f in pending: f.cancel()
+        ctx.cancel.set()  # grid jobs not started do not start either
+        stop_all('interrupted')
+        raise
+    finally:
+        ex.close()  # waits for the running steps
 
 # %% ../nbs/09b_pipelines.ipynb #21654d42
 COLOURS = {'finished': '#8fd18f', 'reused': '#a6cee3', 'failed': '#f08a8a', 'not_run': '#dddddd', 'pending': '#ffffff'}

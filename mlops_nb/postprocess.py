@@ -86,7 +86,7 @@ def render_html(nb_path: Path) -> Path | None:
         body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
         out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
         return out
-    except Exception as e:
+    except Exception as e:  # broad: nbconvert fails in many ways; a job without its HTML page is still a job
         print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
         return None
 
@@ -133,6 +133,6 @@ def html_exporter():
             v4.new_output('error', ename='E', evalue='e', traceback=['\x1b[31mE\x1b[0m'])])])
         exporter.from_notebook_node(sample)  # compiles the template and loads the markdown and HTML machinery now
         HTML_EXPORTER = exporter
-    except BaseException: pass
+    except BaseException: pass  # broad: warming is optional; the job renders (and reports) on its own
     return HTML_EXPORTER
 

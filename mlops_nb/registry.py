@@ -31,15 +31,16 @@ LINEAGE_KEYS = ('git_sha', 'git_dirty', 'notebook', 'notebook_sha256', 'data_fin
 
 def _recent_runs(c, settings: Settings, n: int = 5) -> str:
     "The newest train runs, for messages."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     try:
         exps = [e.experiment_id for e in c.search_experiments()]
         rs = c.search_runs(exps, f"tags.`{TAG}job` = 'train'", order_by=['attributes.start_time DESC'], max_results=n) if exps else []
-    except Exception: rs = []
+    except MlflowException: rs = []  # this only fills a hint
     return ', '.join(r.info.run_id for r in rs) or '(none)'
 
 def _get_run(c, run_id: str, settings: Settings):
     try: return c.get_run(run_id)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises every store error but 'not found' as a TrackingError
         absent(e, settings)  # any other store error is a TrackingError naming the store
         raise RegistryError(f"Run {run_id!r} does not exist in {settings.tracking_uri}.",
                             hint=f"Newest train runs: {_recent_runs(c, settings)}. `mlops-nb ui` lists all runs.", run_id=run_id) from None
@@ -47,13 +48,14 @@ def _get_run(c, run_id: str, settings: Settings):
 def run_model_uri(run_id: str, # the run that logged the model
                   settings: Settings | None = None) -> str:
     "The `models:/` URI of the model a run logged: its `mlops_nb.model_uri` tag, else the model plain MLflow code logged in it."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     s = settings or get_settings()
     c = client(s)
     run = _get_run(c, run_id, s)
     uri = run.data.tags.get(f'{TAG}model_uri')
     if uri: return uri
     try: logged = c.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    except Exception: logged = []  # a store without logged models (MLflow 2 server)
+    except MlflowException: logged = []  # a store without logged models (MLflow 2 server)
     if not logged:
         raise RegistryError(f"Run {run_id} logged no model (no tag {TAG}model_uri, no logged model from this run).",
                             hint="Use a run that logged a model: a train job's, or one with mlflow.<flavour>.log_model / autolog.", run_id=run_id)
@@ -94,11 +96,12 @@ def _version_of_run(c, name: str, run_id: str):
     return min(vs, key=lambda v: int(v.version)) if vs else None
 
 def _ensure_model(c, name: str):
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     try: c.get_registered_model(name)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises all but 'not found'
         absent(e)
         try: c.create_registered_model(name, description="Registered by mlops_nb; `mlops-nb models NAME` lists its versions.")
-        except Exception:
+        except MlflowException:
             c.get_registered_model(name)  # created concurrently by another promotion; anything else raises here
 
 def _point_mlflow_at(s: Settings):
@@ -138,7 +141,7 @@ def register_run_model(name: str, # registered model name
 # %% ../nbs/06_registry.ipynb #af1de748
 def _model(c, name: str):
     try: return c.get_registered_model(name)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: `absent` re-raises all but 'not found'
         absent(e)
         names = [m.name for m in c.search_registered_models()]
         raise RegistryError(f"Registered model {name!r} does not exist.",
@@ -158,6 +161,7 @@ def list_models(settings: Settings | None = None) -> list[dict]:
 def model_versions(name: str, # registered model name
                    settings: Settings | None = None) -> list[dict]:
     "Versions of `name`, newest first: aliases, run metrics, lineage and promotion tags."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     c = client(settings)
     m = _model(c, name)
     by_version = {}
@@ -165,7 +169,7 @@ def model_versions(name: str, # registered model name
     out = []
     for v in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version)):
         try: metrics = dict(c.get_run(v.run_id).data.metrics) if v.run_id else {}
-        except Exception: metrics = {}
+        except MlflowException: metrics = {}  # a version whose run was deleted or cannot be read still lists
         tags = {k[len(TAG):]: val for k, val in (v.tags or {}).items() if k.startswith(TAG)}
         out.append(dict(version=str(v.version), aliases=sorted(by_version.get(str(v.version), [])), run_id=v.run_id, source=v.source,
                         created=datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec='seconds'),
@@ -238,7 +242,7 @@ def _user() -> str:
     for k in ('MLOPS_NB_USER', 'GITHUB_ACTOR', 'USER'):
         if os.environ.get(k): return os.environ[k]
     try: return getpass.getuser()
-    except Exception: return 'unknown'
+    except (KeyError, OSError, ImportError): return 'unknown'  # no login name, no passwd entry (a container's user)
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
@@ -274,8 +278,9 @@ def _log_gate(c, run_id: str, result, alias: str, name: str, version: str):
 # %% ../nbs/06_registry.ipynb #df31f836
 def _version_run(c, name: str, version: str) -> str:
     "The run behind version `version` of `name`."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     try: mv = c.get_model_version(name, str(version))
-    except Exception:
+    except MlflowException:
         raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"List its versions: mlops-nb models {name}",
                             name=name, version=version) from None
     if not mv.run_id:
@@ -347,7 +352,7 @@ def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None
     cv = c.get_model_version(name, current)
     from mlops_nb.data import Schema
     try: cschema, why = Schema.load(download_artifact(cv.run_id, 'schema.json', settings=s)), ''
-    except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # one line: a table cell
+    except Exception as e: cschema, why = None, ' '.join(getattr(e, 'message', f"{type(e).__name__}: {e}").split())[:300]  # broad: any failure is shown, on one line: a table cell
     if cschema is None:  # a champion whose schema cannot be read cannot be compared on the same data: the check fails, visibly
         return {}, [dict(check=f'data matches champion v{current} schema', metric=None, value='unreadable',
                          bound='a readable schema.json', passed=False, note=f"champion's schema.json: {why}")]
@@ -438,6 +443,7 @@ SERVING_INFO = 'serving.json'
 def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/PATH or a folder
                       settings: Settings | None = None) -> dict:
     "Who `uri` is: `{uri, name, version, alias, run_id, source}` (None where it does not apply)."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     info = dict(uri=uri, name=None, version=None, alias=None, run_id=None, source=uri)
     if Path(uri).expanduser().is_dir():
         f = Path(uri).expanduser() / SERVING_INFO
@@ -448,14 +454,14 @@ def resolve_model_uri(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, mode
         c = client(settings)
         if alias: version = alias_version(name, alias, settings)
         try: mv = c.get_model_version(name, version)
-        except Exception:
+        except MlflowException:
             raise RegistryError(f"Model {name!r} has no version {version}.", hint=f"mlops-nb models {name} lists its versions.",
                                 name=name, version=version) from None
         return {**info, 'name': name, 'version': str(version), 'alias': alias, 'run_id': mv.run_id, 'source': mv.source}
     m = re.fullmatch(r'models:/(m-[0-9a-f]+)/?', uri)  # a logged model, by id (what log_model returns)
     if m:
         try: run_id = client(settings).get_logged_model(m.group(1)).source_run_id
-        except Exception:
+        except MlflowException:
             raise RegistryError(f"No logged model {m.group(1)!r} in the store.", hint="Check the URI and --tracking-uri.", uri=uri) from None
         return {**info, 'run_id': run_id}
     m = re.fullmatch(r'runs:/([0-9a-f]+)/(.+)', uri)
@@ -480,7 +486,7 @@ def fetch_model(uri: str, # as for `resolve_model_uri`
     # a models:/ alias is pinned to the version just resolved, so the files match `info` even if the alias moves meanwhile
     src = f"models:/{info['name']}/{info['version']}" if info['name'] else uri
     try: path = mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=str(dst))
-    except Exception as e:
+    except Exception as e:  # broad: every artifact store fails its own way; one RegistryError naming the URI
         raise RegistryError(f"Cannot download model {uri}: {type(e).__name__}: {e}", hint="Check the URI and the store (--tracking-uri).",
                             uri=uri) from None
     return {**info, 'path': str(path)}
@@ -489,6 +495,7 @@ def fetch_model(uri: str, # as for `resolve_model_uri`
 def model_source(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID or runs:/RUN_ID/PATH
                  settings: Settings | None = None) -> dict:
     "What `uri` points at now: `{'uri', 'name', 'version', 'run_id'}` (name and version None for a run's model)."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     s = settings or get_settings()
     c = client(s)
     name = version = run_id = None
@@ -497,13 +504,13 @@ def model_source(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, models:/m
         _model(c, name)  # an unknown name lists the registered ones
         version = alias_version(name, rest, s) if '@' in uri else rest
         try: run_id = c.get_model_version(name, version).run_id
-        except Exception:
+        except MlflowException:
             raise RegistryError(f"Model {name!r} has no version {version!r}.", hint=f"List its versions: mlops-nb models {name}",
                                 name=name, version=version) from None
     elif uri.startswith(('models:/', 'runs:/')):
         ref = uri.split(':/', 1)[1].strip('/').split('/')[0]
         try: run_id = c.get_logged_model(ref).source_run_id if uri.startswith('models:/') else c.get_run(ref).info.run_id
-        except Exception:
+        except MlflowException:
             raise RegistryError(f"No model {uri} in {s.tracking_uri}.", hint="Check the URI; `mlops-nb models` lists registered "
                                 "models, and a train run's model URI is its tag mlops_nb.model_uri.", uri=uri) from None
     else:

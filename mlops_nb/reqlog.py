@@ -150,7 +150,7 @@ class RequestLogWriter:
         try:
             rows = pd.concat([log_frame(f, p, m, pr) for f, p, m, pr in items], ignore_index=True)
             write_part(self.log_dir, rows)
-        except Exception as e:  # a full disk, an unwritable directory, a value Parquet cannot hold
+        except Exception as e:  # broad: the writer thread must survive a full disk, an unwritable directory, a value Parquet cannot hold
             with self._cond:
                 self._stats.update(errors=self._stats['errors'] + 1, last_error=f'{type(e).__name__}: {e}',
                                    rows_dropped=self._stats['rows_dropped'] + n)
@@ -199,7 +199,7 @@ def read_log(log_dir: str | Path, # the log directory
     frames = []
     for p in log_parts(log_dir):
         try: t = pq.read_table(p, columns=cols, filters=filters or None)
-        except Exception as e: raise DataError(f"Cannot read request-log part {p}: {e}", hint='Move the damaged part out of the log directory.') from None
+        except Exception as e: raise DataError(f"Cannot read request-log part {p}: {e}", hint='Move the damaged part out of the log directory.') from None  # broad: a damaged file fails in many ways
         if t.num_rows: frames.append(t.to_pandas())
     if not frames: return pd.DataFrame(columns=cols or [])
     return pd.concat(frames, ignore_index=True)

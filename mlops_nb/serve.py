@@ -26,28 +26,17 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .core import MlopsNbError
+from .core import MlopsNbError, RequestError, ShapeError
 from .models import attach_schema, verification_rows
 from .models import load as load_model
 
+_all_ = ['RequestError', 'ShapeError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['FORMATS', 'log', 'RequestError', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request',
-           'ServedModel', 'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector',
-           'Metrics', 'client_share', 'ShapeError', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server',
-           'openapi', 'create_app', 'app_from_env', 'run_server']
-
-# %% ../nbs/10_serve.ipynb #24568139
-class RequestError(MlopsNbError):
-    "A request the server refuses: `status` is the HTTP status, `detail` names the column, row and expected type."
-    def __init__(self, message: str, # what is wrong, and where
-                 status: int = 400, # HTTP status to answer with
-                 **detail): # column, row, expected, got, ...
-        super().__init__(message, hint=None)
-        self.status, self.detail = status, {k: v for k, v in detail.items() if v is not None}
-
-    def body(self, request_id: str | None = None) -> dict:
-        code = {413: 'REQUEST_LIMIT_EXCEEDED', 415: 'BAD_REQUEST'}.get(self.status, 'BAD_REQUEST')
-        return {'error_code': code, 'message': str(self), **self.detail, **({'request_id': request_id} if request_id else {})}
+__all__ = ['FORMATS', 'log', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request', 'ServedModel',
+           'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector', 'Metrics',
+           'client_share', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server', 'openapi', 'create_app',
+           'app_from_env', 'run_server', 'RequestError', 'ShapeError']
 
 # %% ../nbs/10_serve.ipynb #31de2b60
 @dataclass(frozen=True)
@@ -243,7 +232,7 @@ def parse_request(body: bytes, # the request body
     mime = _content_type(content_type)
     if mime == 'text/csv':
         try: df = pd.read_csv(io.BytesIO(body))
-        except Exception as e: raise RequestError(f"Malformed CSV: {type(e).__name__}: {str(e)[:200]}") from None
+        except Exception as e: raise RequestError(f"Malformed CSV: {type(e).__name__}: {str(e)[:200]}") from None  # broad: the parser fails many ways
         extra = [c for c in df.columns if c not in {c.name for c in columns}]
         if extra: raise RequestError(f"Unexpected column {extra[0]!r} in the CSV header; the model takes: {', '.join(c.name for c in columns)}.", column=str(extra[0]))
         raw, params = {c.name: (df[c.name].to_numpy() if c.name in df else [None] * len(df)) for c in columns}, None
@@ -303,7 +292,7 @@ def _sklearn_onnx(model, columns: list[Column]):
     opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
     kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
     try: return convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
-    except Exception:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+    except Exception:  # broad: skl2onnx refuses in many ways; a bare estimator (no column transformer first) takes one matrix, as autolog logs it
         return convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
 
 # %% ../nbs/10_serve.ipynb #00f27d63
@@ -391,11 +380,11 @@ def compile_fast_path(sm: ServedModel, # the model as loaded (engine: its flavou
     if holdout is None or not len(holdout): return keep(f'no {rows} to verify the compiled model on')
     try: fast = _onnx_predictor(getattr(sm.model, 'raw', sm.model), sm.columns, flavour)
     except ImportError as e: return keep(f'{e.name or e} not installed (pip install "mlops_nb[serve]")')
-    except Exception as e: return keep(f'the model does not convert to ONNX ({type(e).__name__}: {str(e)[:120]})')
+    except Exception as e: return keep(f'the model does not convert to ONNX ({type(e).__name__}: {str(e)[:120]})')  # broad: converters refuse many ways
     cols = {c.name: holdout[c.name].to_numpy(c.dtype) for c in sm.columns}
     want, want_p = sm.predict(cols, proba=sm.classes is not None)
     try: got, got_p = fast(cols, proba=sm.classes is not None)
-    except Exception as e: return keep(f'the compiled model fails on {rows} ({type(e).__name__})')
+    except Exception as e: return keep(f'the compiled model fails on {rows} ({type(e).__name__})')  # broad: any failure keeps the model as it is
     want, got = np.asarray(want), np.asarray(got)
     if want.shape != got.shape: return keep(f'the compiled model answers in shape {got.shape}, not {want.shape}, on {rows}')
     close = flavour != 'sklearn' and sm.classes is None and want.dtype.kind == 'f'  # a boosted model's values (or a Booster's probabilities)
@@ -423,7 +412,7 @@ def prepare_model_dir(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs
         try:
             test, schema, _ = eval_data(info['run_id'], settings)
             test[schema.features].to_parquet(path / 'holdout.parquet')
-        except Exception as e: logging.getLogger(__name__).info("no held-out rows for %s: %s", uri, e)
+        except Exception as e: logging.getLogger(__name__).info("no held-out rows for %s: %s", uri, e)  # broad: optional; the check is skipped
     return info
 
 def load_served_model(path: str | Path, # a folder from `prepare_model_dir`
@@ -502,7 +491,7 @@ async def _run(self, items: list):
     try:
         if cost is not None and cost < self.inline: (pred, prob), took = _timed(sm.predict, cols, proba)
         else: (pred, prob), took = await loop.run_in_executor(self.executor, _timed, sm.predict, cols, proba)
-    except Exception as e:
+    except Exception as e:  # broad: a model may raise anything; each request of the batch gets its answer
         if len(items) == 1:
             if not items[0].fut.done(): items[0].fut.set_exception(e)
             return
@@ -635,8 +624,6 @@ class Metrics:
 def client_share(key: str) -> float:
     "Where `key` falls in [0, 1): the same key always falls at the same point, so one caller always sees one version."
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], 'big') / 2**64
-
-class ShapeError(ValueError): "A canary or shadow answered with the wrong number of predictions."
 
 def check_shape(pred, prob, n: int, proba: bool = False):
     "`(pred, prob)` if they hold one answer per row (and probabilities when asked for); a `ShapeError` otherwise."
@@ -773,7 +760,7 @@ async def _startup(self: Server):
         try:
             from mlops_nb.reqlog import RequestLogWriter
             self.writer = RequestLogWriter(self.config.log_dir, max_seconds=self.config.log_flush_seconds)
-        except Exception as e: log.warning("request log disabled: %s", e)
+        except Exception as e: log.warning("request log disabled: %s", e)  # broad: serving goes on without the log
     if self.model is None: await self._load()  # before the worker accepts connections: a request never meets a worker without a model
     c = self.config
     if c.canary_uri and self.canary is None: self.set_canary(await asyncio.to_thread(load_served_model, c.canary_dir or c.canary_uri, c.onnx))
@@ -799,7 +786,7 @@ async def _shutdown(self: Server):
 
 async def _load(self: Server):
     try: self.swap(await asyncio.to_thread(load_served_model, self.config.model_dir or self.config.model_uri, self.config.onnx))
-    except Exception: log.exception("cannot load %s", self.config.model_uri); raise
+    except Exception: log.exception("cannot load %s", self.config.model_uri); raise  # broad: logged with its traceback, re-raised
 
 async def _watch(self: Server):
     "Follow the alias: when it names another version, load that one beside the current and swap."
@@ -817,7 +804,7 @@ async def _watch(self: Server):
             info = await asyncio.to_thread(prepare_model_dir, uri, None, s)
             self.swap(await asyncio.to_thread(load_served_model, info['path'], self.config.onnx))
         except asyncio.CancelledError: raise
-        except Exception as e: log.warning("--watch: cannot follow %s@%s (%s); still serving version %s", sm.name, sm.alias, e, sm.version)
+        except Exception as e: log.warning("--watch: cannot follow %s@%s (%s); still serving version %s", sm.name, sm.alias, e, sm.version)  # broad: the watch loop must go on
 
 async def _prune(self: Server, every: float = 3600.0):
     "Retention of the request log: at startup, then hourly."
@@ -827,7 +814,7 @@ async def _prune(self: Server, every: float = 3600.0):
         try:
             gone = await asyncio.to_thread(prune_log, c.log_dir, c.log_max_age_days, int(c.log_max_mb * 2**20) if c.log_max_mb else None)
             if gone: log.info("request log retention removed %d part(s)", len(gone))
-        except Exception as e: log.warning("request log retention: %s", e)  # e.g. another worker removed a part first
+        except Exception as e: log.warning("request log retention: %s", e)  # broad: the loop must go on; e.g. another worker removed a part first
         await asyncio.sleep(every)
 
 Server.startup, Server.shutdown, Server._load, Server._watch, Server._prune = _startup, _shutdown, _load, _watch, _prune
@@ -850,7 +837,7 @@ async def _canary_predict(self: Server, can: Canary, parsed: Parsed, proba: bool
         what = 'ok'
     except (asyncio.TimeoutError, TimeoutError): what, e = 'timeout', f'took over {self.config.rollout_timeout:g} s'
     except ShapeError as x: what, e = 'shape', str(x)
-    except Exception as x: what, e = 'error', f'{type(x).__name__}: {str(x)[:200]}'
+    except Exception as x: what, e = 'error', f'{type(x).__name__}: {str(x)[:200]}'  # broad: a failing canary is answered by the primary
     m.version_requests.labels(str(cm.version), 'canary', what).inc()
     if what == 'ok':
         m.version_latency.labels(str(cm.version), 'canary').observe(time.perf_counter() - t0); can.outcome(what)
@@ -881,7 +868,7 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
             keep = self.writer is not None and self.config.log_proba and sm.classes is not None  # probabilities for the log
             t1 = time.perf_counter()
             try: pred, prob = await self.batcher.predict(sm, parsed.columns, parsed.n, proba or keep)
-            except Exception as e:
+            except Exception as e:  # broad: a model may raise anything; the client gets a 500 that names it
                 self.metrics.model_errors.inc(); self.metrics.version_requests.labels(str(sm.version), 'primary', 'error').inc()
                 log.error("request %s: the model raised %s: %s", rid, type(e).__name__, e, exc_info=e)
                 return 500, {'error_code': 'INTERNAL_ERROR', 'message': f"The model raised {type(e).__name__}: {str(e)[:300]}", 'request_id': rid}, None, str(sm.version)
@@ -912,7 +899,7 @@ def _flush_log(self: Server):
     for j in range(1, len(q) + 1):
         if j == len(q) or _log_key(q[j]) != _log_key(q[start]):
             try: self._log_rows(q[start:j])
-            except Exception as e: log.warning("request log: %s", e)  # a row the log cannot hold never fails the server
+            except Exception as e: log.warning("request log: %s", e)  # broad: a row the log cannot hold never fails the server
             start = j
     if q and self.writer is not None: self.metrics.sync_log(self.writer.stats())
 
@@ -960,7 +947,7 @@ async def _shadow_loop(self: Server):
             if it is None: stop = True; break
             items.append(it); rows += it[1].n
         try: await self._shadow_batch(items, rows)
-        except Exception as e: log.warning("shadow: %s", e)  # never stops the loop
+        except Exception as e: log.warning("shadow: %s", e)  # broad: never stops the loop
         if stop: return
 
 async def _shadow_batch(self: Server, items: list, rows: int):
@@ -974,7 +961,7 @@ async def _shadow_batch(self: Server, items: list, rows: int):
         what = 'scored'
     except (asyncio.TimeoutError, TimeoutError): what = 'timeout'
     except ShapeError: what = 'shape'
-    except Exception as e: what, err = 'error', f'{type(e).__name__}: {str(e)[:200]}'
+    except Exception as e: what, err = 'error', f'{type(e).__name__}: {str(e)[:200]}'  # broad: a failing shadow is counted, never answered
     if what != 'scored':
         self._shadow_failures = getattr(self, '_shadow_failures', 0) + 1
         if self._shadow_failures == 1 or self._shadow_failures % 100 == 0:  # a broken shadow under load: a line now and then, not per call
@@ -1062,7 +1049,7 @@ def create_app(config: ServeConfig, # what to serve and how
         async def handler(request):
             t0 = time.perf_counter(); srv.metrics.in_flight.inc()
             try: resp = await fn(request)
-            except Exception:
+            except Exception:  # broad: the request handler's boundary: one request fails, the server stays
                 log.exception("%s failed", route); resp = JSONResponse({'error_code': 'INTERNAL_ERROR', 'message': 'internal error'}, 500)
             finally: srv.metrics.in_flight.dec()
             srv.metrics.requests.labels(route, request.method, str(resp.status_code)).inc()

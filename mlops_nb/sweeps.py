@@ -20,16 +20,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import REDACTED, ConfigError, ParameterError, Registry, Settings, get_settings, job_notebook
+from .core import ConfigError, ParameterError, REDACTED, Settings, SweepInterrupted, TrackingError, get_settings, job_notebook
+from .executors import EXECUTORS, Cancel, DaskExecutor, Executor, LocalExecutor, make_executor, where
 from .params import check_params, is_secret_name, read_params
 from .tracking import TAG
 from .tuning import PRUNERS, SAMPLERS, _optuna, distributions, open_study, plot_history, plot_importance, study_path, trial_env
 
+_all_ = ['SweepInterrupted', 'EXECUTORS', 'Executor', 'LocalExecutor', 'DaskExecutor']  # defined in core and executors; still importable from here
+
 # %% auto #0
-__all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'EXECUTORS', 'parse_grid', 'grid_combinations', 'parse_space_spec',
-           'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job', 'Executor', 'LocalExecutor',
-           'DaskExecutor', 'child_runs', 'mark_orphans', 'summarize', 'SweepResult', 'SweepInterrupted', 'run_sweep',
-           'load_sweep', 'resume_sweep', 'run_tuning']
+__all__ = ['SPACE_KINDS', 'SWEEP_ID', 'SWEEP_INDEX', 'WORKER', 'parse_grid', 'grid_combinations', 'parse_space_spec',
+           'random_combinations', 'Sweep', 'build_sweep', 'check_sweep', 'run_sweep_job', 'child_runs', 'mark_orphans',
+           'summarize', 'SweepResult', 'run_sweep', 'load_sweep', 'resume_sweep', 'run_tuning', 'SweepInterrupted',
+           'EXECUTORS', 'Executor', 'LocalExecutor', 'DaskExecutor']
 
 # %% ../nbs/09_sweeps.ipynb #c6a29cbb
 def _split_spec(spec: str, flag: str) -> tuple[str, str]:
@@ -238,128 +241,25 @@ def _finished_run(c, experiment_id: str, sweep_id: str, index: int):
     rs = _runs(c, experiment_id, f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{SWEEP_INDEX}` = '{index}' and attributes.status = 'FINISHED'")
     return min(rs, key=lambda r: r.info.start_time) if rs else None
 
-# %% ../nbs/09_sweeps.ipynb #f281a7c2
-def _where() -> str:
-    "Where this job runs: the Dask worker's address, else host and pid."
-    try:
-        from distributed import get_worker
-        return get_worker().address
-    except (ImportError, ValueError): return f"{os.uname().nodename}:{os.getpid()}"
-
 # %% ../nbs/09_sweeps.ipynb #12fa3d3d
-_STOPPING = False  # the sweep was interrupted: a job that has not started yet does not start
-
 def run_sweep_job(job: dict # notebook, values, index, sweep_id, run_name, tags, settings (URIs, experiment), options for run_job
                  ) -> dict:
     "Run one job of a sweep (in a local worker or on a Dask worker); `JobResult.to_dict()` plus `index` and `worker`."
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import client, experiment_id
-    if _STOPPING: return dict(index=job['index'], status='CANCELLED', run_id=None, error=None)
     s = get_settings(**job['settings'])
     c = client(s)
-    where = _where()
+    where_ = where()
     prior = _finished_run(c, experiment_id(s, s.experiment, c), job['sweep_id'], job['index'])
     if prior is not None:
-        return dict(index=job['index'], worker=where, run_id=prior.info.run_id, status='FINISHED', parameters=job['values'],
+        return dict(index=job['index'], worker=where_, run_id=prior.info.run_id, status='FINISHED', parameters=job['values'],
                     metrics=dict(prior.data.metrics), error=None, reused=True, pruned=prior.data.tags.get(f'{TAG}pruned') == 'true',
                     duration=((prior.info.end_time or 0) - prior.info.start_time) / 1000)
-    tags = {'mlflow.parentRunId': job['sweep_id'], SWEEP_ID: job['sweep_id'], SWEEP_INDEX: str(job['index']), WORKER: where, **job.get('tags', {})}
+    tags = {'mlflow.parentRunId': job['sweep_id'], SWEEP_ID: job['sweep_id'], SWEEP_INDEX: str(job['index']), WORKER: where_, **job.get('tags', {})}
     opts = dict(job.get('options', {}))
     r = run_job(job['notebook'], job['values'], settings=s, experiment=s.experiment, run_name=job['run_name'], tags=tags,
                 env=job.get('env'), **opts)
-    return {**r.to_dict(), 'index': job['index'], 'worker': where}
-
-# %% ../nbs/09_sweeps.ipynb #75dd4981
-class Executor:
-    "Runs sweep jobs: `submit` a job, `wait` for some, `interrupt` the running ones, `close`."
-    name, slots = 'executor', 1
-    futures: set = frozenset()  # what the sweep submitted (set by the coordinator)
-    def submit(self, job: dict): raise NotImplementedError
-    def wait(self, futures: set, timeout: float) -> set: raise NotImplementedError
-    def interrupt(self): pass
-    def close(self, cancel: bool = False): pass
-    def describe(self) -> str: return f"{self.name} ({self.slots} at once)"
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close(cancel=exc[0] is not None)
-
-EXECUTORS = Registry('executor')
-
-# %% ../nbs/09_sweeps.ipynb #4512faf8
-@EXECUTORS.register('local')
-class LocalExecutor(Executor):
-    "`workers` jobs at once on this machine: threads calling `run_job`, each job in a process forked from the warm worker."
-    name = 'local'
-    def __init__(self, workers: int | None = None, # jobs at once; the number of cores if None
-                 **_):
-        import concurrent.futures as cf
-        self.slots = max(1, int(workers or os.cpu_count() or 1))
-        global _STOPPING
-        _STOPPING = False
-        self._pool = cf.ThreadPoolExecutor(self.slots, thread_name_prefix='mlops-nb-sweep')
-
-    def describe(self): return f"local, {self.slots} at once"
-    def submit(self, job): return self._pool.submit(run_sweep_job, job)
-
-    def wait(self, futures, timeout):
-        import concurrent.futures as cf
-        return cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED).done
-
-    def interrupt(self):
-        "Jobs not started do not start; running ones are stopped, and each ends its run FAILED ('interrupted')."
-        global _STOPPING
-        _STOPPING = True
-        from mlops_nb.engine import stop_all
-        stop_all('interrupted')
-
-    def close(self, cancel=False): self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
-
-# %% ../nbs/09_sweeps.ipynb #244fd88f
-@EXECUTORS.register('dask')
-class DaskExecutor(Executor):
-    "Jobs on a dask.distributed cluster: `scheduler` is its address; a local cluster of `workers` processes if None."
-    name = 'dask'
-    def __init__(self, scheduler: str | None = None, # 'tcp://HOST:PORT'; DASK_SCHEDULER_ADDRESS, else a new local cluster
-                 workers: int | None = None, # workers of the local cluster, when one is started
-                 **_):
-        try: from distributed import Client, LocalCluster
-        except ImportError:
-            raise ConfigError("The dask executor needs dask.distributed, which is not installed.",
-                              hint="pip install 'mlops_nb[dask]'   (or: pip install 'dask[distributed]')") from None
-        scheduler = scheduler or os.environ.get('DASK_SCHEDULER_ADDRESS')
-        self.cluster = None
-        try:
-            if scheduler is None:
-                self.cluster = LocalCluster(n_workers=max(1, int(workers or os.cpu_count() or 1)), threads_per_worker=1, processes=True)
-                scheduler = self.cluster.scheduler_address
-            self.client = Client(scheduler, set_as_default=False, timeout='30s')
-        except OSError as e:
-            raise ConfigError(f"Cannot reach the Dask scheduler at {scheduler}: {e}",
-                              hint="Start one (`dask scheduler`, then `dask worker ADDRESS` on each machine) and pass --scheduler tcp://HOST:8786.",
-                              scheduler=scheduler) from None
-        self.scheduler = scheduler
-        self.slots = max(1, sum(self.client.nthreads().values()))
-
-    def describe(self): return f"dask at {self.scheduler} ({self.slots} worker threads)"
-
-    def submit(self, job):
-        key = f"mlops-nb-sweep-{job['sweep_id'][:12]}-{job['index']}-{uuid.uuid4().hex[:8]}"
-        return self.client.submit(run_sweep_job, job, pure=False, key=key)
-
-    def wait(self, futures, timeout):
-        t0 = time.time()
-        while True:  # (distributed.wait needs a default client; this executor's client is private)
-            done = {f for f in futures if f.done()}
-            if done or time.time() - t0 > timeout: return done
-            time.sleep(0.05)
-
-    def interrupt(self):
-        "Cancel what has not started; Dask cannot stop a task that is running (its run is marked FAILED by the coordinator)."
-        self.client.cancel([f for f in self.futures if not f.done()])
-
-    def close(self, cancel=False):
-        try: self.client.close()
-        finally:
-            if self.cluster is not None: self.cluster.close()
+    return {**r.to_dict(), 'index': job['index'], 'worker': where_}
 
 # %% ../nbs/09_sweeps.ipynb #a94331f1
 def child_runs(settings: Settings, sweep_id: str) -> list:
@@ -457,7 +357,7 @@ class SweepResult:
 # %% ../nbs/09_sweeps.ipynb #34412384
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
 
-def _jsonable(d: dict, secret: set = frozenset()) -> dict:
+def _json_values(d: dict, secret: set = frozenset()) -> dict:
     return {k: (REDACTED if k in secret else v if isinstance(v, (int, float, bool, str, type(None), list)) else str(v)) for k, v in d.items()}
 
 # %% ../nbs/09_sweeps.ipynb #e1df7f51
@@ -483,16 +383,15 @@ class _Events:
         self.emit('job', index=res['index'], status=res.get('status'), run_id=res.get('run_id'), error=res.get('error'), running=running,
                   pruned=bool(res.get('pruned')))
 
-# %% ../nbs/09_sweeps.ipynb #515565e4
-def _make_executor(executor, workers, scheduler) -> Executor:
-    if isinstance(executor, Executor): return executor
-    return EXECUTORS.get(executor or 'local')(workers=workers, scheduler=scheduler)
-
 # %% ../nbs/09_sweeps.ipynb #073e7ccd
+def _key(job: dict) -> str:
+    "The job's name on a Dask scheduler: the sweep, the combination, and a nonce (a rerun is another task)."
+    return f"mlops-nb-sweep-{job.get('sweep_id', '')[:12]}-{job['index']}-{uuid.uuid4().hex[:8]}"
+
 def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, events: _Events, fail_fast: bool) -> bool:
     "Submit `jobs` and follow them to the end; whether it stopped early (`fail_fast`)."
     pending = {}
-    for j in jobs: pending[ex.submit(j)] = j
+    for j in jobs: pending[ex.submit(run_sweep_job, j, key=_key(j))] = j
     ex.futures = set(pending)
     stopped = False
     while pending:
@@ -501,10 +400,9 @@ def _follow(ex: Executor, jobs: list[dict], s: Settings, sweep_id: str, events: 
             j = pending.pop(f)
             try:
                 res = f.result()
-                if res.get('status') == 'CANCELLED': continue
-            except BaseException as e:  # the worker died for good (KilledWorker, BrokenProcessPool) or the job could not start
+            except BaseException as e:  # broad: the worker died for good (KilledWorker, BrokenProcessPool) or the job could not start
                 if isinstance(e, KeyboardInterrupt): raise
-                if type(e).__name__ == 'CancelledError': continue
+                if type(e).__name__ == 'CancelledError': continue  # cancelled before it started (Ctrl-C, fail_fast)
                 lost = type(e).__name__ in ('KilledWorker', 'BrokenProcessPool')
                 res = dict(index=j['index'], status='FAILED', run_id=None,
                            error=dict(reason='worker_lost' if lost else 'error', ename=type(e).__name__, evalue=str(e)[:2000]))
@@ -525,7 +423,7 @@ def _drain(ex: Executor, grace: float):
     t0 = time.time()
     while fs and time.time() - t0 < grace:
         try: fs -= ex.wait(fs, timeout=1.0)
-        except Exception: break
+        except Exception: break  # broad: an executor whose cluster went away has nothing left to wait for
 
 def _stop(ex: Executor | None, grace: float):
     "After Ctrl-C: what has not started never starts, running jobs get `grace` seconds; another Ctrl-C meanwhile is ignored."
@@ -533,10 +431,36 @@ def _stop(ex: Executor | None, grace: float):
     try:
         if ex is not None:
             for f in ex.futures: f.cancel()
-            ex.interrupt()
+            ex.interrupt()  # sets the sweep's Cancel: what has not started never starts
+            if not ex.remote:  # jobs running here are stopped; each ends its run FAILED ('interrupted')
+                from mlops_nb.engine import stop_all
+                stop_all('interrupted')
             _drain(ex, grace)
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)
+
+# %% ../nbs/09_sweeps.ipynb #6b88afa1
+def _drive(follow, executor, workers, scheduler, cancel: Cancel | None, grace: float, parent, events: _Events, notebook: str,
+           already: int) -> tuple[bool, bool, Exception | None]:
+    "Run `follow(ex)` on the executor; `(interrupted, stopped early, the error that stopped it)`."
+    ex, interrupted, stopped, error = None, False, False, None
+    try:
+        ex = make_executor(executor, workers, scheduler, cancel)
+        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
+        events.emit('start', sweep_id=parent.run_id, notebook=notebook, executor=ex.describe(), already_finished=already)
+        stopped = follow(ex)
+    except KeyboardInterrupt:
+        interrupted = True
+        _stop(ex, grace)
+    except Exception as e:  # broad: the executor or the store failed, any way: the sweep's runs still end, then it is raised
+        error = e
+        if ex is not None:
+            for f in ex.futures: f.cancel()
+    finally:
+        if ex is not None and not isinstance(executor, Executor):
+            try: ex.close(cancel=True)
+            except Exception: pass  # broad: closing after a failure must not hide the failure
+    return interrupted, stopped, error
 
 # %% ../nbs/09_sweeps.ipynb #4d0d8e48
 def _log_summary(parent, df, best, sweep: Sweep):
@@ -554,11 +478,6 @@ def _log_summary(parent, df, best, sweep: Sweep):
         parent.batch.metric(f'best_{sweep.metric}', best[f'metric.{sweep.metric}'])
     parent.flush()
 
-# %% ../nbs/09_sweeps.ipynb #a975b971
-class SweepInterrupted(KeyboardInterrupt):
-    "Ctrl-C stopped a sweep; `result` is what it had done (unfinished runs are FAILED, 'interrupted')."
-    def __init__(self, result: SweepResult): super().__init__(f"sweep {result.sweep_id} interrupted"); self.result = result
-
 # %% ../nbs/09_sweeps.ipynb #2fd02865
 def run_sweep(sweep: Sweep, # what to run
               settings: Settings | None = None, # where to track; `get_settings()` if None
@@ -570,22 +489,24 @@ def run_sweep(sweep: Sweep, # what to run
               resume: str | None = None, # a parent run to continue: only combinations without a FINISHED run are run
               job_options: dict | None = None, # passed to `run_job` (engine=, timeout=, retries=... where supported)
               grace: float = 30.0, # seconds running jobs get to end after Ctrl-C
+              cancel: Cancel | None = None, # a stop switch shared with the caller (a pipeline); the sweep's own if None
              ) -> SweepResult:
     "Run every combination of `sweep` as a child run of one parent run; Ctrl-C marks unfinished runs FAILED and re-raises."
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
     from mlops_nb.tracking import Run, create_run
     s = settings or get_settings()
     if sweep.learns: return run_tuning(sweep, s, executor=executor, workers=workers, scheduler=scheduler, fail_fast=fail_fast,
-                                       on_event=on_event, resume=resume, job_options=job_options, grace=grace)
+                                       on_event=on_event, resume=resume, job_options=job_options, grace=grace, cancel=cancel)
     values = check_sweep(sweep)  # before anything starts
     secret = {k for k, p in read_params(sweep.notebook).items() if p.secret}
     if resume:
         parent = Run(resume, s)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # there was none
+        except MlflowException: pass  # there was none
         done = {int(r.data.tags[SWEEP_INDEX]) for r in child_runs(s, resume) if r.info.status == 'FINISHED'}
     else:
-        definition = dict(notebook=str(sweep.notebook), fixed=_jsonable(sweep.fixed, secret), combinations=[_jsonable(c, secret) for c in sweep.combinations],
+        definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[_json_values(c, secret) for c in sweep.combinations],
                           metric=sweep.metric, maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
         parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
                             params={'sweep.size': len(values), 'sweep.seed': sweep.seed, 'sweep.metric': sweep.metric or '',
@@ -597,23 +518,8 @@ def run_sweep(sweep: Sweep, # what to run
     sid = parent.run_id
     todo = [_job_spec(sid, i, sweep.notebook, v, s, job_options or {}) for i, v in enumerate(values) if i not in done]
     events = _Events(len(todo), on_event)
-    ex, interrupted, stopped, error = None, False, False, None
-    try:
-        ex = _make_executor(executor, workers, scheduler)
-        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
-        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=len(done))
-        stopped = _follow(ex, todo, s, sid, events, fail_fast)
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(ex, grace)
-    except Exception as e:  # the executor or the store failed: the sweep's runs still end
-        error = e
-        if ex is not None:
-            for f in ex.futures: f.cancel()
-    finally:
-        if ex is not None and not isinstance(executor, Executor):
-            try: ex.close(cancel=True)
-            except Exception: pass
+    interrupted, stopped, error = _drive(lambda ex: _follow(ex, todo, s, sid, events, fail_fast), executor, workers, scheduler, cancel,
+                                         grace, parent, events, sweep.notebook.name, len(done))
     if error is not None:
         mark_orphans(s, sid, 'error')
         parent.end('FAILED', reason='error', error=error)
@@ -653,12 +559,13 @@ def resume_sweep(sweep_id: str, # the parent run of the sweep
                  **kwargs) -> SweepResult:
     "Run the combinations of sweep `sweep_id` that did not finish; `kwargs` as `run_sweep`."
     import dataclasses
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep resumes
     from mlops_nb.tracking import client
     s = settings or get_settings()
     try:  # the new runs go where the sweep is, whatever the default experiment is now
         c = client(s)
         s = dataclasses.replace(s, experiment=c.get_experiment(c.get_run(sweep_id).info.experiment_id).name)
-    except Exception: pass  # load_sweep says what is wrong with the run id
+    except (MlflowException, TrackingError): pass  # load_sweep says what is wrong with the run id or the store
     sw = load_sweep(s, sweep_id, fixed)
     if metric: sw.metric, sw.maximize = metric, _guess_maximize(metric) if maximize is None else maximize
     elif maximize is not None: sw.maximize = maximize
@@ -767,17 +674,16 @@ def _follow_study(ex: Executor, t: _Tuning, budget: int, events: _Events, fail_f
             trial = t.study.ask(t.dists)
             budget -= 1
             job = t.job(trial)
-            f = ex.submit(job)
+            f = ex.submit(run_sweep_job, job, key=_key(job))
             pending[f] = job; ex.futures = ex.futures | {f}
         if not pending: return stopped
         for f in ex.wait(set(pending), timeout=1.0):
             j = pending.pop(f)
             try:
                 res = f.result()
-                if res.get('status') == 'CANCELLED': continue  # left RUNNING in the study: asked again on resume
-            except BaseException as e:  # as in `_follow`: the worker died for good, or the job could not start
+            except BaseException as e:  # broad: as in `_follow`, the worker died for good, or the job could not start
                 if isinstance(e, KeyboardInterrupt): raise
-                if type(e).__name__ == 'CancelledError': continue
+                if type(e).__name__ == 'CancelledError': continue  # left RUNNING in the study: asked again on resume
                 lost = type(e).__name__ in ('KilledWorker', 'BrokenProcessPool')
                 res = dict(index=j['index'], status='FAILED', run_id=None,
                            error=dict(reason='worker_lost' if lost else 'error', ename=type(e).__name__, evalue=str(e)[:2000]))
@@ -817,7 +723,7 @@ def _log_study(parent, t: _Tuning):
 def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
                settings: Settings | None = None, executor: str | Executor = 'local', workers: int | None = None, scheduler: str | None = None,
                fail_fast: bool = False, on_event=None, resume: str | None = None, job_options: dict | None = None, grace: float = 30.0,
-              ) -> SweepResult:
+               cancel: Cancel | None = None) -> SweepResult:
     "Run `sweep.trials` trials, each asked of the study as a slot frees, as child runs of one parent; arguments as `run_sweep`."
     from mlops_nb.tracking import Run
     s = settings or get_settings()
@@ -829,23 +735,8 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
     if resume: _reconcile(t, failed=True)
     done = len(_counted(t.study))
     events = _Events(max(0, sweep.trials - done), on_event)
-    ex, interrupted, stopped, error = None, False, False, None
-    try:
-        ex = _make_executor(executor, workers, scheduler)
-        parent.batch.tag(f'{TAG}sweep_executor', ex.describe()); parent.flush()
-        events.emit('start', sweep_id=sid, notebook=sweep.notebook.name, executor=ex.describe(), already_finished=done)
-        stopped = _follow_study(ex, t, events.total, events, fail_fast)
-    except KeyboardInterrupt:
-        interrupted = True
-        _stop(ex, grace)
-    except Exception as e:  # the executor or the store failed: the sweep's runs still end
-        error = e
-        if ex is not None:
-            for f in ex.futures: f.cancel()
-    finally:
-        if ex is not None and not isinstance(executor, Executor):
-            try: ex.close(cancel=True)
-            except Exception: pass
+    interrupted, stopped, error = _drive(lambda ex: _follow_study(ex, t, events.total, events, fail_fast), executor, workers, scheduler,
+                                         cancel, grace, parent, events, sweep.notebook.name, done)
     mark_orphans(s, sid, 'error' if error else 'interrupted' if interrupted else 'worker_lost')
     _reconcile(t)  # trials that ended while the sweep stopped are told; those cut short are asked again on resume
     _log_study(parent, t)
@@ -863,19 +754,20 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
 # %% ../nbs/09_sweeps.ipynb #dceb2afe
 def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
     "The parent run of a learning sweep (new, or `resume` reopened) and where its study is kept."
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
     from mlops_nb.tracking import Run, create_run, download_artifact
     if resume:
         parent, path = Run(resume, s), study_path(resume)
         parent.client.update_run(resume, status='RUNNING')
         try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except Exception: pass  # there was none
+        except MlflowException: pass  # there was none
         if not path.exists():
             try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
-            except Exception as e:
+            except (TrackingError, OSError) as e:  # not kept with the run (download_artifact says so as a TrackingError)
                 raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
                                      hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
         return parent, path
-    definition = dict(notebook=str(sweep.notebook), fixed=_jsonable(sweep.fixed, secret), combinations=[], metric=sweep.metric,
+    definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[], metric=sweep.metric,
                       maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
     parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
                         params={'sweep.search': sweep.search, 'sweep.trials': sweep.trials, 'sweep.prune': sweep.prune or 'none',

@@ -72,7 +72,7 @@ def client(settings: Settings | None = None # resolved settings; `get_settings()
             if not made: c.search_registered_models(max_results=1)
         _READY.add(s.tracking_uri)
         return c
-    except Exception as e:
+    except Exception as e:  # broad: every store fails to open its own way (SQLAlchemy, HTTP, files); one TrackingError
         raise TrackingError(f"Cannot open the tracking store {s.tracking_uri}: {e}",
                             hint="Check MLFLOW_TRACKING_URI (or --tracking-uri); for a server, check it is running.") from e
 
@@ -81,6 +81,7 @@ def experiment_id(settings: Settings | None = None, # resolved settings
                   mlflow_client=None, # an existing client, to avoid reconnecting
                  ) -> str:
     "Id of the experiment `name`, created (with artifacts under the artifact root) if it does not exist."
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     s = settings or get_settings()
     c = mlflow_client or client(s)
     name = name or s.experiment
@@ -89,7 +90,7 @@ def experiment_id(settings: Settings | None = None, # resolved settings
     root = s.artifact_root
     loc = (Path(root) / name).resolve().as_uri() if '://' not in root else f"{root.rstrip('/')}/{name}"
     try: return c.create_experiment(name, artifact_location=loc)
-    except Exception:  # created concurrently by another job: use theirs
+    except MlflowException:  # created concurrently by another job: use theirs
         exp = c.get_experiment_by_name(name)
         if exp is None: raise
         return exp.experiment_id
@@ -153,7 +154,7 @@ def _taking_turns(write):
         for wait in (*_RETRY_WAITS, None):
             try:
                 with _write_lock(self.write_db): return write(self, *args, **kwargs)
-            except Exception as e:
+            except Exception as e:  # broad on purpose: only a locked database is retried, all else re-raised
                 if wait is None or not _is_db_locked(e): raise
             time.sleep(wait)  # without the lock: others of ours may write meanwhile
     return method
@@ -230,7 +231,7 @@ def environment_txt() -> str:
     metadata takes 0.1-0.2 s, so the result is kept in the user's cache folder with the state of those metadata files, and read
     again only when one is added, removed or changed."""
     try: key, cache = _environment_key(), _environment_cache()
-    except Exception: key, cache = None, None  # e.g. no home folder: computed each time
+    except (OSError, RuntimeError): key, cache = None, None  # no home folder (RuntimeError), an unreadable one: computed each time: computed each time
     try: head, text = cache.read_text(encoding='utf-8').split('\n', 1) if cache else (None, None)
     except (OSError, ValueError): head = None  # not cached yet, or a damaged file
     if head is not None and head == key: return text
@@ -418,7 +419,7 @@ class Run:
         flush_error = None
         try:
             try: self.flush()
-            except Exception as e:  # the store refused the buffered values: the run cannot be FINISHED
+            except Exception as e:  # broad: the store refused the buffered values: the run cannot be FINISHED
                 flush_error = e
                 status, reason, error = 'FAILED', reason or 'tracking_error', error or e
             if error is not None:
@@ -427,10 +428,10 @@ class Run:
                     tags[f'{TAG}tracking_error'] = redact(f'{type(flush_error).__name__}: {flush_error}')[:7900]
                 for k, v in tags.items():  # one by one: these must land even when a batch was refused
                     try: self.client.set_tag(self.run_id, k, v)
-                    except Exception: pass
+                    except Exception: pass  # broad: the run is failing already; each tag is best effort
                 tb = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
                 try: self.log_text(tb, 'error.txt')
-                except Exception: pass
+                except Exception: pass  # broad: the run is failing already; the traceback is best effort
             elif reason:
                 self.client.set_tag(self.run_id, f'{TAG}failure_reason', reason)
         finally:
@@ -476,7 +477,7 @@ def start_run(**kwargs):
         yield run
     except KeyboardInterrupt as e:
         run.end('FAILED', 'interrupted', e); raise
-    except BaseException as e:
+    except BaseException as e:  # broad: whatever ends the block ends the run FAILED; re-raised
         run.end('FAILED', getattr(e, 'reason', None) or 'error', e); raise
     else:
         run.end('FINISHED')
@@ -540,7 +541,7 @@ def _safe_flush(run: Run, send: bool = False # send even if MLflow is not import
             return
         run.flush()
         if run.spool and os.path.exists(run.spool): os.unlink(run.spool)  # everything it held was just sent
-    except Exception as e: print(f"mlops_nb: could not flush recorded values to run {run.known_run_id() or '(not created yet)'}: {e}", file=sys.stderr)
+    except Exception as e: print(f"mlops_nb: could not flush recorded values to run {run.known_run_id() or '(not created yet)'}: {e}", file=sys.stderr)  # broad: at exit, say it and go on
 
 def _write_spool(run: Run):
     tmp = f'{run.spool}.{os.getpid()}.tmp'
@@ -697,7 +698,7 @@ def log_dataset(df, # the frame used
                      schema=json.dumps({'mlflow_colspec': _dataset_columns(df)}),
                      profile=json.dumps({'num_rows': len(df), 'num_elements': int(df.size)}))
         run.client.log_inputs(run.run_id, [DatasetInput(ds, [InputTag('mlflow.data.context', name)])])
-    except Exception as e:  # the tag above is the record; the UI's dataset view is a convenience
+    except Exception as e:  # broad: the tag above is the record; the UI's dataset view is a convenience
         print(f"mlops_nb: dataset {name!r} fingerprinted but not logged as an MLflow input: {e}", file=sys.stderr)
     return fp
 
@@ -753,7 +754,7 @@ def _log_flavour(mlflow, model, flavour: str, name: str, example, run_id: str):
     try:
         import skops.io
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # we built it in this process
-    except Exception: trusted = None
+    except Exception: trusted = None  # broad: skops is optional and may refuse any model; then it is not trusted
     last = model.steps[-1][1] if hasattr(model, 'steps') else model  # a pipeline ending in XGBoost needs xgboost too
     lib = type(last).__module__.split('.')[0]
     return mlflow.sklearn.log_model(model, name=name, signature=sig, input_example=example, run_id=run_id, skops_trusted_types=trusted,
@@ -793,9 +794,10 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline, an XGBoost/L
 # %% ../nbs/05_tracking.ipynb #1a6e5836
 def run_data(run_id: str, settings: Settings | None = None) -> dict:
     "Status, params, metrics and tags of a run, as plain dicts."
+    from mlflow.exceptions import MlflowException  # here, not at the top: importing mlflow costs 4 s, paid once a client exists
     c = client(settings)
     try: r = c.get_run(run_id)
-    except Exception:
+    except MlflowException:  # every store (SQL, REST, files) says 'no such run', or 'cannot reach me', as one
         raise TrackingError(f"Run {run_id!r} does not exist in {(settings or get_settings()).tracking_uri}.",
                             hint="Check the run id (`mlops-nb ui` lists runs) and --tracking-uri.", run_id=run_id) from None
     return dict(run_id=run_id, status=r.info.status, experiment_id=r.info.experiment_id, params=dict(r.data.params),
@@ -808,7 +810,7 @@ def download_artifact(run_id: str, # run holding the artifact
     "Download one artifact of a run; returns the local path."
     dst = str(dst or tempfile.mkdtemp(prefix='mlops_nb_'))
     try: return Path(client(settings).download_artifacts(run_id, path, dst))
-    except Exception as e:
+    except Exception as e:  # broad: every artifact store fails its own way
         raise TrackingError(f"Run {run_id} has no artifact {path!r} ({type(e).__name__}).",
                             hint="List the run's artifacts in `mlops-nb ui`.", run_id=run_id, path=path) from None
 
@@ -818,7 +820,7 @@ def load_model(uri: str, # 'models:/NAME@ALIAS', 'models:/m-...', or 'runs:/RUN/
     import mlflow
     mlflow.set_tracking_uri((settings or get_settings()).tracking_uri)
     try: return mlflow.sklearn.load_model(uri)
-    except Exception as e:
+    except Exception as e:  # broad: a loader may raise anything; one TrackingError naming the URI
         raise TrackingError(f"Cannot load model {uri}: {e}", hint="Check the URI; `mlops-nb ui` lists models.", uri=uri) from e
 
 def latest_run(job: str, # job name tag, e.g. 'train'
@@ -860,7 +862,7 @@ def model_signature(path: str | Path # a local MLflow model folder (holding `MLm
     "The model's signature as plain values: `{'inputs': [{'name', 'type', 'required'}], 'outputs': [...], 'params': [...]}`."
     from mlflow.models import Model
     try: sig = Model.load(str(path)).signature
-    except Exception as e:
+    except Exception as e:  # broad: a missing or malformed MLmodel
         raise TrackingError(f"{path} is not an MLflow model folder ({type(e).__name__}: {e}).",
                             hint="Give a folder holding an MLmodel file, or a models:/ or runs:/ URI.", path=str(path)) from None
     if sig is None: return {'inputs': [], 'outputs': [], 'params': []}

@@ -10,12 +10,14 @@ import math
 import os
 from pathlib import Path
 
-from .core import ConfigError, ParameterError, Registry
+from .core import ConfigError, ParameterError, Registry, TrialPruned
 from .tracking import TAG, current_run, record
 
+_all_ = ['TrialPruned']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
-__all__ = ['SAMPLERS', 'PRUNERS', 'TRIAL_ENV', 'distributions', 'study_path', 'open_study', 'TrialPruned', 'trial_env', 'report',
-           'plot_history', 'plot_importance']
+__all__ = ['SAMPLERS', 'PRUNERS', 'TRIAL_ENV', 'distributions', 'study_path', 'open_study', 'trial_env', 'report', 'plot_history',
+           'plot_importance', 'TrialPruned']
 
 # %% ../nbs/05a_tuning.ipynb #56e40fa0
 def _optuna():
@@ -85,11 +87,6 @@ def open_study(path: str | Path, # the journal file (made if missing)
 
 # %% ../nbs/05a_tuning.ipynb #d45441be
 TRIAL_ENV = 'MLOPS_NB_TRIAL'
-
-class TrialPruned(Exception):
-    "The pruner stopped this trial; the job ends FINISHED with the tag `mlops_nb.pruned`."
-    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a full traceback: it says all, and costs nothing
-        return [f"TrialPruned: {self}"]
 
 def trial_env(path: str | Path, # the study's journal
               name: str, # the study's name

@@ -21,16 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import MlopsNbError, Registry, find_project, get_settings
+from .core import MlopsNbError, Registry, WorkerError, find_project, get_settings
 from .postprocess import html_exporter
 from .procs import die_with_parent, process_alive, pss
 
+_all_ = ['WorkerError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
 __all__ = ['WARM_MODULES', 'MLFLOW_STORE_MODULES', 'MODEL_USERS', 'MODEL_MODULES', 'COMMAND_MODULES', 'JOB_PROCESS', 'ATTACHED',
-           'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload', 'notebook_imports', 'warm',
-           'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir', 'worker_paths', 'worker_enabled',
-           'idle_timeout', 'WorkerError', 'fingerprint', 'changed', 'serve', 'start', 'wait_warm', 'request',
-           'run_command', 'RemoteProcess']
+           'fingerprint', 'OPERATIONS', 'STORE_IDLE', 'MAX_STORES', 'lean_jsonschema', 'preload', 'notebook_imports',
+           'warm', 'forkserver_context', 'warm_up', 'WorkerPaths', 'worker_dir', 'worker_paths', 'worker_enabled',
+           'idle_timeout', 'code_state', 'changed', 'serve', 'start', 'wait_warm', 'request', 'run_command',
+           'RemoteProcess', 'WorkerError']
 
 # %% ../nbs/08b_worker.ipynb #8830aaa0
 WARM_MODULES = ('IPython.core.interactiveshell', 'nbformat', 'papermill', 'papermill.engines', 'mlops_nb.engine',
@@ -65,7 +67,7 @@ def preload(names) -> list[str]:
         name = name.strip()
         if not name or name in sys.modules: continue
         try: importlib.import_module(name)
-        except BaseException: failed.append(name)  # the job imports it itself, and sees the error there
+        except BaseException: failed.append(name)  # broad: warming may hit anything (even SystemExit); the job imports it itself, and sees the error there
     return failed
 
 # %% ../nbs/08b_worker.ipynb #89d4f1e9
@@ -115,7 +117,7 @@ def _draw_once():
         fig = Figure(figsize=(2, 1))
         ax = fig.subplots(); ax.bar(['a', 'b'], [1, 2]); ax.set_title('t'); ax.set_ylabel('n')
         fig.tight_layout(); fig.savefig(io.BytesIO(), format='png')
-    except Exception: pass
+    except Exception: pass  # broad: warming is optional; no matplotlib or no backend is fine
 
 # %% ../nbs/08b_worker.ipynb #8ad6e0b7
 _CTX = None
@@ -210,10 +212,6 @@ def idle_timeout(cwd=None) -> float:
     try: return max(float(v), 1.0) if v else (60.0 if os.environ.get('CI', '').lower() in ('true', '1') else 900.0)
     except ValueError: raise WorkerError(f"MLOPS_NB_WORKER_IDLE / worker_idle must be a number of seconds, got {v!r}.") from None
 
-class WorkerError(MlopsNbError):
-    "The warm worker cannot be started or reached."
-    exit_code = 1
-
 # %% ../nbs/08b_worker.ipynb #0d5e12a9
 def _send(sock: socket.socket, obj, fds=()):
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -260,7 +258,7 @@ def _stat(path: str):
     except OSError: return None
     return st.st_mtime_ns, st.st_size
 
-def fingerprint(extra=() # more files to watch, e.g. the project's settings.ini
+def code_state(extra=() # more files to watch, e.g. the project's settings.ini
                ) -> dict:
     "path -> (mtime_ns, size) of everything a warm process depends on: imported files, `sys.path` folders, interpreter."
     paths = {getattr(m, '__file__', None) for m in list(sys.modules.values())}
@@ -268,12 +266,14 @@ def fingerprint(extra=() # more files to watch, e.g. the project's settings.ini
     paths |= {os.path.realpath(sys.executable), os.path.join(sys.prefix, 'pyvenv.cfg'), *map(str, extra)}
     return {p: _stat(p) for p in paths if isinstance(p, str)}
 
-def changed(fp: dict # as `fingerprint` returned it
+def changed(fp: dict # as `code_state` returned it
            ) -> str | None:
     "The first file of `fp` that changed since, or None."
     for p, sig in fp.items():
         if _stat(p) != sig: return p
     return None
+
+fingerprint = code_state  # the old name (not `data.fingerprint`, which identifies a dataset), kept for callers
 
 # %% ../nbs/08b_worker.ipynb #efd2a63c
 OPERATIONS = Registry('worker operation')  # name -> what a forked process runs; registered by the modules above (cli, engine)
@@ -291,7 +291,7 @@ def _release_connections():
         store = getattr(sys.modules.get(mod), 'SqlAlchemyStore', None)
         for engine in list(getattr(store, '_engine_map', {}).values()):
             try: engine.dispose()
-            except Exception: pass
+            except Exception: pass  # broad: a pool already broken has nothing to release
 
 def _forget_stores(uris):
     "Drop MLflow's cached stores and engines of `uris` (MLflow keeps every store it opened for the life of the process)."
@@ -415,9 +415,9 @@ def _load(self, names=(), jobs: bool = True):
         try:
             from mlops_nb.tracking import environment_txt
             environment_txt()  # cached here: every run's environment.txt is written without reading the distributions again
-        except Exception: pass  # an optional speed-up: a job computes it itself
+        except Exception: pass  # broad: an optional speed-up: a job computes it itself
     gc.collect(); gc.freeze()  # what is loaded stays out of the collector: forked processes do not touch (and copy) its pages
-    self.fp = {**fingerprint(), **self.fp}  # a file already watched keeps the state it had when imported
+    self.fp = {**code_state(), **self.fp}  # a file already watched keeps the state it had when imported
 
 def _open_stores(self):
     "Between requests, nothing running: open the stores of the projects just served; release the idle ones."
@@ -612,12 +612,12 @@ def _fork(self, op: str, msg: dict, fds: list) -> int:
         os.umask(msg.get('umask', 0o022))
         code = (_run_command if op == 'command' else _run_job)(self, msg, fds, parent)
     except SystemExit as e: code = _exit_code(e)
-    except BaseException:
+    except BaseException:  # broad: the forked child's boundary: anything is printed, and it exits with a code
         import traceback; traceback.print_exc()
     finally:
         for f in (sys.stdout, sys.stderr):
             try: f.flush()
-            except Exception: pass
+            except Exception: pass  # broad: a closed pipe at exit
         os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 
 # %% ../nbs/08b_worker.ipynb #f0rk0002
@@ -635,10 +635,10 @@ def _run_command(self, msg: dict, fds: list, parent: int) -> int:
     import atexit
     try: rc = OPERATIONS.get(msg.get('run', 'command'))(msg['args'])
     except SystemExit as e: rc = _exit_code(e)
-    except BaseException:
+    except BaseException:  # broad: the command's boundary in the child: printed, exit 1
         import traceback; traceback.print_exc(); rc = 1
     try: atexit._run_exitfuncs()
-    except BaseException: pass
+    except BaseException: pass  # broad: exit hooks may raise anything; the exit code stands
     for f in (sys.stdout, sys.stderr): f.flush()
     os.write(exit_w, str(rc).encode())
     return rc

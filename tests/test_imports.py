@@ -16,10 +16,11 @@ PKG = Path(__file__).resolve().parents[1] / 'mlops_nb'
 # outputs (output paths, atomic publish) and procs (process utilities) import only core; ci (JUnit
 # and step-summary reports) imports core and outputs; tuning (Optuna studies) and dashboard (reads
 # the request log) sit beside tracking; postprocess is the design's "notebook outputs" (redaction,
-# HTML render of an executed notebook), below the engine that calls it; deploy writes what serve runs.
+# HTML render of an executed notebook), below the engine that calls it; deploy writes what serve runs;
+# executors (local threads or forked processes, Dask, a Cancel passed in) imports only core.
 # `__init__` is the lazy facade over all of them (names loaded on first use) and is not a layer.
 LAYERS = [
-    ['core', 'procs', 'outputs'],
+    ['core', 'procs', 'outputs', 'executors'],
     ['params', 'data', 'features', 'train', 'evaluate', 'reqlog', 'ci'],
     ['tracking', 'models', 'registry', 'tuning', 'dashboard'],
     ['worker', 'postprocess'],
