@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['traffic', 'prediction_counts', 'drift_history', 'quality_history', 'latest_drift', 'line_chart', 'bar_chart',
-           'dashboard_data', 'render_dashboard']
+__all__ = ['traffic', 'prediction_counts', 'shadow_agreement', 'version_splits', 'drift_history', 'quality_history',
+           'latest_drift', 'line_chart', 'bar_chart', 'dashboard_data', 'render_dashboard']
 
 # %% ../nbs/09d_dashboard.ipynb #84f74147
 def traffic(log: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
@@ -39,6 +39,64 @@ def prediction_counts(log: pd.DataFrame, # rows of the request log
     if p.nunique() <= bins or not pd.api.types.is_numeric_dtype(p): return p.value_counts().sort_index().rename(index=str)
     counts, edges = np.histogram(p.astype(float), bins=bins)
     return pd.Series(counts, index=[f'{a:.3g}..{b:.3g}' for a, b in zip(edges[:-1], edges[1:])])
+
+# %% ../nbs/09d_dashboard.ipynb #498e5cf0
+def _classifier(log: pd.DataFrame) -> bool:
+    "A classifier's log: it holds class probabilities, or predictions that are not numbers."
+    return any(str(c).startswith('proba_') for c in log.columns) or not pd.api.types.is_numeric_dtype(log['prediction'])
+
+def shadow_agreement(log: pd.DataFrame, # rows of the request log
+                     freq: str = '1min', # bucket width of the series
+                     tolerance: float = 0.01, # regression: relative difference within which the two agree
+                     classification: bool | None = None, # None: inferred from the log (`proba_*` columns, or labels that are not numbers)
+                    ) -> dict | None:
+    "How often the shadow agreed with the answer given: overall, per shadow version, and per time bucket; None without a shadow."
+    if log.empty or '_mlops_shadow_prediction' not in log or 'prediction' not in log: return None
+    cls = _classifier(log) if classification is None else classification
+    sp, scored = log['_mlops_shadow_prediction'], log['_mlops_shadow_prediction'].notna()
+    a, b = log.loc[scored, 'prediction'], sp[scored]
+    if cls: same = a.astype(str).str.replace(r'\.0$', '', regex=True).to_numpy() == b.astype(str).str.replace(r'\.0$', '', regex=True).to_numpy()
+    else:
+        a, b = a.astype(float).to_numpy(), b.astype(float).to_numpy()
+        rel = np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-12)
+        same = rel <= tolerance
+    ok = pd.Series(same, index=a.index if hasattr(a, 'index') else log.index[scored])
+    ts = log.loc[scored, '_mlops_ts'].dt.floor(freq)
+    series = ok.groupby(ts.to_numpy()).mean()
+    out = {'kind': 'same label' if cls else f'relative difference within {tolerance:g}', 'rows': int(scored.sum()),
+           'failed_rows': int((~scored).sum()), 'agreement': float(ok.mean()) if len(ok) else None,
+           'by_version': {str(v): float(g.mean()) for v, g in ok.groupby(log.loc[scored, '_mlops_shadow_version'].astype(str).to_numpy())},
+           'series': [{'time': t.isoformat(), 'agreement': float(v)} for t, v in series.items()]}
+    if not cls and len(ok): out['median_relative_difference'] = float(np.median(rel))
+    return out
+
+
+# %% ../nbs/09d_dashboard.ipynb #382d4e22
+def version_splits(log: pd.DataFrame, # rows of the request log
+                   counters: list | None = None, # the server's counts since start: [{version, role, ok, error, timeout, shape, seconds_sum, seconds_count}]
+                  ) -> list[dict]:
+    "One row per (version, role): requests, rows and latency in the window (the log), calls and failures since start (the server)."
+    rows = {}
+    if not log.empty and '_mlops_model_version' in log:
+        for v, g in log.groupby(log['_mlops_model_version'].astype(str)):
+            req = g.drop_duplicates('_mlops_request_id')['_mlops_latency_ms']
+            rows[(v, None)] = {'requests': int(len(req)), 'rows': int(len(g)), 'p50_ms': float(req.quantile(0.5)), 'p95_ms': float(req.quantile(0.95))}
+        if '_mlops_shadow_version' in log:
+            for v, g in log.dropna(subset=['_mlops_shadow_version']).groupby(log['_mlops_shadow_version'].dropna().astype(str)):
+                rows[(v, 'shadow')] = {'requests': int(g['_mlops_request_id'].nunique()), 'rows': int(g['_mlops_shadow_prediction'].notna().sum())}
+    for c in counters or []:
+        key = (str(c['version']), 'shadow' if c['role'] == 'shadow' else None)
+        r = rows.setdefault(key, {})
+        r.setdefault('roles', []).append(c['role'])
+        fails = sum(int(c.get(k) or 0) for k in ('error', 'timeout', 'shape'))
+        r['calls'], r['failures'] = r.get('calls', 0) + int(c.get('ok') or 0) + fails, r.get('failures', 0) + fails
+        if c.get('seconds_count'): r['mean_ms'] = 1000 * c['seconds_sum'] / c['seconds_count']
+    out = []
+    for (v, role), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] or '')):
+        roles = sorted(set(r.pop('roles', [])))
+        out.append({'version': v, 'role': role or '/'.join(roles) or 'answered', **r})
+    return out
+
 
 # %% ../nbs/09d_dashboard.ipynb #b1252bc1
 def drift_history(log_dir: str | Path, # the request log directory
@@ -144,11 +202,15 @@ def _empty(title: str, w: int, h: int) -> str:
 def dashboard_data(log_dir: str | Path | None, # the request log; None: the server keeps none
                    window: str = '1h', # how far back traffic is shown
                    freq: str = '1min', # bucket width
+                   versions: list | None = None, # the server's counts by version and role (`version_splits`' `counters`)
+                   classification: bool | None = None, # the served model is a classifier (None: inferred from the log)
+                   tolerance: float = 0.01, # regression: relative difference within which the shadow agrees
                   ) -> dict:
     "Everything the page shows, as JSON-able data (also served at `/dashboard.json`)."
     if not log_dir or not Path(log_dir).is_dir():
         return {'log_dir': None if not log_dir else str(log_dir), 'window': window, 'rows': 0, 'traffic': [], 'predictions': {},
-                'drift': None, 'drift_history': [], 'quality_history': [], 'quality_bounds': {}}
+                'drift': None, 'drift_history': [], 'quality_history': [], 'quality_bounds': {},
+                'shadow': None, 'versions': version_splits(pd.DataFrame(), versions)}
     from mlops_nb.reqlog import read_log
     start = pd.Timestamp.now(tz='UTC') - pd.Timedelta(window)
     log = read_log(log_dir, start=start)
@@ -160,7 +222,8 @@ def dashboard_data(log_dir: str | Path | None, # the request log; None: the serv
             'predictions': {str(k): int(v) for k, v in prediction_counts(log).items()},
             'drift': latest_drift(log_dir),
             'drift_history': json.loads(hist.to_json(orient='records', date_format='iso')) if len(hist) else [],
-            'quality_history': json.loads(qh.to_json(orient='records', date_format='iso')) if len(qh) else [], 'quality_bounds': bounds}
+            'quality_history': json.loads(qh.to_json(orient='records', date_format='iso')) if len(qh) else [], 'quality_bounds': bounds,
+            'shadow': shadow_agreement(log, freq, tolerance, classification), 'versions': version_splits(log, versions)}
 
 # %% ../nbs/09d_dashboard.ipynb #af494329
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}h1{font-size:20px;margin:0 0 4px}
@@ -203,6 +266,24 @@ def _quality_table(q: dict | None) -> str:
     return head + ('<table id="quality-table"><tr><th>metric</th><th>on labelled rows</th><th>95% interval</th><th>rows</th>'
                    f'<th>estimated</th><th>gate bound</th><th></th></tr>{rows}</table>')
 
+def _rollout_html(data: dict) -> str:
+    "Shadow agreement (headline and chart) and the per-version table; empty for a server with one model and no shadow."
+    sh, vs = data.get('shadow'), data.get('versions') or []
+    out, num = '', lambda v, f='{:.1f}': '-' if v is None else f.format(v)
+    if sh:
+        med = f"; median relative difference {sh['median_relative_difference']:.2%}" if 'median_relative_difference' in sh else ''
+        head = (f"<p id=\"shadow-agreement\"><b>shadow agreed on {num(sh['agreement'], '{:.0%}')}</b> of {sh['rows']} rows "
+                f"({html.escape(sh['kind'])}{med})" + (f"; {sh['failed_rows']} rows the shadow failed on" if sh['failed_rows'] else '') + '</p>')
+        x = [pd.Timestamp(r['time']) for r in sh['series']]
+        out += '<h2>Primary and shadow</h2>' + head + f"<div class=\"card\">{line_chart(x, {'agreement': [r['agreement'] for r in sh['series']]}, 'Shadow agreement')}</div>"
+    if len(vs) > 1 or any(r['role'] not in ('primary', 'answered') for r in vs):
+        rows = ''.join(f"<tr><td>{html.escape(r['version'])}</td><td>{html.escape(r['role'])}</td><td>{r.get('requests', '-')}</td><td>{r.get('rows', '-')}</td>"
+                       f"<td>{num(r.get('p50_ms'))}</td><td>{num(r.get('p95_ms'))}</td><td>{r.get('calls', '-')}</td><td>{r.get('failures', '-')}</td>"
+                       f"<td>{num(r.get('mean_ms'))}</td></tr>" for r in vs)
+        out += ('<h2>By version</h2><table id="version-table"><tr><th>version</th><th>role</th><th>requests</th><th>rows</th><th>p50 ms</th>'
+                f'<th>p95 ms</th><th>calls since start</th><th>failures</th><th>mean ms</th></tr>{rows}</table>')
+    return out
+
 def render_dashboard(data: dict, # `dashboard_data(...)`
                      model: dict | None = None, # the served model's `/version` document
                      refresh: int = 15, # seconds between automatic reloads
@@ -212,7 +293,7 @@ def render_dashboard(data: dict, # `dashboard_data(...)`
     name = f"{m.get('name') or m.get('uri') or 'model'} version {m.get('version', '?')}"
     if data.get('log_dir') is None:
         body = ('<p class="sub">This server keeps no request log (it was started with <code>--no-log</code>): start it without that flag, '
-                'or with <code>--log-dir DIR</code>, to see traffic, predictions, drift and quality here.</p>')
+                'or with <code>--log-dir DIR</code>, to see traffic, predictions, drift and quality here.</p>') + _rollout_html(data)
     else:
         tr = data['traffic']
         x = [pd.Timestamp(r['time']) for r in tr]
@@ -231,7 +312,7 @@ def render_dashboard(data: dict, # `dashboard_data(...)`
                  f'{html.escape(str(data.get("window", "")))} to {html.escape(str(data["log_dir"]))}. Send requests to <code>/invocations</code>; '
                  'the log is written every minute (<code>--log-flush-seconds</code>).</p>')
         body = quiet + ('<div class="grid">' + ''.join(f'<div class="card">{c}</div>' for c in charts) + '</div>'
-                f'<h2>Latest quality</h2>{_quality_table((data.get("drift") or {}).get("quality"))}'
+                + _rollout_html(data) + f'<h2>Latest quality</h2>{_quality_table((data.get("drift") or {}).get("quality"))}'
                 f'<h2>Latest drift</h2>{_drift_table(data.get("drift"))}')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
             f'<title>mlops_nb dashboard: {html.escape(name)}</title><style>{_CSS}</style></head><body>'

@@ -584,6 +584,18 @@ class Metrics:
             d = int(stats.get(key) or 0) - self._log_seen.get(key, 0)
             if d > 0: (metric.labels(label) if label else metric).inc(d); self._log_seen[key] = self._log_seen.get(key, 0) + d
 
+    def by_version(self) -> list[dict]:
+        "Calls by outcome and model time, per version and role, since start (what /dashboard splits by version)."
+        out = {}
+        for fam in self.registry.collect():
+            if fam.name not in ('mlops_nb_model_requests', 'mlops_nb_model_request_duration_seconds'): continue
+            for s in fam.samples:
+                key = 'seconds_sum' if s.name.endswith('_sum') else 'seconds_count' if s.name.endswith('_count') else s.labels.get('outcome') if s.name.endswith('_total') else None
+                if key is None: continue
+                r = out.setdefault((s.labels['version'], s.labels['role']), {})
+                r[key] = r.get(key, 0) + s.value
+        return [{'version': v, 'role': role, **r} for (v, role), r in sorted(out.items())]
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
@@ -847,7 +859,7 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
     return 200, doc, (sm, parsed, pred, prob, rid, (time.perf_counter() - t0) * 1000), str(sm.version)
 
 def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float,
-                 shadow: tuple | None = None): # (shadow version, its predictions or None): kept beside the answer
+                 shadow: tuple | None = None): # (shadow version, its predictions or None, its name): kept beside the answer
     "Append one request to the request log (called after the response is sent)."
     if self.writer is None: return
     try:
@@ -855,8 +867,9 @@ def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid:
         feats = sm.frame(parsed.columns)
         if shadow is not None:  # meta columns (`_mlops_` prefix): never read as features
             from mlops_nb.reqlog import META_PREFIX
-            sv, sp = shadow
+            sv, sp, sname = (*shadow, None)[:3]
             feats[META_PREFIX + 'shadow_version'] = str(sv)
+            if sname is not None: feats[META_PREFIX + 'shadow_model'] = str(sname)  # `promote --live` matches NAME and version
             feats[META_PREFIX + 'shadow_prediction'] = (np.full(parsed.n, np.nan) if sp is None else np.asarray(sp) if np.ndim(sp) == 1
                                                          else [json.dumps(np.asarray(r).tolist()) for r in sp])
         self.writer.append(feats, pred, probas=probas,
@@ -921,7 +934,7 @@ def _shadow_record(self: Server, items: list, pred):
             a = int(agreement(ans, sp, sm.classes is not None, self.config.shadow_tolerance).sum())
             m.shadow_rows.labels('agree').inc(a); m.shadow_rows.labels('disagree').inc(parsed.n - a)
             self._agree[0] += a; self._agree[1] += parsed.n
-        self.log_request(sm, parsed, ans, prob, rid, ms, shadow=(sh.version, sp))
+        self.log_request(sm, parsed, ans, prob, rid, ms, shadow=(sh.version, sp, sh.name or sh.uri))
     if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
 
 Server.after_response, Server._shadow_loop, Server._shadow_batch, Server._shadow_record = _after_response, _shadow_loop, _shadow_batch, _shadow_record
@@ -1025,7 +1038,9 @@ def create_app(config: ServeConfig, # what to serve and how
 
     async def dashboard(request):
         from mlops_nb.dashboard import dashboard_data, render_dashboard
-        data = await asyncio.to_thread(dashboard_data, config.log_dir, request.query_params.get('window', '1h'))
+        sm = srv.model
+        data = await asyncio.to_thread(dashboard_data, config.log_dir, request.query_params.get('window', '1h'), versions=srv.metrics.by_version(),
+                                       classification=None if sm is None else sm.classes is not None, tolerance=config.shadow_tolerance)
         if request.url.path.endswith('.json'): return JSONResponse(data)
         return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
 
