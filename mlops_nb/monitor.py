@@ -775,7 +775,7 @@ def plot_rollout(r: dict # `rollout_quality(...)`
             v = p[role]['metrics'].get(m)
             if not v: continue
             ax.bar(i + (j - 0.5) * 0.4, v['value'], width=0.38, color=('tab:blue', 'tab:orange')[j], label=('answer given', 'shadow')[j] if i == 0 else None,
-                   yerr=[[v['value'] - v['low']], [v['high'] - v['value']]], capsize=3, edgecolor='black' if p['better'] == role else 'none', linewidth=2)
+                   yerr=[[max(0.0, v['value'] - v['low'])], [max(0.0, v['high'] - v['value'])]], capsize=3, edgecolor='black' if p['better'] == role else 'none', linewidth=2)
     ax.set_xticks(range(len(pairs)), [f"v{p['answer']['version']} vs v{p['shadow']['version']}\n{p['labelled_rows']} rows" for p in pairs], fontsize=8)
     ax.set_ylabel(m); ax.set_title(f'{m} on the same labelled rows (outlined: better)', fontsize=9); ax.legend(fontsize=7)
     fig.tight_layout()
