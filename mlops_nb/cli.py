@@ -368,8 +368,7 @@ def _gate_lines(p) -> str:
 # %% ../nbs/13_cli.ipynb #14d53260
 def cmd_promote(a) -> int:
     from mlops_nb.core import GateFailed
-    from mlops_nb.registry import promote
-    from mlops_nb.registry import Live
+    from mlops_nb.registry import Live, promote
     from mlops_nb.reqlog import default_log_dir
     s = _settings(a)
     live = Live(a.log_dir or default_log_dir(a.model), a.labels, a.min_labelled) if a.live else None

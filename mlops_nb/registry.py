@@ -352,6 +352,10 @@ def _live_rows(name: str, version: str, live: Live) -> tuple:
     "`(rows, labels, live answers, roles)`: the labelled rows of the log `version` of `name` scored, as canary/primary or shadow."
     from mlops_nb.reqlog import META_PREFIX as M, join_labels, load_labels, read_labels, read_log, split_log
     log = read_log(live.log_dir).reset_index(drop=True)
+    if 'prediction' not in log:
+        if not len(log): return pd.DataFrame(), pd.Series(dtype=object), np.array([]), {}  # nothing logged yet: too few rows
+        raise RegistryError(f"The request log {live.log_dir} holds several outputs per row; --live gates one-output models.",
+                            hint='Gate it on a held-out file: --data FILE --target COLUMN.')
     col = lambda c: log[M + c].astype(str) if M + c in log else pd.Series('', index=log.index)
     answered = (col('model_version') == version) & (col('model_name') == name)
     shadowed = ((col('shadow_version') == version) & col('shadow_model').isin([name, 'None', 'nan', '']) & ~answered
