@@ -31,7 +31,8 @@ from batch_helpers import make_rows, train_and_register
 def _tree(root, cwd) -> list:
     "The command's processes and children, and the project's warm worker with what it forked (the command and job run there)."
     procs = {root.pid: root, **{q.pid: q for q in root.children(recursive=True)}}
-    for info in Path(cwd).glob('.mlops_nb/worker/*.json'):
+    from mlops_nb.worker import worker_paths  # this Python environment's worker (the bench runs the same interpreter)
+    for info in [worker_paths().info]:
         try:
             w = psutil.Process(json.loads(info.read_text())['pid'])
             procs.update({q.pid: q for q in (w, *w.children(recursive=True))})

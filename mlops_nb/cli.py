@@ -17,6 +17,8 @@ from pathlib import Path
 from . import __version__
 from .core import MlopsNbError, get_settings, redact
 from .outputs import check_outputs, check_replace, publish  # a small module: imports only core
+from .procs import supervised
+from .worker import OPERATIONS
 
 # %% auto #0
 __all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
@@ -1290,43 +1292,33 @@ def _report_lost(s):
     except MlopsNbError: return  # the command itself says what is wrong with the store
     for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
 
-def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
-    "Run a server in its own process group; Ctrl-C or SIGTERM stop the whole group (SIGKILL after `stop_after` s)."
-    import subprocess
-    p = subprocess.Popen(cmd, start_new_session=True)
-    try: return p.wait()
-    except KeyboardInterrupt:
-        for sig, wait in ((signal.SIGTERM, stop_after), (signal.SIGKILL, None)):
-            try: os.killpg(p.pid, sig)
-            except ProcessLookupError: break
-            try: p.wait(wait); break
-            except subprocess.TimeoutExpired: continue
-        return 0
-
 # %% ../nbs/13_cli.ipynb #668bff6c
 WORKER_COMMANDS = ('run', 'sweep', 'reproduce', 'predict', 'pipeline', 'monitor')  # the commands that run jobs: the warm worker runs them
 
 WORKER_EPILOG = """\
-the worker: one process per project (the folder with settings.ini, else this one) and Python environment,
-listening on .mlops_nb/worker/KEY.sock (owner only). The first run/sweep/reproduce starts it; it exits
-after MLOPS_NB_WORKER_IDLE seconds idle (default 900, 60 when CI=true; [mlops_nb] worker_idle in settings.ini).
-It restarts by itself when a module it imported, an installed distribution, the interpreter or settings.ini
-changes. Off: --no-worker on a command, MLOPS_NB_WORKER=0, or [mlops_nb] worker = false.
+the worker: one process per user and Python environment, serving every project (folder) of it; each
+command and job forks from it into its own folder, environment, settings and store. It listens on
+~/.cache/mlops_nb/worker/KEY.sock ($XDG_RUNTIME_DIR/mlops_nb when set, MLOPS_NB_WORKER_DIR to choose; owner
+only). The first run/sweep/reproduce starts it; it exits after MLOPS_NB_WORKER_IDLE seconds idle (default 900,
+60 when CI=true; [mlops_nb] worker_idle in settings.ini; the latest command's value counts). It restarts by itself
+when a module it imported, an installed distribution or the interpreter changes. It stops preloading your
+notebooks' imports past MLOPS_NB_WORKER_MAX_MB of memory (PSS, default 1024).
+Off: --no-worker on a command, MLOPS_NB_WORKER=0, or [mlops_nb] worker = false.
 """
 
 @subcommand
 def _add_worker_parser(sub):
-    w = sub.add_parser('worker', help="the project's warm worker: status, start, stop",
-                       description="Show, start or stop the warm worker that runs this project's jobs: a process that has "
+    w = sub.add_parser('worker', help="the warm worker of this Python environment: status, start, stop",
+                       description="Show, start or stop the warm worker that runs the jobs of this Python environment, for every project: a process that has "
                        "already imported MLflow, papermill and your notebooks' libraries, so a job starts in milliseconds.",
                        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    w.add_argument('action', choices=('status', 'start', 'stop'), help='status: is one running, what it served; start: start it '
+    w.add_argument('action', choices=('status', 'start', 'stop'), help='status: is one running, the projects it served; start: start it '
                    'now (e.g. at the top of a CI job); stop: it exits once its running commands end')
     w.add_argument('--force', action='store_true', help='with stop: kill its running commands and jobs too (their runs end FAILED)')
     w.add_argument('--json', action='store_true', help='print a JSON document for programs')
     for name in WORKER_COMMANDS:
         sub.choices[name].add_argument('--no-worker', action='store_true',
-                                       help="run in this process, not in the project's warm worker (see `mlops-nb worker --help`)")
+                                       help="run in this process, not in the warm worker (see `mlops-nb worker --help`)")
 
 def cmd_worker(a) -> int:
     from mlops_nb.worker import request, start, worker_paths
@@ -1334,7 +1326,7 @@ def cmd_worker(a) -> int:
     if a.action == 'start': start(paths).close()
     st = request('stop' if a.action == 'stop' else 'status', paths, force=a.force)
     if a.json: _print_json({'running': st is not None, **(st or {'socket': str(paths.sock)})}); return 0
-    if st is None: print(f"no worker running for this project ({paths.sock})"); return 0
+    if st is None: print(f"no worker running for this Python environment ({paths.sock})"); return 0
     run = st['running']
     if a.action == 'stop':
         busy = f"; it exits once its {run['command']} running command(s) end" if run['command'] and not a.force else ''
@@ -1342,7 +1334,9 @@ def cmd_worker(a) -> int:
     print(f"worker {st['pid']} on {st['socket']}\n  python {st['python']}, up {st['uptime_s']:.0f} s, "
           f"idle {st['idle_s']:.0f} s of {st['idle_timeout_s']:g} s\n  served {st['served']['commands']} command(s), "
           f"{st['served']['jobs']} job(s); running {run['command']} command(s), {run['job']} job(s)\n"
-          f"  {st['modules']} modules imported, {st['watched_files']} files watched for changes; log {st['log']}")
+          f"  {st['modules']} modules imported, {st['watched_files']} files watched for changes, {st['pss_mb']} MB (PSS); log {st['log']}")
+    for p in st['projects']:
+        print(f"  {p['path']}: {p['commands']} command(s), {p['jobs']} job(s), idle {p['idle_s']:.0f} s" + (', store open' if p['store'] else ''))
     return 0
 
 # %% ../nbs/13_cli.ipynb #9062083e
@@ -1398,7 +1392,7 @@ def cmd_ui(a) -> int:
     cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
     if s.tracking_uri.startswith('sqlite:'):
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    return _supervised(cmd)
+    return supervised(cmd)
 
 # %% ../nbs/13_cli.ipynb #cf0e8593
 LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output
@@ -1452,6 +1446,13 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
         quiet()
     return rc
 
+
+# %% ../nbs/13_cli.ipynb #e97116b7
+def _in_worker(argv: list[str]) -> int:
+    "A command forked by the warm worker (its `command` operation): `main(argv)` in that process."
+    return main(argv, worker=False)
+
+OPERATIONS.register('command', _in_worker)
 
 # %% ../nbs/13_cli.ipynb #071f7d7a
 @subcommand
