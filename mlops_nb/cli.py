@@ -388,7 +388,10 @@ def _add_promote_parser(sub):
                         'any MLflow model (autolog, mlflow.xgboost, a PythonModel, ...): score candidate and champion on the\n'
                         'same rows of a held-out file:\n  mlops-nb promote churn --run RUN_ID --data holdout.parquet --target churned\n'
                         '  mlops-nb promote churn --version 4 --data holdout.parquet --target churned\n'
-                        'exit codes: 0 promoted, 1 the gate failed (aliases untouched), 2 bad input.',
+                        'a canary or shadow, on the labelled live rows it scored (mlops-nb serve ... --shadow models:/churn/4;\n'
+                        'labels by POST /labels or --labels), against the champion re-scored on the same rows:\n'
+                        '  mlops-nb promote churn --version 4 --live [--log-dir DIR] [--min-labelled 100]\n'
+                        'exit codes: 0 promoted, 1 the gate failed or too few labelled live rows (aliases untouched), 2 bad input.',
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument('model', help='registered model name (created on first promotion)')
     who = pr.add_mutually_exclusive_group(required=True)
@@ -400,6 +403,10 @@ def _add_promote_parser(sub):
     pr.add_argument('--alias', default='champion', help='alias to move (default: champion)')
     pr.add_argument('--gate', metavar='GATE.yaml', help='gate file with a `checks:` list (default: the task\'s default gate)')
     pr.add_argument('--reason', help='why, recorded on the version')
+    pr.add_argument('--live', action='store_true', help='gate --version N on the labelled request-log rows it scored as canary or shadow')
+    pr.add_argument('--log-dir', metavar='DIR', help="with --live: the server's request log (default .mlops_nb/requests/MODEL)")
+    pr.add_argument('--labels', metavar='FILE', help='with --live: CSV/Parquet of request_id, label (and row), besides POST /labels')
+    pr.add_argument('--min-labelled', type=int, default=100, metavar='N', help='with --live: refuse below N labelled rows (default 100)')
     _common(pr)
 
 def _add_rollback_parser(sub):
@@ -426,10 +433,12 @@ def _gate_lines(p) -> str:
 # %% ../nbs/13_cli.ipynb #14d53260
 @command('promote', _add_promote_parser)
 def cmd_promote(a) -> int:
-    from mlops_nb.registry import promote
+    from mlops_nb.registry import Live, promote
+    from mlops_nb.reqlog import default_log_dir
     s = _settings(a)
+    live = Live(a.log_dir or default_log_dir(a.model), a.labels, a.min_labelled) if a.live else None
     try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason,
-                     data=a.data, target=a.target, version=a.version)
+                     data=a.data, target=a.target, version=a.version, live=live)
     except GateFailed as e:
         p = e.promotion
         if a.json: _print_json(p.to_dict())
@@ -738,7 +747,8 @@ def _add_deploy_parser(sub):
                         'non-root, HEALTHCHECK on /health, entrypoint `mlops-nb serve model`) and k8s/ manifests (Deployment with '
                         'probes and resources, Service, HorizontalPodAutoscaler, Prometheus scrape annotations).',
                         epilog='examples:\n  mlops-nb deploy models:/breast_cancer@champion --out build/bc\n'
-                        '  docker build -t bc:1 build/bc && docker run -p 8080:8080 bc:1\n  kubectl apply -f build/bc/k8s/',
+                        '  docker build -t bc:1 build/bc && docker run -p 8080:8080 bc:1\n  kubectl apply -f build/bc/k8s/\n'
+                        '  mlops-nb deploy models:/bc@champion --out build/bc --shadow models:/bc/4   version 4 ships as the shadow',
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     dp.add_argument('model_uri', help='models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a local model folder')
     dp.add_argument('--out', required=True, metavar='DIR', help='the build context folder (new or empty)')
@@ -746,6 +756,9 @@ def _add_deploy_parser(sub):
     dp.add_argument('--workers', type=int, default=2, help='server processes in the container (default 2)')
     dp.add_argument('--image', help='image name for the manifests (default mlops-nb-NAME:VERSION)')
     dp.add_argument('--no-onnx', action='store_true', help='leave the ONNX fast path packages out of the image')
+    dp.add_argument('--shadow', metavar='URI', help='also ship this model as the server\'s --shadow (in the Deployment\'s args)')
+    dp.add_argument('--canary', metavar='URI', help='also ship this model as the server\'s --canary (in the Deployment\'s args)')
+    dp.add_argument('--canary-share', type=float, default=0.1, metavar='S', help='the canary\'s share of callers (default 0.1)')
     dp.add_argument('--tracking-uri', help='MLflow tracking URI')
     dp.add_argument('--json', action='store_true', help='print a JSON document')
 
@@ -804,9 +817,10 @@ def cmd_serve(a) -> int:
 def cmd_deploy(a) -> int:
     from mlops_nb.deploy import deploy_context
     r = deploy_context(a.model_uri, a.out, settings=get_settings(tracking_uri=a.tracking_uri), port=a.port, workers=a.workers,
-                       image=a.image, onnx=not a.no_onnx)
+                       image=a.image, onnx=not a.no_onnx, shadow=a.shadow, canary=a.canary, canary_share=a.canary_share)
     if a.json: _print_json(r); return 0
     print(f"wrote {a.out}: {r['name'] or a.model_uri} version {r['version']} ({len(r['files'])} files)")
+    for role, m in r['rollout'].items(): print(f"  {role}: {m['name'] or m['uri']} version {m['version']} (serve args: {' '.join(r['args'])})")
     print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
     return 0
 

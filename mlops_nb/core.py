@@ -15,11 +15,11 @@ from .procs import proc_start as _proc_start, process_alive  # they live in proc
 
 # %% auto #0
 __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
-           'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'CellTimeoutError', 'ModelError', 'OutputError',
-           'PipelineError', 'MonitorError', 'LoopError', 'DocsError', 'ReportError', 'BadRows', 'RequestError',
-           'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned', 'SweepInterrupted', 'Secret', 'add_secret',
-           'redact', 'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings', 'get_settings',
-           'jobs_dir', 'job_notebook', 'Registry']
+           'TrackingError', 'RegistryError', 'LiveEvidenceError', 'JobFailed', 'GateFailed', 'CellTimeoutError',
+           'ModelError', 'OutputError', 'PipelineError', 'MonitorError', 'LoopError', 'DocsError', 'ReportError',
+           'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned', 'SweepInterrupted',
+           'Secret', 'add_secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings',
+           'get_settings', 'jobs_dir', 'job_notebook', 'Registry']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -51,6 +51,10 @@ class TrackingError(MlopsNbError):
 
 class RegistryError(MlopsNbError):
     "A registered model, version, alias or run is missing or cannot be changed."
+
+class LiveEvidenceError(RegistryError):
+    "Too few labelled live rows to gate on: nothing was gated and the alias did not move."
+    exit_code = 1  # a refusal, as a failed gate is
 
 class JobFailed(MlopsNbError):
     "A job ran and failed: a cell raised, the kernel died, or it timed out."

@@ -16,6 +16,7 @@ import yaml
 
 from . import __version__
 from .models import model_requirements
+from .core import ConfigError
 from .outputs import check_new_folder, check_outputs
 from .serve import prepare_model_dir
 
@@ -81,12 +82,19 @@ include = ["mlops_nb*"]
     return dst
 
 # %% ../nbs/10a_deploy.ipynb #a23d7a54
+def _rollout_folders(args: list | None) -> list[str]:
+    "The model folders named in rollout args (`--shadow DIR`, `--canary DIR`)."
+    a = list(args or [])
+    return [a[i + 1] for i, x in enumerate(a[:-1]) if x in ('--shadow', '--canary')]
+
 def dockerfile(port: int = 8080, # the port the server listens on
                workers: int = 2, # server worker processes (CMD, so `docker run IMAGE --workers 4` overrides it)
                python: str | None = None, # base image Python version; this interpreter's if None
+               rollout: list | None = None, # extra serve args (`rollout_args`); their model folders are copied beside model/
               ) -> str:
     "The Dockerfile text of a serving image."
     py = python or f'{sys.version_info.major}.{sys.version_info.minor}'
+    copies = ''.join(f'COPY {f}/ ./{f}/\n' for f in _rollout_folders(rollout))  # the canary's and shadow's files
     probe = f"import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=3).status != 200)"
     return f'''# Built by mlops-nb deploy. Build: docker build -t IMAGE .   Run: docker run -p {port}:{port} IMAGE
 FROM python:{py}-slim
@@ -98,11 +106,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY src/ ./src/
 RUN pip install --no-cache-dir --no-deps ./src
 COPY model/ ./model/
-USER 10001
+{copies}USER 10001
 EXPOSE {port}
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", "{probe}"]
 ENTRYPOINT ["mlops-nb", "serve", "model", "--host", "0.0.0.0", "--port", "{port}", "--log-dir", "/tmp/mlops_nb_requests"]
-CMD ["--workers", "{workers}"]
+CMD {json.dumps(['--workers', str(workers), *(rollout or [])])}
 '''
 
 # %% ../nbs/10a_deploy.ipynb #f59c77b9
@@ -112,6 +120,7 @@ def k8s_manifests(name: str, # the app name (made DNS-safe)
                   image: str, # the image to run
                   port: int = 8080, replicas: int = 2, max_replicas: int = 10,
                   cpu: str = '500m', memory: str = '512Mi', # requests; limits are twice these
+                  args: list | None = None, # the container's args (after `mlops-nb serve model ...`): workers, shadow, canary
                  ) -> dict[str, dict]:
     "`{file name: manifest}`: deployment.yaml, service.yaml, hpa.yaml."
     n = _k8s_name(name)
@@ -125,6 +134,7 @@ def k8s_manifests(name: str, # the app name (made DNS-safe)
                  'readinessProbe': probe('/ping', 5), 'livenessProbe': probe('/health', 30),
                  'resources': {'requests': {'cpu': cpu, 'memory': memory}, 'limits': {'cpu': double(cpu), 'memory': double(memory)}},
                  'securityContext': {'runAsNonRoot': True, 'runAsUser': 10001, 'allowPrivilegeEscalation': False}}
+    if args: container['args'] = [str(x) for x in args]
     dep = {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': {'name': n, 'labels': labels},
            'spec': {'replicas': replicas, 'selector': {'matchLabels': {'app.kubernetes.io/name': n}},
                     'template': {'metadata': {'labels': labels, 'annotations': {
@@ -139,31 +149,56 @@ def k8s_manifests(name: str, # the app name (made DNS-safe)
     return {'deployment.yaml': dep, 'service.yaml': svc, 'hpa.yaml': hpa}
 
 # %% ../nbs/10a_deploy.ipynb #5f1c2fb3
+def _rollout_models(out: Path, shadow: str | None, canary: str | None, settings) -> dict:
+    "`{role: info}`: the shadow's and canary's files prepared in `out/shadow`, `out/canary`."
+    side = {}
+    for role, u in (('shadow', shadow), ('canary', canary)):
+        if not u: continue
+        local = Path(u).expanduser().is_dir()
+        if local: shutil.copytree(Path(u).expanduser(), out / role)
+        side[role] = prepare_model_dir(str(out / role) if local else u, out / role, settings)
+    return side
+
 def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
                    out: str | Path, # the build context folder (created; must be empty if it exists)
                    settings=None, # the store
                    port: int = 8080, workers: int = 2,
                    image: str | None = None, # image name for the manifests; `mlops-nb-NAME:VERSION` if None
                    onnx: bool = True, # ship the ONNX fast path's packages
+                   shadow: str | None = None, # a model to ship as the server's --shadow
+                   canary: str | None = None, # a model to ship as the server's --canary
+                   canary_share: float = 0.1, # the canary's share of callers
                   ) -> dict:
-    "Write the build context of `uri` to `out`; returns what was written and the model's identity."
+    "Write the build context of `uri` (and of its shadow and canary) to `out`; returns what was written and the models' identity."
     out = Path(out)
     check_outputs({'--out': out}, {'MODEL_URI': uri if Path(uri).expanduser().exists() else None}, folders={'--out'})
+    if canary and not 0 < canary_share <= 1: raise ConfigError(f"--canary-share {canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
+    if canary and canary == shadow: raise ConfigError(f"--canary and --shadow name the same model {canary}.", hint='Use one of them.')
     check_new_folder(out, '--out')
     out.mkdir(parents=True, exist_ok=True)
     if Path(uri).expanduser().is_dir(): shutil.copytree(Path(uri).expanduser(), out / 'model')
     info = prepare_model_dir(str(out / 'model') if Path(uri).expanduser().is_dir() else uri, out / 'model', settings)
+    side = _rollout_models(out, shadow, canary, settings)
+    rollout = [x for role in side for x in (f'--{role}', role)] + (['--canary-share', f'{canary_share:g}'] if canary else [])
     name = info.get('name') or 'model'
     image = image or f"mlops-nb-{_k8s_name(name)}:{info.get('version') or 'latest'}"
-    reqs = merge_requirements(pinned_requirements(onnx=onnx), model_requirements(info['path']))  # the model's own: xgboost, ...
+    reqs = pinned_requirements(onnx=onnx)
+    for i in [info, *side.values()]: reqs = merge_requirements(reqs, model_requirements(i['path']))  # each model's own: xgboost, ...
     (out / 'requirements.txt').write_text('\n'.join(reqs) + '\n')
     copy_package(out / 'src')
-    (out / 'Dockerfile').write_text(dockerfile(port, workers))
+    (out / 'Dockerfile').write_text(dockerfile(port, workers, rollout=rollout))
     (out / '.dockerignore').write_text('**/__pycache__\n**/*.pyc\n')
     (out / 'k8s').mkdir()
-    for f, m in k8s_manifests(name, image, port).items(): (out / 'k8s' / f).write_text(yaml.safe_dump(m, sort_keys=False))
-    (out / 'README.md').write_text(f"# {name} version {info.get('version')}\n\nBuilt by `mlops-nb deploy {uri}`.\n\n"
-                                   f"```bash\ndocker build -t {image} .\ndocker run --rm -p {port}:{port} {image}\n"
-                                   f"curl -s localhost:{port}/version\nkubectl apply -f k8s/\n```\n")
-    return {**{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id')}, 'uri': uri, 'out': str(out), 'image': image,
+    for f, m in k8s_manifests(name, image, port, args=['--workers', str(workers), *rollout] if rollout else None).items():
+        (out / 'k8s' / f).write_text(yaml.safe_dump(m, sort_keys=False))
+    (out / 'README.md').write_text(_readme(name, info, side, uri, image, port))
+    return {**{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id')}, 'uri': uri, 'out': str(out), 'image': image, 'args': rollout,
+            'rollout': {r: {k: i.get(k) for k in ('name', 'version', 'uri')} for r, i in side.items()},
             'files': sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file() and 'src' not in p.relative_to(out).parts[:1])}
+
+def _readme(name: str, info: dict, side: dict, uri: str, image: str, port: int) -> str:
+    roll = ''.join(f"\n{r}: {i.get('name') or i.get('uri')} version {i.get('version')} (folder `{r}/`)" for r, i in side.items())
+    return (f"# {name} version {info.get('version')}\n\nBuilt by `mlops-nb deploy {uri}`.{roll}\n\n"
+            f"```bash\ndocker build -t {image} .\ndocker run --rm -p {port}:{port} {image}\n"
+            f"curl -s localhost:{port}/version\nkubectl apply -f k8s/\n```\n")
+

@@ -19,7 +19,7 @@ from .core import DataError, JobFailed, LoopError, MlopsNbError, RegistryError, 
 from .data import BUNDLED, Schema, load_dataset
 from .jobs import run_job
 from .models import load
-from .monitor import CBPE, MonitorError, drift, load_sample, parse_per_column, post_webhook, window_bounds, window_quality
+from .monitor import CBPE, MonitorError, drift, load_sample, parse_per_column, post_webhook, rollout_quality, window_bounds, window_quality
 from .outputs import check_outputs, publish
 from .pipelines import load_pipeline, run_pipeline
 from .registry import alias_version, eval_data, model_versions
@@ -105,6 +105,9 @@ def _quality_lines(q: dict) -> list[str]:
         bound = f", bound {r['bound']:.3f}" if r.get('bound') is not None else ''
         e = f"; estimated {est[r['metric']]:.3f}" if r['metric'] in est else ''
         out.append(f"  quality: {r['metric']} {got}{bound}{' ALERT' if r['alert'] else ''}{e}")
+    if q.get('rollout'):
+        from mlops_nb.monitor import rollout_summary
+        out += [f"  shadow: {line}" for line in rollout_summary(q['rollout']) or [f"no labelled row the shadow scored ({q['rollout']['shadow_rows']} rows scored)"]]
     return out
 
 # %% ../nbs/12_loop.ipynb #d077a4e7
@@ -307,6 +310,8 @@ def _quality(cfg: LoopConfig, s, ch: Champion, win: pd.DataFrame, labels) -> dic
     "The window's quality (JSON-able), bounds from `cfg.quality_gate` or the champion's held-out metrics."
     cq = champion_quality(ch, s)
     q = window_quality(win, labels, cq['task'], cfg.quality_gate, cq['metrics'], cq['cbpe'])
+    r = rollout_quality(win, labels, cq['task'])  # with a shadow: both models on the same labelled rows
+    if r is not None: q['rollout'] = r
     clean = lambda v: {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else [clean(x) for x in v] if isinstance(v, list) else (
         None if isinstance(v, float) and not np.isfinite(v) else v)
     return clean({**q, 'model_version': ch.version, 'note': cq['note']})

@@ -23,20 +23,20 @@ import numpy as np
 import pandas as pd
 
 from .core import DataError, MlopsNbError, MonitorError, Registry
-from .reqlog import META_PREFIX, PROBA_PREFIX as PROBA
+from .reqlog import META_PREFIX, PROBA_PREFIX as PROBA, join_labels  # join_labels: still a name of this module
 
 _all_ = ['MonitorError']  # defined in core (the one map of errors); still importable from here
 
 # %% auto #0
-__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS', 'DEFAULT_QUALITY_GATES', 'ks_2samp_sorted',
-           'ks_pvalue', 'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance', 'chi2_counts',
-           'ColumnData', 'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test', 'default_test',
-           'DriftOptions', 'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift',
+__all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS', 'DEFAULT_QUALITY_GATES', 'ROLLOUT_METRIC',
+           'ks_2samp_sorted', 'ks_pvalue', 'wasserstein_sorted', 'bin_edges', 'counts_sorted', 'psi', 'js_distance',
+           'chi2_counts', 'ColumnData', 'numeric_column', 'categorical_column', 'DriftTest', 'register_drift_test',
+           'default_test', 'DriftOptions', 'parse_per_column', 'ColumnDrift', 'DriftResult', 'evaluate_column', 'drift',
            'prediction_drift', 'performance_drift', 'wilson', 'quality_metrics', 'quality_checks', 'CBPE',
-           'join_labels', 'window_quality', 'quality_frame', 'quality_metrics_flat', 'drift_chunked', 'parse_window',
-           'window_bounds', 'features_only', 'load_sample', 'alert_payload', 'write_latest', 'post_webhook',
-           'drift_files', 'metric_key', 'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms',
-           'plot_history', 'MonitorError']
+           'window_quality', 'quality_frame', 'quality_metrics_flat', 'rollout_quality', 'rollout_frame',
+           'rollout_summary', 'plot_rollout', 'drift_chunked', 'parse_window', 'window_bounds', 'features_only',
+           'load_sample', 'alert_payload', 'write_latest', 'post_webhook', 'drift_files', 'metric_key', 'drift_metrics',
+           'record_drift', 'drift_history', 'plot_histograms', 'plot_history', 'MonitorError']
 
 # %% ../nbs/11_monitor.ipynb #9162afe2
 def ks_2samp_sorted(a: np.ndarray, # sorted reference values, no NaN
@@ -660,18 +660,6 @@ def _expected_auc(score: np.ndarray, p: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 # %% ../nbs/11_monitor.ipynb #8ffb5247
-def join_labels(log: pd.DataFrame, # rows of the request log (`reqlog.read_log`)
-                labels: pd.DataFrame, # request_id, row (within the request; 0 if absent), label
-               ) -> pd.Series:
-    "The label of each logged row where one has arrived (NaN elsewhere), aligned with `log`."
-    rid = log[META_PREFIX + 'request_id'].astype(str).reset_index(drop=True)
-    row = rid.groupby(rid).cumcount()
-    if labels is None or not len(labels): return pd.Series(np.nan, index=rid.index, dtype=object)
-    lab = labels.assign(request_id=labels['request_id'].astype(str),
-                        row=labels['row'].astype(int) if 'row' in labels.columns else 0).drop_duplicates(['request_id', 'row'], keep='last')
-    key = pd.MultiIndex.from_arrays([rid, row])
-    return pd.Series(lab.set_index(['request_id', 'row'])['label'].reindex(key).to_numpy(), index=rid.index, dtype=object)
-
 def window_quality(log: pd.DataFrame, # rows of the request log in the window
                    labels: pd.DataFrame | None, # labels that have arrived (request_id, row, label)
                    task: str, # the model's task
@@ -711,6 +699,86 @@ def quality_metrics_flat(q: dict) -> dict:
         out.update({f'quality.{m}': v['value'], **{f'quality.{m}.{k}': v[k] for k in ('low', 'high') if v.get(k) is not None}})
     out.update({f'quality_estimated.{m}': v for m, v in (q.get('estimated') or {}).items() if v is not None})
     return out
+
+# %% ../nbs/11_monitor.ipynb #fd4f6fc4
+ROLLOUT_METRIC = {'binary': 'accuracy', 'multiclass': 'accuracy', 'regression': 'rmse'}  # decides which model was better (rmse: lower)
+
+def _paired_difference(y, a, b, task: str, n_boot: int, seed: int) -> dict:
+    "Deciding metric of `b` minus that of `a` on the same rows, with a paired bootstrap 95% interval."
+    if task == 'regression': la, lb = (np.asarray(a, float) - np.asarray(y, float)) ** 2, (np.asarray(b, float) - np.asarray(y, float)) ** 2
+    else: yk = _keys(y); la, lb = (_keys(a) == yk).astype(float), (_keys(b) == yk).astype(float)
+    stat = (lambda x, z: np.sqrt(z.mean(-1)) - np.sqrt(x.mean(-1))) if task == 'regression' else (lambda x, z: z.mean(-1) - x.mean(-1))
+    i = np.random.default_rng(seed).integers(0, len(la), (n_boot, len(la)))
+    boot = stat(la[i], lb[i])
+    return {'metric': ROLLOUT_METRIC[task], 'value': float(stat(la, lb)), 'low': float(np.percentile(boot, 2.5)), 'high': float(np.percentile(boot, 97.5))}
+
+def rollout_quality(log: pd.DataFrame, # rows of the request log in the window (with `_mlops_shadow_*` columns)
+                    labels: pd.DataFrame | None, # labels that have arrived (request_id, row, label)
+                    task: str, # the model's task
+                    n_boot: int = 200, seed: int = 0) -> dict | None:
+    "Per (answering version, shadow version): both models' quality on the same labelled rows, and which would have been better; None without a shadow."
+    if f'{META_PREFIX}shadow_prediction' not in log or 'prediction' not in log: return None
+    L = log.reset_index(drop=True)
+    y, sp = join_labels(L, labels).reset_index(drop=True), L[f'{META_PREFIX}shadow_prediction']
+    ok = (y.notna() & sp.notna() & L['prediction'].notna()).to_numpy()
+    keys = L[f'{META_PREFIX}model_version'].astype(str) + '\x00' + L[f'{META_PREFIX}shadow_version'].astype(str)
+    pairs, up = [], ROLLOUT_METRIC[task] != 'rmse'
+    for k in keys[ok].unique():
+        idx = np.flatnonzero(ok & (keys == k).to_numpy())
+        ans, sh = k.split('\x00')
+        yy, pa, ps = y.to_numpy()[idx], L['prediction'].to_numpy()[idx], sp.to_numpy()[idx]
+        d = _paired_difference(yy, pa, ps, task, n_boot, seed) if len(idx) >= 2 else None
+        better = None if d is None else 'shadow' if (d['low'] > 0 if up else d['high'] < 0) else 'answer' if (d['high'] < 0 if up else d['low'] > 0) else None
+        pairs.append({'answer': {'version': ans, 'metrics': quality_metrics(yy, pa, None, task, n_boot, seed)},
+                      'shadow': {'version': sh, 'metrics': quality_metrics(yy, ps, None, task, n_boot, seed)},
+                      'labelled_rows': int(len(idx)), 'difference': d, 'better': better,
+                      'better_version': {'shadow': sh, 'answer': ans}.get(better)})
+    return {'task': task, 'metric': ROLLOUT_METRIC[task], 'labelled_rows': int(ok.sum()),
+            'shadow_rows': int(sp.notna().sum()), 'pairs': sorted(pairs, key=lambda p: -p['labelled_rows'])}
+
+
+# %% ../nbs/11_monitor.ipynb #6963183b
+def rollout_frame(r: dict | None # `rollout_quality(...)`
+                 ) -> pd.DataFrame:
+    "One row per (pair, model): version, role, labelled rows and each metric; the better one marked."
+    rows = []
+    for i, p in enumerate((r or {}).get('pairs') or []):
+        for role in ('answer', 'shadow'):
+            rows.append({'pair': i, 'role': role, 'version': p[role]['version'], 'labelled_rows': p['labelled_rows'],
+                         **{m: v['value'] for m, v in p[role]['metrics'].items()}, 'better': p['better'] == role})
+    return pd.DataFrame(rows)
+
+def rollout_summary(r: dict | None # `rollout_quality(...)`
+                   ) -> list[str]:
+    "A line per pair for people: which would have been better, by how much, on how many rows."
+    out = []
+    for p in (r or {}).get('pairs') or []:
+        a, s, d = p['answer'], p['shadow'], p['difference']
+        val = lambda who: (who['metrics'].get(r['metric']) or {}).get('value')
+        nums = f"{r['metric']} {val(a):.3f} (version {a['version']}) vs {val(s):.3f} (shadow version {s['version']})" if d else 'too few rows'
+        diff = f", difference {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else ''
+        who = (f"version {p['better_version']} ({'the shadow' if p['better'] == 'shadow' else 'the answer given'}) would have been better"
+               if p['better'] else 'no clear difference')
+        out.append(f"{who} on {p['labelled_rows']} labelled rows: {nums}{diff}")
+    return out
+
+def plot_rollout(r: dict # `rollout_quality(...)`
+                ):
+    "The deciding metric of each model in each pair with its 95% interval; returns the matplotlib Figure."
+    import matplotlib.pyplot as plt
+    pairs, m = r.get('pairs') or [], r['metric']
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * max(len(pairs), 1), 2.8))
+    for i, p in enumerate(pairs):
+        for j, role in enumerate(('answer', 'shadow')):
+            v = p[role]['metrics'].get(m)
+            if not v: continue
+            ax.bar(i + (j - 0.5) * 0.4, v['value'], width=0.38, color=('tab:blue', 'tab:orange')[j], label=('answer given', 'shadow')[j] if i == 0 else None,
+                   yerr=[[max(0.0, v['value'] - v['low'])], [max(0.0, v['high'] - v['value'])]], capsize=3, edgecolor='black' if p['better'] == role else 'none', linewidth=2)
+    ax.set_xticks(range(len(pairs)), [f"v{p['answer']['version']} vs v{p['shadow']['version']}\n{p['labelled_rows']} rows" for p in pairs], fontsize=8)
+    ax.set_ylabel(m); ax.set_title(f'{m} on the same labelled rows (outlined: better)', fontsize=9); ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
 
 # %% ../nbs/11_monitor.ipynb #a1513935
 def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[], Iterator[pd.DataFrame]]:

@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core import GateFailed, MlopsNbError, RegistryError, Settings, get_settings
+import numpy as np
+import pandas as pd
+
+from .core import GateFailed, LiveEvidenceError, MlopsNbError, RegistryError, Settings, get_settings
 from .models import load as load_model
 from .tracking import TAG, absent, client, download_artifact, filter_value
 
+_all_ = ['LiveEvidenceError']  # defined in core (the one map of errors); still importable from here
+
 # %% auto #0
 __all__ = ['LINEAGE_KEYS', 'SERVING_INFO', 'run_model_uri', 'model_card', 'register_run_model', 'list_models', 'model_versions',
-           'alias_version', 'eval_data', 'lock_path', 'promotion_lock', 'alias_history', 'Promotion', 'promote',
-           'rollback', 'resolve_model_uri', 'fetch_model', 'model_source']
+           'alias_version', 'eval_data', 'lock_path', 'promotion_lock', 'alias_history', 'Promotion', 'Live', 'promote',
+           'rollback', 'resolve_model_uri', 'fetch_model', 'model_source', 'LiveEvidenceError']
 
 # %% ../nbs/06_registry.ipynb #38c3498e
 LINEAGE_KEYS = ('git_sha', 'git_dirty', 'notebook', 'notebook_sha256', 'data_fingerprint', 'seed', 'package_version')
@@ -338,6 +343,61 @@ def _score_file(run_id: str, data: str, target: str | None, s: Settings) -> _Sco
                  note=f'{data} (target {target})')]
     return _Scoring(eval_df, y, task, rows, gate_metrics(lm, X, y, task), lm.predict_proba is not None)
 
+# %% ../nbs/06_registry.ipynb #0daf0bed
+@dataclass
+class Live:
+    "Live evidence for `promote`: the request log a canary or shadow served in, and the labels that arrived for it."
+    log_dir: str | Path  # the server's request log (--log-dir; by default .mlops_nb/requests/NAME)
+    labels: str | Path | None = None  # a CSV/Parquet of request_id, label (and row), besides the labels log (POST /labels)
+    min_labelled: int = 100  # fewer labelled rows scored by the candidate: refuse, nothing gated
+
+def _live_rows(name: str, version: str, live: Live) -> tuple:
+    "`(rows, labels, live answers, roles)`: the labelled rows of the log `version` of `name` scored, as canary/primary or shadow."
+    from mlops_nb.reqlog import META_PREFIX as M, join_labels, load_labels, read_labels, read_log, split_log
+    log = read_log(live.log_dir).reset_index(drop=True)
+    if 'prediction' not in log:
+        if not len(log): return pd.DataFrame(), pd.Series(dtype=object), np.array([]), {}  # nothing logged yet: too few rows
+        raise RegistryError(f"The request log {live.log_dir} holds several outputs per row; --live gates one-output models.",
+                            hint='Gate it on a held-out file: --data FILE --target COLUMN.')
+    col = lambda c: log[M + c].astype(str) if M + c in log else pd.Series('', index=log.index)
+    answered = (col('model_version') == version) & (col('model_name') == name)
+    shadowed = ((col('shadow_version') == version) & col('shadow_model').isin([name, 'None', 'nan', '']) & ~answered
+                & (log[M + 'shadow_prediction'].notna() if M + 'shadow_prediction' in log else False))
+    labels = [read_labels(live.log_dir)] + ([load_labels(live.labels)] if live.labels else [])
+    y = join_labels(log, pd.concat([l for l in labels if len(l)] or [labels[0]], ignore_index=True))
+    keep = (answered | shadowed) & y.notna()
+    said = log['prediction'].where(answered, log.get(M + 'shadow_prediction'))
+    roles = {r: int(n) for r, n in (('canary or primary', answered.sum()), ('shadow', shadowed.sum())) if n}
+    return split_log(log[keep])[0].reset_index(drop=True), y[keep].infer_objects().reset_index(drop=True), said[keep].to_numpy(), roles
+
+
+# %% ../nbs/06_registry.ipynb #4c8953d5
+def _score_live(name: str, version: str, run_id: str, live: Live, s: Settings) -> _Scoring:
+    "Version `version` on the labelled rows of the request log it scored live; a `LiveEvidenceError` with too few."
+    from mlops_nb.evaluate import gate_metrics
+    X, y, said, roles = _live_rows(name, version, live)
+    scored = ', '.join(f'{n} as {r}' for r, n in roles.items()) or 'none'
+    if len(y) < live.min_labelled:
+        raise LiveEvidenceError(
+            f"Version {version} of {name!r} has {len(y)} labelled rows in the request log {live.log_dir} (rows it scored: {scored}); "
+            f"--live needs at least {live.min_labelled} (--min-labelled).",
+            hint=f"Serve it longer (mlops-nb serve models:/{name}@champion --shadow models:/{name}/{version}, or --canary), send labels for "
+                 "its requests (POST /labels, or --labels FILE with request_id and label), point --log-dir at the log it wrote, or lower --min-labelled.",
+            name=name, version=version)
+    lm = load_model(run_model_uri(run_id, s), s)
+    Xc = _holdout_inputs(X, lm, str(live.log_dir), 'candidate')
+    task = _gate_task(lm, y)
+    got = np.asarray(lm.predict(Xc))
+    if task == 'regression': same = float(np.mean(np.isclose(got.astype(float), pd.to_numeric(pd.Series(said)).to_numpy(), rtol=1e-3, atol=1e-9)))
+    else: same = float(np.mean(pd.Series(got).astype(str).str.replace(r'\.0$', '', regex=True).to_numpy()
+                               == pd.Series(said).astype(str).str.replace(r'\.0$', '', regex=True).to_numpy()))
+    rows = [dict(check='labelled live rows', metric=None, value=f'{len(y)} rows', bound=f'>= {live.min_labelled}', passed=True,
+                 note=f'{live.log_dir}: scored {scored}'),
+            dict(check='live answers reproduced', metric=None, value=f'{same:.0%}', bound='>= 90%', passed=same >= 0.9,
+                 note='re-scored, the candidate gives the answers it gave live' if same >= 0.9 else 'the log holds another model\'s answers under this version')]
+    return _Scoring(X, y, task, rows, gate_metrics(lm, Xc, y, task), lm.predict_proba is not None)
+
+
 # %% ../nbs/06_registry.ipynb #2cfc379f
 def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None, s: Settings) -> tuple[dict, list]:
     "`(metrics, extra rows)` of the champion on the same rows as the candidate."
@@ -372,6 +432,7 @@ def promote(name: str, # registered model name
             data: str | None = None, # a held-out CSV/Parquet file to score candidate and champion on; None: the run's own split
             target: str | None = None, # the true labels or values in `data`
             version: str | None = None, # an already registered version of `name` as the candidate (instead of `run_id`)
+            live: Live | None = None, # gate `version` on the labelled rows of the request log it scored as canary or shadow
            ) -> Promotion:
     "Register the candidate's model, gate it against the current `alias` holder on the same rows, and move the alias if it passes."
     from mlops_nb.evaluate import Gate, default_gate
@@ -380,7 +441,10 @@ def promote(name: str, # registered model name
     gate = Gate.parse(gate) if gate is not None else None  # a bad gate fails before anything is registered
     if version is not None: run_id = _version_run(c, name, version)
     if not run_id: raise RegistryError("Name the candidate: a run id or a registered version.", hint="--run RUN_ID or --version N")
-    sc = _score_run_split(run_id, s) if data is None else _score_file(run_id, data, target, s)
+    if live is not None and (version is None or data is not None):
+        raise RegistryError("--live gates a registered version on live traffic: give --version N, and no --data.", hint=f"mlops-nb promote {name} --version N --live")
+    if live is not None: sc, data = _score_live(name, str(version), run_id, live, s), str(live.log_dir)  # the champion is scored on the same rows
+    else: sc = _score_run_split(run_id, s) if data is None else _score_file(run_id, data, target, s)
     ver = str(register_run_model(name, run_id, s).version)
     gate = gate or default_gate(sc.task, proba=sc.proba)
     with promotion_lock(s, name):

@@ -22,7 +22,8 @@ from .core import DataError, find_project
 
 # %% auto #0
 __all__ = ['META_PREFIX', 'META_FIELDS', 'PREDICTION', 'PROBA_PREFIX', 'LABELS', 'log_frame', 'write_part', 'RequestLogWriter',
-           'log_parts', 'read_log', 'split_log', 'prune_log', 'default_log_dir', 'append_labels', 'read_labels']
+           'log_parts', 'read_log', 'split_log', 'prune_log', 'default_log_dir', 'append_labels', 'read_labels',
+           'load_labels', 'join_labels']
 
 # %% ../nbs/09c_reqlog.ipynb #f8846fe2
 META_PREFIX = '_mlops_'  # prefix of the columns that describe a row rather than the model's input
@@ -283,3 +284,26 @@ def read_labels(log_dir: str | Path # the request log's folder
     if not frames: return pd.DataFrame(columns=['request_id', 'row', 'label', 'ts'])
     df = pd.concat(frames, ignore_index=True)
     return df.drop_duplicates(['request_id', 'row'], keep='last').reset_index(drop=True)
+
+# %% ../nbs/09c_reqlog.ipynb #b6de4c1c
+def load_labels(path: str | Path # a CSV or Parquet file with request_id and label columns (and row, default 0)
+               ) -> pd.DataFrame:
+    "Checked labels from a file: request_id, row, label."
+    p = Path(path)
+    if not p.is_file(): raise DataError(f"Labels file {p} does not exist.", hint='Give a CSV or Parquet file with request_id and label columns.')
+    try: df = pd.read_parquet(p) if p.suffix.lower() in ('.parquet', '.pq') else pd.read_csv(p)
+    except Exception as e: raise DataError(f"Cannot read labels file {p}: {e}", hint='Give a CSV or Parquet file.') from None  # broad: pandas and pyarrow readers raise many kinds
+    try: return _label_rows(df)
+    except DataError as e: raise DataError(f"Labels file {p}: {e.message}", hint=e.hint) from None
+
+def join_labels(log: pd.DataFrame, # rows of the request log (`read_log`)
+                labels: pd.DataFrame, # request_id, row (within the request; 0 if absent), label
+               ) -> pd.Series:
+    "The label of each logged row where one has arrived (NaN elsewhere), aligned with `log`."
+    rid = log[META_PREFIX + 'request_id'].astype(str).reset_index(drop=True)
+    row = rid.groupby(rid).cumcount()
+    if labels is None or not len(labels): return pd.Series(np.nan, index=rid.index, dtype=object)
+    lab = labels.assign(request_id=labels['request_id'].astype(str),
+                        row=labels['row'].astype(int) if 'row' in labels.columns else 0).drop_duplicates(['request_id', 'row'], keep='last')
+    key = pd.MultiIndex.from_arrays([rid, row])
+    return pd.Series(lab.set_index(['request_id', 'row'])['label'].reindex(key).to_numpy(), index=rid.index, dtype=object)

@@ -616,6 +616,18 @@ class Metrics:
             d = int(stats.get(key) or 0) - self._log_seen.get(key, 0)
             if d > 0: (metric.labels(label) if label else metric).inc(d); self._log_seen[key] = self._log_seen.get(key, 0) + d
 
+    def by_version(self) -> list[dict]:
+        "Calls by outcome and model time, per version and role, since start (what /dashboard splits by version)."
+        out = {}
+        for fam in self.registry.collect():
+            if fam.name not in ('mlops_nb_model_requests', 'mlops_nb_model_request_duration_seconds'): continue
+            for s in fam.samples:
+                key = 'seconds_sum' if s.name.endswith('_sum') else 'seconds_count' if s.name.endswith('_count') else s.labels.get('outcome') if s.name.endswith('_total') else None
+                if key is None: continue
+                r = out.setdefault((s.labels['version'], s.labels['role']), {})
+                r[key] = r.get(key, 0) + s.value
+        return [{'version': v, 'role': role, **r} for (v, role), r in sorted(out.items())]
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
@@ -881,7 +893,7 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
 _LOG_BATCH, _LOG_EVERY = 512, 0.25  # queued requests go to the log writer at this many, or this often (seconds)
 
 def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float,
-                 shadow: tuple | None = None): # (shadow version, its predictions or None): kept beside the answer
+                 shadow: tuple | None = None): # (shadow version, its predictions or None, its name): kept beside the answer
     "Queue one answered request for the request log (on the event loop: an append; `flush_log` builds the rows)."
     if self.writer is None: return
     self.log_queue.append((sm, parsed, pred, prob, rid, latency_ms, time.time(), shadow))
@@ -890,7 +902,7 @@ def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid:
 Server.invocations, Server.log_request, Server._canary_predict = _invocations, _log_request, _canary_predict
 
 # %% ../nbs/10_serve.ipynb #f344240f
-def _log_key(it): return id(it[0]), it[3] is None, None if it[7] is None else (it[7][0], it[7][1] is None, np.ndim(it[7][1]))
+def _log_key(it): return id(it[0]), it[3] is None, None if it[7] is None else (it[7][0], it[7][1] is None, np.ndim(it[7][1]), it[7][2:])
 
 def _flush_log(self: Server):
     "Hand the queued requests to the log writer: one frame per run of requests answered alike (same model, same columns)."
@@ -911,6 +923,8 @@ def _log_rows(self: Server, items: list):
     probas = None if items[0][3] is None else pd.DataFrame(np.concatenate([it[3] for it in items]), columns=[str(c) for c in sm.classes])
     if items[0][7] is not None:  # the shadow's answers beside ours, as meta columns (`_mlops_` prefix): never read as features
         feats[META_PREFIX + 'shadow_version'] = str(items[0][7][0])
+        if len(items[0][7]) > 2 and items[0][7][2] is not None:  # `promote --live` matches NAME and version
+            feats[META_PREFIX + 'shadow_model'] = str(items[0][7][2])
         sp = [it[7][1] for it in items]
         feats[META_PREFIX + 'shadow_prediction'] = (np.full(len(feats), np.nan) if sp[0] is None else np.concatenate(sp) if np.ndim(sp[0]) == 1
                                                      else [json.dumps(np.asarray(r).tolist()) for s in sp for r in s])
@@ -971,7 +985,7 @@ async def _shadow_batch(self: Server, items: list, rows: int):
     m.version_requests.labels(str(sh.version), 'shadow', 'ok' if what == 'scored' else what).inc(len(items))
     if pred is not None: m.version_latency.labels(str(sh.version), 'shadow').observe(time.perf_counter() - t0)
     shadows = await asyncio.to_thread(self._shadow_record, items, pred)  # agreement off the event loop
-    for it, sp in zip(items, shadows): self.log_request(*it, shadow=(sh.version, sp))  # the log queue is the loop's
+    for it, sp in zip(items, shadows): self.log_request(*it, shadow=(sh.version, sp, sh.name or sh.uri))  # the log queue is the loop's
 
 def _shadow_record(self: Server, items: list, pred) -> list:
     "Count agreement with the answers given; the shadow's predictions per request."
@@ -1087,7 +1101,9 @@ def create_app(config: ServeConfig, # what to serve and how
 
     async def dashboard(request):
         from mlops_nb.dashboard import dashboard_data, render_dashboard
-        data = await asyncio.to_thread(dashboard_data, config.log_dir, request.query_params.get('window', '1h'))
+        sm = srv.model
+        data = await asyncio.to_thread(dashboard_data, config.log_dir, request.query_params.get('window', '1h'), versions=srv.metrics.by_version(),
+                                       classification=None if sm is None else sm.classes is not None, tolerance=config.shadow_tolerance)
         if request.url.path.endswith('.json'): return JSONResponse(data)
         return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
 
