@@ -34,7 +34,7 @@ class TreePss(threading.Thread):
     "Samples, every `interval` s, the summed PSS (bytes) of the processes whose environment holds `MARK=tag`."
     def __init__(self, tag: str, interval: float = 0.05):
         super().__init__(daemon=True)
-        self.needle, self.interval, self.peak, self.peak_procs = f'BENCH_BATCH_MARK={tag}'.encode(), interval, 0, 0
+        self.needle, self.interval, self.peak, self.peak_procs = f'BENCH_BATCH_MARK={tag}'.encode(), interval, 0, 0  # a prefix
         self.seen: dict = {}  # pid -> (start time, ours?)
         self.stop = threading.Event()
 
@@ -42,7 +42,7 @@ class TreePss(threading.Thread):
         try:
             start = open(f'/proc/{pid}/stat', 'rb').read().rsplit(b')', 1)[1].split()[19]
             if pid in self.seen and self.seen[pid][0] == start: return self.seen[pid][1]
-            ours = self.needle in open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
+            ours = any(v.startswith(self.needle) for v in open(f'/proc/{pid}/environ', 'rb').read().split(b'\0'))
         except OSError: return False
         self.seen[pid] = (start, ours)
         return ours
@@ -65,8 +65,9 @@ class TreePss(threading.Thread):
 
 
 def measure(cmd, cwd, env, tag) -> tuple[float, float, int, int]:
-    "(seconds, peak MB of summed PSS, processes at the peak, exit code) of `cmd`, until every marked process has exited."
-    sampler = TreePss(tag)
+    "(seconds, peak MB of summed PSS, processes at the peak, exit code) of `cmd`: the processes marked with this run's tag (a warm
+    worker started by an earlier row of this run included)."
+    sampler = TreePss(tag.split('.')[0])
     sampler.start()
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, env={**env, 'BENCH_BATCH_MARK': tag}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -97,7 +98,7 @@ def main():
     uri = 'models:/batchdemo@champion'
     stop = lambda: subprocess.run([exe, 'worker', 'stop', '--force'], cwd=d, env=env, capture_output=True)
     clear = lambda: shutil.rmtree(cache, ignore_errors=True)
-    table = []
+    table, run_tag = [], uuid.uuid4().hex
     for n in a.rows:
         df = make_rows(n)
         df.to_parquet(d / f'in_{n}.parquet', row_group_size=100_000)
@@ -119,7 +120,7 @@ def main():
             for _ in range(a.repeat):
                 if before: before()
                 print(f"{n:>9,} rows  {name} (load {load_average()}) ...", flush=True)
-                got.append((*measure(cmd, d, env, uuid.uuid4().hex), load_average()))
+                got.append((*measure(cmd, d, env, f'{run_tag}.{uuid.uuid4().hex}'), load_average()))
             med = statistics.median(g[0] for g in got)
             res[name] = next(g for g in got if g[0] == med)
         stop()
