@@ -65,8 +65,8 @@ class TreePss(threading.Thread):
 
 
 def measure(cmd, cwd, env, tag) -> tuple[float, float, int, int]:
-    "(seconds, peak MB of summed PSS, processes at the peak, exit code) of `cmd`: the processes marked with this run's tag (a warm
-    worker started by an earlier row of this run included)."
+    """(seconds, peak MB of summed PSS, processes at the peak, exit code) of `cmd`: the processes marked with this run's tag (a warm
+    worker started by an earlier row of this run included)."""
     sampler = TreePss(tag.split('.')[0])
     sampler.start()
     t0 = time.perf_counter()
