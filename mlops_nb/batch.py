@@ -691,10 +691,9 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
                      dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
                      o.onnx != 'off')
     loads = 0
-    if model is None and model_uri:  # loaded here (forked scoring processes share it), compiled on its first load: verified on real rows too
-        model, loaded = load_batch_model(spec, first_rows(input_path, feats))
-        if o.executor != 'local': model = None  # a cluster's workers load it themselves (from the compiled cache, when they share it)
-        else: loads = int(loaded)
+    if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
+        model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
+        loads = int(loaded)  # (a cluster's workers load it themselves, each through the compiled cache)
     results, gather = [], _Gather(staging, out, fmt) if fmt != 'dir' else None
     def done(r):
         results.append(r)
