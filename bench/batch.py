@@ -85,6 +85,7 @@ def main():
     ap.add_argument('--rows', type=int, nargs='+', default=[300_000, 5_000_000])
     ap.add_argument('--model', default='logistic', help='model factory of the scored model (default logistic)')
     ap.add_argument('--repeat', type=int, default=1, help='runs of each row (the median is shown)')
+    ap.add_argument('--only', nargs='+', default=[], metavar='TEXT', help='only the mlops-nb rows whose name holds one of these (mlflow always runs)')
     a = ap.parse_args()
     d = ROOT / 'bench' / 'out' / 'batch'
     shutil.rmtree(d, ignore_errors=True); d.mkdir(parents=True)
@@ -114,6 +115,7 @@ def main():
             'mlops-nb predict --onnx off, cold': (stop, ours(f'ours_{n}.parquet', '--onnx', 'off')),
             'mlops-nb predict, warm worker': (None, ours(f'ours_{n}.parquet')),
         }
+        runs = {k: v for k, v in runs.items() if k.startswith('mlflow') or not a.only or any(o in k for o in a.only)}
         res = {}
         for name, (before, cmd) in runs.items():
             got = []
@@ -123,6 +125,8 @@ def main():
                 got.append((*measure(cmd, d, env, f'{run_tag}.{uuid.uuid4().hex}'), load_average()))
             med = statistics.median(g[0] for g in got)
             res[name] = next(g for g in got if g[0] == med)
+            t, m, procs, rc, la = res[name]; base = res['mlflow models predict (CSV)']
+            print(f"    {t:.1f} s, peak {m:.0f} MB over {procs} processes; {base[0] / t:.2f}x mlflow's speed, {m / base[1]:.2f}x its memory", flush=True)
         stop()
         base = res['mlflow models predict (CSV)']
         for name, (t, m, procs, rc, la) in res.items():
