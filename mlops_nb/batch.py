@@ -394,8 +394,8 @@ def _limit_threads(n: int):
 def _scorer(conn, spec: BatchSpec, model, threads: int, parent: int):
     "A scoring process: partitions in, results (or the error) out, until it gets None."
     import pickle, signal
-    from mlops_nb.worker import _die_with_parent, set_process_name
-    _die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
+    from mlops_nb.procs import die_with_parent, set_process_name
+    die_with_parent(parent)  # never outlives the batch, even one killed with SIGKILL
     set_process_name('mlops-nb-score')  # as `ps` and `top` show it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a stop is the parent's: it lets running partitions finish
     _limit_threads(threads)

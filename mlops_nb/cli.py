@@ -12,26 +12,48 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import __version__
-from .core import MlopsNbError, get_settings, redact
-from .outputs import check_outputs, check_replace, publish  # a small module: imports only core
+from .core import (ConfigError, GateFailed, JobFailed, MlopsNbError, ParameterError, RedactingStream, get_settings,
+                           job_notebook, redact)
+from .outputs import check_outputs, check_replace  # a small module: imports only core
+from .procs import supervised
+from .worker import OPERATIONS
+# Every other module is imported by the handler that needs it. `import mlops_nb.cli` takes 43 ms; with params, ci and
+# worker at the top it would take 59 ms, with jobs, tracking, sweeps, pipelines and docs 91 ms, and with any module
+# that imports pandas (registry, monitor, batch, serve, loop) over 0.9 s, which `--help` and every job's client would
+# pay (python -X importtime, the least of 9 runs, load average 10).
 
 # %% auto #0
-__all__ = ['EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG', 'WORKER_COMMANDS',
-           'WORKER_EPILOG', 'LOUD_COMMANDS', 'COMMANDS', 'subcommand', 'build_parser', 'cmd_run', 'cmd_reproduce',
-           'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_quickstart', 'cmd_drift', 'cmd_monitor',
-           'cmd_serve', 'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker',
-           'cmd_ui', 'main', 'cmd_runs', 'cmd_compare', 'mlops_magic', 'load_ipython_extension']
+__all__ = ['COMMANDS', 'EPILOG', 'DRIFT_EPILOG', 'MONITOR_EPILOG', 'PREDICT_EPILOG', 'PIPELINE_EPILOG', 'SWEEP_EPILOG',
+           'WORKER_EPILOG', 'Command', 'command', 'build_parser', 'cmd_quickstart', 'cmd_run', 'cmd_reproduce',
+           'cmd_params', 'cmd_promote', 'cmd_rollback', 'cmd_models', 'cmd_drift', 'cmd_monitor', 'cmd_serve',
+           'cmd_deploy', 'cmd_predict', 'cmd_docs', 'cmd_init', 'cmd_pipeline', 'cmd_sweep', 'cmd_worker', 'cmd_ui',
+           'cmd_runs', 'cmd_compare', 'main', 'mlops_magic', 'load_ipython_extension']
 
 # %% ../nbs/13_cli.ipynb #67eb2be4
-_SUBCOMMANDS = []  # functions adding a command's parser, defined by later sections
+@dataclass(frozen=True)
+class Command:
+    "One `mlops-nb` command: all the entry point and the warm worker need to know of it."
+    name: str # what the user types: `mlops-nb NAME`
+    add_parser: Callable # `add_parser(sub)` adds its parser (flags, help texts) to the subparsers `sub`
+    run: Callable # `run(a)`: the parsed arguments -> the exit code
+    check: Callable | None = None # `check(a)` before the worker runs it: refuses bad input here (exit 2), returns modules to preload
+    in_worker: bool = False # it runs jobs: `mlops-nb NAME` runs it in the project's warm worker (`--no-worker`: here)
+    loud: bool = False # its libraries' log lines are its output (servers, docs), shown without -v
 
-def subcommand(add):
-    "Register `add(sub)`, which adds one command's parser; `build_parser` calls each in order."
-    _SUBCOMMANDS.append(add)
-    return add
+COMMANDS: dict[str, Command] = {}  # name -> Command, in the order `--help` lists them
+
+def command(name: str, add_parser: Callable, **kw):
+    "Decorate a handler `run(a)` to register `Command(name, add_parser, run, **kw)`."
+    def register(run):
+        COMMANDS[name] = Command(name, add_parser, run, **kw)
+        return run
+    return register
+
 
 # %% ../nbs/13_cli.ipynb #a24076e0
 def _common(p: argparse.ArgumentParser):
@@ -103,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--version', action='version', version=f'mlops_nb {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
-    for add in _SUBCOMMANDS: add(sub)
+    for c in COMMANDS.values():
+        c.add_parser(sub)
+        if c.in_worker: sub.choices[c.name].add_argument('--no-worker', action='store_true', help="run in this process, "
+                                                         "not in the warm worker (see `mlops-nb worker --help`)")
     _verbose_flag(p)
     return p
 
@@ -115,8 +140,17 @@ def _settings(a):
 
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
 
+# %% ../nbs/13_cli.ipynb #c0a1b2c4
+def _bundled(*jobs: str # bundled job notebooks the command runs
+            ) -> Callable:
+    "A `Command.check` for a command that runs bundled job notebooks: the modules they import."
+    def check(a) -> list[str]:
+        from mlops_nb.worker import notebook_imports
+        return notebook_imports([job_notebook(n) for n in jobs])
+    return check
+
+
 # %% ../nbs/13_cli.ipynb #fc8f9c82
-@subcommand
 def _add_quickstart_parser(sub):
     "`mlops-nb quickstart`."
     q = sub.add_parser('quickstart', help='train, evaluate and promote a model on breast_cancer, end to end',
@@ -127,8 +161,60 @@ def _add_quickstart_parser(sub):
     q.add_argument('--dataset', default='breast_cancer', help='dataset for the train job (default: breast_cancer)')
     _common(q)
 
+# %% ../nbs/13_cli.ipynb #6490e823
+_QS_HEADS = {'train': "\n[1/3] train job on {dataset} ...", 'evaluate': "\n[2/3] evaluate job on the trained model's held-out split ...",
+             'promote': "\n[3/3] promote to {model!r}@champion through the default gate ..."}
+
+def _quickstart_event(a):
+    "What the quickstart prints as each step of its pipeline starts and ends."
+    def event(kind, step, r):
+        if a.json: return
+        if kind == 'start': print(_QS_HEADS[step].format(dataset=a.dataset, model=a.model_name), flush=True)
+        elif r.job is not None:
+            print('  ' + r.job.summary().replace('\n', '\n  '))
+            if not r.job.ok: print(f"  executed notebook: {r.job.output}")
+        elif r.promotion is not None:
+            print('  ' + _gate_lines(r.promotion).replace('\n', '\n  '))
+            if r.status != 'FINISHED': print(f"  refused: champion stays on version {r.promotion.previous}")
+        elif r.status == 'FAILED': print(f"  failed: {r.error}")
+    return event
+
+@command('quickstart', _add_quickstart_parser)
+def cmd_quickstart(a) -> int:
+    from mlops_nb.pipelines import load_pipeline, run_pipeline
+    s = _settings(a)
+    if not a.json: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}", flush=True)
+    p = load_pipeline('quickstart', params={'dataset': a.dataset, 'model_name': a.model_name})
+    res = run_pipeline(p, settings=s, cache=False, on_event=_quickstart_event(a))  # a new train run each time, as before
+    st = res.steps
+    out = {n: st[n].job.to_dict() for n in ('train', 'evaluate') if st[n].job is not None}
+    p = st['promote'].promotion
+    if p is not None: out['promotion'] = p.to_dict()
+    out['pipeline_run_id'] = res.run_id
+    if res.status != 'FINISHED':
+        if a.json: _print_json(out)
+        return 1
+    train, ev = st['train'].job, st['evaluate'].job
+    keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if k in ev.metrics]
+    if a.json:
+        out['model'] = {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}
+        _print_json(out)
+        return 0
+    print(f"  version {p.version} of {a.model_name!r} is now 'champion'\n")
+    print("done.")
+    print(f"  train run:     {train.run_id}")
+    print("  metrics (test): " + ', '.join(f'{k}={ev.metrics[k]:.4f}' for k in keys))
+    print(f"  notebooks:     {train.output}\n                 {ev.output}")
+    print(f"  model:         models:/{a.model_name}@champion (version {p.version})")
+    print(f"  pipeline run:  {res.run_id}   (mlops-nb pipeline show quickstart)")
+    print("\nnext:")
+    print("  mlops-nb ui                                        browse the runs")
+    print(f"  mlops-nb serve models:/{a.model_name}@champion       serve the champion over HTTP")
+    print("  mlops-nb run train -p model gradient_boosting      try another model")
+    print(f"  mlops-nb promote {a.model_name} --run RUN_ID   gate another train run; champion if it passes")
+    return 0
+
 # %% ../nbs/13_cli.ipynb #de146f72
-@subcommand
 def _add_run_parser(sub):
     "`mlops-nb run`."
     r = sub.add_parser('run', help='run notebooks as tracked jobs',
@@ -166,45 +252,26 @@ def _add_run_parser(sub):
     _common(r)
     _report_args(r)
 
-# %% ../nbs/13_cli.ipynb #df74c371
-def _spread(items, values) -> list[tuple[str, dict]]:
-    "Give each notebook the -p/-f/-y values it declares; with several notebooks a name none declares is an error."
-    from mlops_nb.core import ParameterError, job_notebook
-    from mlops_nb.params import read_params
-    if len(items) == 1: return [(items[0][0], {**values, **(items[0][1] or {})})]
-    declared, out = set(), []
-    for nb, own in items:
-        names = set(read_params(job_notebook(nb), allow_no_parameters=True) or {})
-        declared |= names
-        out.append((nb, {**{k: v for k, v in values.items() if k in names}, **(own or {})}))
-    unknown = sorted(set(values) - declared)
-    if unknown: raise ParameterError(f"Parameter(s) {', '.join(unknown)} are declared by none of the {len(items)} notebooks.",
-                                     hint='Check the names with `mlops-nb params NB`.', parameter=unknown[0])
-    return out
-
 # %% ../nbs/13_cli.ipynb #bbe4ac38
 def _batch_items(a) -> list[tuple[str, dict]]:
     "(notebook, values) for each job asked for: the NOTEBOOK arguments and the --batch file."
-    from mlops_nb.core import ParameterError
-    from mlops_nb.params import parse_param_args
+    from mlops_nb.params import parse_param_args, read_batch_file, spread_values
     values = parse_param_args(a.parameters, a.parameters_file, a.parameters_yaml)
-    items = [(nb, None) for nb in a.notebook]
-    if a.batch:
-        import yaml
-        try: spec = yaml.safe_load(Path(a.batch).read_text(encoding='utf-8'))
-        except (OSError, yaml.YAMLError) as e: raise ParameterError(f"Cannot read batch file {a.batch}: {e}") from None
-        if not isinstance(spec, list):
-            raise ParameterError(f"Batch file {a.batch} must be a YAML list of notebook paths or {{notebook, parameters}} mappings.")
-        for i, it in enumerate(spec):
-            if isinstance(it, str): items.append((it, None))
-            elif isinstance(it, dict) and 'notebook' in it and isinstance(it.get('parameters', {}), dict):
-                items.append((str(it['notebook']), dict(it.get('parameters') or {})))
-            else: raise ParameterError(f"Entry {i} of batch file {a.batch} is not a notebook path or a {{notebook, parameters}} mapping: {it!r}")
+    items = [(nb, None) for nb in a.notebook] + (read_batch_file(a.batch) if a.batch else [])
     if not items: raise ParameterError("Nothing to run: give NOTEBOOK paths or --batch FILE.", hint='mlops-nb run train')
     if a.output and len(items) > 1: raise ParameterError("--output names one executed notebook; drop it to run several.")
-    return _spread(items, values)
+    return spread_values(items, values)
+
 
 # %% ../nbs/13_cli.ipynb #866d76c2
+def _check_run(a) -> list[str]:
+    "Every job's values against its notebook; the modules the notebooks import."
+    from mlops_nb.jobs import check_job
+    from mlops_nb.worker import notebook_imports
+    return notebook_imports([check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)[0]
+                             for nb, values in _batch_items(a)])
+
+@command('run', _add_run_parser, check=_check_run, in_worker=True)
 def cmd_run(a) -> int:
     from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
@@ -213,7 +280,6 @@ def cmd_run(a) -> int:
     for nb, values in items:  # every job's parameters are checked before the first starts
         check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel, output=a.output)
     if not a.kernel and (a.engine or os.environ.get('MLOPS_NB_ENGINE') or 'fast') == 'fast':
-        from mlops_nb.core import job_notebook
         warm_up([job_notebook(nb) for nb, _ in items])  # loads what these notebooks import while the first run is created
     s = _settings(a)
     results, bar = [], None
@@ -254,7 +320,6 @@ def _print_result(res, s, bar=None):
     else: print(text, flush=True)
 
 # %% ../nbs/13_cli.ipynb #69b9d787
-@subcommand
 def _add_reproduce_parser(sub):
     "`mlops-nb reproduce`."
     rp = sub.add_parser('reproduce', help='rerun a recorded job and compare its metrics',
@@ -273,6 +338,7 @@ def _add_reproduce_parser(sub):
     _common(rp)
 
 # %% ../nbs/13_cli.ipynb #499dc1ff
+@command('reproduce', _add_reproduce_parser, in_worker=True)
 def cmd_reproduce(a) -> int:
     from mlops_nb.jobs import reproduce
     r = reproduce(a.run_id, parameters=dict(a.parameters) or None, settings=_settings(a), engine=a.engine, timeout=a.timeout)
@@ -292,7 +358,6 @@ def cmd_reproduce(a) -> int:
     return 0 if r.identical else 1
 
 # %% ../nbs/13_cli.ipynb #9094fc89
-@subcommand
 def _add_params_parser(sub):
     "`mlops-nb params`."
     pa = sub.add_parser('params', help="print a notebook's parameter schema",
@@ -302,8 +367,8 @@ def _add_params_parser(sub):
     pa.add_argument('--json', action='store_true', help='print JSON')
 
 # %% ../nbs/13_cli.ipynb #b4efa80e
+@command('params', _add_params_parser)
 def cmd_params(a) -> int:
-    from mlops_nb.core import job_notebook
     from mlops_nb.params import format_params, params_json, read_params
     nb = job_notebook(a.notebook)
     ps = read_params(nb, allow_no_parameters=True)
@@ -312,9 +377,7 @@ def cmd_params(a) -> int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #70851f2a
-@subcommand
-def _add_registry_parsers(sub):
-    "`mlops-nb promote`, `rollback` and `models`."
+def _add_promote_parser(sub):
     pr = sub.add_parser('promote', help='register a train run\'s model and move an alias to it through a gate',
                         description='Register the model of train run RUN_ID as a version of MODEL (once), score it and the '
                         'current alias holder on the run\'s held-out split, run the gate, and move the alias only if every '
@@ -339,6 +402,7 @@ def _add_registry_parsers(sub):
     pr.add_argument('--reason', help='why, recorded on the version')
     _common(pr)
 
+def _add_rollback_parser(sub):
     rb = sub.add_parser('rollback', help='move an alias back to its previous version',
                         description='Point ALIAS of MODEL back at the version that held it before the current one.')
     rb.add_argument('model', help='registered model name')
@@ -346,6 +410,7 @@ def _add_registry_parsers(sub):
     rb.add_argument('--reason', help='why, recorded on the version rolled back from')
     _common(rb)
 
+def _add_models_parser(sub):
     mo = sub.add_parser('models', help='list registered models, or one model\'s versions',
                         description='Without NAME: registered models and their aliases. With NAME: its versions with '
                         'aliases, metrics of the training run, lineage and promotion records.')
@@ -359,8 +424,8 @@ def _gate_lines(p) -> str:
     return f"gate for version {p.version} of {p.name!r} ({vs}):\n{g.table()}"
 
 # %% ../nbs/13_cli.ipynb #14d53260
+@command('promote', _add_promote_parser)
 def cmd_promote(a) -> int:
-    from mlops_nb.core import GateFailed
     from mlops_nb.registry import promote
     s = _settings(a)
     try: p = promote(a.model, a.run, settings=s, alias=a.alias, gate=Path(a.gate) if a.gate else None, reason=a.reason,
@@ -381,6 +446,7 @@ def cmd_promote(a) -> int:
         print(f"undo with: mlops-nb rollback {a.model}" + (f" --alias {a.alias}" if a.alias != 'champion' else ''))
     return 0
 
+@command('rollback', _add_rollback_parser)
 def cmd_rollback(a) -> int:
     from mlops_nb.registry import rollback
     r = rollback(a.model, alias=a.alias, settings=_settings(a), reason=a.reason)
@@ -388,6 +454,7 @@ def cmd_rollback(a) -> int:
     else: print(f"{a.model}@{a.alias} rolled back from version {r['previous']} to version {r['version']}")
     return 0
 
+@command('models', _add_models_parser)
 def cmd_models(a) -> int:
     from mlops_nb.registry import list_models, model_versions
     s = _settings(a)
@@ -408,58 +475,6 @@ def cmd_models(a) -> int:
         t = v['tags']
         print(f"v{v['version']:<4} {al:<20} {ms}  run {v['run_id']}  git {t.get('git_sha', '?')[:10]}  "
               f"data {t.get('data_fingerprint', '?')[:12]}" + (f"  promoted {t['promoted_at']} by {t.get('promoted_by')}" if 'promoted_at' in t else ''))
-    return 0
-
-# %% ../nbs/13_cli.ipynb #6490e823
-_QS_HEADS = {'train': "\n[1/3] train job on {dataset} ...", 'evaluate': "\n[2/3] evaluate job on the trained model's held-out split ...",
-             'promote': "\n[3/3] promote to {model!r}@champion through the default gate ..."}
-
-def _quickstart_event(a):
-    "What the quickstart prints as each step of its pipeline starts and ends."
-    def event(kind, step, r):
-        if a.json: return
-        if kind == 'start': print(_QS_HEADS[step].format(dataset=a.dataset, model=a.model_name), flush=True)
-        elif r.job is not None:
-            print('  ' + r.job.summary().replace('\n', '\n  '))
-            if not r.job.ok: print(f"  executed notebook: {r.job.output}")
-        elif r.promotion is not None:
-            print('  ' + _gate_lines(r.promotion).replace('\n', '\n  '))
-            if r.status != 'FINISHED': print(f"  refused: champion stays on version {r.promotion.previous}")
-        elif r.status == 'FAILED': print(f"  failed: {r.error}")
-    return event
-
-def cmd_quickstart(a) -> int:
-    from mlops_nb.pipelines import load_pipeline, run_pipeline
-    s = _settings(a)
-    if not a.json: print(f"store: {s.tracking_uri}\nartifacts: {s.artifact_root}", flush=True)
-    p = load_pipeline('quickstart', params={'dataset': a.dataset, 'model_name': a.model_name})
-    res = run_pipeline(p, settings=s, cache=False, on_event=_quickstart_event(a))  # a new train run each time, as before
-    st = res.steps
-    out = {n: st[n].job.to_dict() for n in ('train', 'evaluate') if st[n].job is not None}
-    p = st['promote'].promotion
-    if p is not None: out['promotion'] = p.to_dict()
-    out['pipeline_run_id'] = res.run_id
-    if res.status != 'FINISHED':
-        if a.json: _print_json(out)
-        return 1
-    train, ev = st['train'].job, st['evaluate'].job
-    keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if k in ev.metrics]
-    if a.json:
-        out['model'] = {'name': a.model_name, 'version': p.version, 'alias': 'champion', 'uri': f'models:/{a.model_name}@champion'}
-        _print_json(out)
-        return 0
-    print(f"  version {p.version} of {a.model_name!r} is now 'champion'\n")
-    print("done.")
-    print(f"  train run:     {train.run_id}")
-    print("  metrics (test): " + ', '.join(f'{k}={ev.metrics[k]:.4f}' for k in keys))
-    print(f"  notebooks:     {train.output}\n                 {ev.output}")
-    print(f"  model:         models:/{a.model_name}@champion (version {p.version})")
-    print(f"  pipeline run:  {res.run_id}   (mlops-nb pipeline show quickstart)")
-    print("\nnext:")
-    print("  mlops-nb ui                                        browse the runs")
-    print(f"  mlops-nb serve models:/{a.model_name}@champion       serve the champion over HTTP")
-    print("  mlops-nb run train -p model gradient_boosting      try another model")
-    print(f"  mlops-nb promote {a.model_name} --run RUN_ID   gate another train run; champion if it passes")
     return 0
 
 # %% ../nbs/13_cli.ipynb #dr8320bf
@@ -486,7 +501,6 @@ def _drift_test_args(p: argparse.ArgumentParser):
                    help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
     p.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
 
-@subcommand
 def _add_drift_parser(sub):
     d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
                        description='Compare every column CURRENT shares with REFERENCE (KS, Wasserstein, PSI, Jensen-Shannon, '
@@ -511,33 +525,24 @@ def _add_drift_parser(sub):
 
 # %% ../nbs/13_cli.ipynb #dr90d9b0
 def _drift_direct(a):
-    "Compute drift in this process; returns (result dict, alert payload)."
-    from mlops_nb.monitor import DriftOptions, alert_payload, drift, drift_chunked, load_sample, parse_per_column, post_webhook, window_bounds
+    "Compute drift in this process, with a bar over the columns on a terminal; returns (result dict, alert payload)."
+    from mlops_nb.monitor import DriftOptions, drift_files, parse_per_column
     split = lambda s: [c.strip() for c in (s or '').split(',') if c.strip()]
     o = DriftOptions(columns=split(a.columns) or None, categorical=split(a.categorical) or None, drift_share=a.drift_share,
                      stattest=parse_per_column(','.join(a.stattest)), threshold=parse_per_column(','.join(a.threshold), float))
-    lo, hi = window_bounds(a.window or '', a.start or '', a.end or '')
-    log = Path(a.current).is_dir()
-    if a.chunked and not log: res = drift_chunked(a.reference, a.current, o)
-    else:
-        ref = load_sample(a.reference)
-        cur = load_sample(a.current, start=lo, end=hi, model_version=a.model_version) if log else load_sample(a.current)
-        bar = None
-        if not a.json and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(o.columns or [c for c in ref.columns if c in cur.columns]), unit='col', desc='drift', file=sys.stderr)
-        try: res = drift(ref, cur, o, on_column=(lambda c: bar.update(1)) if bar is not None else None)
-        finally:
-            if bar is not None: bar.close()
-    payload = alert_payload(res, window={'start': lo, 'end': hi, 'rows': res.n_current})
-    if a.webhook and res.drifted: payload['webhook'] = post_webhook(a.webhook, payload)
-    return res.to_dict(), payload
+    bar = []
+    def start(n):
+        from tqdm.auto import tqdm
+        bar.append(tqdm(total=n, unit='col', desc='drift', file=sys.stderr))
+    show = not a.json and sys.stderr.isatty()
+    try: return drift_files(a.reference, a.current, o, window=a.window or '', start=a.start or '', end=a.end or '', model_version=a.model_version,
+                            chunked=a.chunked, webhook=a.webhook, on_start=start if show else None, on_column=(lambda c: bar[0].update(1)) if show else None)
+    finally:
+        if bar: bar[0].close()
 
 def _drift_report(a):
     "Run the monitor job for the report; returns (result dict, alert payload, job result)."
-    from mlops_nb.core import JobFailed, ParameterError
-    from mlops_nb.jobs import run_job
-    from mlops_nb.tracking import download_artifact
+    from mlops_nb.loop import drift_report
     for p in (a.reference, a.current):
         if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
     check_outputs({'--report': a.report}, {'REFERENCE': a.reference, 'CURRENT': a.current})
@@ -548,16 +553,9 @@ def _drift_report(a):
               'chunked': a.chunked, 'webhook_url': a.webhook or ''}
     s = _settings(a)
     with contextlib.redirect_stdout(sys.stderr):
-        job = run_job('monitor', values, settings=s, experiment=a.experiment, progress=not a.json and sys.stderr.isatty())
-    if not job.ok: return None, None, job
-    doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
-    out = Path(a.report)
-    if not job.html or not Path(job.html).exists():
-        raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
-                        hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
-    publish(job.html, out)  # atomic: a failed or killed report leaves the previous one
-    doc.pop('bins', None)
-    return doc, {'run_id': job.run_id, 'report': str(out)}, job
+        doc, job = drift_report(values, a.report, settings=s, experiment=a.experiment, progress=not a.json and sys.stderr.isatty())
+    return doc, doc and {'run_id': job.run_id, 'report': str(Path(a.report))}, job
+
 
 # %% ../nbs/13_cli.ipynb #dr4e9a0a
 def _drift_table(doc: dict) -> str:
@@ -573,9 +571,9 @@ def _drift_table(doc: dict) -> str:
                  f"({doc['share_drifted']:.0%}; the dataset drifts at {doc['drift_share']:.0%})")
     return '\n'.join(lines)
 
+@command('drift', _add_drift_parser)
 def cmd_drift(a) -> int:
     if a.report:
-        from mlops_nb.core import JobFailed
         try: doc, extra, job = _drift_report(a)
         except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
         if doc is None:
@@ -616,7 +614,6 @@ exit codes: 0 no drift and quality holds, or an alert answered by a new champion
 too few, a failed job, or a refused candidate); 2 bad input (nothing started).
 """
 
-@subcommand
 def _add_monitor_parser(sub):
     m = sub.add_parser('monitor', help='one pass of the closed loop: drift and quality on the request log, then retrain and promote if labels allow',
                        description='Read a window of the request log of MODEL\'s server, join the labels that have arrived (--labels, '
@@ -649,6 +646,7 @@ def _add_monitor_parser(sub):
     _common(m)
 
 # %% ../nbs/13_cli.ipynb #235fe4be
+@command('monitor', _add_monitor_parser, check=_bundled('monitor', 'train'), in_worker=True)
 def cmd_monitor(a) -> int:
     from mlops_nb.loop import LoopConfig, run_loop
     from mlops_nb.reqlog import default_log_dir
@@ -695,8 +693,7 @@ with the wrong shape is answered for by the primary, and past --canary-max-error
 the request log keeps its prediction beside the answer (_mlops_shadow_prediction, _mlops_shadow_version)
 and /metrics counts how often the two agree (mlops_nb_shadow_rows_total, mlops_nb_shadow_agreement)."""
 
-@subcommand
-def _add_serving_parser(sub):
+def _add_serve_parser(sub):
     sv = sub.add_parser('serve', help='serve a model over HTTP (MLflow scoring protocol, metrics, batching)',
                         description='Serve MODEL_URI: POST /invocations in MLflow\'s formats, checked against the model '
                         'signature; GET /ping and /health (200 once loaded), /version, /metrics (Prometheus), /docs. '
@@ -734,6 +731,7 @@ def _add_serving_parser(sub):
     sv.add_argument('--shadow-tolerance', type=float, default=0.01, metavar='T', help='regression: relative difference within which the shadow agrees (default 0.01)')
     sv.add_argument('--rollout-timeout', type=float, default=5.0, metavar='S', help='seconds a canary or shadow call may take (default 5)')
 
+def _add_deploy_parser(sub):
     dp = sub.add_parser('deploy', help='write a Docker build context and Kubernetes manifests for a model',
                         description='Write to --out a folder that `docker build` turns into an image serving MODEL_URI with no '
                         'access to the registry: the model files, pinned requirements, this mlops_nb, a Dockerfile (slim Python, '
@@ -754,7 +752,6 @@ def _add_serving_parser(sub):
 # %% ../nbs/13_cli.ipynb #b65ec64c
 def _check_rollout_flags(a):
     "Refuse rollout flags that cannot work, naming the flag (exit 2)."
-    from mlops_nb.core import ConfigError
     if not 0 < a.canary_share <= 1: raise ConfigError(f"--canary-share {a.canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
     if not 0 <= a.canary_max_error_rate <= 1:
         raise ConfigError(f"--canary-max-error-rate {a.canary_max_error_rate:g} is outside [0, 1].", hint='Give a share of requests, e.g. 0.05.')
@@ -764,6 +761,7 @@ def _check_rollout_flags(a):
     if a.canary and a.shadow and a.canary == a.shadow:
         raise ConfigError(f"--canary and --shadow name the same model {a.canary}.", hint='Use one of them.')
 
+@command('serve', _add_serve_parser, loud=True)
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
     from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
@@ -802,6 +800,7 @@ def cmd_serve(a) -> int:
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 
+@command('deploy', _add_deploy_parser)
 def cmd_deploy(a) -> int:
     from mlops_nb.deploy import deploy_context
     r = deploy_context(a.model_uri, a.out, settings=get_settings(tracking_uri=a.tracking_uri), port=a.port, workers=a.workers,
@@ -827,7 +826,6 @@ file is refused before anything starts (exit 2).
 exit codes: 0 scored, 1 the job ran and failed, 2 bad input (no run started), 130 interrupted (resume it).
 """
 
-@subcommand
 def _add_predict_parser(sub):
     "The `predict` subcommand."
     p = sub.add_parser('predict', help='score a CSV or Parquet file of any size with a model, as a tracked job',
@@ -861,7 +859,6 @@ def _add_predict_parser(sub):
 # %% ../nbs/13_cli.ipynb #7d47bcc3
 def _predict_request(a):
     from mlops_nb.batch import BatchOptions, PredictRequest, resume_request
-    from mlops_nb.core import ParameterError
     if a.resume: return resume_request(a.resume, _settings(a))
     missing = [n for n, v in (('MODEL_URI', a.model_uri), ('INPUT', a.input), ('--out OUTPUT', a.out)) if not v]
     if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
@@ -883,6 +880,7 @@ def _parts_bar(req, show: bool):
     finally: stop.set(); t.join(); bar.close()
 
 # %% ../nbs/13_cli.ipynb #0deaeddc
+@command('predict', _add_predict_parser, check=_bundled('predict'), in_worker=True)
 def cmd_predict(a) -> int:
     from mlops_nb.batch import default_rejects, run_predict, staging_dir
     s, req = _settings(a), _predict_request(a)
@@ -910,7 +908,6 @@ def cmd_predict(a) -> int:
     return 0 if res.ok else 1
 
 # %% ../nbs/13_cli.ipynb #76296ff8
-@subcommand
 def _add_docs_parser(sub):
     d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
                        description='Build a static site from nbs/ and nbs/jobs/: nbdev processes the notebooks (hidden cells\n'
@@ -934,6 +931,8 @@ def _add_docs_parser(sub):
     d.add_argument('--strict', action='store_true', help='every Sphinx warning fails the build, cosmetic ones too')
     d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
     _common(d)
+
+def _add_init_parser(sub):
     i = sub.add_parser('init', help='start a new notebook-first project',
                        description='Write a new project in this layout: nbs/ with a starter module notebook and train and\n'
                        'evaluate job notebooks, settings.ini (nbdev 2), setup.py, tests/, a README with its two commands,\n'
@@ -945,6 +944,7 @@ def _add_docs_parser(sub):
     i.add_argument('--json', action='store_true', help='print JSON')
 
 # %% ../nbs/13_cli.ipynb #5caf913c
+@command('docs', _add_docs_parser, loud=True)
 def cmd_docs(a) -> int:
     from tqdm import tqdm
     from mlops_nb.docs import build_site, champion_run, serve_site
@@ -971,6 +971,7 @@ def cmd_docs(a) -> int:
     finally: srv.server_close()
     return 0
 
+@command('init', _add_init_parser)
 def cmd_init(a) -> int:
     from mlops_nb.docs import init_project
     files = init_project(a.path, name=a.name)
@@ -1011,7 +1012,6 @@ run ids and data file hashes (shown as reused); --no-cache runs every step.
 exit codes: 0 every step finished, 1 a step failed (its descendants did not run), 2 bad file (nothing started).
 """
 
-@subcommand
 def _add_pipeline_parser(sub):
     "`mlops-nb pipeline run|show`."
     fmt = argparse.RawDescriptionHelpFormatter
@@ -1071,6 +1071,15 @@ def _pipeline_show(p, s, a) -> int:
     print('\n'.join(_step_lines(p, states, ids)))
     return 0
 
+def _check_pipeline(a) -> list[str]:
+    "The file checked here (references, cycles, parameters); the modules its notebooks import."
+    from mlops_nb.pipelines import check_pipeline, load_pipeline
+    from mlops_nb.worker import notebook_imports
+    p = load_pipeline(a.pipeline, params=dict(a.param) or None)
+    check_pipeline(p)
+    return notebook_imports([st.notebook for st in p.steps.values() if st.notebook])
+
+@command('pipeline', _add_pipeline_parser, check=_check_pipeline, in_worker=True)
 def cmd_pipeline(a) -> int:
     from mlops_nb.ci import pipeline_cases
     from mlops_nb.pipelines import load_pipeline, run_pipeline
@@ -1143,7 +1152,6 @@ def _direction(v: str) -> bool:
     if v not in ('maximize', 'minimize'): raise argparse.ArgumentTypeError(f"expected maximize or minimize, got {v!r}")
     return v == 'maximize'
 
-@subcommand
 def _add_sweep_parser(sub):
     p = sub.add_parser('sweep', help='run a notebook many times: grid or random search, locally or on Dask',
                        description='Run NOTEBOOK once per combination of parameter values, in parallel, as child MLflow runs '
@@ -1208,6 +1216,18 @@ class _SweepProgress:
         if self.bar is not None: self.bar.close(); self.bar = None
 
 # %% ../nbs/13_cli.ipynb #234a87c1
+def _check_sweep(a) -> list[str]:
+    "Every combination against the notebook (a resumed sweep's were checked when it started); the modules to preload."
+    if a.resume: return []
+    from mlops_nb.params import parse_param_args
+    from mlops_nb.sweeps import build_sweep, check_sweep
+    from mlops_nb.worker import notebook_imports
+    sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize,
+                     search=a.search, trials=a.trials, prune=a.prune)
+    check_sweep(sw)
+    return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
+
+@command('sweep', _add_sweep_parser, check=_check_sweep, in_worker=True)
 def cmd_sweep(a) -> int:
     "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
     from mlops_nb.params import parse_param_args
@@ -1217,7 +1237,6 @@ def cmd_sweep(a) -> int:
     fixed = dict(parse_param_args(a.parameters))
     progress = _SweepProgress('json' if a.json else 'bar')
     kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast, on_event=progress)
-    import contextlib
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()  # stdout is the JSON document only
     try:
         with quiet: res = _sweep_for(a, s, fixed, kw)
@@ -1231,7 +1250,6 @@ def cmd_sweep(a) -> int:
     return max(0 if res.status == 'FINISHED' else 1, _sweep_reports(a, res))
 
 def _sweep_for(a, s, fixed, kw):
-    from mlops_nb.core import ParameterError
     from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
     if a.resume:
         if a.grid or a.random or a.space or a.sweep_file or a.search or a.trials or a.prune:
@@ -1243,7 +1261,6 @@ def _sweep_for(a, s, fixed, kw):
 
 def _sweep_reports(a, res) -> int:
     from mlops_nb.ci import sweep_cases
-    from mlops_nb.core import job_notebook
     return _ci_reports(a, 'mlops-nb sweep', lambda: sweep_cases(res, notebook=job_notebook(a.notebook) if a.notebook else None))
 
 def _report(res, a):
@@ -1263,14 +1280,6 @@ def _report(res, a):
         if res.status != 'KILLED': print(f"rerun the failed ones with: mlops-nb sweep --resume {res.sweep_id}")
 
 # %% ../nbs/13_cli.ipynb #994f0d4e
-class _Redacting:
-    "A text stream whose writes pass through `core.redact` first."
-    def __init__(self, stream): self._stream = stream
-    def write(self, s): return self._stream.write(redact(s) if isinstance(s, str) else s)
-    def writelines(self, lines):
-        for s in lines: self.write(s)
-    def __getattr__(self, name): return getattr(self._stream, name)
-
 def _report_lost(s):
     if s.tracking_uri.startswith('sqlite:///') and not Path(s.tracking_uri[len('sqlite:///'):]).exists():
         return  # a store not made yet has no lost runs, and bad input must not make one
@@ -1279,51 +1288,36 @@ def _report_lost(s):
     except MlopsNbError: return  # the command itself says what is wrong with the store
     for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
 
-def _supervised(cmd: list[str], stop_after: float = 10.0) -> int:
-    "Run a server in its own process group; Ctrl-C or SIGTERM stop the whole group (SIGKILL after `stop_after` s)."
-    import subprocess
-    p = subprocess.Popen(cmd, start_new_session=True)
-    try: return p.wait()
-    except KeyboardInterrupt:
-        for sig, wait in ((signal.SIGTERM, stop_after), (signal.SIGKILL, None)):
-            try: os.killpg(p.pid, sig)
-            except ProcessLookupError: break
-            try: p.wait(wait); break
-            except subprocess.TimeoutExpired: continue
-        return 0
-
 # %% ../nbs/13_cli.ipynb #668bff6c
-WORKER_COMMANDS = ('run', 'sweep', 'reproduce', 'predict', 'pipeline', 'monitor')  # the commands that run jobs: the warm worker runs them
-
 WORKER_EPILOG = """\
-the worker: one process per project (the folder with settings.ini, else this one) and Python environment,
-listening on .mlops_nb/worker/KEY.sock (owner only). The first run/sweep/reproduce starts it; it exits
-after MLOPS_NB_WORKER_IDLE seconds idle (default 900, 60 when CI=true; [mlops_nb] worker_idle in settings.ini).
-It restarts by itself when a module it imported, an installed distribution, the interpreter or settings.ini
-changes. Off: --no-worker on a command, MLOPS_NB_WORKER=0, or [mlops_nb] worker = false.
+the worker: one process per user and Python environment, serving every project (folder) of it; each
+command and job forks from it into its own folder, environment, settings and store. It listens on
+~/.cache/mlops_nb/worker/KEY.sock ($XDG_RUNTIME_DIR/mlops_nb when set, MLOPS_NB_WORKER_DIR to choose; owner
+only). The first run/sweep/reproduce starts it; it exits after MLOPS_NB_WORKER_IDLE seconds idle (default 900,
+60 when CI=true; [mlops_nb] worker_idle in settings.ini; the latest command's value counts). It restarts by itself
+when a module it imported, an installed distribution or the interpreter changes. It stops preloading your
+notebooks' imports past MLOPS_NB_WORKER_MAX_MB of memory (PSS, default 1024).
+Off: --no-worker on a command, MLOPS_NB_WORKER=0, or [mlops_nb] worker = false.
 """
 
-@subcommand
 def _add_worker_parser(sub):
-    w = sub.add_parser('worker', help="the project's warm worker: status, start, stop",
-                       description="Show, start or stop the warm worker that runs this project's jobs: a process that has "
+    w = sub.add_parser('worker', help="the warm worker of this Python environment: status, start, stop",
+                       description="Show, start or stop the warm worker that runs the jobs of this Python environment, for every project: a process that has "
                        "already imported MLflow, papermill and your notebooks' libraries, so a job starts in milliseconds.",
                        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    w.add_argument('action', choices=('status', 'start', 'stop'), help='status: is one running, what it served; start: start it '
+    w.add_argument('action', choices=('status', 'start', 'stop'), help='status: is one running, the projects it served; start: start it '
                    'now (e.g. at the top of a CI job); stop: it exits once its running commands end')
     w.add_argument('--force', action='store_true', help='with stop: kill its running commands and jobs too (their runs end FAILED)')
     w.add_argument('--json', action='store_true', help='print a JSON document for programs')
-    for name in WORKER_COMMANDS:
-        sub.choices[name].add_argument('--no-worker', action='store_true',
-                                       help="run in this process, not in the project's warm worker (see `mlops-nb worker --help`)")
 
+@command('worker', _add_worker_parser)
 def cmd_worker(a) -> int:
     from mlops_nb.worker import request, start, worker_paths
     paths = worker_paths()
     if a.action == 'start': start(paths).close()
     st = request('stop' if a.action == 'stop' else 'status', paths, force=a.force)
     if a.json: _print_json({'running': st is not None, **(st or {'socket': str(paths.sock)})}); return 0
-    if st is None: print(f"no worker running for this project ({paths.sock})"); return 0
+    if st is None: print(f"no worker running for this Python environment ({paths.sock})"); return 0
     run = st['running']
     if a.action == 'stop':
         busy = f"; it exits once its {run['command']} running command(s) end" if run['command'] and not a.force else ''
@@ -1331,47 +1325,24 @@ def cmd_worker(a) -> int:
     print(f"worker {st['pid']} on {st['socket']}\n  python {st['python']}, up {st['uptime_s']:.0f} s, "
           f"idle {st['idle_s']:.0f} s of {st['idle_timeout_s']:g} s\n  served {st['served']['commands']} command(s), "
           f"{st['served']['jobs']} job(s); running {run['command']} command(s), {run['job']} job(s)\n"
-          f"  {st['modules']} modules imported, {st['watched_files']} files watched for changes; log {st['log']}")
+          f"  {st['modules']} modules imported, {st['watched_files']} files watched for changes, {st['pss_mb']} MB (PSS); log {st['log']}")
+    for p in st['projects']:
+        print(f"  {p['path']}: {p['commands']} command(s), {p['jobs']} job(s), idle {p['idle_s']:.0f} s" + (', store open' if p['store'] else ''))
     return 0
 
 # %% ../nbs/13_cli.ipynb #9062083e
-def _thin_checks(a) -> list[str]:
-    "What a command checks here before the worker runs it (exit 2 as in-process); the modules its notebooks import."
-    from mlops_nb.worker import notebook_imports
-    if a.command == 'run':
-        from mlops_nb.jobs import check_job
-        return notebook_imports([check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)[0]
-                                 for nb, values in _batch_items(a)])
-    if a.command == 'sweep' and not a.resume:
-        from mlops_nb.params import parse_param_args
-        from mlops_nb.sweeps import build_sweep, check_sweep
-        sw = build_sweep(a.notebook, a.grid, a.random, a.space, a.sweep_file, dict(parse_param_args(a.parameters)), a.seed, a.metric, a.maximize,
-                         search=a.search, trials=a.trials, prune=a.prune)
-        check_sweep(sw)
-        return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
-    if a.command in ('predict', 'monitor'):  # bundled job notebooks: the worker loads what they import (a model's flavour)
-        from mlops_nb.core import job_notebook
-        return notebook_imports([job_notebook(n) for n in ((a.command, 'train') if a.command == 'monitor' else (a.command,))])
-    if a.command == 'pipeline':
-        from mlops_nb.pipelines import check_pipeline, load_pipeline
-        p = load_pipeline(a.pipeline, params=dict(a.param) or None)
-        check_pipeline(p)
-        return notebook_imports([st.notebook for st in p.steps.values() if st.notebook])
-    return []
-
-def _via_worker(a, argv: list[str]) -> int | None:
+def _via_worker(cmd: Command, a, argv: list[str]) -> int | None:
     "Run the command in the project's warm worker: its exit code, or None to run it here (worker off or unavailable)."
     from mlops_nb.worker import WorkerError, run_command, worker_enabled
     if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
     from mlops_nb.params import deferred_choices
-    with deferred_choices(): preload = _thin_checks(a)  # a Literal computed from a registry is checked in the worker, which has it loaded
+    with deferred_choices(): preload = cmd.check(a) if cmd.check else []  # a Literal computed from a registry is checked in the worker, which has it loaded
     try: return run_command(argv, preload)
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
         return None
 
 # %% ../nbs/13_cli.ipynb #c04de89d
-@subcommand
 def _add_ui_parser(sub):
     "`mlops-nb ui`."
     u = sub.add_parser('ui', help='start the MLflow UI on the configured store',
@@ -1380,6 +1351,7 @@ def _add_ui_parser(sub):
     u.add_argument('--tracking-uri', help='MLflow tracking URI')
 
 # %% ../nbs/13_cli.ipynb #899bfb9d
+@command('ui', _add_ui_parser, loud=True)
 def cmd_ui(a) -> int:
     import subprocess
     s = get_settings(tracking_uri=a.tracking_uri)
@@ -1387,15 +1359,55 @@ def cmd_ui(a) -> int:
     cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
     if s.tracking_uri.startswith('sqlite:'):
         cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    return _supervised(cmd)
+    return supervised(cmd)
+
+# %% ../nbs/13_cli.ipynb #071f7d7a
+def _add_runs_parser(sub):
+    r = sub.add_parser('runs', help='list runs, newest first: id, status, start, duration, params, metrics',
+                       description='List the runs of the experiment (or of one job notebook: its jobs, its sweeps\' jobs and its '
+                       'tracked sessions), newest first.', epilog='examples:\n  mlops-nb runs train --status FAILED\n  mlops-nb runs --kind sweep --json',
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument('notebook', nargs='?', help='only runs of this job notebook (path or name)')
+    r.add_argument('--status', choices=['FINISHED', 'FAILED', 'RUNNING', 'KILLED'], help='only runs with this status')
+    r.add_argument('--kind', choices=['job', 'sweep', 'pipeline', 'interactive'], help='only runs of this kind')
+    r.add_argument('--max', type=int, default=50, metavar='N', help='at most N runs (default 50)')
+    _common(r)
+
+def _add_compare_parser(sub):
+    c = sub.add_parser('compare', help='two or more runs side by side: params, metrics, notebook difference',
+                       description='Print the parameters and metrics of RUN_IDs side by side, rows that differ marked *, then the '
+                       'cell-by-cell difference of the first two executed notebooks.')
+    c.add_argument('run_ids', nargs='+', metavar='RUN_ID', help='two runs or more')
+    c.add_argument('--no-diff', action='store_true', help='leave out the notebooks\' difference')
+    _common(c)
+
+@command('runs', _add_runs_parser)
+def cmd_runs(a) -> int:
+    from mlops_nb.notebook import runs
+    df = runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
+    if a.json: _print_json(json.loads(df.drop(columns='tags').to_json(orient='records', date_format='iso'))); return 0
+    if df.empty: print("no runs" + (f" of {a.notebook}" if a.notebook else '') + " (start one with: mlops-nb run NOTEBOOK)"); return 0
+    m = [c for c in df.columns if c.startswith('metrics.') and c != 'metrics.job_duration_s'][:4]
+    t = df[['run_id', 'run_name', 'kind', 'status', 'start', 'duration_s', *m]].rename(columns=lambda c: c[8:] if c.startswith('metrics.') else c)
+    t['start'] = t['start'].dt.strftime('%Y-%m-%d %H:%M:%S')
+    print(t.to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}'))
+    return 0
+
+@command('compare', _add_compare_parser)
+def cmd_compare(a) -> int:
+    from mlops_nb.notebook import compare
+    c = compare(*a.run_ids, settings=_settings(a), plots=False, notebooks=not a.no_diff)
+    if a.json:
+        frame = lambda df: {k: {**{l: r[l] for l in c.labels}, 'differs': bool(r['differs'])} for k, r in df.iterrows()}
+        _print_json(dict(runs=c.runs, labels=c.labels, status=c.status, params=frame(c.params), metrics=frame(c.metrics), diff=c.diff)); return 0
+    print(repr(c))
+    return 0
 
 # %% ../nbs/13_cli.ipynb #cf0e8593
-LOUD_COMMANDS = ('serve', 'ui', 'docs')  # commands whose library log lines are their output
-
 def _quiet_libraries(a):
     "Drop log records up to WARNING and Python warnings in this process, unless -v; returns what restores them."
     import logging, warnings
-    if getattr(a, 'verbose', False) or a.command in LOUD_COMMANDS: return lambda: None
+    if getattr(a, 'verbose', False) or COMMANDS[a.command].loud: return lambda: None
     disable, filters = logging.root.manager.disable, warnings.filters[:]
     logging.disable(logging.WARNING)
     warnings.simplefilter('ignore')
@@ -1404,8 +1416,6 @@ def _quiet_libraries(a):
     return restore
 
 # %% ../nbs/13_cli.ipynb #a5869a69
-COMMANDS = {'quickstart': cmd_quickstart, 'run': cmd_run, 'reproduce': cmd_reproduce, 'sweep': cmd_sweep, 'params': cmd_params, 'promote': cmd_promote, 'rollback': cmd_rollback, 'models': cmd_models, 'serve': cmd_serve, 'ui': cmd_ui, 'drift': cmd_drift, 'monitor': cmd_monitor, 'deploy': cmd_deploy, 'pipeline': cmd_pipeline, 'predict': cmd_predict, 'docs': cmd_docs, 'init': cmd_init, 'worker': cmd_worker}
-
 def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
          worker: bool | None = None, # hand run/sweep/reproduce to the warm worker; by default only as the `mlops-nb` command (argv None)
         ) -> int:
@@ -1419,17 +1429,18 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # one bar per schema.json is noise
     def stop(signum, frame): raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
     if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, stop)  # SIGTERM stops jobs like Ctrl-C
+    cmd = COMMANDS[a.command]
     quiet = _quiet_libraries(a)
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Redacting(sys.stdout), _Redacting(sys.stderr)  # no secret reaches the terminal
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)  # no secret reaches the terminal
     try:
-        rc = _via_worker(a, argv) if worker and a.command in WORKER_COMMANDS else None
+        rc = _via_worker(cmd, a, argv) if worker and cmd.in_worker else None
         if rc is None:
             from mlops_nb import tracking
             from mlops_nb.worker import lean_jsonschema
             lean_jsonschema()  # nbformat's import, a second faster
             tracking.GIT_CACHE = {}  # git lineage read once per command, not once per job
-            rc = COMMANDS[a.command](a)
+            rc = cmd.run(a)
     except MlopsNbError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = e.exit_code
@@ -1442,47 +1453,13 @@ def main(argv: list[str] | None = None, # the arguments; sys.argv[1:] if None
     return rc
 
 
-# %% ../nbs/13_cli.ipynb #071f7d7a
-@subcommand
-def _add_runs_parsers(sub):
-    "`mlops-nb runs` and `mlops-nb compare`."
-    r = sub.add_parser('runs', help='list runs, newest first: id, status, start, duration, params, metrics',
-                       description='List the runs of the experiment (or of one job notebook: its jobs, its sweeps\' jobs and its '
-                       'tracked sessions), newest first.', epilog='examples:\n  mlops-nb runs train --status FAILED\n  mlops-nb runs --kind sweep --json',
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument('notebook', nargs='?', help='only runs of this job notebook (path or name)')
-    r.add_argument('--status', choices=['FINISHED', 'FAILED', 'RUNNING', 'KILLED'], help='only runs with this status')
-    r.add_argument('--kind', choices=['job', 'sweep', 'pipeline', 'interactive'], help='only runs of this kind')
-    r.add_argument('--max', type=int, default=50, metavar='N', help='at most N runs (default 50)')
-    _common(r)
-    c = sub.add_parser('compare', help='two or more runs side by side: params, metrics, notebook difference',
-                       description='Print the parameters and metrics of RUN_IDs side by side, rows that differ marked *, then the '
-                       'cell-by-cell difference of the first two executed notebooks.')
-    c.add_argument('run_ids', nargs='+', metavar='RUN_ID', help='two runs or more')
-    c.add_argument('--no-diff', action='store_true', help='leave out the notebooks\' difference')
-    _common(c)
+# %% ../nbs/13_cli.ipynb #e97116b7
+def _in_worker(argv: list[str]) -> int:
+    "A command forked by the warm worker (its `command` operation): `main(argv)` in that process."
+    return main(argv, worker=False)
 
-def cmd_runs(a) -> int:
-    from mlops_nb.notebook import runs
-    df = runs(a.notebook, experiment=a.experiment, status=a.status, kind=a.kind, max_results=a.max, settings=_settings(a))
-    if a.json: _print_json(json.loads(df.drop(columns='tags').to_json(orient='records', date_format='iso'))); return 0
-    if df.empty: print("no runs" + (f" of {a.notebook}" if a.notebook else '') + " (start one with: mlops-nb run NOTEBOOK)"); return 0
-    m = [c for c in df.columns if c.startswith('metrics.') and c != 'metrics.job_duration_s'][:4]
-    t = df[['run_id', 'run_name', 'kind', 'status', 'start', 'duration_s', *m]].rename(columns=lambda c: c[8:] if c.startswith('metrics.') else c)
-    t['start'] = t['start'].dt.strftime('%Y-%m-%d %H:%M:%S')
-    print(t.to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}'))
-    return 0
+OPERATIONS.register('command', _in_worker)
 
-def cmd_compare(a) -> int:
-    from mlops_nb.notebook import compare
-    c = compare(*a.run_ids, settings=_settings(a), plots=False, notebooks=not a.no_diff)
-    if a.json:
-        frame = lambda df: {k: {**{l: r[l] for l in c.labels}, 'differs': bool(r['differs'])} for k, r in df.iterrows()}
-        _print_json(dict(runs=c.runs, labels=c.labels, status=c.status, params=frame(c.params), metrics=frame(c.metrics), diff=c.diff)); return 0
-    print(repr(c))
-    return 0
-
-COMMANDS.update(runs=cmd_runs, compare=cmd_compare)
 
 # %% ../nbs/13_cli.ipynb #8615d9a1
 def _magic_run(a):
@@ -1497,7 +1474,7 @@ def _magic_sweep(a):
     from mlops_nb.notebook import follow_sweep
     from mlops_nb.params import parse_param_args
     s, fixed = _settings(a), dict(parse_param_args(a.parameters))
-    if not a.resume: _thin_checks(a)  # every combination is checked before anything starts
+    _check_sweep(a)  # every combination is checked before anything starts
     kw = dict(executor=a.executor, workers=a.workers, scheduler=a.scheduler, fail_fast=a.fail_fast)
     return follow_sweep(lambda on_event: _sweep_for(a, s, fixed, {**kw, 'on_event': on_event}), s, use_worker=not a.no_worker)
 

@@ -11,11 +11,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .procs import proc_start as _proc_start, process_alive  # they live in procs now; kept here for the callers that import them from core
+
 # %% auto #0
 __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
            'TrackingError', 'RegistryError', 'JobFailed', 'GateFailed', 'Secret', 'add_secret', 'redact',
-           'redact_value', 'is_secret', 'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook',
-           'process_alive', 'Registry']
+           'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings', 'get_settings', 'jobs_dir',
+           'job_notebook', 'Registry']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -116,6 +118,16 @@ def redact_value(v):
 def is_secret(v) -> bool:
     "Is `v` (or something inside it) a secret this process knows?"
     return redact_value(v) != v if not isinstance(v, Secret) else True
+
+# %% ../nbs/00_core.ipynb #f1e2d3c5
+class RedactingStream:
+    "A text stream whose writes pass through `redact` first; everything else is the wrapped stream's."
+    def __init__(self, stream): self._stream = stream
+    def write(self, s): return self._stream.write(redact(s) if isinstance(s, str) else s)
+    def writelines(self, lines):
+        for s in lines: self.write(s)
+    def __getattr__(self, name): return getattr(self._stream, name)
+
 
 # %% ../nbs/00_core.ipynb #7fb26728
 _KEYS = ('tracking_uri', 'artifact_root', 'experiment', 'registry_uri')
@@ -221,25 +233,6 @@ def job_notebook(name: str # job name such as 'train', or a path to a notebook
     if fn.is_file(): return fn
     known = ', '.join(sorted(o.stem for o in d.glob('*.ipynb')))
     raise ConfigError(f"Unknown job {name!r}.", hint=f"Bundled jobs: {known}; or pass a notebook path.", name=name)
-
-# %% ../nbs/00_core.ipynb #4e256d26
-def _proc_start(pid: int) -> str | None:
-    "The start time of process `pid` from /proc (None when it is gone or a zombie)."
-    try: stat = Path(f'/proc/{pid}/stat').read_text()
-    except OSError: return None
-    fields = stat.rsplit(')', 1)[1].split()
-    return None if fields[0] in ('Z', 'X') else fields[19]
-
-def process_alive(pid: int, # a process id
-                  start: str | None = None, # its start time as `_proc_start` read it, to tell a reused pid apart
-                 ) -> bool:
-    "Is process `pid` running (and, given `start`, still the same process)?"
-    if not Path('/proc/self/stat').exists():
-        try: os.kill(pid, 0); return True
-        except ProcessLookupError: return False
-        except PermissionError: return True
-    s = _proc_start(pid)
-    return s is not None and (start is None or s == start)
 
 # %% ../nbs/00_core.ipynb #b1488998
 _MISSING = object()

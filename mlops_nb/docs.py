@@ -9,6 +9,7 @@ import argparse
 import configparser
 import contextlib
 import html
+import importlib.resources
 import json
 import os
 import re
@@ -20,14 +21,15 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from . import tracking
 from .core import MlopsNbError, Settings, find_project
 from .outputs import check_new_folder, check_outputs
 
 # %% auto #0
 __all__ = ['DocsError', 'page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
            'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'champion_run', 'run_report',
-           'check_links', 'sphinx_warnings', 'Site', 'readme_for_site', 'build_site', 'serve_site', 'package_name',
-           'template_files', 'init_project']
+           'check_links', 'sphinx_warnings', 'Site', 'local_links', 'readme_for_site', 'build_site', 'serve_site',
+           'package_name', 'template_dir', 'template_files', 'init_project']
 
 # %% ../nbs/12a_docs.ipynb #a15ca4dd
 class DocsError(MlopsNbError):
@@ -228,6 +230,30 @@ def _frontmatter(src: str) -> dict | None:
     m = re.match(r'^\s*---\s*\n(.*?)\n---\s*$', src, re.S)
     return (yaml.safe_load(m.group(1)) or {}) if m else None
 
+def _code_cell(c: dict, # a code cell of a notebook processed by nbdev
+               site: str, # the published site's root URL
+               up: str = '', # '../' per folder the page is below the site root
+              ) -> dict | None:
+    "A code cell for MyST-NB (Quarto's options as tags, site links made relative), show_doc's output as markdown, or None when nothing is left."
+    code, tags = _cell_tags(''.join(c['source']) if isinstance(c['source'], list) else c['source'])
+    if not code.strip() and not c.get('outputs'): return None
+    outs = []
+    for o in c.get('outputs', []):
+        md = o.get('data', {}).get('text/markdown')
+        if md is not None:
+            md = ''.join(md) if isinstance(md, list) else md
+            md = re.sub(r'^\s*---\s*\n', '', _site_links(md, site, up))
+            o = {**o, 'data': {**o['data'], 'text/markdown': md}}
+        outs.append(o)
+    meta = dict(c.get('metadata', {}))
+    meta['tags'] = sorted(set(meta.get('tags', [])) | set(tags))
+    if 'remove-input' in meta['tags'] and len(outs) == 1 and 'text/markdown' in outs[0].get('data', {}):
+        # `#| echo: false` + `#| output: asis` (show_doc): the output *is* the page's markdown, so its headings
+        # become sections (in the page's contents and the search index), as Quarto renders them
+        return {'cell_type': 'markdown', 'metadata': {}, 'source': outs[0]['data']['text/markdown']}
+    return {**{k: c[k] for k in ('id', 'execution_count') if k in c}, 'cell_type': 'code', 'source': code, 'metadata': meta, 'outputs': outs}
+
+# %% ../nbs/12a_docs.ipynb #rd000004
 def myst_notebook(nb: dict, # a notebook processed by nbdev, as JSON
                   site: str, # the published site's root URL (settings.ini doc_host + doc_baseurl)
                   up: str = '', # '../' per folder the page is below the site root
@@ -246,23 +272,7 @@ def myst_notebook(nb: dict, # a notebook processed by nbdev, as JSON
             if src.strip().startswith('<!--') and src.strip().endswith('-->'): continue
             cells.append({**{k: c[k] for k in ('id', 'attachments') if k in c}, 'cell_type': 'markdown', 'metadata': c.get('metadata', {}),
                           'source': _nb_links(_site_links(src, site, up))}); continue
-        code, tags = _cell_tags(src)
-        if not code.strip() and not c.get('outputs'): continue
-        outs = []
-        for o in c.get('outputs', []):
-            md = o.get('data', {}).get('text/markdown')
-            if md is not None:
-                md = ''.join(md) if isinstance(md, list) else md
-                md = re.sub(r'^\s*---\s*\n', '', _site_links(md, site, up))
-                o = {**o, 'data': {**o['data'], 'text/markdown': md}}
-            outs.append(o)
-        meta = dict(c.get('metadata', {}))
-        meta['tags'] = sorted(set(meta.get('tags', [])) | set(tags))
-        if 'remove-input' in meta['tags'] and len(outs) == 1 and 'text/markdown' in outs[0].get('data', {}):
-            # `#| echo: false` + `#| output: asis` (show_doc): the output *is* the page's markdown, so its headings
-            # become sections (in the page's contents and the search index), as Quarto renders them
-            cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': outs[0]['data']['text/markdown']}); continue
-        cells.append({**{k: c[k] for k in ('id', 'execution_count') if k in c}, 'cell_type': 'code', 'source': code, 'metadata': meta, 'outputs': outs})
+        if (code := _code_cell(c, site, up)) is not None: cells.append(code)
     md = dict(nb.get('metadata', {})); md.pop('widgets', None)
     return {**nb, 'cells': cells, 'metadata': md}
 
@@ -401,7 +411,7 @@ def champion_run(model: str, # registered model name
                  alias: str = 'champion', # the alias to follow
                 ) -> str:
     "The run that trained the version `alias` points at."
-    from mlops_nb.registry import alias_version, model_versions
+    from mlops_nb.registry import alias_version, model_versions  # lazy: pandas, +0.8 s to `docs` and `init` (-X importtime, min of 9, load 10)
     v = alias_version(model, alias, settings=settings)
     return next(x['run_id'] for x in model_versions(model, settings=settings) if x['version'] == v)
 
@@ -415,15 +425,31 @@ def _table(d: dict, head=('name', 'value')) -> str:
     rows = [f"| {head[0]} | {head[1]} |", '|---|---|'] + [f"| `{_md_cell(k)}` | {_md_cell(v)} |" for k, v in sorted(d.items())]
     return '\n'.join(rows) + '\n'
 
-# %% ../nbs/12a_docs.ipynb #92685dcb
+# %% ../nbs/12a_docs.ipynb #rd000005
 _IMAGES = ('.png', '.svg', '.jpg', '.jpeg', '.gif')
 
+def _notebook_page(nb_file: Path, # an executed notebook among the run's artifacts
+                   root: Path, # the site's runs/ folder
+                   run_id: str, # the run it belongs to
+                  ) -> list[str]:
+    "Write the executed notebook as a page of its own, its headings one level down; returns the report's lines that link it."
+    import nbformat
+    page = root / f"{run_id}-notebook.ipynb"
+    nb = nbformat.read(nb_file, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# Executed notebook of run `{run_id[:8]}`\n\n"
+                                                     f"`{nb_file.name}` as the job ran it, with its stored outputs."))
+    for c in nb.cells:
+        if c.cell_type == 'markdown': c.source = re.sub(r'^(#+) ', r'#\1 ', c.source, flags=re.M)  # under the page title
+    nb.metadata.pop('widgets', None)
+    nbformat.write(nb, page)
+    return ["## Executed notebook\n", f"[{nb_file.name}, as the job ran it]({page.name})\n", '```{toctree}', ':hidden:', '', page.stem, '```\n']
+
+# %% ../nbs/12a_docs.ipynb #92685dcb
 def run_report(run_id: str, # the MLflow run
                dest: Path, # the site's source folder; the page goes to dest/runs/
                settings: Settings | None = None,
               ) -> Path:
     "Write the report page of a run (and its executed notebook as a page); returns the page."
-    from mlops_nb import tracking
     d = tracking.run_data(run_id, settings)
     root = Path(dest) / 'runs'
     files = root / run_id
@@ -441,18 +467,7 @@ def run_report(run_id: str, # the MLflow run
         lines.append("## Plots\n")
         lines += [f"### {p.stem}\n\n![{p.stem}]({p.relative_to(root).as_posix()})\n" for p in imgs]
     nbs = sorted(p for p in art.rglob('*.ipynb'))
-    if nbs:
-        import nbformat
-        page = root / f"{run_id}-notebook.ipynb"
-        nb = nbformat.read(nbs[0], as_version=4)
-        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# Executed notebook of run `{run_id[:8]}`\n\n"
-                                                         f"`{nbs[0].name}` as the job ran it, with its stored outputs."))
-        for c in nb.cells:
-            if c.cell_type == 'markdown': c.source = re.sub(r'^(#+) ', r'#\1 ', c.source, flags=re.M)  # under the page title
-        nb.metadata.pop('widgets', None)
-        nbformat.write(nb, page)
-        lines += ["## Executed notebook\n", f"[{nbs[0].name}, as the job ran it]({page.name})\n",
-                  '```{toctree}', ':hidden:', '', page.stem, '```\n']
+    if nbs: lines += _notebook_page(nbs[0], root, run_id)
     out = root / f"{run_id}.md"
     out.write_text('\n'.join(lines), encoding='utf-8')
     return out
@@ -547,25 +562,41 @@ class Site:
     def index(self) -> Path: return self.out / 'index.html'
 
 # %% ../nbs/12a_docs.ipynb #97e01648
+def local_links(text: str, # markdown: the README or a cell of a notebook page
+                where: Path, # the folder its relative links start from
+                project: Path, # the project root
+                src: Path, # the Sphinx source folder (pictures are copied here, at their place in the project)
+                up: str = '', # '../' per folder the page is below the site root
+                repo_url: str = '', # e.g. https://github.com/org/proj/blob/main; '' leaves links to other files alone
+                pages: dict | None = None, # notebook path -> its page: a link to one of them goes to the page
+               ) -> str:
+    "Relative links as the site needs them: pictures copied into it, notebooks to their pages, other repository files to the repository."
+    project, pages = Path(project).resolve(), {Path(k).resolve(): v for k, v in (pages or {}).items()}
+    def fix(m):
+        bang, label, rel = m.groups()
+        path, hash_, anchor = rel.partition('#')
+        if not path or re.match(r'^[a-zA-Z][\w+.-]*:|^/', path): return m.group(0)
+        f = (Path(where) / path).resolve()
+        if not f.exists() or not f.is_relative_to(project): return m.group(0)
+        relp = f.relative_to(project).as_posix()
+        if bang and f.is_file():
+            (src / relp).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, src / relp)
+            return f"![{label}]({up}{relp})"
+        if f in pages: return f"[{label}]({up}{pages[f]}.ipynb{hash_}{anchor})"
+        if bang or not repo_url: return m.group(0)
+        return f"[{label}]({repo_url.rstrip('/')}/{relp}{hash_}{anchor})"
+    return re.sub(r'(!?)\[([^\]\n]*)\]\(([^)\s]+)\)', fix, text)
+
+# %% ../nbs/12a_docs.ipynb #rd000011
 def readme_for_site(text: str, # the README's markdown
                     project: Path, # the project root (where the README's relative paths start)
                     src: Path, # the Sphinx source folder (pictures are copied here)
                     repo_url: str = '', # e.g. https://github.com/org/proj/blob/main; '' leaves such links alone
+                    pages: dict | None = None, # notebook path -> its page
                    ) -> str:
-    "The README with its local pictures copied into the site and its links to repository files made absolute."
-    def image(m):
-        rel = m.group(2)
-        f = project / rel
-        if '://' not in rel and f.is_file():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, src / rel)
-        return m.group(0)
-    text = re.sub(r'!\[([^\]]*)\]\(([^)\s]+)\)', image, text)
-    def link(m):
-        rel = m.group(2)
-        if not repo_url or '://' in rel or rel.startswith(('#', 'mailto:')) or not (project / rel.split('#')[0]).exists(): return m.group(0)
-        return f"[{m.group(1)}]({repo_url.rstrip('/')}/{rel})"
-    return re.sub(r'(?<!!)\[([^\]\n]*)\]\(([^)\s]+)\)', link, text)
+    "The README for the home page: pictures copied into the site, links to notebooks to their pages, links to other repository files made absolute."
+    return local_links(text, project, project, src, '', repo_url, pages)
 
 # %% ../nbs/12a_docs.ipynb #7c9a7f56
 def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[str]:
@@ -578,7 +609,14 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
     groups, pages = _site_pages(nbs, cfg, notes)
     procd, n = proc_notebooks(project, list(pages.values()))
     notes += n
-    docs = {page: nbformat4(myst_notebook(json.loads(procd[nb].read_text(encoding='utf-8')), site, '../' * page.count('/'))) for page, nb in pages.items()}
+    repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
+    docs = {}
+    for page, nb in pages.items():
+        up = '../' * page.count('/')
+        doc = myst_notebook(json.loads(procd[nb].read_text(encoding='utf-8')), site, up)
+        for cl in doc['cells']:
+            if cl['cell_type'] == 'markdown': cl['source'] = local_links(cl['source'], nb.parent, project, src, up, repo)
+        docs[page] = nbformat4(doc)
     sections = [(c, [page_path(nb, nbs) for nb in g]) for c, g in groups]
     helps = [script_help(project, name, target) for name, target in console_scripts(cfg)]
     if helps:
@@ -590,8 +628,7 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
     else:
         readme = project / 'README.md'
         intro = readme.read_text(encoding='utf-8') if readme.exists() else f"# {cfg.get('title', project.name)}\n"
-        repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
-        if readme.exists(): intro = readme_for_site(intro, project, src, repo)
+        if readme.exists(): intro = readme_for_site(intro, project, src, repo, {nb: page for page, nb in pages.items()})
         (src / 'index.md').write_text(index_page(intro, sections), encoding='utf-8')
     for page, doc in docs.items():
         (src / page).parent.mkdir(parents=True, exist_ok=True)
@@ -656,276 +693,18 @@ def package_name(path: str | Path) -> str:
     s = re.sub(r'\W+', '_', Path(path).resolve().name.lower()).strip('_') or 'project'
     return f"p_{s}" if s[0].isdigit() else s
 
-# %% ../nbs/12a_docs.ipynb #b34d607e
-_SETTINGS = """[DEFAULT]
-# nbdev 2 project settings; setup.py reads package metadata from here.
-repo = __PKG__
-lib_name = __PKG__
-version = 0.0.1
-min_python = 3.10
-license = apache2
-black_formatting = False
+# %% ../nbs/12a_docs.ipynb #rd000012
+def template_dir() -> Path:
+    "The folder of `mlops-nb init`'s template: `mlops_nb/templates/init`, package data."
+    return Path(str(importlib.resources.files('mlops_nb'))) / 'templates' / 'init'
 
-### nbdev ###
-doc_path = _docs
-lib_path = __PKG__
-nbs_path = nbs
-recursive = True
-tst_flags = notest
-put_version_in_init = True
-# Keep the papermill `parameters` tag through nbdev_clean.
-allowed_cell_metadata_keys = tags
-allowed_metadata_keys =
-clean_ids = True
-jupyter_hooks = False
-clear_all = False
-cell_number = False
-readme_nb = index.ipynb
-update_pyproject = False
-
-### Docs ###
-branch = main
-custom_sidebar = False
-doc_host = https://example.github.io
-doc_baseurl = /__PKG__
-git_url = https://github.com/example/__PKG__
-title = __PKG__
-
-### PyPI ###
-audience = Developers
-author = __PKG__ developers
-author_email = dev@example.invalid
-copyright = 2026 onwards, __PKG__ developers
-description = A notebook-first machine learning project built with mlops_nb
-keywords = nbdev jupyter mlops
-language = English
-status = 2
-user = example
-
-### Requirements ###
-requirements = mlops_nb
-dev_requirements = nbdev>=2.4.14,<3 execnb<0.2 fastcore<1.13 pytest>=8
-
-[mlops_nb]
-experiment = __PKG__
-"""
-
-# %% ../nbs/12a_docs.ipynb #4e3d9c9a
-_SETUP = '''"""Packaging: metadata lives in settings.ini (nbdev 2 layout); this file reads it."""
-import shlex
-from configparser import ConfigParser
-from pathlib import Path
-
-import setuptools
-
-HERE = Path(__file__).parent
-config = ConfigParser(delimiters=['='])
-config.read(HERE / 'settings.ini', encoding='utf-8')
-cfg = config['DEFAULT']
-
-setuptools.setup(
-    name=cfg['lib_name'], version=cfg['version'], description=cfg['description'], author=cfg['author'],
-    author_email=cfg['author_email'], url=cfg['git_url'], license='Apache-2.0',
-    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
-    install_requires=shlex.split(cfg.get('requirements', '')),
-    extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
-    python_requires='>=' + cfg['min_python'],
-    entry_points={'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
-    zip_safe=False,
-)
-'''
-_PYPROJECT = '[build-system]\nrequires = ["setuptools>=64.0", "wheel"]\nbuild-backend = "setuptools.build_meta"\n'
-
-# %% ../nbs/12a_docs.ipynb #b260a5e5
-_CHECK_SYNC = '''"""Exit 1 when notebooks are not clean (nbdev_clean) or __PKG__/ is not in sync with nbs/ (nbdev_export)."""
-import subprocess, sys
-from pathlib import Path
-
-def snapshot():
-    return {p: p.read_bytes() for d in ('nbs', '__PKG__') for p in Path(d).rglob('*')
-            if p.is_file() and '__pycache__' not in p.parts and '.ipynb_checkpoints' not in p.parts}
-
-before = snapshot()
-for cmd in ('nbdev_clean', 'nbdev_export'):
-    subprocess.run([cmd], check=True)
-after = snapshot()
-changed = sorted(str(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-if changed:
-    print("not clean or not in sync (now fixed in place; commit the result):\\n  " + "\\n  ".join(changed), file=sys.stderr)
-    sys.exit(1)
-print("notebooks clean, package in sync")
-'''
-
-_CI_RUN = '''#!/usr/bin/env bash
-# CI entry point: install, then what the workflow runs (.github/workflows/ci.yml).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -z "${VIRTUAL_ENV:-}" ]; then python3 -m venv .venv && . .venv/bin/activate; fi
-pip install -q -e ".[dev]"
-python .ci/check_sync.py
-nbdev_test
-python -m pytest -q tests
-export MLFLOW_TRACKING_URI="sqlite:///$(mktemp -d)/mlflow.db"
-mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
-mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
-'''
-
-_WORKFLOW = '''name: CI
-on:
-  push:
-    branches: [main]
-  pull_request:
-jobs:
-  test:
-    runs-on: ubuntu-latest
-    timeout-minutes: 30
-    steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
-        with:
-          python-version: "3.11"
-          cache: pip
-          cache-dependency-path: settings.ini
-      - name: Install
-        run: pip install -e ".[dev]"
-      - name: Notebooks clean and in sync with the package
-        run: python .ci/check_sync.py
-      - name: Notebook tests
-        run: nbdev_test
-      - name: Tests
-        run: python -m pytest -q tests --junitxml reports/tests.xml
-      # each job is a JUnit test case in reports/, and a row of the table mlops-nb adds to this run's summary page
-      - name: Job notebooks with small parameters
-        env:
-          MLFLOW_DISABLE_TELEMETRY: "true"
-        run: |
-          mlops-nb run nbs/jobs/train.ipynb -p n_estimators 10 --junit-xml reports/train.xml
-          mlops-nb run nbs/jobs/evaluate.ipynb --junit-xml reports/evaluate.xml
-      - name: Keep the executed notebooks and the reports
-        if: always()
-        uses: actions/upload-artifact@v4
-        with:
-          name: executed-notebooks
-          path: |
-            .mlops_nb/outputs
-            reports
-          if-no-files-found: ignore
-'''
-
-# %% ../nbs/12a_docs.ipynb #eafa6e54
-_README = '''# __PKG__
-
-> A notebook-first machine learning project: notebooks in `nbs/` hold the code and export the
-> package `__PKG__`; the job notebooks in `nbs/jobs/` run as tracked MLflow jobs with mlops_nb.
-
-Train a model (MLflow on `./mlflow.db`, nothing to start), in a fresh virtual environment:
-
-```bash
-pip install -e ".[dev]" && mlops-nb run nbs/jobs/train.ipynb -p n_estimators 50
-```
-
-Check and test everything, exactly what CI runs (notebooks clean and in sync, notebook tests,
-`tests/`, and both job notebooks with small parameters):
-
-```bash
-pip install -e ".[dev]" && bash .ci/run
-```
-
-## Working on it
-
-- Edit a notebook in `nbs/`, then `nbdev_clean && nbdev_export`; never edit `__PKG__/*.py` by hand.
-- `mlops-nb run nbs/jobs/evaluate.ipynb` scores the newest train run; `mlops-nb ui` browses runs.
-- `mlops-nb docs --serve` builds the docs site from the notebooks and serves it.
-- `git config --local include.path ../.gitconfig` (done by `mlops-nb init` when git is present)
-  lets `nbdev_merge` resolve notebook merge conflicts.
-'''
-
-_TEST = '''from sklearn.datasets import load_breast_cancer
-
-from __PKG__.core import make_model
-
-
-def test_model_learns_the_training_data():
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    model = make_model(n_estimators=10).fit(X, y)
-    assert (model.predict(X) == y).mean() > 0.9
-'''
-
-_GIT = {'.gitattributes': '*.ipynb merge=nbdev-merge\n',
-        '.gitconfig': '[merge "nbdev-merge"]\n\tname = resolve conflicts with nbdev_fix\n\tdriver = nbdev_merge %O %A %B %P\n',
-        '.gitignore': '__pycache__/\n*.egg-info/\n.venv/\n_docs/\n_proc/\n.ipynb_checkpoints/\nmlflow.db*\nmlartifacts/\nmlruns/\n.mlops_nb/\nreports/\n'}
-
-# %% ../nbs/12a_docs.ipynb #3286e095
-def _nb(cells: list[tuple[str, str]], tags: dict[int, list[str]] = {}) -> str:
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-    cs = [new_markdown_cell(s) if k == 'md' else new_code_cell(s, metadata={'tags': tags[i]} if i in tags else {}) for i, (k, s) in enumerate(cells)]
-    return nbformat.writes(new_notebook(cells=cs, metadata={'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}))
-
-def _core_nb() -> str:
-    "The starter module notebook: one exported function and the cell that shows it working."
-    return _nb([('md', '# core\n\n> The model code of __PKG__.'), ('code', '#| default_exp core'),
-                ('code', '#| export\nfrom sklearn.ensemble import RandomForestClassifier\nfrom sklearn.pipeline import Pipeline, make_pipeline\n'
-                         'from sklearn.preprocessing import StandardScaler'),
-                ('code', '#| hide\nfrom fastcore.test import test_eq\nfrom sklearn.datasets import load_breast_cancer'),
-                ('md', 'The model: scaled features into a random forest. The train job builds it from its parameters.'),
-                ('code', '#| export\ndef make_model(n_estimators: int = 100, # trees in the forest\n'
-                         '               seed: int = 0, # random state\n              ) -> Pipeline:\n'
-                         '    "A scaled random forest classifier."\n'
-                         '    return make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=n_estimators, random_state=seed))'),
-                ('code', 'X, y = load_breast_cancer(return_X_y=True, as_frame=True)\nm = make_model(n_estimators=5).fit(X, y)\n'
-                         'test_eq(m.predict(X.head(3)).shape, (3,))'),
-                ('code', '#| hide\nimport nbdev; nbdev.nbdev_' 'export()')])  # split: nbdev skips cells that call it
-
-# %% ../nbs/12a_docs.ipynb #c0c5e289
-def _train_nb() -> str:
-    "The train job: parameters, data split, the project's model, metrics recorded, the model logged."
-    return _nb([('md', '# Train\n\n> Train the model on a dataset, score it on a held-out split, and log it to MLflow.\n\n'
-                        'Run it as a tracked job: `mlops-nb run nbs/jobs/train.ipynb -p n_estimators 50`.'),
-                 ('code', 'dataset: str = "breast_cancer"  # bundled name or path to CSV/Parquet\n'
-                          'target: str = "target"  # the label column\nn_estimators: int = 100  # trees in the forest\n'
-                          'test_size: float = 0.2  # share of rows held out for scoring\nseed: int = 0  # every random source is seeded from this'),
-                 ('code', 'import mlops_nb\nfrom mlops_nb.data import load_dataset, infer_schema, split\nfrom mlops_nb.evaluate import evaluate\n'
-                          'from __PKG__.core import make_model'),
-                 ('code', 'df = load_dataset(dataset, target=target)\ntrain_df, test_df = split(df, test_size=test_size, seed=seed, stratify=target)\n'
-                          'schema = infer_schema(train_df, target=target)\nX_train, y_train = train_df[schema.features], train_df[target]\n'
-                          'X_test, y_test = test_df[schema.features], test_df[target]\n'
-                          'model = make_model(n_estimators=n_estimators, seed=seed).fit(X_train, y_train)'),
-                 ('code', 'metrics = evaluate(model, X_test, y_test)\nfor name, value in metrics.items():\n    mlops_nb.record(name, value)\nmetrics'),
-                 ('code', 'if mlops_nb.tracking.current_run() is not None:\n    print("model:", mlops_nb.log_model(model, X_train.head()))\n'
-                          'else:\n    print("not running as a job: model not logged")')], tags={1: ['parameters']})
-
-# %% ../nbs/12a_docs.ipynb #f8c795a3
-def _evaluate_nb() -> str:
-    "The evaluate job: the newest train run's model scored on that run's held-out split."
-    return _nb([('md', '# Evaluate\n\n> Score a train run\'s model on its held-out split, rebuilt from the run\'s parameters.\n\n'
-                           '`mlops-nb run nbs/jobs/evaluate.ipynb` scores the newest finished train run.'),
-                    ('code', 'train_run_id: str = ""  # train run to score; empty: the newest finished train run'),
-                    ('code', 'import mlops_nb\nfrom mlops_nb import tracking\nfrom mlops_nb.data import load_dataset, split\n'
-                             'from mlops_nb.evaluate import evaluate\nfrom __PKG__.core import make_model'),
-                    ('code', 'if not train_run_id and tracking.current_run() is not None:\n    train_run_id = tracking.latest_run("train")\n'
-                             'if train_run_id:\n    run = tracking.run_data(train_run_id)\n'
-                             '    model = tracking.load_model(run["tags"]["mlops_nb.model_uri"])\n    p = run["params"]\n'
-                             'else:  # tried by hand: a quick model stands in for a train run\n'
-                             '    p = dict(dataset="breast_cancer", target="target", test_size="0.2", seed="0")\n    model = None\n'
-                             'df = load_dataset(p["dataset"], target=p["target"])\n'
-                             'train_df, test_df = split(df, test_size=float(p["test_size"]), seed=int(p["seed"]), stratify=p["target"])\n'
-                             'X, y = test_df.drop(columns=p["target"]), test_df[p["target"]]\n'
-                             'if model is None:\n    model = make_model(n_estimators=10).fit(train_df.drop(columns=p["target"]), train_df[p["target"]])'),
-                    ('code', 'metrics = evaluate(model, X, y)\nfor name, value in metrics.items():\n    mlops_nb.record(name, value)\nmetrics')],
-                   tags={1: ['parameters']})
-
-def _starter_notebooks() -> dict[str, str]:
-    return {'nbs/00_core.ipynb': _core_nb(), 'nbs/jobs/train.ipynb': _train_nb(), 'nbs/jobs/evaluate.ipynb': _evaluate_nb()}
-
-# %% ../nbs/12a_docs.ipynb #e0080a07
 def template_files(pkg: str # the package name
                   ) -> dict[str, str]:
-    "Every file of a new project: relative path -> text."
-    files = {'settings.ini': _SETTINGS, 'setup.py': _SETUP, 'pyproject.toml': _PYPROJECT, 'README.md': _README,
-             '.ci/run': _CI_RUN, '.ci/check_sync.py': _CHECK_SYNC, '.github/workflows/ci.yml': _WORKFLOW,
-             'tests/test_core.py': _TEST, f'{pkg}/__init__.py': '__version__ = "0.0.1"\n', **_GIT, **_starter_notebooks()}
-    return {k.replace('__PKG__', pkg): v.replace('__PKG__', pkg) for k, v in files.items()}
+    "Every file of a new project: relative path -> text, `__PKG__` replaced by `pkg` in both."
+    tpl = template_dir()
+    files = sorted(p for p in tpl.rglob('*') if p.is_file() and '__pycache__' not in p.parts)
+    name = lambda p: re.sub(r'\.tmpl$', '', p.relative_to(tpl).as_posix()).replace('__PKG__', pkg)
+    return {name(p): p.read_text(encoding='utf-8').replace('__PKG__', pkg) for p in files}
 
 # %% ../nbs/12a_docs.ipynb #2f39943e
 def init_project(path: str | Path, # the new project's folder (created; must be empty if it exists)

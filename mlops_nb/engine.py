@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .core import REDACTED, JobFailed, Registry, _proc_start, add_secret, process_alive, redact, redact_value
+from .worker import OPERATIONS
 
 # %% auto #0
 __all__ = ['FLUSH_INTERVAL', 'MAX_STREAM_CHARS', 'INLINE_BACKEND', 'LANGUAGE_INFO', 'ENGINES', 'DRIVER_GRACE', 'CellRunner',
@@ -568,6 +569,16 @@ def _child(job: dict, conn):
         if job.get('html', True): report['html'] = str(render_html(out) or '') or None
     conn.send(report); conn.close()
 
+# %% ../nbs/08a_engine.ipynb #4a16f422
+def _child_on_fd(job: dict, # the job, as `_child` takes it
+                 report: int, # descriptor of the pipe the report goes back on
+                ):
+    "A job's process forked by the warm worker (its `job` operation): `_child`, reporting on `report`."
+    from multiprocessing.connection import Connection  # stdlib, already imported by every caller
+    _child(job, Connection(report))
+
+OPERATIONS.register('job', _child_on_fd)
+
 # %% ../nbs/08a_engine.ipynb #d37bc581
 _LIVE: set = set()  # jobs of this process that have not ended
 
@@ -593,7 +604,7 @@ class Job:
         if worker.ATTACHED is not None:  # this command runs in the persistent worker: the job forks from it
             import multiprocessing
             self._recv, send = multiprocessing.Pipe(duplex=False)
-            self.proc = worker.RemoteProcess(job, send.fileno())
+            self.proc = worker.RemoteProcess(job, send.fileno(), cwd=job['cwd'])
             try: self.proc.start()
             except worker.WorkerError: self.proc = None; self._recv.close(); send.close()  # it went stale: fork here instead
         if self.proc is None:

@@ -15,12 +15,21 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import DataError, MlopsNbError, RegistryError, get_settings
-from .outputs import check_outputs
+from .core import DataError, JobFailed, MlopsNbError, RegistryError, get_settings
+from .data import BUNDLED, Schema, load_dataset
+from .jobs import run_job
+from .models import load
+from .monitor import CBPE, MonitorError, drift, load_sample, parse_per_column, post_webhook, window_bounds, window_quality
+from .outputs import check_outputs, publish
+from .pipelines import load_pipeline, run_pipeline
+from .registry import alias_version, eval_data, model_versions
+from .reqlog import META_PREFIX, log_parts, read_labels, read_log, split_log
+from .tracking import download_artifact, run_data, set_run_tags
 
 # %% auto #0
 __all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopError', 'LoopResult', 'labelled_window', 'Champion', 'champion',
-           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'shift_data', 'cronjob_manifest']
+           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'drift_report', 'shift_data',
+           'cronjob_manifest']
 
 # %% ../nbs/12_loop.ipynb #bd135078
 class LoopError(MlopsNbError):
@@ -113,7 +122,6 @@ def labelled_window(window: pd.DataFrame, # rows of the request log (`reqlog.rea
                     id_column: str = 'request_id', # the request id's column in `labels`
                    ) -> pd.DataFrame:
     "The window's features with their labels, for the rows that have one."
-    from mlops_nb.reqlog import META_PREFIX, split_log
     for c in (id_column, label_column):
         if c not in labels.columns:
             raise LoopError(f"The labels have no column {c!r}.", hint=f"Columns: {', '.join(map(str, labels.columns))}. "
@@ -151,8 +159,6 @@ class Champion:
 def champion(name: str, # registered model name
              settings=None, alias: str = 'champion') -> Champion:
     "The current holder of `alias` for model `name`, with its train run's params."
-    from mlops_nb.registry import alias_version, model_versions
-    from mlops_nb.tracking import run_data
     s = settings or get_settings()
     try: ver = alias_version(name, alias, s)
     except RegistryError as e: raise LoopError(e.message, hint=e.hint or f'Promote a train run first: mlops-nb promote {name} --run RUN_ID') from None
@@ -163,7 +169,6 @@ def reference_file(ch: Champion, # the champion
                    workdir: Path, # where a bundled set is written
                   ) -> Path:
     "The champion's training data as a file the monitor job can read."
-    from mlops_nb.data import BUNDLED, load_dataset
     ds = ch.params.get('dataset', '')
     if ds in BUNDLED:
         p = workdir / f'reference-{ds}.parquet'
@@ -180,10 +185,7 @@ def reference_file(ch: Champion, # the champion
 def champion_quality(ch: Champion, # the champion
                      settings=None) -> dict:
     "{'task', 'metrics' (on its held-out rows), 'cbpe' (fitted there, for classifiers), 'note'}."
-    from mlops_nb.evaluate import evaluate
-    from mlops_nb.monitor import CBPE
-    from mlops_nb.models import load
-    from mlops_nb.registry import eval_data
+    from mlops_nb.evaluate import evaluate  # lazy: scikit-learn and matplotlib, +4.9 s to `drift --report` (-X importtime, min of 9, load 10)
     s = settings or get_settings()
     lm = load(f'models:/{ch.name}/{ch.version}', s)  # any flavour, through the models seam
     try: test, schema, _ = eval_data(ch.run_id, s)
@@ -197,7 +199,6 @@ def champion_quality(ch: Champion, # the champion
 
 def _all_labels(cfg, file_labels: pd.DataFrame | None) -> pd.DataFrame | None:
     "Labels from the file (if given) and from the labels log beside the request log, the latest per row: request_id, row, label."
-    from mlops_nb.reqlog import read_labels
     frames = []
     if file_labels is not None:
         frames.append(pd.DataFrame({'request_id': file_labels[cfg.id_column].astype(str).to_numpy(),
@@ -210,19 +211,16 @@ def _all_labels(cfg, file_labels: pd.DataFrame | None) -> pd.DataFrame | None:
 
 # %% ../nbs/12_loop.ipynb #e6e586cb
 def _bounds(window: str, start: str, end: str):
-    from mlops_nb.monitor import window_bounds
     s, e = window_bounds(window or '', start or '', end or '')
     iso = lambda t: None if t is None else t.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
     return s, e, iso(s), iso(e)
 
 def _drift_dry(reference: Path, log_dir: Path, s, e, options: dict) -> dict:
-    from mlops_nb.monitor import drift, load_sample
     ref, cur = load_sample(reference), load_sample(log_dir, start=s, end=e)
     r = drift(ref, cur, **options)
     return {'drifted': r.drifted, 'share_drifted': r.share_drifted, 'drifted_columns': r.drifted_columns}
 
 def _tag(run_id: str | None, tags: dict, settings):
-    from mlops_nb.tracking import set_run_tags
     if run_id: set_run_tags(run_id, {LOOP_TAG + k: str(v) for k, v in tags.items() if v is not None}, settings)
 
 # %% ../nbs/12_loop.ipynb #c5d3dca4
@@ -253,7 +251,6 @@ class LoopConfig:
 # %% ../nbs/12_loop.ipynb #35144b75
 def _check(cfg: LoopConfig, s):
     "Everything that can be wrong before a job starts: (champion, reference, labels, bounds)."
-    from mlops_nb.reqlog import log_parts
     ch = champion(cfg.model, s, cfg.alias)
     if cfg.log_dir:  # the drift results are written in LOG_DIR/drift/: never over the labels or the reference
         check_outputs({'drift results': Path(cfg.log_dir) / 'drift'}, {'--labels': cfg.labels, '--reference': cfg.reference},
@@ -270,7 +267,6 @@ def _check(cfg: LoopConfig, s):
             if c not in labels.columns:
                 raise LoopError(f"Labels file {cfg.labels} has no column {c!r}.", hint=f"Columns: {', '.join(map(str, labels.columns))}. "
                                 "Name them with --id-column and --label-column.")
-    from mlops_nb.monitor import MonitorError
     try: bounds = _bounds(cfg.window, cfg.start, cfg.end)
     except MonitorError as e: raise LoopError(e.message, hint=e.hint) from None
     return ch, ref, labels, bounds
@@ -281,7 +277,6 @@ def run_loop(cfg: LoopConfig, # what to watch
              on_step: Callable[[str], None] | None = None, # told each step as it starts (progress for people)
             ) -> LoopResult:
     "One pass of the closed loop: window → monitor → (labels) → retrain → evaluate → gate → promote."
-    from mlops_nb.reqlog import read_log
     say = on_step or (lambda m: None)
     s = settings or get_settings()
     ch, ref, labels, (t0, t1, iso0, iso1) = _check(cfg, s)
@@ -311,7 +306,6 @@ def run_loop(cfg: LoopConfig, # what to watch
 
 def _quality(cfg: LoopConfig, s, ch: Champion, win: pd.DataFrame, labels) -> dict:
     "The window's quality (JSON-able), bounds from `cfg.quality_gate` or the champion's held-out metrics."
-    from mlops_nb.monitor import window_quality
     cq = champion_quality(ch, s)
     q = window_quality(win, labels, cq['task'], cfg.quality_gate, cq['metrics'], cq['cbpe'])
     clean = lambda v: {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else [clean(x) for x in v] if isinstance(v, list) else (
@@ -325,7 +319,6 @@ def _trigger(res: LoopResult) -> str:
 # %% ../nbs/12_loop.ipynb #19640967
 def _drift_options(cfg: LoopConfig) -> dict:
     "Keyword options for `monitor.drift`, read as the monitor job reads them."
-    from mlops_nb.monitor import parse_per_column
     return dict(drift_share=cfg.drift_share, threshold=parse_per_column(cfg.threshold, float), stattest=parse_per_column(cfg.stattest))
 
 # %% ../nbs/12_loop.ipynb #2d630540
@@ -334,7 +327,6 @@ def _no_recipe(ch: Champion) -> str:
             f"mlops-nb promote {ch.name} --run RUN_ID --data HOLDOUT --target COLUMN")
 
 def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
-    from mlops_nb.jobs import run_job
     say('monitor job: comparing the window with the reference')
     qf = Path('.mlops_nb') / 'loop' / f'quality-{time.strftime("%Y%m%dT%H%M%S")}-{os.getpid()}.json'
     qf.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +361,6 @@ def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataF
 
 def _alert(cfg: LoopConfig, res: LoopResult) -> dict:
     "POST what calls for action to the webhook: drift, and each quality metric below its bound with value, bound and interval."
-    from mlops_nb.monitor import post_webhook
     q = res.quality
     alerts = [{k: r.get(k) for k in ('metric', 'check', 'value', 'bound', 'low', 'high', 'n')} for r in q.get('checks') or [] if r.get('alert')]
     return post_webhook(cfg.webhook, {'ts': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'model_name': cfg.model,
@@ -378,12 +369,9 @@ def _alert(cfg: LoopConfig, res: LoopResult) -> dict:
                                       'monitor_run_id': res.monitor_run_id})
 
 def _task(run_id: str, s) -> str:
-    from mlops_nb.data import Schema
-    from mlops_nb.tracking import download_artifact
     return Schema.load(download_artifact(run_id, 'schema.json', settings=s)).task
 
 def _drifted_columns(run_id: str, s) -> list[str]:
-    from mlops_nb.tracking import run_data
     tags = run_data(run_id, s).get('tags', {})
     cols = tags.get('mlops_nb.drift.columns', '')
     return [c for c in cols.split(',') if c]
@@ -429,7 +417,6 @@ steps:
 def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResult, say) -> LoopResult:
     "Run the retrain pipeline on the labelled window; fill `res` from its steps."
     import yaml
-    from mlops_nb.pipelines import load_pipeline, run_pipeline
     d = (Path('.mlops_nb') / 'loop' / res.monitor_run_id).resolve()
     d.mkdir(parents=True, exist_ok=True)
     data.to_parquet(d / 'window.parquet', index=False)
@@ -447,7 +434,6 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
                        settings=s, cache=False)
     res.pipeline_run_id = out.run_id
     _tag(out.run_id, {'monitor_run': res.monitor_run_id}, s)
-    from mlops_nb.tracking import set_run_tags
     set_run_tags(out.run_id, {'mlflow.parentRunId': res.monitor_run_id}, s)  # nested under the monitor run in the UI
     tr, ev, pr = (out.steps.get(n) for n in ('train', 'evaluate', 'promote'))
     res.retrain_run_id, res.evaluate_run_id = tr.run_id, ev.run_id
@@ -460,6 +446,26 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
         res.detail = 'failed: ' + '; '.join(f"{r['check']} ({r['value']} vs {r['bound']})" for r in pr.promotion.gate.failed)
     else: res.action, res.detail = 'retrain_failed', f'promote: {pr.error}'
     return _finish(res, s)
+
+# %% ../nbs/12_loop.ipynb #e1f2a3b5
+def drift_report(values: dict, # the monitor job's parameters: reference, current, window, tests (nbs/jobs/monitor.ipynb)
+                 out: str | Path, # the HTML report to write
+                 settings=None, # the store; `get_settings()` if None
+                 experiment: str | None = None, # the run's MLflow experiment
+                 progress: bool = False, # show the job's progress bar
+                ):
+    "Run the monitor job and publish its HTML at `out`: (the decision, the job), or (None, the job) when it failed."
+    s = settings or get_settings()
+    job = run_job('monitor', values, settings=s, experiment=experiment, progress=progress)
+    if not job.ok: return None, job
+    doc = json.loads(download_artifact(job.run_id, 'drift.json', settings=s).read_text())
+    if not job.html or not Path(job.html).exists():
+        raise JobFailed(f"The monitor job (run {job.run_id}) finished but its notebook could not be rendered to HTML.",
+                        hint=f"Open the executed notebook instead: {job.output}", run_id=job.run_id)
+    publish(job.html, Path(out))  # atomic: a failed or killed report leaves the previous one
+    doc.pop('bins', None)
+    return doc, job
+
 
 # %% ../nbs/12_loop.ipynb #4a1d48e2
 def shift_data(n: int, # rows

@@ -33,7 +33,8 @@ __all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS
            'prediction_drift', 'performance_drift', 'wilson', 'quality_metrics', 'quality_checks', 'CBPE',
            'join_labels', 'window_quality', 'quality_frame', 'quality_metrics_flat', 'drift_chunked', 'parse_window',
            'window_bounds', 'features_only', 'load_sample', 'alert_payload', 'write_latest', 'post_webhook',
-           'metric_key', 'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms', 'plot_history']
+           'drift_files', 'metric_key', 'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms',
+           'plot_history']
 
 # %% ../nbs/11_monitor.ipynb #e01d1284
 class MonitorError(MlopsNbError):
@@ -907,6 +908,31 @@ def post_webhook(url: str, # where to POST
             status, err = None, f'{type(getattr(e, "reason", e)).__name__}: {getattr(e, "reason", e)}'
         if attempt <= retries: time.sleep(backoff * 2 ** (attempt - 1))
     return {'ok': False, 'status': status, 'attempts': attempt, 'error': err}
+
+# %% ../nbs/11_monitor.ipynb #d1f2e3a5
+def drift_files(reference: str | Path, # CSV or Parquet file
+                current: str | Path, # CSV or Parquet file, or a request-log folder
+                options: DriftOptions, # tests, thresholds, columns
+                window: str = '', start: str = '', end: str = '', # the request log's window (see `window_bounds`)
+                model_version: str | None = None, # request log: only rows this version scored
+                chunked: bool = False, # read files in chunks, in bounded memory (not a request log)
+                webhook: str | None = None, # POST the alert here when the dataset drifted
+                on_start: Callable[[int], None] | None = None, # called with the number of columns before the first
+                on_column: Callable[[str], None] | None = None, # called as each column is done
+               ) -> tuple[dict, dict]:
+    "Drift of `current` against `reference`: (the result as a dict, the alert payload)."
+    lo, hi = window_bounds(window, start, end)
+    log = Path(current).is_dir()
+    if chunked and not log: res = drift_chunked(reference, current, options)
+    else:
+        ref = load_sample(reference)
+        cur = load_sample(current, start=lo, end=hi, model_version=model_version) if log else load_sample(current)
+        if on_start: on_start(len(options.columns or [c for c in ref.columns if c in cur.columns]))
+        res = drift(ref, cur, options, on_column=on_column)
+    payload = alert_payload(res, window={'start': lo, 'end': hi, 'rows': res.n_current})
+    if webhook and res.drifted: payload['webhook'] = post_webhook(webhook, payload)
+    return res.to_dict(), payload
+
 
 # %% ../nbs/11_monitor.ipynb #903d7ffb
 _BAD_KEY = re.compile(r'[^\w\-. /]')

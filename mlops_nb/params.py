@@ -20,12 +20,12 @@ from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
-from .core import REDACTED, ParameterError, Secret, add_secret
+from .core import REDACTED, ParameterError, Secret, add_secret, job_notebook
 
 # %% auto #0
 __all__ = ['SECRET_PATTERNS', 'secret_env_name', 'secret_env_value', 'secret_from_env', 'is_secret_name', 'deferred_choices',
            'Param', 'find_parameters_cell', 'read_params', 'ParamValues', 'parse_param_args', 'check_params',
-           'format_params', 'params_json']
+           'spread_values', 'read_batch_file', 'format_params', 'params_json']
 
 # %% ../nbs/07_params.ipynb #14f28c6c
 def secret_env_name(name: str) -> str:
@@ -556,6 +556,41 @@ def check_params(nb_path: str | Path, # the job notebook (named in messages)
         f"{len(problems)} problems with the parameters of {nb}:\n" + '\n'.join(f"  - {m}" for _, m in problems)
     raise ParameterError(msg, hint=' '.join(dict.fromkeys(h for h in hints if h)), path=nb,
                          name=problems[0][0], names=[n for n, _ in problems], problems=[m for _, m in problems])
+
+# %% ../nbs/07_params.ipynb #b2c3d4e6
+def spread_values(items: list[tuple[str, dict | None]], # (notebook, its own values or None) for each job
+                  values: dict, # values given for every job
+                 ) -> list[tuple[str, dict]]:
+    "(notebook, values) for each job: the `values` its notebook declares, then its own."
+    if len(items) == 1: return [(items[0][0], {**values, **(items[0][1] or {})})]
+    declared, out = set(), []
+    for nb, own in items:
+        names = set(read_params(job_notebook(nb), allow_no_parameters=True) or {})
+        declared |= names
+        out.append((nb, {**{k: v for k, v in values.items() if k in names}, **(own or {})}))
+    unknown = sorted(set(values) - declared)
+    if unknown: raise ParameterError(f"Parameter(s) {', '.join(unknown)} are declared by none of the {len(items)} notebooks.",
+                                     hint='Check the names with `mlops-nb params NB`.', parameter=unknown[0])
+    return out
+
+
+# %% ../nbs/07_params.ipynb #b2c3d4e9
+def read_batch_file(path: str | Path # a YAML list of notebook paths or {notebook, parameters} mappings
+                   ) -> list[tuple[str, dict | None]]:
+    "(notebook, its own values or None) for each job `path` lists."
+    import yaml  # as in `_yaml_mapping`
+    try: spec = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, yaml.YAMLError) as e: raise ParameterError(f"Cannot read batch file {path}: {e}") from None
+    if not isinstance(spec, list):
+        raise ParameterError(f"Batch file {path} must be a YAML list of notebook paths or {{notebook, parameters}} mappings.")
+    items = []
+    for i, it in enumerate(spec):
+        if isinstance(it, str): items.append((it, None))
+        elif isinstance(it, dict) and 'notebook' in it and isinstance(it.get('parameters', {}), dict):
+            items.append((str(it['notebook']), dict(it.get('parameters') or {})))
+        else: raise ParameterError(f"Entry {i} of batch file {path} is not a notebook path or a {{notebook, parameters}} mapping: {it!r}")
+    return items
+
 
 # %% ../nbs/07_params.ipynb #08827c36
 def _default_text(p: Param) -> str:

@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 
 from .core import ConfigError, DataError, ParameterError, Registry
+from .features import build_preprocessor, feature_columns
 
 # %% auto #0
 __all__ = ['TASKS', 'MODELS', 'infer_task', 'set_seed', 'ModelFactory', 'register_model', 'models_for', 'build_model',
@@ -171,7 +172,6 @@ def make_pipeline(schema, # a `mlops_nb.data.Schema` with the feature columns' r
                   **params # model parameters, checked against the estimator's `get_params()`
                  ) -> Pipeline:
     "An unfitted `Pipeline`: the schema's preprocessor (step `preprocess`) then the model (step `model`)."
-    from mlops_nb.features import build_preprocessor
     task = task or _schema_task(schema)
     model = build_model(model_name, task, seed, **params)
     return Pipeline([('preprocess', build_preprocessor(schema, scale=_factory(model_name).scale)), ('model', model)])
@@ -185,7 +185,6 @@ def fit(df: pd.DataFrame, # training rows: features and the target
         **params # model parameters, checked against the estimator's `get_params()`
        ) -> Pipeline:
     "Fit `make_pipeline(schema, model, ...)` on `df`, with `y = df[schema.target]`."
-    from mlops_nb.features import feature_columns
     target = getattr(schema, 'target', None)
     if target is None: raise ConfigError("The schema has no target.", hint="Build it with infer_schema(df, target='...').")
     if target not in df.columns:

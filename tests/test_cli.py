@@ -1,4 +1,5 @@
 """The `mlops-nb` command from outside: help, version, exit codes."""
+import json
 import re
 
 from mlops_nb import __version__
@@ -55,7 +56,9 @@ def test_a_first_command_in_a_new_folder_prints_no_library_log_lines(tmp_path):
         _trivial_notebook(d / 'ok.ipynb')
         r = mlops_nb('run', 'ok.ipynb', *flags, cwd=d)
         assert r.returncode == 0, r.stderr
-        assert (d / 'mlflow.db').exists() and (d / '.mlops_nb' / 'worker').is_dir() == (name != 'no_worker')
+        assert (d / 'mlflow.db').exists()
+        st = json.loads(mlops_nb('worker', 'status', '--json', cwd=d).stdout)  # the environment's worker served this folder, or not
+        assert (str(d) in [p['path'] for p in st.get('projects', [])]) == (name != 'no_worker'), st
         if name == 'verbose':  # -v lets them through: MLflow makes the store's tables in this command
             assert 'Creating initial MLflow database tables' in r.stderr, r.stderr
         else:

@@ -41,10 +41,17 @@ def test_every_notebook_is_a_page_and_the_cli_reference_is_live(site):
     from mlops_nb.docs import _subcommands, page_name
     mods = sorted((ROOT / 'nbs').glob('[0-9]*.ipynb'))
     jobs = sorted((ROOT / 'nbs' / 'jobs').glob('*.ipynb'))
-    want = {page_name(p) for p in mods} | {'jobs/' + page_name(p) for p in jobs} | {'index', 'command-line', f"runs/{site['run_id']}"}
+    guides = sorted((ROOT / 'nbs' / 'guides').glob('*.ipynb'))
+    want = ({page_name(p) for p in mods} | {'jobs/' + page_name(p) for p in jobs} | {'guides/' + page_name(p) for p in guides}
+            | {'index', 'command-line', f"runs/{site['run_id']}"})
     assert want <= set(site['pages']), want - set(site['pages'])
     for page in want:
         assert (site['out'] / f'{page}.html').exists(), page
+    # the README's links to the guides (notebooks on GitHub) are links to their pages on the site
+    index = (site['out'] / 'index.html').read_text()
+    for p in guides:
+        assert f'href="guides/{page_name(p)}.html"' in index, p.name
+    assert 'href="https://github.com/mlops-nb/mlops_nb/blob/main/BENCHMARKS.md"' in index
     cli = (site['out'] / 'command-line.html').read_text()
     for name in _subcommands(build_parser()):  # every command the live parser has, docs and init included
         assert f'mlops-nb {name}' in cli, name
@@ -69,6 +76,12 @@ def test_site_in_chromium(site):
             assert href in links, f"{href} not in the navigation"
             d.get(href)
             wait_for(d, 'article h1', text=_title(nb))
+        # the guides: a section of the navigation; a guide's picture of the repository is copied into the site
+        for nb in sorted((ROOT / 'nbs' / 'guides').glob('*.ipynb')):
+            assert url + 'guides/' + page_name(nb) + '.html' in links, f"{nb.name} not in the navigation"
+        d.get(url + 'guides/monitoring.html')
+        wait_for(d, 'article h1', text='Monitoring')
+        assert any(s.endswith('dashboard.png') for s in loaded_images(d)), loaded_images(d)
         # a code example (a cell of the core notebook) and the API reference show_doc rendered
         d.get(url + 'core.html')
         wait_for(d, 'div.highlight pre', text='test_eq(str(e)')

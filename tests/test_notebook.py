@@ -70,7 +70,7 @@ def test_run_in_a_kernel_returns_cards_and_a_failure_does_not_raise(project, mon
                      '    print("raised", type(e).__name__, e.result.run_id)',
                      'res2 = mlops_nb.run("square.ipynb", x=5, progress=False)\nprint(res2.engine, res2.status)')
         st = json.loads(mlops_nb('worker', 'status', '--json', cwd=project, env=clean_env(MLOPS_NB_WORKER_IDLE='300')).stdout)
-        assert st['running'] and st['served']['jobs'] == 4  # every job forked from the project's warm worker
+        assert st['running'] and next(p for p in st['projects'] if p['path'] == str(project))['jobs'] == 4  # every job forked from the warm worker
     finally:
         mlops_nb('worker', 'stop', cwd=project)
     c = store(project)

@@ -1,11 +1,14 @@
-"""The persistent warm worker (issue 11): served commands, never stale, faults, concurrency, isolation, a thin client."""
+"""The persistent warm worker (issues 11, 26): served commands, one worker for many projects, never stale, faults, concurrency,
+isolation, a thin client. Each test has a worker of its own (MLOPS_NB_WORKER_DIR), so tests never stop each other's."""
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +28,20 @@ def notebook(path: Path, body: str, params: str = 'x: float = 2.0') -> Path:
     return path
 
 
+WORKER_DIR = None  # this test's worker folder (short: a Unix socket path has a length limit)
+
+
+@pytest.fixture(autouse=True)
+def worker_dir():
+    global WORKER_DIR
+    WORKER_DIR = tempfile.mkdtemp(prefix='w')
+    yield WORKER_DIR
+    shutil.rmtree(WORKER_DIR, ignore_errors=True)
+
+
 def wenv(**extra) -> dict:
-    "An environment with the worker on (whatever the caller's default), short idle timeout."
-    return clean_env(**{'MLOPS_NB_WORKER': '1', 'MLOPS_NB_WORKER_IDLE': '120', **extra})
+    "An environment with the worker on (whatever the caller's default), short idle timeout, this test's own worker."
+    return clean_env(**{'MLOPS_NB_WORKER': '1', 'MLOPS_NB_WORKER_IDLE': '120', 'MLOPS_NB_WORKER_DIR': WORKER_DIR, **extra})
 
 
 def status(cwd, env) -> dict:
@@ -124,21 +138,39 @@ def test_two_commands_at_once_share_one_worker(project):
     assert st['pid'] == pid and st['served'] == {'commands': 2, 'jobs': 2}
 
 
-def test_two_projects_and_two_environments_never_share(project, tmp_path):
-    other = tmp_path / 'other'
-    other.mkdir()
-    notebook(other / 'triv.ipynb', 'y = 1')
-    env = wenv()
+def test_three_projects_share_one_worker_each_with_its_own_store_and_modules(tmp_path):
+    "One worker serves three folders; each job runs with its folder's store, and its own module of a shared name."
+    lib = tmp_path / 'lib' / 'helper_w'
+    lib.mkdir(parents=True)
+    (lib / '__init__.py').write_text('VALUE = 0\n')
+    env = wenv(PYTHONPATH=str(lib.parent))
+    dirs = []
+    for name, value in (('c', None), ('a', 1), ('b', 2)):  # c has no helper_w: its job imports lib's, which the worker then preloads
+        d = tmp_path / name
+        d.mkdir()
+        (d / 'settings.ini').write_text('[mlops_nb]\n')
+        if value is not None: (d / 'helper_w.py').write_text(f'VALUE = {value}\n')
+        notebook(d / 'which.ipynb', 'import helper_w, mlops_nb\nmlops_nb.record("which", helper_w.VALUE)')
+        dirs.append(d)
     try:
-        for d in (project, other): assert mlops_nb('run', 'triv.ipynb', cwd=d, env=env).returncode == 0
-        a, b = status(project, env), status(other, env)
-        assert a['pid'] != b['pid'] and a['socket'] != b['socket']
+        for d, want in zip(dirs, (0, 1, 2)):
+            r = mlops_nb('run', 'which.ipynb', '--json', cwd=d, env=env)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)['recorded']['which'] == want, (d, r.stdout)  # a's and b's own helper_w, not the preloaded one
+        st = status(dirs[0], env)
+        assert st['served'] == {'commands': 3, 'jobs': 3} and {status(d, env)['pid'] for d in dirs} == {st['pid']}
+        assert sorted(p['path'] for p in st['projects']) == sorted(map(str, dirs))
+        for d, want in zip(dirs, (0, 1, 2)):
+            (run,) = runs(d)  # each folder's own store holds its own run, and only it
+            assert run.info.status == 'FINISHED' and run.data.metrics['which'] == want
+        opened = wait_for(lambda: {p['path']: p['store'] for p in status(dirs[0], env)['projects'] if p['store']}, 'the stores to open', 60)
+        assert all(opened.get(str(d)) in (None, f"sqlite:///{d / 'mlflow.db'}") for d in dirs) and opened, opened
     finally:
-        mlops_nb('worker', 'stop', '--force', cwd=other, env=env)
+        mlops_nb('worker', 'stop', '--force', cwd=tmp_path, env=env)
     from mlops_nb.worker import worker_paths
     code = 'import sys; sys.prefix = "/another/venv"; from mlops_nb.worker import worker_paths; print(worker_paths().key)'
-    other_env = subprocess.run([sys.executable, '-c', code], cwd=project, capture_output=True, text=True, check=True).stdout.strip()
-    assert other_env != worker_paths(project).key
+    other_env = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other_env != worker_paths().key  # two Python environments never share one
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not os.path.exists('/usr/bin/python3'), reason='needs root (to act as another user) and /usr/bin/python3')
@@ -208,7 +240,7 @@ def test_output_and_exit_codes_match_without_the_worker(project):
     assert status(project, env)['served']['commands'] == 2  # --no-worker ran in its own process
 
 
-def test_installing_a_distribution_or_editing_settings_restarts_the_worker(project, tmp_path):
+def test_installing_a_distribution_restarts_the_worker_and_settings_are_read_per_command(project, tmp_path):
     site = tmp_path / 'site'
     site.mkdir()
     env = wenv(PYTHONPATH=str(site))  # a folder on sys.path, as site-packages is
@@ -222,10 +254,11 @@ def test_installing_a_distribution_or_editing_settings_restarts_the_worker(proje
         r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
         assert r.returncode == 0, r.stderr
         pids.append(status(project, env)['pid'])
-    assert len(set(pids)) == 3, pids  # each change was seen before the next command ran
-    log = Path(status(project, env)['log']).read_text()
-    assert f'{site} changed' in log and 'settings.ini changed' in log
-    assert any(r.info.status == 'FINISHED' for r in runs(project))
+    assert pids[0] != pids[1] == pids[2], pids  # a new distribution: a new worker; settings are each command's own
+    assert f'{site} changed' in Path(status(project, env)['log']).read_text()
+    from mlflow import MlflowClient
+    c = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert [r.info.status for r in c.search_runs([c.get_experiment_by_name('other').experiment_id])] == ['FINISHED']
 
 
 def test_a_worker_is_not_started_for_bad_input(project):
