@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -29,17 +30,18 @@ from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
 from .models import input_schema
-from .models import load as load_model
+from .models import load as load_model, load_fast
 
 _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
 
 # %% auto #0
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
-           'check_chunk', 'BatchSpec', 'load_batch_model', 'part_path', 'rejects_path', 'log_part_name',
-           'score_partition', 'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir',
-           'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score',
-           'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema',
-           'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict', 'BadRows', 'EXECUTORS']
+           'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model', 'model_note', 'part_path', 'rejects_path',
+           'log_part_name', 'score_partition', 'local_workers', 'score_parts', 'BatchOptions', 'output_format',
+           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
+           'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
+           'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict',
+           'model_facts', 'demo', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -205,6 +207,19 @@ def check_chunk(table: pa.Table, # a chunk of input rows
     # pandas would convert it to its string type, and scikit-learn straight back (a tenth of the scoring time)
     return Checked(X, ok, {i: '; '.join(w) for i, w in sorted(bad.items())})
 
+# %% ../nbs/10b_batch.ipynb #ee9394fe
+def first_rows(path: str | Path, # the input
+               columns: list[ColumnSchema], # the model's input columns
+               n: int = 10_000, # at most this many rows
+              ) -> pd.DataFrame:
+    "The first `n` rows of an input that pass the checks, as the model scores them."
+    part = next(partitions(path, csv_block_bytes=1 << 20))
+    names = [c.name for c in columns]
+    if part.data is not None: t = part.data.select(names).slice(0, n)
+    elif not part.rows: return check_chunk(pq.read_schema(part.path).empty_table().select(names), columns).features
+    else: t = pa.Table.from_batches([next(pq.ParquetFile(part.path).iter_batches(n, row_groups=[part.row_group], columns=names))])
+    return check_chunk(t, columns).features
+
 # %% ../nbs/10b_batch.ipynb #a22d5e94
 @dataclass
 class BatchSpec:
@@ -220,15 +235,22 @@ class BatchSpec:
     log_dir: str | None = None  # also write request-log parts here (features + predictions, for the monitor)
     log_meta: dict = field(default_factory=dict)  # request-log meta: model_name, model_version, request_id
     log_stamp: str = ''  # the batch's start, in log part names (the same for every attempt and resume)
+    compiled: bool = True  # load the model's compiled form (`models.load_fast`) when one verifies
 
-_MODELS: dict = {}  # (model URI, tracking URI) -> model, loaded once per process
+_MODELS: dict = {}  # (model URI, tracking URI, compiled) -> (model, note), loaded once per process
 
-def load_batch_model(spec: BatchSpec):
-    "The model of `spec` (any flavour, through `models.load`), loaded from the store at most once per process; `(model, loaded_now)`."
-    key = (spec.model_uri, spec.store.get('tracking_uri'))
-    if key in _MODELS: return _MODELS[key], False
-    _MODELS[key] = load_model(spec.model_uri, get_settings(**spec.store))
-    return _MODELS[key], True
+def load_batch_model(spec: BatchSpec,
+                     sample: pd.DataFrame | None = None, # checked input rows to verify a first compiled form on
+                    ):
+    "The model of `spec` (its compiled form when one verifies, else its flavour's: `models.load_fast`), loaded at most once per process; `(model, loaded_now)`."
+    key = (spec.model_uri, spec.store.get('tracking_uri'), spec.compiled)
+    if key in _MODELS: return _MODELS[key][0], False
+    _MODELS[key] = load_fast(spec.model_uri, get_settings(**spec.store), sample=sample, compiled=spec.compiled)
+    return _MODELS[key][0], True
+
+def model_note(spec: BatchSpec) -> str:
+    "Why this process scores with the model it loaded: compiled and verified, or the reason it is not."
+    return _MODELS.get((spec.model_uri, spec.store.get('tracking_uri'), spec.compiled), (None, ''))[1]
 
 # %% ../nbs/10b_batch.ipynb #68d4cc3c
 def _commit(tmp: Path, final: Path) -> bool:
@@ -409,6 +431,7 @@ class BatchOptions:
     rejects: str | None = None  # rejects CSV; `default_rejects(output)` if None
     resume: bool = False  # keep the parts already written
     overwrite: bool = False  # replace an existing output or rejects file that mlops-nb did not write
+    onnx: str = 'auto'  # 'auto': score with the model's compiled form when it verifies (`models.load_fast`); 'off': never
 
 def output_format(path: str | Path) -> str:
     "'parquet', 'csv' or 'dir' for an output path (an existing folder, or a name with no suffix, is a folder of parts)."
@@ -552,6 +575,8 @@ class BatchResult:
     workers: list  # where partitions were scored
     input_sha256: str  # the input's fingerprint
     duration: float  # seconds
+    engine: str = ''  # what predicted in this process: 'onnx' (compiled) or the model's flavour; '' when the model was passed in
+    engine_note: str = ''  # why: how the compiled form was verified, or why it is not used
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -580,7 +605,12 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     man = _prepare_staging(staging, ident, o.resume)
     spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
                      o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
-                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'])
+                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
+                     o.onnx != 'off')
+    loads = 0
+    if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
+        model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
+        loads = int(loaded)  # (a cluster's workers load it themselves, each through the compiled cache)
     results, gather = [], _Gather(staging, out, fmt) if fmt != 'dir' else None
     def done(r):
         results.append(r)
@@ -599,8 +629,9 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
         if gather: gather.discard()  # the parts stay, for --resume
         raise
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,
-                       sum(r['status'] == 'written' for r in results), sum(bool(r.get('loaded')) for r in results),
-                       sorted({r['worker'] for r in results}), ident['input_sha256'], time.time() - t0)
+                       sum(r['status'] == 'written' for r in results), loads + sum(bool(r.get('loaded')) for r in results),
+                       sorted({r['worker'] for r in results}), ident['input_sha256'], time.time() - t0,
+                       getattr(_MODELS.get((model_uri, s.tracking_uri, spec.compiled), [None])[0], 'flavour', ''), model_note(spec))
 
 # %% ../nbs/10b_batch.ipynb #801965fe
 def prediction_column(output: str | Path) -> Iterator[np.ndarray]:
@@ -679,6 +710,7 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
             from mlops_nb.core import ConfigError
             raise ConfigError("--executor dask needs dask.distributed, which is not installed.", hint="pip install 'mlops_nb[dask]'") from None
     if o.chunk_rows < 1: raise DataError(f"--chunk-rows must be at least 1, got {o.chunk_rows}.")
+    if o.onnx not in ('auto', 'off'): raise DataError(f"--onnx must be auto or off, got {o.onnx!r}.")
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
     check_paths(req.input_path, req.output_path, o, req.model_uri if Path(req.model_uri).expanduser().exists() else None)
@@ -691,7 +723,7 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
                 executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 0, on_bad_rows=o.on_bad_rows,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
-                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite)
+                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx)
 
 # %% ../nbs/10b_batch.ipynb #c2844ee7
 def resume_request(run_id: str, settings=None) -> PredictRequest:
@@ -704,7 +736,7 @@ def resume_request(run_id: str, settings=None) -> PredictRequest:
     o = BatchOptions(p['executor'], p.get('scheduler') or None, (int(p['workers']) or None) if p.get('workers') not in (None, '', 'None') else None,
                      [k for k in p.get('keep', '').split(',') if k], p.get('proba') == 'true' or p.get('proba') == 'True',
                      p['on_bad_rows'], int(p['chunk_rows']), p.get('log_dir') or None, p.get('rejects') or None, True,
-                     p.get('overwrite') in ('true', 'True'))
+                     p.get('overwrite') in ('true', 'True'), p.get('onnx') or 'auto')
     return PredictRequest(p['model_uri'], p['input_path'], p['output_path'], o)
 
 def parts_done(output_path: str | Path) -> int:
@@ -729,3 +761,22 @@ def run_predict(req: PredictRequest, # what to score
     values = check_predict(req, s)
     tags = {f'{TAG}resume_of': resume_of} if resume_of else {}
     return run_job('predict', values, settings=s, experiment=experiment, tags=tags)
+
+# %% ../nbs/10b_batch.ipynb #0c13d81a
+def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
+                settings=None) -> tuple[dict, Schema, str]:
+    "`(source, schema, schema source)`: `registry.model_source` and `models.input_schema` of `uri`."
+    from mlops_nb.registry import model_source
+    return model_source(uri, settings), *input_schema(uri, settings)
+
+def demo(folder: str | Path # where the demo file goes
+        ) -> tuple[object, Schema, str]:
+    "`(model, schema, input path)`: a logistic regression on the bundled breast cancer set and a CSV of its rows, two of them bad."
+    from mlops_nb.data import infer_schema, load_dataset
+    from mlops_nb.train import fit  # scikit-learn: about a second, only here
+    df = load_dataset('breast_cancer')
+    schema = infer_schema(df, target='target')
+    rows = df.drop(columns='target').assign(id=range(len(df))).astype({'mean radius': object})
+    rows.loc[3, 'mean radius'], rows.loc[7, 'mean texture'] = 'n/a', None
+    rows.to_csv(path := Path(folder) / 'demo.csv', index=False)
+    return fit(df, schema, model='logistic'), schema, str(path)

@@ -865,6 +865,9 @@ def _add_predict_parser(sub):
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --rejects file that mlops-nb did not write')
     p.add_argument('--log-dir', metavar='DIR', help='also append the scored rows to this request log (read by the monitor)')
     p.add_argument('--resume', metavar='RUN_ID', help='continue an interrupted or failed predict run: score only missing parts')
+    p.add_argument('--onnx', choices=['auto', 'off'], default='auto', help='auto (default): score with the model\'s compiled form '
+                   '(ONNX Runtime, no scikit-learn import) once it gave the same predictions on verification rows and the first input rows; '
+                   'off: always the model\'s own flavour')
     _common(p)
 
 # %% ../nbs/13_cli.ipynb #7d47bcc3
@@ -875,7 +878,7 @@ def _predict_request(a):
     if missing: raise ParameterError(f"predict needs {' and '.join(missing)}.",
                                      hint='mlops-nb predict models:/NAME@champion data.parquet --out scored.parquet')
     return PredictRequest(a.model_uri, a.input, a.out, BatchOptions(a.executor, a.scheduler, a.workers, a.keep, a.proba,
-                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects, overwrite=a.overwrite))
+                          a.on_bad_rows, a.chunk_rows, a.log_dir, a.rejects, overwrite=a.overwrite, onnx=a.onnx))
 
 @contextlib.contextmanager
 def _parts_bar(req, show: bool):

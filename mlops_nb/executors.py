@@ -95,12 +95,16 @@ def _forked_map(fn: Callable, items, done: Callable, args: tuple, n: int, init, 
         try: conn.send(item)
         except OSError: raise died(conn) from None
         return True
-    try:
+    cfg = getattr(mp.current_process(), '_config', {})
+    daemonic = cfg.get('daemon', False)  # a job's process is daemonic, and multiprocessing refuses children of daemons;
+    try:                                 # these die with it anyway (`die_with_parent`) and are always joined below
+        cfg['daemon'] = False
         for _ in range(n):
             here, there = ctx.Pipe()
             p = ctx.Process(target=_child, args=(there, fn, args, init, threads, os.getpid()), name=label, daemon=True)
             p.start(); there.close()
             procs[here] = [p, None]  # its connection -> [process, the item it works on]
+        cfg['daemon'] = daemonic
         busy = {c for c in list(procs) if feed(c)}
         while busy:
             for c in wait(list(busy)):
@@ -110,6 +114,7 @@ def _forked_map(fn: Callable, items, done: Callable, args: tuple, n: int, init, 
                 done(r)
                 if not feed(c): busy.discard(c)
     finally:
+        cfg['daemon'] = daemonic
         for conn, (p, _) in procs.items():
             try: conn.send(None)  # each finishes the item it holds, then exits
             except OSError: pass

@@ -5,7 +5,9 @@
 # %% ../nbs/05a_models.ipynb #8074d59c
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,8 +24,9 @@ from .tracking import download_artifact, model_signature
 _all_ = ['ModelError']  # defined in core (the one map of errors); still importable from here
 
 # %% auto #0
-__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel', 'model_requirements', 'load',
-           'input_schema', 'verification_rows', 'ModelError']
+__all__ = ['FLAVOURS', 'SCHEMA_FILE', 'COMPILED_FORM', 'Flavour', 'attach_schema', 'local_model', 'LoadedModel',
+           'model_requirements', 'load', 'input_schema', 'verification_rows', 'compiled_cache', 'model_key', 'to_onnx',
+           'CompiledModel', 'verify_compiled', 'load_fast', 'ModelError']
 
 # %% ../nbs/05a_models.ipynb #67922244
 _TYPES = {'int': 'long', 'float': 'double', 'bool': 'boolean', 'category': 'string', 'string': 'string', 'datetime': 'datetime'}
@@ -256,11 +259,15 @@ def input_schema(uri: str, # as for `load`
 def verification_rows(lm: LoadedModel, # the model
                       n: int = 200, # rows to draw besides the input example
                       seed: int = 0) -> pd.DataFrame | None:
-    "The input example plus `n` rows drawn from the schema (numeric columns only); None if a column cannot be drawn."
+    "The input example plus `n` rows drawn from the schema (numbers in range, text from the known values); None if a column cannot be drawn."
     rng, ex = np.random.default_rng(seed), lm.input_example
     cols = {}
     for c in lm.inputs:
         sc = lm.schema[c['name']] if c['name'] in lm.schema else None
+        if c['type'] == 'string':  # the schema's categories, else the example's values
+            seen = sc.categories if sc is not None and sc.categories else [] if ex is None or c['name'] not in ex else ex[c['name']].dropna().unique()
+            if not len(seen): return None
+            cols[c['name']] = rng.choice(np.asarray(seen, dtype=object), n); continue
         vals = ex[c['name']].dropna().to_numpy(dtype=float) if ex is not None and c['name'] in ex else np.array([])
         if c['type'] not in _NP or c['type'] == 'boolean': return None
         lo = sc.min if sc is not None and sc.min is not None else (vals.min() if len(vals) else -1.0)
@@ -268,7 +275,204 @@ def verification_rows(lm: LoadedModel, # the model
         span = (hi - lo) or max(abs(lo), 1.0)
         draw = rng.uniform(lo - 0.1 * span, hi + 0.1 * span, n)
         cols[c['name']] = np.round(draw) if c['type'] in ('long', 'integer') else draw
-    rows = pd.DataFrame(cols).astype({c['name']: _NP[c['type']] for c in lm.inputs})
+    rows = pd.DataFrame(cols).astype({c['name']: _NP[c['type']] for c in lm.inputs if c['type'] in _NP})
     if ex is not None and set(lm.features) <= set(ex.columns):
         rows = pd.concat([ex[lm.features].astype(rows.dtypes.to_dict()), rows], ignore_index=True)
     return rows
+
+# %% ../nbs/05a_models.ipynb #245ae6d4
+COMPILED_FORM = 1  # bumped when the compiled form changes: older cache entries are not read
+_MISSING = '\x00mlops_nb:missing'  # a missing text value as the compiled model takes it (string tensors have no NaN)
+_ADDED = {SCHEMA_FILE, 'serving.json', 'holdout.parquet'}  # files mlops_nb adds to a model folder: not the model
+
+def compiled_cache() -> Path:
+    "Where compiled models are kept, by content: `$MLOPS_NB_CACHE/compiled`, else `~/.cache/mlops_nb/compiled` (`XDG_CACHE_HOME`)."
+    root = os.environ.get('MLOPS_NB_CACHE') or Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'mlops_nb'
+    return Path(root) / 'compiled'
+
+def model_key(path: str | Path # a local model folder
+             ) -> str:
+    "SHA-256 over the model's files (names and bytes), without the files mlops_nb adds: the same model gives the same key."
+    h = hashlib.sha256(f'form {COMPILED_FORM}\n'.encode())
+    for f in sorted(p for p in Path(path).rglob('*') if p.is_file() and p.name not in _ADDED):
+        h.update(f'{f.relative_to(path)}\n'.encode())
+        with open(f, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+# %% ../nbs/05a_models.ipynb #a72ca0ac
+def _same_type_parser(scope, model, inputs, custom_parsers=None):
+    "skl2onnx parser for a step whose output has its input's element type (text stays text)."
+    this = scope.declare_local_operator('SklearnFunctionTransformer', model)
+    this.inputs = list(inputs)
+    this.outputs.append(scope.declare_local_variable('variable', inputs[0].type.__class__()))
+    return this.outputs
+
+def _width(operator):
+    i = operator.inputs[0]
+    operator.outputs[0].type = i.type.__class__([i.get_first_dimension(), sum(x.type.shape[1] for x in operator.inputs)])
+
+def _identity(scope, operator, container):
+    "The train job's `_as_object` (and an identity `FunctionTransformer`): the columns as they are."
+    f = operator.raw_operator.func
+    if f is not None and (getattr(f, '__module__', None), getattr(f, '__name__', None)) != ('mlops_nb.features', '_as_object'):
+        raise NotImplementedError(f"FunctionTransformer({getattr(f, '__name__', f)}) has no ONNX form")
+    ins, out = [i.full_name for i in operator.inputs], operator.outputs[0].full_name
+    if len(ins) == 1: container.add_node('Identity', ins, out, name=scope.get_unique_operator_name('Identity'))
+    else: container.add_node('Concat', ins, out, axis=1, name=scope.get_unique_operator_name('Concat'))
+
+# %% ../nbs/05a_models.ipynb #063bf41d
+def _imputer(scope, operator, container):
+    "`SimpleImputer` with NaN as missing on doubles (IsNaN) or text (`_MISSING`): Where(missing, statistics, x); others as skl2onnx does."
+    import onnx
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+    op, t = operator.raw_operator, operator.inputs[0].type
+    nan = isinstance(op.missing_values, float) and np.isnan(op.missing_values)
+    if not nan or not isinstance(t, (DoubleTensorType, StringTensorType)): return convert_sklearn_imputer(scope, operator, container)
+    name = scope.get_unique_variable_name
+    x, fill, mask, text = operator.inputs[0].full_name, name('fill'), name('missing'), isinstance(t, StringTensorType)
+    if len(operator.inputs) > 1:
+        x = name('columns'); container.add_node('Concat', [i.full_name for i in operator.inputs], x, axis=1, name=scope.get_unique_operator_name('Concat'))
+    stats = [str(v).encode() for v in op.statistics_] if text else [float(v) for v in op.statistics_]
+    container.add_initializer(fill, onnx.TensorProto.STRING if text else onnx.TensorProto.DOUBLE, [1, len(stats)], stats)
+    if text:
+        container.add_initializer(sent := name('sentinel'), onnx.TensorProto.STRING, [], [_MISSING.encode()])
+        container.add_node('Equal', [x, sent], mask, name=scope.get_unique_operator_name('Equal'), op_version=19)
+    else: container.add_node('IsNaN', [x], mask, name=scope.get_unique_operator_name('IsNaN'))
+    container.add_node('Where', [mask, fill, x], operator.outputs[0].full_name, name=scope.get_unique_operator_name('Where'))
+
+def _teach_skl2onnx():
+    "Register the two converters above with skl2onnx (for this process)."
+    from skl2onnx import update_registered_converter
+    from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import FunctionTransformer
+    update_registered_converter(FunctionTransformer, 'SklearnFunctionTransformer', _width, _identity, parser=_same_type_parser)
+    update_registered_converter(SimpleImputer, 'SklearnSimpleImputer', calculate_sklearn_imputer_output_shapes, _imputer)
+
+# %% ../nbs/05a_models.ipynb #0656d86a
+_COMPILABLE = {'double', 'float', 'long', 'integer', 'string'}  # input types the compiled form takes (text as strings, numbers as doubles)
+
+def to_onnx(lm: LoadedModel) -> bytes:
+    "`lm` (a scikit-learn model) as an ONNX graph taking one input per column; a `ModelError` saying why when it has none."
+    if lm.flavour != 'sklearn': raise ModelError(f"no compiled form for {lm.flavour} models")
+    if bad := [c['name'] for c in lm.inputs if c.get('type') not in _COMPILABLE]:
+        raise ModelError(f"no compiled form for input column {bad[0]!r} of type {lm.inputs[[c['name'] for c in lm.inputs].index(bad[0])]['type']}")
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    _teach_skl2onnx()
+    m = lm.raw
+    last = m.steps[-1][1] if hasattr(m, 'steps') else m
+    kw = dict(target_opset={'': 19, 'ai.onnx.ml': 3}, options={id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None)
+    text = any(c['type'] == 'string' for c in lm.inputs)
+    try: return convert_sklearn(m, initial_types=[(c['name'], (StringTensorType if c['type'] == 'string' else DoubleTensorType)([None, 1]))
+                                                  for c in lm.inputs], **kw).SerializeToString()
+    except Exception as e:  # broad: skl2onnx raises many kinds for what it cannot convert
+        if text: raise ModelError(f"it does not convert to ONNX ({type(e).__name__}: {str(e)[:200]})") from None
+    try:  # a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+        return convert_sklearn(m, initial_types=[('X', DoubleTensorType([None, len(lm.inputs)]))], **kw).SerializeToString()
+    except Exception as e: raise ModelError(f"it does not convert to ONNX ({type(e).__name__}: {str(e)[:200]})") from None  # broad: as above
+
+# %% ../nbs/05a_models.ipynb #397d022b
+class CompiledModel:
+    "A model run by ONNX Runtime, scikit-learn-like (`predict`, `predict_proba`, `classes_`): loads without its flavour's library."
+    flavour = 'onnx'
+    def __init__(self, onnx: bytes, # from `to_onnx`
+                 inputs: list, # the model's input columns (`LoadedModel.inputs`)
+                 classes=None, # a classifier's classes, in `predict_proba`'s column order
+                 note: str = ''): # how it was verified
+        import onnxruntime as ort
+        so = ort.SessionOptions(); so.intra_op_num_threads = so.inter_op_num_threads = 1  # scoring processes share the cores
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx, so, providers=['CPUExecutionProvider'])
+        self.inputs, self.note, self.onnx = inputs, note, onnx
+        self.classes_ = None if classes is None else np.asarray(classes)
+        self._names, self._last = [i.name for i in self.session.get_inputs()], (None, None)
+        self.predict_proba = self._proba if self.classes_ is not None and len(self.session.get_outputs()) > 1 else None
+
+    def _feed(self, X: pd.DataFrame) -> dict:
+        if self._names == ['X'] and len(self.inputs) > 1 or [c['name'] for c in self.inputs] != self._names:  # one matrix
+            return {self._names[0]: np.column_stack([np.asarray(X[c['name']], dtype=np.float64) for c in self.inputs])}
+        feed = {}
+        for c in self.inputs:
+            if c['type'] != 'string': feed[c['name']] = np.asarray(X[c['name']], dtype=np.float64).reshape(-1, 1); continue
+            v = np.asarray(X[c['name']], dtype=object)
+            if (miss := pd.isna(v)).any(): v = v.copy(); v[miss] = _MISSING
+            feed[c['name']] = v.reshape(-1, 1)
+        return feed
+
+    def _run(self, X: pd.DataFrame) -> list:
+        if self._last[0] is not X: self._last = (X, self.session.run(None, self._feed(X)))  # predict, then predict_proba: one run
+        return self._last[1]
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        pred = self._run(X)[0].ravel()
+        if self.classes_ is not None: return pred.astype(self.classes_.dtype) if self.classes_.dtype.kind in 'biu' else pred
+        return pred.astype(np.float64)
+
+    def _proba(self, X: pd.DataFrame) -> np.ndarray: return self._run(X)[1]
+
+# %% ../nbs/05a_models.ipynb #99e819d3
+def verify_compiled(lm: LoadedModel, # the model as its flavour loads it
+                    cm: CompiledModel, # its compiled form
+                    rows: pd.DataFrame, # rows to compare on
+                    rtol: float = 1e-9, # tolerance on values (a regressor's, probabilities)
+                   ) -> str | None:
+    "None when `cm` gives `lm`'s predictions on `rows` (labels exactly, values within `rtol`); else why not."
+    want = np.asarray(lm.predict(rows))
+    try: got = cm.predict(rows)
+    except Exception as e: return f"the compiled model fails on the verification rows ({type(e).__name__}: {str(e)[:120]})"  # broad: a refusal, whatever ONNX Runtime raised
+    if want.shape != got.shape: return f"the compiled model answers in shape {got.shape}, not {want.shape}"
+    label = lm.classes_ is not None or want.dtype.kind not in 'fc'
+    same = want == got if label else np.isclose(want, got, rtol=rtol, atol=0)
+    if not same.all(): return f"the compiled model disagrees with {lm.flavour} on {int((~same).sum())} of {len(rows)} verification rows"
+    if cm.predict_proba is not None and lm.predict_proba is not None:
+        d = float(np.abs(np.asarray(lm.predict_proba(rows)) - cm.predict_proba(rows)).max(initial=0))
+        if d > rtol: return f"the compiled model's probabilities differ from {lm.flavour}'s by {d:.1e} on the verification rows"
+    return None
+
+# %% ../nbs/05a_models.ipynb #f48b33bd
+def _compile(lm: LoadedModel, rows: pd.DataFrame | None) -> tuple[bytes | None, str]:
+    "`(onnx, note)` for a compiled form that verifies on `rows`, else `(None, why not)`; the note of a missing package ends in '(not installed)'."
+    if rows is None or not len(rows): return None, 'no rows to verify a compiled form on'
+    try: onx = to_onnx(lm); cm = CompiledModel(onx, lm.inputs, lm.classes_)
+    except ModelError as e: return None, str(e)
+    except ImportError as e: return None, f'pip install "mlops_nb[serve]" for it: {e.name or e} (not installed)'
+    except Exception as e: return None, f'ONNX Runtime cannot run its compiled form ({type(e).__name__}: {str(e)[:120]})'  # broad: the flavour then scores
+    if why := verify_compiled(lm, cm, rows): return None, why
+    return onx, f'compiled (ONNX Runtime), same predictions as {lm.flavour} on {len(rows)} verification rows'
+
+def _keep(entry: Path, onx: bytes | None, meta: dict):
+    "Write a cache entry, each file through a temporary one (processes compiling at once each write a whole entry)."
+    entry.mkdir(parents=True, exist_ok=True)
+    for name, data in (('model.onnx', onx), ('meta.json', json.dumps(meta).encode())):
+        if data is None: continue
+        tmp = entry / f'.{name}.{os.getpid()}.tmp'
+        tmp.write_bytes(data); os.replace(tmp, entry / name)
+
+def load_fast(uri: str, # as for `load`
+              settings: Settings | None = None,
+              sample: pd.DataFrame | None = None, # rows to verify on besides `verification_rows` (the first rows of an input)
+              compiled: bool = True, # False: the flavour's own model, always
+             ) -> tuple[object, str]:
+    """`(model, note)`: the model's compiled form (a `CompiledModel`) when one verified, else `load(uri)` and why not.
+    Compiling and verifying happen once per model (by content); both outcomes are kept in `compiled_cache()`."""
+    local = Path(uri).expanduser().is_dir()
+    path = local_model(uri, settings)
+    if not compiled: return load(str(path) if local else uri, settings), 'compiled form switched off'
+    entry = compiled_cache() / model_key(path)
+    try: meta = json.loads((entry / 'meta.json').read_text())
+    except (OSError, ValueError): meta = None
+    if meta and meta.get('onnx'):
+        try: return CompiledModel((entry / 'model.onnx').read_bytes(), meta['inputs'], meta['classes'], meta['note']), meta['note']
+        except (ImportError, OSError) as e: meta = dict(note=f'the compiled form cannot load here ({type(e).__name__})')
+    if not local: attach_schema(path, _mlmodel(path, uri).run_id, settings)
+    lm = load(str(path), settings)
+    if meta: return lm, meta['note']  # it did not verify before: not tried again
+    rows = verification_rows(lm)
+    if sample is not None and len(sample): rows = sample[lm.features] if rows is None else pd.concat([rows, sample[lm.features]], ignore_index=True)
+    onx, note = _compile(lm, rows)
+    if not note.endswith('(not installed)'): _keep(entry, onx, dict(onnx=onx is not None, note=note, inputs=lm.inputs, uri=uri,
+                                                                  classes=None if lm.classes_ is None else np.asarray(lm.classes_).tolist()))
+    return (CompiledModel(onx, lm.inputs, lm.classes_, note) if onx is not None else lm), note

@@ -42,7 +42,8 @@ MLFLOW_STORE_MODULES = ('mlflow', 'mlflow.tracking', 'mlflow.store.tracking.sqla
                         'mlflow.store.artifact.local_artifact_repo', 'mlflow.store.tracking.rest_store', 'sqlalchemy.dialects.sqlite')
 # what opening a store imports: about a second per job when each job's process imports it itself
 
-MODEL_USERS = ('batch', 'train', 'evaluate', 'registry', 'monitor', 'serve', 'loop')  # mlops_nb modules that load or log models
+MODEL_USERS = ('train', 'evaluate', 'registry', 'monitor', 'serve', 'loop')  # mlops_nb modules that load or log models
+# (not batch: it scores with a model's compiled form, which loads without scikit-learn; see `models.load_fast`)
 MODEL_MODULES = ('mlflow.sklearn', 'mlflow.pyfunc', 'sklearn.pipeline', 'sklearn.compose', 'sklearn.impute', 'sklearn.preprocessing',
                  'sklearn.linear_model', 'sklearn.ensemble', 'skops.io', 'matplotlib.pyplot')
 # skops (models are saved with it) imports all of scikit-learn; the jobs that use models draw their plots with matplotlib

@@ -4,13 +4,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from batch_helpers import make_rows, train_and_register
+from batch_helpers import FEATURES, make_rows, train_and_register
 from conftest import clean_env, mlops_nb
 
 N = 1_000_000
@@ -31,8 +33,11 @@ def setup(tmp_path_factory):
     return dict(dir=d, model=est, schema=schema, settings=s, expected=expected, expected_mid=expected.head(M))
 
 
+CACHE = tempfile.mkdtemp(prefix='mlops_nb_compiled_')  # this module's compiled-model cache
+
+
 def _env():
-    return clean_env(MLFLOW_DISABLE_TELEMETRY='true')
+    return clean_env(MLFLOW_DISABLE_TELEMETRY='true', MLOPS_NB_CACHE=CACHE)
 
 
 def _predict(setup, *args, **kw):
@@ -59,6 +64,7 @@ def test_million_rows_equal_the_models_own_predict(setup):
     assert (m['rows_in'], m['partitions'], m['model_loads']) == (N, 50, 1)
     assert abs(m['prediction_share.1'] - setup['expected']['prediction'].mean()) < 1e-9
     assert (p['model.name'], p['model.version']) == ('batchdemo', '1') and len(p['input_sha256']) == 64
+    assert p['scoring_engine'] == 'sklearn' and p['scoring_engine_note']  # a forest has no compiled form here: the run says why
     arts = {a.path for a in c.list_artifacts(out['run_id'])} | {a.path for a in c.list_artifacts(out['run_id'], 'notebook')}
     assert {'predictions_histogram.png', 'notebook/predict.ipynb', 'notebook/predict.html'} <= arts
     assert not (setup['dir'] / 'scored.parquet.parts').exists()
@@ -234,3 +240,48 @@ def test_a_bad_row_in_a_scoring_process_fails_naming_the_row(setup):
     r = _predict(setup, URI, 'late_bad.parquet', '--out', 'late_bad_out.parquet', '--on-bad-rows', 'fail', '--workers', '2')
     assert r.returncode == 1, r.stdout + r.stderr
     assert 'Input row 12345 of' in r.stdout and 'x0: not a number' in r.stdout, r.stdout[-3000:]
+
+
+@pytest.fixture(scope='module')
+def linear(setup):
+    "A logistic-regression pipeline (numbers, a text category) registered as `batchlin`, and 20,000 rows with unseen categories."
+    d = setup['dir']
+    est, schema, _ = train_and_register(d, name='batchlin', model='logistic')
+    rows = make_rows(20_000, seed=5)
+    rows.loc[::97, 'segment'] = 'unseen'  # a category the model never saw: one-hot zeros, in both forms
+    rows.to_parquet(d / 'lin.parquet', row_group_size=5_000)
+    return dict(rows=rows, uri='models:/batchlin@champion')
+
+
+def test_compiled_form_predicts_as_pyfunc_row_for_row(setup, linear):
+    "A pipeline that compiles is scored by ONNX Runtime (the run says so); every prediction equals `mlflow.pyfunc`'s, cold and cached."
+    import mlflow
+    mlflow.set_tracking_uri(setup['settings'].tracking_uri)
+    want = np.asarray(mlflow.pyfunc.load_model(linear['uri']).predict(linear['rows'][FEATURES]))
+    c, _ = _runs(setup)
+    for out in ('lin_1.parquet', 'lin_2.parquet'):  # compiled and verified, then read from the cache
+        r = _predict(setup, linear['uri'], 'lin.parquet', '--out', out, '--keep', 'id', '--json')
+        assert r.returncode == 0, r.stderr[-3000:]
+        p = c.get_run(json.loads(r.stdout)['run_id']).data.params
+        assert p['scoring_engine'] == 'onnx', p
+        assert p['scoring_engine_note'] == 'compiled (ONNX Runtime), same predictions as sklearn on 5205 verification rows', p  # 205 + the input's first 5,000
+        got = pd.read_parquet(setup['dir'] / out)
+        assert got['id'].tolist() == linear['rows']['id'].tolist()
+        np.testing.assert_array_equal(got['prediction'].to_numpy(), want)
+
+
+def test_compiled_form_is_not_used_when_it_disagrees(setup, linear):
+    "A compiled form that disagrees on one verification row is refused with the count; `--onnx off` scores with scikit-learn."
+    from mlops_nb import models
+    s = setup['settings']
+    forest, lin = models.load(URI, s), models.load(linear['uri'], s)
+    rows = linear['rows'][FEATURES].head(2_000)
+    wrong = models.CompiledModel(models.to_onnx(lin), forest.inputs, forest.classes_)  # the linear model's graph, as the forest's
+    why = models.verify_compiled(forest, wrong, rows)
+    assert why and why.startswith('the compiled model disagrees with sklearn on ') and why.endswith(' of 2000 verification rows'), why
+    assert models.verify_compiled(lin, models.CompiledModel(models.to_onnx(lin), lin.inputs, lin.classes_), rows) is None
+    r = _predict(setup, linear['uri'], 'lin.parquet', '--out', 'lin_off.parquet', '--onnx', 'off', '--json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    c, _ = _runs(setup)
+    p = c.get_run(json.loads(r.stdout)['run_id']).data.params
+    assert (p['scoring_engine'], p['scoring_engine_note'], p['onnx']) == ('sklearn', 'compiled form switched off', 'off')
