@@ -487,6 +487,7 @@ class _Reads:
     def __init__(self, job: dict, watch: bool = True # install the audit hook in this process
                 ):
         self.cwd, self.read, self.written = job['cwd'], set(), set()
+        self.own = {os.path.abspath(os.path.join(job['cwd'], job['input']))} if job.get('input') else set()  # the job's notebook, read to parameterise it
         home = os.path.expanduser('~')
         self.skip = tuple(dict.fromkeys(os.path.join(p, '') for p in (
             sys.prefix, sys.base_prefix, sys.exec_prefix, '/proc', '/sys', '/dev', '/etc', '/usr', '/lib', '/run',
@@ -509,7 +510,7 @@ class _Reads:
         out = {}
         for p in list(self.read):
             a = os.path.abspath(os.path.join(self.cwd, p))
-            if a in out or a in written or a.endswith(_SKIP_SUFFIXES) or a.startswith(self.skip) or '__pycache__' in a: continue
+            if a in out or a in written or a in self.own or a.endswith(_SKIP_SUFFIXES) or a.startswith(self.skip) or '__pycache__' in a: continue
             try:
                 if not os.path.isfile(a): continue
                 h = hashlib.sha256()
