@@ -313,7 +313,7 @@ def _width(operator):
     operator.outputs[0].type = i.type.__class__([i.get_first_dimension(), sum(x.type.shape[1] for x in operator.inputs)])
 
 def _identity(scope, operator, container):
-    "The train job's `_as_object` (and an identity `FunctionTransformer`): the columns as they are."
+    "The train job's cast to object (and an identity `FunctionTransformer`): the columns as they are."
     f = operator.raw_operator.func
     if f is not None and (getattr(f, '__module__', None), getattr(f, '__name__', None)) != ('mlops_nb.features', '_as_object'):
         raise NotImplementedError(f"FunctionTransformer({getattr(f, '__name__', f)}) has no ONNX form")
