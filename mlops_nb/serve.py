@@ -28,6 +28,7 @@ import pandas as pd
 from . import __version__
 from .core import MlopsNbError, RequestError, ShapeError
 from .models import attach_schema, verification_rows
+from .reqlog import META_PREFIX, RequestLogWriter, append_labels, prune_log
 from .models import load as load_model
 
 _all_ = ['RequestError', 'ShapeError']  # defined in core (the one map of errors); still importable from here
@@ -770,7 +771,6 @@ async def _startup(self: Server):
     self.batcher.start()
     if self.config.log_dir:
         try:
-            from mlops_nb.reqlog import RequestLogWriter
             self.writer = RequestLogWriter(self.config.log_dir, max_seconds=self.config.log_flush_seconds)
         except Exception as e: log.warning("request log disabled: %s", e)  # broad: serving goes on without the log
     if self.model is None: await self._load()  # before the worker accepts connections: a request never meets a worker without a model
@@ -820,7 +820,6 @@ async def _watch(self: Server):
 
 async def _prune(self: Server, every: float = 3600.0):
     "Retention of the request log: at startup, then hourly."
-    from mlops_nb.reqlog import prune_log
     c = self.config
     while True:
         try:
@@ -916,7 +915,6 @@ def _flush_log(self: Server):
     if q and self.writer is not None: self.metrics.sync_log(self.writer.stats())
 
 def _log_rows(self: Server, items: list):
-    from mlops_nb.reqlog import META_PREFIX
     sm, ns = items[0][0], [it[1].n for it in items]
     feats = pd.DataFrame({c.name: np.concatenate([it[1].columns[c.name] for it in items]) for c in sm.columns}, columns=[c.name for c in sm.columns])
     pred = np.concatenate([np.asarray(it[2]) for it in items])
@@ -1119,7 +1117,6 @@ def create_app(config: ServeConfig, # what to serve and how
         body = await _read_body(request, srv.limits.max_body_bytes)
         if body is None: return refuse(413, f"The body is over the limit of {srv.limits.max_body_bytes} bytes.")
         from mlops_nb.core import DataError
-        from mlops_nb.reqlog import append_labels
         try: n = await asyncio.to_thread(append_labels, config.log_dir, json.loads(body))
         except DataError as e: return refuse(400, str(e))
         except ValueError as e: return refuse(400, f"Malformed JSON: {e}")
