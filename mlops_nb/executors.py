@@ -53,14 +53,15 @@ class Executor:
 
     def map(self, fn: Callable, items: Iterable, done: Callable, *args, in_flight: int = 2, key: Callable | None = None):
         "`fn(*args, item)` for each item (at most `in_flight` per slot at a time); `done(result)` as each ends."
-        items, pending = iter(items), set()
+        items, pending = iter(items), {}  # a dict keeps submission order: results that end together are done in it
         def more():
             for item in itertools.islice(items, 0 if self.cancel.is_set() else max(0, in_flight * self.slots - len(pending))):
-                pending.add(self.submit(fn, *args, item, key=key(item) if key else None))
+                pending[self.submit(fn, *args, item, key=key(item) if key else None)] = None
         more()
         while pending:
-            for f in self.wait(set(pending), timeout=1.0):
-                pending.discard(f)
+            ended = self.wait(set(pending), timeout=1.0)
+            for f in [f for f in pending if f in ended]:
+                del pending[f]
                 done(f.result())
             more()
 
