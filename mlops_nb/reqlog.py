@@ -91,47 +91,12 @@ def write_part(log_dir: str | Path, # the log directory (created if missing)
 
 _SEQ = itertools.count()
 
-# %% ../nbs/09c_reqlog.ipynb #fcfd9625
-class RequestLogWriter:
-    "Append request-log rows from any thread; a background thread writes them as Parquet parts."
-    def __init__(self, log_dir: str | Path, # where the parts go (created if missing)
-                 max_rows_per_part: int = 50_000, # a part is written once this many rows wait...
-                 max_seconds: float = 60.0, # ...or once the oldest waiting row is this old
-                 max_queue_rows: int = 200_000, # rows held in memory at most; more are dropped and counted
-                ):
-        self.log_dir, self.max_rows, self.max_seconds, self.max_queue = Path(log_dir), max_rows_per_part, max_seconds, max_queue_rows
-        self._q, self._rows, self._oldest = deque(), 0, None
-        self._cond, self._closing = threading.Condition(), False
-        self._stats = {'rows_written': 0, 'rows_dropped': 0, 'parts': 0, 'errors': 0, 'last_error': None}
-        self._thread = threading.Thread(target=self._run, name='mlops-nb-reqlog', daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def append(self, features: pd.DataFrame, predictions, meta: dict | None = None, probas=None) -> bool:
-        "Queue one scoring call's rows; False when they were dropped (queue full or writer closed)."
-        n = len(features)
-        meta = {**(meta or {}), 'ts': (meta or {}).get('ts') or pd.Timestamp.now(tz='UTC')}
-        with self._cond:
-            if self._closing or self._rows + n > self.max_queue:
-                self._stats['rows_dropped'] += n
-                return False
-            self._q.append((features, predictions, meta, probas))
-            self._rows += n
-            first = self._oldest is None
-            if first: self._oldest = time.monotonic()
-            if first or self._rows >= self.max_rows: self._cond.notify()  # start the age clock, or write now
-        return True
-
+# %% ../nbs/09c_reqlog.ipynb #f8c94f22
+class _PartThread:
+    "The writing side of a request-log writer: a thread that waits until a part is due, writes it, and survives errors."
     def stats(self) -> dict:
         "Rows written and dropped, parts written, write errors and the last one."
         with self._cond: return {**self._stats, 'rows_queued': self._rows}
-
-    def flush(self):
-        "Write whatever is queued now, in the calling thread."
-        with self._cond:
-            items, self._rows, self._oldest = list(self._q), 0, None
-            self._q.clear()
-        if items: self._write(items)
 
     def _due(self) -> bool:
         return self._rows >= self.max_rows or (self._oldest is not None and time.monotonic() - self._oldest >= self.max_seconds)
@@ -167,10 +132,50 @@ class RequestLogWriter:
         self._thread.join(timeout)
         atexit.unregister(self.close)
 
+
+# %% ../nbs/09c_reqlog.ipynb #4bbc774b
+class RequestLogWriter(_PartThread):
+    "Append request-log rows from any thread; a background thread writes them as Parquet parts."
+    def __init__(self, log_dir: str | Path, # where the parts go (created if missing)
+                 max_rows_per_part: int = 50_000, # a part is written once this many rows wait...
+                 max_seconds: float = 60.0, # ...or once the oldest waiting row is this old
+                 max_queue_rows: int = 200_000, # rows held in memory at most; more are dropped and counted
+                ):
+        self.log_dir, self.max_rows, self.max_seconds, self.max_queue = Path(log_dir), max_rows_per_part, max_seconds, max_queue_rows
+        self._q, self._rows, self._oldest = deque(), 0, None
+        self._cond, self._closing = threading.Condition(), False
+        self._stats = {'rows_written': 0, 'rows_dropped': 0, 'parts': 0, 'errors': 0, 'last_error': None}
+        self._thread = threading.Thread(target=self._run, name='mlops-nb-reqlog', daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def append(self, features: pd.DataFrame, predictions, meta: dict | None = None, probas=None) -> bool:
+        "Queue one scoring call's rows; False when they were dropped (queue full or writer closed)."
+        n = len(features)
+        meta = {**(meta or {}), 'ts': (meta or {}).get('ts') or pd.Timestamp.now(tz='UTC')}
+        with self._cond:
+            if self._closing or self._rows + n > self.max_queue:
+                self._stats['rows_dropped'] += n
+                return False
+            self._q.append((features, predictions, meta, probas))
+            self._rows += n
+            first = self._oldest is None
+            if first: self._oldest = time.monotonic()
+            if first or self._rows >= self.max_rows: self._cond.notify()  # start the age clock, or write now
+        return True
+
+    def flush(self):
+        "Write whatever is queued now, in the calling thread."
+        with self._cond:
+            items, self._rows, self._oldest = list(self._q), 0, None
+            self._q.clear()
+        if items: self._write(items)
+
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/09c_reqlog.ipynb #1b16a290
+
+# %% ../nbs/09c_reqlog.ipynb #97794978
 def log_parts(log_dir: str | Path # the log directory
              ) -> list[Path]:
     "The finished parts of a log, oldest first (unfinished `.tmp` files are never read)."
@@ -178,6 +183,7 @@ def log_parts(log_dir: str | Path # the log directory
     if not d.is_dir(): raise DataError(f"No request log at {d}.", hint='Point at the directory the server or batch job logs to (--log-dir).')
     return sorted(d.glob('*.parquet'))
 
+# %% ../nbs/09c_reqlog.ipynb #109da042
 def _utc(t) -> pd.Timestamp | None:
     if t is None: return None
     t = pd.Timestamp(t)
@@ -205,6 +211,7 @@ def read_log(log_dir: str | Path, # the log directory
     if not frames: return pd.DataFrame(columns=cols or [])
     return pd.concat(frames, ignore_index=True)
 
+# %% ../nbs/09c_reqlog.ipynb #fad15cbe
 def split_log(df: pd.DataFrame # rows from `read_log`
              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(features, predictions, meta): the model's inputs, its answers (`prediction*`, `proba_*`), and where rows came from."
@@ -241,7 +248,7 @@ def default_log_dir(model: str, # the model's registered name (or its folder's n
     base = Path(root) if root else (find_project() or Path.cwd())
     return base / '.mlops_nb' / 'requests' / (re.sub(r'[^\w.-]', '_', str(model)).strip('.') or 'model')
 
-# %% ../nbs/09c_reqlog.ipynb #8815615b
+# %% ../nbs/09c_reqlog.ipynb #e10b9269
 LABELS = 'labels'  # the labels log: this folder inside the request log's folder
 
 def _label_rows(items) -> pd.DataFrame:
@@ -268,6 +275,7 @@ def _label_rows(items) -> pd.DataFrame:
     if lab.map(lambda v: isinstance(v, str)).any(): lab = lab.astype(str)  # one type per part: Parquet holds no mixed column
     return pd.DataFrame({'request_id': df['request_id'].astype(str).to_numpy(), 'row': rown.astype('int64').to_numpy(), 'label': lab.to_numpy()})
 
+# %% ../nbs/09c_reqlog.ipynb #b97dc894
 def append_labels(log_dir: str | Path, # the request log's folder
                   items, # a list of {request_id, row, label} or a frame with those columns
                  ) -> int:
