@@ -100,7 +100,7 @@ def version_splits(log: pd.DataFrame, # rows of the request log
     return out
 
 
-# %% ../nbs/09d_dashboard.ipynb #b1252bc1
+# %% ../nbs/09d_dashboard.ipynb #fb24bb1b
 def log_drift_history(log_dir: str | Path, # the request log directory
                       max_runs: int = 50, # most recent monitor runs
                      ) -> pd.DataFrame:
@@ -115,6 +115,7 @@ def log_drift_history(log_dir: str | Path, # the request log directory
                          **{c: v.get('score') for c, v in (d.get('columns') or {}).items()}})
     return pd.DataFrame(rows)
 
+# %% ../nbs/09d_dashboard.ipynb #3d4dee4b
 def quality_history(log_dir: str | Path, # the request log directory
                     max_runs: int = 50, # most recent monitor runs
                    ) -> tuple[pd.DataFrame, dict]:
@@ -138,11 +139,16 @@ def latest_drift(log_dir: str | Path) -> dict | None:
     try: return json.loads(p.read_text(encoding='utf-8'))
     except (OSError, ValueError): return None
 
-# %% ../nbs/09d_dashboard.ipynb #26defca5
+# %% ../nbs/09d_dashboard.ipynb #83593a88
 _COLORS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf')
 
 def _fmt(v: float) -> str: return f'{v:.3g}'
 
+def _empty(title: str, w: int, h: int) -> str:
+    return (f'<svg class="chart empty" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><text x="46" y="16" class="title">{html.escape(title)}</text>'
+            f'<text x="{w / 2}" y="{h / 2}" class="tick" text-anchor="middle">no data yet</text></svg>')
+
+# %% ../nbs/09d_dashboard.ipynb #c3675eff
 def line_chart(x: list, # x values (timestamps or numbers)
                series: dict, # name -> y values (NaN/None leave a gap)
                title: str, # shown above the chart
@@ -178,6 +184,7 @@ def line_chart(x: list, # x values (timestamps or numbers)
         out.append(f'<text x="{w - 10}" y="{16 + 13 * k}" class="legend" fill="{c}" text-anchor="end">{html.escape(str(name))}</text>')
     return '\n'.join(out + ['</svg>'])
 
+# %% ../nbs/09d_dashboard.ipynb #00c0d228
 def bar_chart(labels: list, # one label per bar
               values: list, # bar heights
               title: str, w: int = 560, h: int = 220) -> str:
@@ -195,10 +202,6 @@ def bar_chart(labels: list, # one label per bar
                    f'<title>{html.escape(str(lab))}: {v}</title></rect>')
         if n <= 12: out.append(f'<text x="{pad + (i + 0.5) * bw:.1f}" y="{h - 12}" class="tick" text-anchor="middle">{html.escape(str(lab))}</text>')
     return '\n'.join(out + ['</svg>'])
-
-def _empty(title: str, w: int, h: int) -> str:
-    return (f'<svg class="chart empty" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><text x="46" y="16" class="title">{html.escape(title)}</text>'
-            f'<text x="{w / 2}" y="{h / 2}" class="tick" text-anchor="middle">no data yet</text></svg>')
 
 # %% ../nbs/09d_dashboard.ipynb #b889d328
 def dashboard_data(log_dir: str | Path | None, # the request log; None: the server keeps none
@@ -227,7 +230,7 @@ def dashboard_data(log_dir: str | Path | None, # the request log; None: the serv
             'quality_history': json.loads(qh.to_json(orient='records', date_format='iso')) if len(qh) else [], 'quality_bounds': bounds,
             'shadow': shadow_agreement(log, freq, tolerance, classification), 'versions': version_splits(log, versions)}
 
-# %% ../nbs/09d_dashboard.ipynb #af494329
+# %% ../nbs/09d_dashboard.ipynb #ac0f944d
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}h1{font-size:20px;margin:0 0 4px}
 .sub{color:#666;margin-bottom:16px}.grid{display:flex;flex-wrap:wrap;gap:16px}.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .title{font-size:13px;font-weight:600}.tick,.legend{font-size:11px;fill:#555}.legend{font-weight:600}.axis{stroke:#999}
@@ -244,6 +247,7 @@ def _drift_table(d: dict | None) -> str:
             f"in the window ending {html.escape(str((d.get('window') or {}).get('end') or d.get('ts')))} ({(d.get('window') or {}).get('rows')} rows)</p>")
     return head + f'<table id="drift-table"><tr><th>column</th><th>test</th><th>score</th><th>p-value</th><th>threshold</th><th></th></tr>{rows}</table>'
 
+# %% ../nbs/09d_dashboard.ipynb #0c160d1b
 def _quality_chart(hist: list, bounds: dict) -> str:
     "Realized and estimated quality of the gate's first metric across monitor windows, with the gate's bound."
     names = [k for k in (hist[-1] if hist else {}) if k not in ('time', 'labelled_rows') and not k.endswith('_estimated')]
@@ -268,6 +272,7 @@ def _quality_table(q: dict | None) -> str:
     return head + ('<table id="quality-table"><tr><th>metric</th><th>on labelled rows</th><th>95% interval</th><th>rows</th>'
                    f'<th>estimated</th><th>gate bound</th><th></th></tr>{rows}</table>')
 
+# %% ../nbs/09d_dashboard.ipynb #e645776b
 def _rollout_html(data: dict) -> str:
     "Shadow agreement (headline and chart) and the per-version table; empty for a server with one model and no shadow."
     sh, vs = data.get('shadow'), data.get('versions') or []
@@ -286,6 +291,7 @@ def _rollout_html(data: dict) -> str:
                 f'<th>p95 ms</th><th>calls since start</th><th>failures</th><th>mean ms</th></tr>{rows}</table>')
     return out
 
+# %% ../nbs/09d_dashboard.ipynb #5f2690ad
 def render_dashboard(data: dict, # `dashboard_data(...)`
                      model: dict | None = None, # the served model's `/version` document
                      refresh: int = 15, # seconds between automatic reloads
