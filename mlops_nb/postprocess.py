@@ -15,7 +15,7 @@ from .core import _FORMS, JobFailed, add_secret, redact, redact_value
 
 
 # %% auto #0
-__all__ = ['HTML_EXPORTER', 'redact_notebook', 'redact_file', 'job_failed', 'render_html', 'mark_failure', 'html_exporter']
+__all__ = ['HTML_EXPORTER', 'redact_notebook', 'job_failed', 'mark_failure', 'redact_file', 'render_html', 'html_exporter']
 
 # %% ../nbs/00d_postprocess.ipynb #6fb9a886
 def _text_mime(mime: str) -> bool:
@@ -50,23 +50,7 @@ def _redacting_writes():
     write_ipynb.__wrapped__ = write
     for m in (papermill.iorw, papermill.engines, papermill.execute): m.write_ipynb = write_ipynb
 
-# %% ../nbs/00d_postprocess.ipynb #0db4b303
-def redact_file(path: Path, # a notebook (redacted field by field) or a text file such as a log
-                values=(), # secret values to know first, besides those this process already knows
-               ) -> bool:
-    "Take every known secret out of the file `path`; whether anything changed."
-    for v in values: add_secret(v)
-    path = Path(path)
-    if not _FORMS or not path.is_file(): return False
-    text = path.read_text(encoding='utf-8', errors='surrogateescape')
-    new = None
-    if path.suffix == '.ipynb':
-        try: new = json.dumps(redact_notebook(json.loads(text)), indent=1, ensure_ascii=False) + '\n'
-        except ValueError: new = None  # cut short by a kill: redact it as text
-    if new is None: new = redact(text)
-    if new != text: path.write_text(new, encoding='utf-8', errors='surrogateescape')
-    return new != text
-
+# %% ../nbs/00d_postprocess.ipynb #8e19cdcf
 def job_failed(failure: dict # {'reason', 'cell', 'ename', 'evalue', ...} of a failed job
               ) -> JobFailed:
     "The error a failed job is recorded (and raised) as, carrying the failure's facts."
@@ -74,22 +58,7 @@ def job_failed(failure: dict # {'reason', 'cell', 'ename', 'evalue', ...} of a f
     return JobFailed(redact(f"{failure.get('reason')}{where}: {failure.get('ename')}: {failure.get('evalue')}"),
                      hint='Open the executed notebook to see the failing cell.', **{k: v for k, v in failure.items() if k != 'hint'})
 
-def _plain_exporter():
-    from nbconvert import HTMLExporter
-    return HTMLExporter()
-
-def render_html(nb_path: Path) -> Path | None:
-    "An HTML render of the executed notebook next to it (None if rendering fails)."
-    try:
-        import nbformat  # 0.1-0.2 s; nbconvert (in `html_exporter`) 0.5-1 s: only a job's process pays them
-        exporter = HTML_EXPORTER or _plain_exporter()  # HTML_EXPORTER: built once by the warm process this job forked from
-        body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-        out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
-        return out
-    except Exception as e:  # broad: nbconvert fails in many ways; a job without its HTML page is still a job
-        print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
-        return None
-
+# %% ../nbs/00d_postprocess.ipynb #b7a492c6
 def mark_failure(nb_path: Path, error: dict) -> int | None:
     "Mark the cell that was running when the job was stopped or died; its index (None if no cell was running)."
     import nbformat
@@ -116,6 +85,40 @@ def mark_failure(nb_path: Path, error: dict) -> int | None:
     nb.metadata.setdefault('papermill', {})['exception'] = True
     nbformat.write(nb, str(nb_path))
     return idx  # as papermill counts: before its banner
+
+# %% ../nbs/00d_postprocess.ipynb #dd80fb95
+def redact_file(path: Path, # a notebook (redacted field by field) or a text file such as a log
+                values=(), # secret values to know first, besides those this process already knows
+               ) -> bool:
+    "Take every known secret out of the file `path`; whether anything changed."
+    for v in values: add_secret(v)
+    path = Path(path)
+    if not _FORMS or not path.is_file(): return False
+    text = path.read_text(encoding='utf-8', errors='surrogateescape')
+    new = None
+    if path.suffix == '.ipynb':
+        try: new = json.dumps(redact_notebook(json.loads(text)), indent=1, ensure_ascii=False) + '\n'
+        except ValueError: new = None  # cut short by a kill: redact it as text
+    if new is None: new = redact(text)
+    if new != text: path.write_text(new, encoding='utf-8', errors='surrogateescape')
+    return new != text
+
+# %% ../nbs/00d_postprocess.ipynb #e41fcbb0
+def _plain_exporter():
+    from nbconvert import HTMLExporter
+    return HTMLExporter()
+
+def render_html(nb_path: Path) -> Path | None:
+    "An HTML render of the executed notebook next to it (None if rendering fails)."
+    try:
+        import nbformat  # 0.1-0.2 s; nbconvert (in `html_exporter`) 0.5-1 s: only a job's process pays them
+        exporter = HTML_EXPORTER or _plain_exporter()  # HTML_EXPORTER: built once by the warm process this job forked from
+        body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+        out = Path(nb_path).with_suffix('.html'); out.write_text(redact(body), encoding='utf-8')
+        return out
+    except Exception as e:  # broad: nbconvert fails in many ways; a job without its HTML page is still a job
+        print(f"mlops_nb: could not render {nb_path} as HTML: {e}", file=sys.stderr)
+        return None
 
 # %% ../nbs/00d_postprocess.ipynb #pp000007
 HTML_EXPORTER = None  # built once per process (the warm worker builds it), so every job's HTML render skips loading nbconvert's templates
