@@ -94,7 +94,6 @@ def is_ours(path: str | os.PathLike # a file
     try: return entry is not None and json.loads(entry.read_text(encoding='utf-8')) == _stamp(Path(path))
     except (OSError, ValueError): return False
 
-# %% ../nbs/00b_outputs.ipynb #0f9c2575
 def remove_ours(path: str | os.PathLike # a file we may have written earlier
                ) -> bool:
     "Delete `path` only if we wrote it (and it is unchanged); whether it was removed."
