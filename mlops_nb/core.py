@@ -237,7 +237,7 @@ def _abs_uri(value: str, base: Path) -> str:
     if '://' not in value and ':' not in value[:2]: return str((base / value).resolve())
     return value
 
-# %% ../nbs/00_core.ipynb #fedf74d5
+# %% ../nbs/00_core.ipynb #d8836f4e
 @dataclass(frozen=True)
 class Settings:
     "Where runs, artifacts and registered models go, and where each value came from."
@@ -255,6 +255,7 @@ class Settings:
         if self.registry_uri: env.update(MLFLOW_REGISTRY_URI=self.registry_uri, MLOPS_NB_REGISTRY_URI=self.registry_uri)
         return env
 
+# %% ../nbs/00_core.ipynb #1e9385af
 def get_settings(tracking_uri: str | None = None, # explicit tracking URI (wins over everything)
                  artifact_root: str | None = None, # explicit artifact root
                  experiment: str | None = None, # explicit experiment name
