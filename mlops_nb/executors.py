@@ -79,12 +79,34 @@ def _child(conn, fn: Callable, args: tuple, init: Callable | None, threads: int,
             try: pickle.loads(pickle.dumps(e)); conn.send(('error', e))
             except Exception: conn.send(('error', RuntimeError(f"{type(e).__name__}: {e}")))  # broad: any exception may fail to pickle
 
-# %% ../nbs/08c_executors.ipynb #87d8480c
+# %% ../nbs/08c_executors.ipynb #2a6bddcf
+def _fork_children(procs: dict, n: int, fn: Callable, args: tuple, init, label: str):
+    "Fork `n` processes running `fn` on items; fills `procs` with {its connection: [process, the item it works on]}."
+    import multiprocessing as mp
+    ctx, threads = mp.get_context('fork'), max(1, (os.cpu_count() or 1) // n)
+    cfg = getattr(mp.current_process(), '_config', {})
+    daemonic = cfg.get('daemon', False)
+    try:
+        cfg['daemon'] = False
+        for _ in range(n):
+            here, there = ctx.Pipe()
+            p = ctx.Process(target=_child, args=(there, fn, args, init, threads, os.getpid()), name=label, daemon=True)
+            p.start(); there.close()
+            procs[here] = [p, None]
+    finally: cfg['daemon'] = daemonic
+
+def _stop_children(procs: dict):
+    "Tell each process to stop once it has finished the item it holds, and wait for all of them."
+    for conn, (p, _) in procs.items():
+        try: conn.send(None)
+        except OSError: pass  # it has died already
+    for conn, (p, _) in procs.items(): p.join(); conn.close()
+
+# %% ../nbs/08c_executors.ipynb #a2e83b47
 def _forked_map(fn: Callable, items, done: Callable, args: tuple, n: int, init, cancel: Cancel, label: str):
     "`fn(*args, item)` in `n` processes forked from this one; `done(result)` as each ends."
-    import multiprocessing as mp
     from multiprocessing.connection import wait
-    ctx, procs, threads = mp.get_context('fork'), {}, max(1, (os.cpu_count() or 1) // n)
+    procs = {}
     def died(conn):
         p, item = procs[conn]
         p.join(5)
@@ -96,16 +118,8 @@ def _forked_map(fn: Callable, items, done: Callable, args: tuple, n: int, init, 
         try: conn.send(item)
         except OSError: raise died(conn) from None
         return True
-    cfg = getattr(mp.current_process(), '_config', {})
-    daemonic = cfg.get('daemon', False)  # a job's process is daemonic, and multiprocessing refuses children of daemons;
-    try:                                 # these die with it anyway (`die_with_parent`) and are always joined below
-        cfg['daemon'] = False
-        for _ in range(n):
-            here, there = ctx.Pipe()
-            p = ctx.Process(target=_child, args=(there, fn, args, init, threads, os.getpid()), name=label, daemon=True)
-            p.start(); there.close()
-            procs[here] = [p, None]  # its connection -> [process, the item it works on]
-        cfg['daemon'] = daemonic
+    try:
+        _fork_children(procs, n, fn, args, init, label)
         busy = {c for c in list(procs) if feed(c)}
         while busy:
             for c in wait(list(busy)):
@@ -114,12 +128,7 @@ def _forked_map(fn: Callable, items, done: Callable, args: tuple, n: int, init, 
                 if kind == 'error': raise r
                 done(r)
                 if not feed(c): busy.discard(c)
-    finally:
-        cfg['daemon'] = daemonic
-        for conn, (p, _) in procs.items():
-            try: conn.send(None)  # each finishes the item it holds, then exits
-            except OSError: pass
-        for conn, (p, _) in procs.items(): p.join(); conn.close()
+    finally: _stop_children(procs)
 
 # %% ../nbs/08c_executors.ipynb #50459db8
 @EXECUTORS.register('local')
