@@ -148,7 +148,15 @@ def k8s_manifests(name: str, # the app name (made DNS-safe)
                         'name': 'cpu', 'target': {'type': 'Utilization', 'averageUtilization': 70}}}]}}
     return {'deployment.yaml': dep, 'service.yaml': svc, 'hpa.yaml': hpa}
 
-# %% ../nbs/10a_deploy.ipynb #5f1c2fb3
+# %% ../nbs/10a_deploy.ipynb #23b8e805
+def _check_context(uri: str, out: Path, shadow: str | None, canary: str | None, canary_share: float):
+    "Refuse, before anything is written, an output that is an input or not empty, and rollout flags that do not fit."
+    check_outputs({'--out': out}, {'MODEL_URI': uri if Path(uri).expanduser().exists() else None}, folders={'--out'})
+    if canary and not 0 < canary_share <= 1: raise ConfigError(f"--canary-share {canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
+    if canary and canary == shadow: raise ConfigError(f"--canary and --shadow name the same model {canary}.", hint='Use one of them.')
+    check_new_folder(out, '--out')
+
+# %% ../nbs/10a_deploy.ipynb #b0693244
 def _rollout_models(out: Path, shadow: str | None, canary: str | None, settings) -> dict:
     "`{role: info}`: the shadow's and canary's files prepared in `out/shadow`, `out/canary`."
     side = {}
@@ -159,6 +167,13 @@ def _rollout_models(out: Path, shadow: str | None, canary: str | None, settings)
         side[role] = prepare_model_dir(str(out / role) if local else u, out / role, settings)
     return side
 
+def _readme(name: str, info: dict, side: dict, uri: str, image: str, port: int) -> str:
+    roll = ''.join(f"\n{r}: {i.get('name') or i.get('uri')} version {i.get('version')} (folder `{r}/`)" for r, i in side.items())
+    return (f"# {name} version {info.get('version')}\n\nBuilt by `mlops-nb deploy {uri}`.{roll}\n\n"
+            f"```bash\ndocker build -t {image} .\ndocker run --rm -p {port}:{port} {image}\n"
+            f"curl -s localhost:{port}/version\nkubectl apply -f k8s/\n```\n")
+
+# %% ../nbs/10a_deploy.ipynb #74437620
 def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a folder
                    out: str | Path, # the build context folder (created; must be empty if it exists)
                    settings=None, # the store
@@ -171,10 +186,7 @@ def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NA
                   ) -> dict:
     "Write the build context of `uri` (and of its shadow and canary) to `out`; returns what was written and the models' identity."
     out = Path(out)
-    check_outputs({'--out': out}, {'MODEL_URI': uri if Path(uri).expanduser().exists() else None}, folders={'--out'})
-    if canary and not 0 < canary_share <= 1: raise ConfigError(f"--canary-share {canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
-    if canary and canary == shadow: raise ConfigError(f"--canary and --shadow name the same model {canary}.", hint='Use one of them.')
-    check_new_folder(out, '--out')
+    _check_context(uri, out, shadow, canary, canary_share)
     out.mkdir(parents=True, exist_ok=True)
     if Path(uri).expanduser().is_dir(): shutil.copytree(Path(uri).expanduser(), out / 'model')
     info = prepare_model_dir(str(out / 'model') if Path(uri).expanduser().is_dir() else uri, out / 'model', settings)
@@ -195,10 +207,3 @@ def deploy_context(uri: str, # the model to ship: models:/NAME@ALIAS, models:/NA
     return {**{k: info.get(k) for k in ('name', 'version', 'alias', 'run_id')}, 'uri': uri, 'out': str(out), 'image': image, 'args': rollout,
             'rollout': {r: {k: i.get(k) for k in ('name', 'version', 'uri')} for r, i in side.items()},
             'files': sorted(str(p.relative_to(out)) for p in out.rglob('*') if p.is_file() and 'src' not in p.relative_to(out).parts[:1])}
-
-def _readme(name: str, info: dict, side: dict, uri: str, image: str, port: int) -> str:
-    roll = ''.join(f"\n{r}: {i.get('name') or i.get('uri')} version {i.get('version')} (folder `{r}/`)" for r, i in side.items())
-    return (f"# {name} version {info.get('version')}\n\nBuilt by `mlops-nb deploy {uri}`.{roll}\n\n"
-            f"```bash\ndocker build -t {image} .\ndocker run --rm -p {port}:{port} {image}\n"
-            f"curl -s localhost:{port}/version\nkubectl apply -f k8s/\n```\n")
-
