@@ -26,7 +26,12 @@ from .postprocess import job_failed, mark_failure, redact_file, redact_notebook,
 __all__ = ['JobResult', 'read_recorded', 'prepare_notebook', 'secret_env', 'default_output', 'default_engine', 'check_job',
            'run_job', 'Reproduction', 'reproduce']
 
-# %% ../nbs/08_jobs.ipynb #83abe93e
+# %% ../nbs/08_jobs.ipynb #bd283d83
+def _is_json(v) -> bool:
+    try: json.dumps(v); return True
+    except TypeError: return False
+
+# %% ../nbs/08_jobs.ipynb #6c721a40
 @dataclass
 class JobResult:
     "What a job did: its run, status, executed notebook, metrics and the values it recorded."
@@ -64,10 +69,6 @@ class JobResult:
                  recorded=redact_value({k: v for k, v in self.recorded.items() if _is_json(v)}))
         return d
 
-def _is_json(v) -> bool:
-    try: json.dumps(v); return True
-    except TypeError: return False
-
 # %% ../nbs/08_jobs.ipynb #ce2905aa
 def read_recorded(nb) -> dict:
     "Values a notebook passed to `mlops_nb.record`, from its outputs (last one wins)."
@@ -93,7 +94,7 @@ def secret_env(values: dict, secrets: set) -> dict:
     "The environment variables that carry the secret values into the job's process."
     return {secret_env_name(k): secret_env_value(values[k]) for k in values if k in secrets}
 
-# %% ../nbs/08_jobs.ipynb #ba85f205
+# %% ../nbs/08_jobs.ipynb #a5d02a09
 def default_output(run_id: str, notebook: Path, cwd: Path | None = None) -> Path:
     "Where an executed notebook is kept locally: `.mlops_nb/outputs/RUN_ID/NAME.ipynb` in the working directory."
     return Path(cwd or os.getcwd()) / '.mlops_nb' / 'outputs' / run_id / notebook.name
@@ -102,6 +103,7 @@ def default_engine() -> str:
     "The engine jobs use unless told: `MLOPS_NB_ENGINE`, else 'fast'."
     return os.environ.get('MLOPS_NB_ENGINE') or 'fast'
 
+# %% ../nbs/08_jobs.ipynb #3805bb06
 def _engine_for(nb: Path, engine: str | None, kernel_name: str | None) -> str:
     "The engine to run `nb` with: the fast engine runs Python in this interpreter, so another kernel means papermill."
     try: name, language = kernelspec(json.loads(nb.read_text(encoding='utf-8')))
@@ -295,7 +297,7 @@ def _pruned(failure: dict | None) -> dict | None:
     return failure if failure and failure.get('reason') == 'error' and failure.get('ename') == 'TrialPruned' else None
 
 
-# %% ../nbs/08_jobs.ipynb #3c88c9a6
+# %% ../nbs/08_jobs.ipynb #84b93e99
 @dataclass
 class Reproduction:
     "A rerun of a recorded job and how it compares."
@@ -316,19 +318,7 @@ class Reproduction:
                 'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'files_checked': self.files_checked,
                 'identical': self.identical}
 
-def _stripped(executed, dst: Path) -> Path:
-    "The executed notebook as it was before papermill: no injected cell, no error banner, no outputs."
-    import nbformat
-    nb = nbformat.read(str(executed), as_version=4)
-    drop = ('injected-parameters', 'papermill-error-cell-tag')
-    nb.cells = [c for c in nb.cells if not any(t in c.get('metadata', {}).get('tags', []) for t in drop)]
-    for c in nb.cells:
-        c.metadata.pop('papermill', None); c.metadata.pop('execution', None)
-        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
-    nb.metadata.pop('papermill', None)
-    nbformat.write(nb, str(dst))
-    return dst
-
+# %% ../nbs/08_jobs.ipynb #4298231d
 def _data_check(run, run_id: str, base: Path):
     "Refuse (DataError) when a local data file given to `log_dataset` is gone or changed (relative paths from `base`)."
     tags = run.data.tags
@@ -359,6 +349,32 @@ def _files_check(reads: dict | None, run_id: str) -> int | None:
                         + '\n'.join(f'  - {p}' for p in problems),
                         hint="Restore the files as they were, or start a new run on the new data.", problems=problems)
     return len(reads['files'])
+
+# %% ../nbs/08_jobs.ipynb #93bd14c6
+def _stripped(executed, dst: Path) -> Path:
+    "The executed notebook as it was before papermill: no injected cell, no error banner, no outputs."
+    import nbformat
+    nb = nbformat.read(str(executed), as_version=4)
+    drop = ('injected-parameters', 'papermill-error-cell-tag')
+    nb.cells = [c for c in nb.cells if not any(t in c.get('metadata', {}).get('tags', []) for t in drop)]
+    for c in nb.cells:
+        c.metadata.pop('papermill', None); c.metadata.pop('execution', None)
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    nb.metadata.pop('papermill', None)
+    nbformat.write(nb, str(dst))
+    return dst
+
+# %% ../nbs/08_jobs.ipynb #58b0dad0
+def _compare(old, new) -> tuple[dict, dict]:
+    "(metrics: name -> original, reproduced, diff; data fingerprints that differ: name -> (original, new)) of two runs' data."
+    metrics = {}
+    for k in sorted((set(old.metrics) | set(new.metrics)) - {'job_duration_s'}):
+        a, b = old.metrics.get(k), new.metrics.get(k)
+        metrics[k] = {'original': a, 'reproduced': b, 'diff': (b - a) if a is not None and b is not None else None}
+    fp = f'{TAG}data_fingerprint'
+    changed = {k[len(fp) + 1:] or 'primary': (v, new.tags.get(k)) for k, v in old.tags.items()
+               if k.startswith(fp) and new.tags.get(k) != v}
+    return metrics, changed
 
 # %% ../nbs/08_jobs.ipynb #d936f7e3
 def reproduce(run_id: str, # the run to rerun
@@ -397,15 +413,6 @@ def reproduce(run_id: str, # the run to rerun
     exp = c.get_experiment(old.info.experiment_id).name
     res = run_job(nb, values, settings=s, experiment=exp, engine=engine, timeout=timeout, run_name=f"{old.info.run_name} (reproduction)",
                   tags={f'{TAG}reproduction_of': run_id}, cwd=base if base.is_dir() else None)
-    new = c.get_run(res.run_id)
-    skip = {'job_duration_s'}
-    metrics = {}
-    for k in sorted((set(old.data.metrics) | set(new.data.metrics)) - skip):
-        a, b = old.data.metrics.get(k), new.data.metrics.get(k)
-        metrics[k] = {'original': a, 'reproduced': b, 'diff': (b - a) if a is not None and b is not None else None}
-    fp = f'{TAG}data_fingerprint'
-    changed = {k[len(fp) + 1:] or 'primary': (v, new.data.tags.get(k)) for k, v in tags.items()
-               if k.startswith(fp) and new.data.tags.get(k) != v}
-    r = Reproduction(run_id, res, metrics, changed, checked)
+    r = Reproduction(run_id, res, *_compare(old.data, c.get_run(res.run_id).data), checked)
     c.set_tag(res.run_id, f'{TAG}reproduction', 'identical' if r.identical else 'differs')
     return r
