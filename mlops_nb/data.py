@@ -272,13 +272,35 @@ def _detail(kind: str, c: ColumnSchema | None, values: pd.Series, tol: float = 0
     if kind == 'unseen_category': return f"not among the {len(c.categories)} known values: {vals}"
     return ''
 
-# %% ../nbs/01_data.ipynb #f50db576
+# %% ../nbs/01_data.ipynb #49969b2b
 def _problem(column, kind, rows, detail) -> dict:
     "One row of a problems table; `rows` is a count (whole-column problem) or the offending index labels."
     if isinstance(rows, int): return dict(column=column, kind=kind, count=rows, examples=[], detail=detail)
     ex = [v.item() if isinstance(v, np.generic) else v for v in list(rows[:5])]
     return dict(column=column, kind=kind, count=len(rows), examples=ex, detail=detail)
 
+def _failure_rows(fc: pd.DataFrame, # pandera's failure cases
+                  schema: Schema, kinds: dict, n: int, range_tolerance: float) -> list[dict]:
+    "Problems table rows from pandera's failure cases: whole columns missing or extra, then each check's failing rows."
+    rows = []
+    whole = fc['check'].isin(['column_in_dataframe', 'column_in_schema'])
+    for _, f in fc[whole].iterrows():
+        kind = 'missing_column' if f['check'] == 'column_in_dataframe' else 'extra_column'
+        col = f['failure_case']
+        rows.append(_problem(col, kind, n, _detail(kind, schema[col] if col in schema else None, fc.iloc[:0]['failure_case'])))
+    for (col, check, num), g in fc[~whole].groupby(['column', 'check', 'check_number'], dropna=False, sort=False):
+        kind = 'null' if check == 'not_nullable' else kinds[col][int(num)] if pd.notna(num) else str(check)
+        rows.append(_problem(col, kind, pd.Index(g['index']), _detail(kind, schema[col], g['failure_case'], range_tolerance)))
+    return rows
+
+def _problems_frame(rows: list[dict], schema: Schema, df: pd.DataFrame) -> pd.DataFrame:
+    "The problems as a frame, in the schema's column order (then the frame's), each column's problems in a fixed order."
+    order = {}
+    for c in [*schema.names, *df.columns]: order.setdefault(c, len(order))
+    rows.sort(key=lambda r: (order.get(r['column'], len(order)), _KIND_ORDER.index(r['kind']) if r['kind'] in _KIND_ORDER else 99))
+    return pd.DataFrame(rows, columns=PROBLEM_COLUMNS).astype({'count': 'int64'})
+
+# %% ../nbs/01_data.ipynb #b88615a0
 def validation_report(df: pd.DataFrame, # data to check
                       schema: Schema, # what it should look like
                       *, allow_extra: bool = False, # accept columns the schema does not know
@@ -304,19 +326,8 @@ def validation_report(df: pd.DataFrame, # data to check
     try: pa.DataFrameSchema(cols, strict=not allow_extra).validate(df.copy(deep=False), lazy=True, inplace=True)  # no data copied, df untouched
     except pa.errors.SchemaErrors as e: fc = e.failure_cases
     else: fc = None
-    if fc is not None:
-        whole = fc['check'].isin(['column_in_dataframe', 'column_in_schema'])
-        for _, f in fc[whole].iterrows():
-            kind = 'missing_column' if f['check'] == 'column_in_dataframe' else 'extra_column'
-            col = f['failure_case']
-            rows.append(_problem(col, kind, n, _detail(kind, schema[col] if col in schema else None, fc.iloc[:0]['failure_case'])))
-        for (col, check, num), g in fc[~whole].groupby(['column', 'check', 'check_number'], dropna=False, sort=False):
-            kind = 'null' if check == 'not_nullable' else kinds[col][int(num)] if pd.notna(num) else str(check)
-            rows.append(_problem(col, kind, pd.Index(g['index']), _detail(kind, schema[col], g['failure_case'], range_tolerance)))
-    order = {}
-    for c in [*schema.names, *df.columns]: order.setdefault(c, len(order))
-    rows.sort(key=lambda r: (order.get(r['column'], len(order)), _KIND_ORDER.index(r['kind']) if r['kind'] in _KIND_ORDER else 99))
-    return pd.DataFrame(rows, columns=PROBLEM_COLUMNS).astype({'count': 'int64'})
+    if fc is not None: rows += _failure_rows(fc, schema, kinds, n, range_tolerance)
+    return _problems_frame(rows, schema, df)
 
 # %% ../nbs/01_data.ipynb #88529997
 def _table(problems: pd.DataFrame, limit: int = 20) -> str:
@@ -349,7 +360,7 @@ def validate(df: pd.DataFrame, # data to check
     if (problems['kind'] == 'extra_column').any(): hint += " To accept extra columns pass allow_extra=True."
     raise SchemaError(msg, hint=hint, problems=problems, name=name)
 
-# %% ../nbs/01_data.ipynb #02826a6d
+# %% ../nbs/01_data.ipynb #fd39b705
 _U8MAX = np.iinfo(np.uint64).max  # pandas' hash of a null
 
 def _fp_label(s: pd.Series) -> str:
@@ -362,6 +373,7 @@ def _fp_label(s: pd.Series) -> str:
     if pd.api.types.is_datetime64_dtype(t): return 'datetime64[ns]'
     return str(t)
 
+# %% ../nbs/01_data.ipynb #7120a7fb
 def _fp_hashes(s: pd.Series, label: str) -> np.ndarray:
     "Row hashes of one column: pandas' fixed-key hashes of canonical values (one zero, one NaN, times in ns)."
     t = s.dtype
@@ -381,6 +393,7 @@ def _fp_hashes(s: pd.Series, label: str) -> np.ndarray:
         s = pd.Series(v, copy=False)
     return pd.util.hash_pandas_object(s, index=False).to_numpy()
 
+# %% ../nbs/01_data.ipynb #68e235cd
 def fingerprint(df: pd.DataFrame, # frame to identify; its index is ignored
                 order_sensitive: bool = True, # False: row and column order do not matter
                ) -> str:
@@ -419,13 +432,27 @@ def split(df: pd.DataFrame, # rows to split
     for part in (train, test): part.attrs = dict(df.attrs)
     return train, test
 
-# %% ../nbs/01_data.ipynb #d59f7463
+# %% ../nbs/01_data.ipynb #fe8dc146
 class Window(NamedTuple):
     "Rows of a frame whose time is in `[start, end)`."
     start: pd.Timestamp
     end: pd.Timestamp
     frame: pd.DataFrame
 
+def _edges(lo: pd.Timestamp, hi: pd.Timestamp, # the first and last time
+           freq: str | None, n: int | None) -> pd.DatetimeIndex:
+    "Window boundaries covering `lo`..`hi`: calendar windows of `freq` (the last `n` of them), or `n` equal ones."
+    if freq is not None:
+        try: off = pd.tseries.frequencies.to_offset(freq)
+        except ValueError as e: raise DataError(f"Invalid freq {freq!r}: {e}", hint="Use a pandas offset alias such as 'D', '6h', 'W-MON' or 'MS'.") from e
+        start = lo.floor(off) if isinstance(off, pd.offsets.Tick) else off.rollback(lo.normalize())
+        edges = pd.date_range(start, hi, freq=off)
+        edges = edges.append(pd.DatetimeIndex([edges[-1] + off]))
+        if n is not None: edges = edges[-(n + 1):]
+        return edges
+    return pd.DatetimeIndex([lo + (hi - lo) * i // n for i in range(n + 1)])
+
+# %% ../nbs/01_data.ipynb #191530f0
 def time_windows(df: pd.DataFrame, # rows with a time column
                  time_col: str, # datetime column (text is parsed with `pd.to_datetime`)
                  freq: str | None = None, # window length as a pandas offset: 'D', '6h', 'W-MON', 'MS'
@@ -446,14 +473,7 @@ def time_windows(df: pd.DataFrame, # rows with a time column
     if not valid.any(): return
     tv = pd.DatetimeIndex(t[valid])
     lo, hi = tv.min(), tv.max()
-    if freq is not None:
-        try: off = pd.tseries.frequencies.to_offset(freq)
-        except ValueError as e: raise DataError(f"Invalid freq {freq!r}: {e}", hint="Use a pandas offset alias such as 'D', '6h', 'W-MON' or 'MS'.") from e
-        start = lo.floor(off) if isinstance(off, pd.offsets.Tick) else off.rollback(lo.normalize())
-        edges = pd.date_range(start, hi, freq=off)
-        edges = edges.append(pd.DatetimeIndex([edges[-1] + off]))
-        if n is not None: edges = edges[-(n + 1):]
-    else: edges = pd.DatetimeIndex([lo + (hi - lo) * i // n for i in range(n + 1)])
+    edges = _edges(lo, hi, freq, n)
     nwin = len(edges) - 1
     ids = np.asarray(edges.searchsorted(tv, side='right')) - 1
     if freq is None: ids[ids >= nwin] = nwin - 1  # the last equal window includes its end

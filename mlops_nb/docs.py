@@ -98,6 +98,28 @@ def site_notebooks(nbs: Path, # the project's notebook folder
         else: groups.append((caption, [nb]))
     return groups
 
+# %% ../nbs/12a_docs.ipynb #5b0f2d43
+def _ini(project: Path) -> dict:
+    "The [DEFAULT] settings of a project's settings.ini, interpolated as nbdev reads them."
+    cp = configparser.ConfigParser(delimiters=['='])
+    cp.read(Path(project) / 'settings.ini', encoding='utf-8')
+    def get(k):
+        try: return cp.get('DEFAULT', k)
+        except configparser.InterpolationError: return cp.get('DEFAULT', k, raw=True)
+    return {k: get(k) for k in cp.defaults()}
+
+def _flag(v: str | None, default: bool = False) -> bool:
+    "A settings.ini boolean (True/False, yes/no, 1/0)."
+    return default if v is None else v.strip().lower() in ('true', 'yes', '1', 'on')
+
+
+def _child_env(project: Path) -> dict:
+    "The environment of a child that imports the project: the folder holding settings.ini `lib_path` first on sys.path, so the package need not be installed."
+    cfg = _ini(project)
+    lib = (Path(project) / cfg.get('lib_path', cfg.get('lib_name', ''))).resolve()
+    path = [str(lib.parent)] + [str(Path(project).resolve())] * (lib.parent != Path(project).resolve()) + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path), 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
+
 # %% ../nbs/12a_docs.ipynb #3d27271a
 def _proc_worker(jobs_json: str, results: str):
     "Run nbdev's processors on each (src, dst) in `jobs_json`; append one JSON line per notebook to the file `results`. Runs in a child."
@@ -161,28 +183,6 @@ def proc_notebooks(project: Path, # the project root (holds settings.ini)
     notes.update({d['src']: d['note'] for d in done})
     cache.mkdir(parents=True, exist_ok=True); book.write_text(json.dumps(notes, indent=1))
     return out, [notes[str(Path(nb).resolve())] for nb in notebooks if notes.get(str(Path(nb).resolve()))]
-
-# %% ../nbs/12a_docs.ipynb #5b0f2d43
-def _ini(project: Path) -> dict:
-    "The [DEFAULT] settings of a project's settings.ini, interpolated as nbdev reads them."
-    cp = configparser.ConfigParser(delimiters=['='])
-    cp.read(Path(project) / 'settings.ini', encoding='utf-8')
-    def get(k):
-        try: return cp.get('DEFAULT', k)
-        except configparser.InterpolationError: return cp.get('DEFAULT', k, raw=True)
-    return {k: get(k) for k in cp.defaults()}
-
-def _flag(v: str | None, default: bool = False) -> bool:
-    "A settings.ini boolean (True/False, yes/no, 1/0)."
-    return default if v is None else v.strip().lower() in ('true', 'yes', '1', 'on')
-
-
-def _child_env(project: Path) -> dict:
-    "The environment of a child that imports the project: the folder holding settings.ini `lib_path` first on sys.path, so the package need not be installed."
-    cfg = _ini(project)
-    lib = (Path(project) / cfg.get('lib_path', cfg.get('lib_name', ''))).resolve()
-    path = [str(lib.parent)] + [str(Path(project).resolve())] * (lib.parent != Path(project).resolve()) + [p for p in [os.environ.get('PYTHONPATH')] if p]
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path), 'MLFLOW_DISABLE_TELEMETRY': 'true', 'PYTHONWARNINGS': 'ignore'}
 
 # %% ../nbs/12a_docs.ipynb #3635f46f
 _OPTS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output', ('include', 'false'): 'remove-cell'}
@@ -596,18 +596,12 @@ def readme_for_site(text: str, # the README's markdown
     "The README for the home page: pictures copied into the site, links to notebooks to their pages, links to other repository files made absolute."
     return local_links(text, project, project, src, '', repo_url, pages)
 
-# %% ../nbs/12a_docs.ipynb #7c9a7f56
-def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[str]:
-    "Write the Sphinx source folder; returns its pages."
-    cfg = _ini(project)
-    site = cfg.get('doc_host', '').rstrip('/') + '/' + cfg.get('doc_baseurl', '').strip('/')
-    if src.exists(): shutil.rmtree(src)
-    src.mkdir(parents=True)
-    nbs = project / cfg.get('nbs_path', 'nbs')
-    groups, pages = _site_pages(nbs, cfg, notes)
+# %% ../nbs/12a_docs.ipynb #53a51ded
+def _myst_pages(project: Path, src: Path, pages: dict, # page path -> its notebook
+                site: str, repo: str, notes: list[str]) -> dict:
+    "Each page's notebook, processed by nbdev and rewritten for MyST-NB with its links fixed: page path -> notebook JSON."
     procd, n = proc_notebooks(project, list(pages.values()))
     notes += n
-    repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
     docs = {}
     for page, nb in pages.items():
         up = '../' * page.count('/')
@@ -615,11 +609,11 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
         for cl in doc['cells']:
             if cl['cell_type'] == 'markdown': cl['source'] = local_links(cl['source'], nb.parent, project, src, up, repo)
         docs[page] = nbformat4(doc)
-    sections = [(c, [page_path(nb, nbs) for nb in g]) for c, g in groups]
-    helps = [script_help(project, name, target) for name, target in console_scripts(cfg)]
-    if helps:
-        (src / 'command-line.md').write_text(cli_reference(helps), encoding='utf-8'); sections.append(('Reference', ['command-line']))
-    sections.append(('Run reports', [run_report(r, src, settings).relative_to(src).with_suffix('').as_posix() for r in runs]))
+    return docs
+
+# %% ../nbs/12a_docs.ipynb #6919d290
+def _home_page(project: Path, src: Path, cfg: dict, docs: dict, sections: list, pages: dict, repo: str):
+    "The home page: the index notebook with the site's contents hidden at its end, else the README (or a title) with them listed."
     if 'index' in docs:
         docs['index']['cells'].append({'cell_type': 'markdown', 'metadata': {}, 'source': toctrees(sections, hidden=True)})
         docs['index'] = nbformat4(docs['index'])
@@ -628,6 +622,24 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
         intro = readme.read_text(encoding='utf-8') if readme.exists() else f"# {cfg.get('title', project.name)}\n"
         if readme.exists(): intro = readme_for_site(intro, project, src, repo, {nb: page for page, nb in pages.items()})
         (src / 'index.md').write_text(index_page(intro, sections), encoding='utf-8')
+
+# %% ../nbs/12a_docs.ipynb #700285ec
+def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[str]:
+    "Write the Sphinx source folder; returns its pages."
+    cfg = _ini(project)
+    site = cfg.get('doc_host', '').rstrip('/') + '/' + cfg.get('doc_baseurl', '').strip('/')
+    if src.exists(): shutil.rmtree(src)
+    src.mkdir(parents=True)
+    nbs = project / cfg.get('nbs_path', 'nbs')
+    groups, pages = _site_pages(nbs, cfg, notes)
+    repo = f"{cfg['git_url'].rstrip('/')}/blob/{cfg.get('branch', 'main')}" if cfg.get('git_url') else ''
+    docs = _myst_pages(project, src, pages, site, repo, notes)
+    sections = [(c, [page_path(nb, nbs) for nb in g]) for c, g in groups]
+    helps = [script_help(project, name, target) for name, target in console_scripts(cfg)]
+    if helps:
+        (src / 'command-line.md').write_text(cli_reference(helps), encoding='utf-8'); sections.append(('Reference', ['command-line']))
+    sections.append(('Run reports', [run_report(r, src, settings).relative_to(src).with_suffix('').as_posix() for r in runs]))
+    _home_page(project, src, cfg, docs, sections, pages, repo)
     for page, doc in docs.items():
         (src / page).parent.mkdir(parents=True, exist_ok=True)
         (src / f"{page}.ipynb").write_text(json.dumps(doc), encoding='utf-8')
@@ -635,7 +647,21 @@ def _stage(project: Path, src: Path, runs, settings, notes: list[str]) -> list[s
                                                 site if cfg.get('doc_host') else '', cfg.get('copyright', '')), encoding='utf-8')
     return ['index'] + [p for _, ps in sections for p in ps]
 
-# %% ../nbs/12a_docs.ipynb #d3930394
+# %% ../nbs/12a_docs.ipynb #7025f0f0
+def _sphinx(project: Path, src: Path, build: Path, strict: bool) -> list[str]:
+    "Render the staged source with Sphinx (-n); a DocsError naming every fatal warning, else the cosmetic ones."
+    warnings = project / '_proc' / '_warnings.txt'
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-n', '-q', '-E', '-w', str(warnings),
+           '-d', str(project / '_proc' / '_doctrees'), str(src), str(build)]  # MyST-NB writes beside the build folder; -E: every page's warnings, every time
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    fatal, cosmetic = sphinx_warnings(warnings.read_text(encoding='utf-8') if warnings.exists() else '', src, strict)
+    if p.returncode or fatal:
+        said = '\n'.join(fatal[:30]) or (p.stderr or p.stdout)[-4000:]
+        raise DocsError(f"Sphinx refused the site ({len(fatal) or 'an'} error(s)" + (", --strict: every warning is one" if strict else "") + f"):\n{said}",
+                        exit_code=1, hint="Fix the pages named above: a broken link or reference, a missing page or image, or a notebook Sphinx cannot read.", warnings=fatal)
+    return cosmetic
+
+# %% ../nbs/12a_docs.ipynb #6214c2a3
 def build_site(project: Path | None = None, # project root; found from the working directory if None
                out: Path | None = None, # output folder; settings.ini `doc_path` (_docs) if None
                runs: list[str] = (), # MLflow run ids to add report pages for
@@ -655,16 +681,7 @@ def build_site(project: Path | None = None, # project root; found from the worki
     step('process notebooks (nbdev)')
     pages = _stage(project, src, list(runs), settings, notes)
     step('render (sphinx)')
-    warnings = project / '_proc' / '_warnings.txt'
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-n', '-q', '-E', '-w', str(warnings),
-           '-d', str(project / '_proc' / '_doctrees'), str(src), str(build)]  # MyST-NB writes beside the build folder; -E: every page's warnings, every time
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
-    fatal, cosmetic = sphinx_warnings(warnings.read_text(encoding='utf-8') if warnings.exists() else '', src, strict)
-    if p.returncode or fatal:
-        said = '\n'.join(fatal[:30]) or (p.stderr or p.stdout)[-4000:]
-        raise DocsError(f"Sphinx refused the site ({len(fatal) or 'an'} error(s)" + (", --strict: every warning is one" if strict else "") + f"):\n{said}",
-                        exit_code=1, hint="Fix the pages named above: a broken link or reference, a missing page or image, or a notebook Sphinx cannot read.", warnings=fatal)
-    notes += cosmetic
+    notes += _sphinx(project, src, build, strict)
     step('check links')
     bad = check_links(build)
     if bad:

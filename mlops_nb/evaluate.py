@@ -340,7 +340,23 @@ def _eval_bound(node, champion: float | None) -> float:
     v = _eval_bound(node.operand, champion)
     return -v if isinstance(node.op, ast.USub) else v
 
-# %% ../nbs/04_evaluate.ipynb #7cdc9eb3
+# %% ../nbs/04_evaluate.ipynb #f0a0fff4
+def _check_tree(text: str) -> ast.Compare:
+    "The syntax tree of `METRIC OP BOUND`: one comparison of a known metric; a `ConfigError` saying what is not allowed."
+    try: tree = ast.parse(str(text).strip(), mode='eval').body
+    except SyntaxError as e:
+        raise ConfigError(f"Gate check {text!r} is not a valid expression: {e.msg}.",
+                          hint="Write `METRIC OP BOUND`, e.g. `roc_auc >= 0.95`.") from None
+    if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and type(tree.ops[0]) in _CMP):
+        raise ConfigError(f"Gate check {text!r} must be one comparison with >=, >, <= or <.",
+                          hint="e.g. `roc_auc >= 0.95` or `rmse <= champion * 1.1`.")
+    if not isinstance(tree.left, ast.Name) or tree.left.id == 'champion':
+        raise ConfigError(f"Gate check {text!r}: the left side must be a metric name.", hint="e.g. `roc_auc >= champion - 0.01`.")
+    if tree.left.id not in _known_metrics():
+        raise ConfigError(f"Gate check {text!r}: unknown metric {tree.left.id!r}.", hint=f"Metrics: {', '.join(_known_metrics())}.")
+    return tree
+
+# %% ../nbs/04_evaluate.ipynb #8cddada0
 @dataclass(frozen=True)
 class Check:
     "One gate check, `METRIC OP BOUND`, parsed from text without `eval`."
@@ -353,17 +369,7 @@ class Check:
     @classmethod
     def parse(cls, text: str) -> Check:
         "Parse `METRIC OP BOUND`; a `ConfigError` saying what is not allowed."
-        try: tree = ast.parse(str(text).strip(), mode='eval').body
-        except SyntaxError as e:
-            raise ConfigError(f"Gate check {text!r} is not a valid expression: {e.msg}.",
-                              hint="Write `METRIC OP BOUND`, e.g. `roc_auc >= 0.95`.") from None
-        if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and type(tree.ops[0]) in _CMP):
-            raise ConfigError(f"Gate check {text!r} must be one comparison with >=, >, <= or <.",
-                              hint="e.g. `roc_auc >= 0.95` or `rmse <= champion * 1.1`.")
-        if not isinstance(tree.left, ast.Name) or tree.left.id == 'champion':
-            raise ConfigError(f"Gate check {text!r}: the left side must be a metric name.", hint="e.g. `roc_auc >= champion - 0.01`.")
-        if tree.left.id not in _known_metrics():
-            raise ConfigError(f"Gate check {text!r}: unknown metric {tree.left.id!r}.", hint=f"Metrics: {', '.join(_known_metrics())}.")
+        tree = _check_tree(text)
         return cls(str(text).strip(), tree.left.id, _CMP[type(tree.ops[0])][0], tree.comparators[0],
                    _bound_ok(tree.comparators[0], text))
 
@@ -400,7 +406,7 @@ def gate_metrics(model, X: pd.DataFrame, y, task: str | None=None) -> dict[str, 
     "`evaluate`'s metrics plus `latency_p95_ms`: what a gate compares."
     return {**evaluate(model, X, y, task), 'latency_p95_ms': latency_p95_ms(model, X)}
 
-# %% ../nbs/04_evaluate.ipynb #c8bf8d15
+# %% ../nbs/04_evaluate.ipynb #058a6d22
 @dataclass
 class GateResult:
     "Rows of a gate run; `passed` only if every row passed."
@@ -423,6 +429,18 @@ class GateResult:
         line = lambda row: '  ' + '  '.join(x.ljust(w[i]) for i, x in enumerate(row)).rstrip()
         return '\n'.join([line(head), *map(line, cells), f"  gate {'passed' if self.passed else 'FAILED'}"])
 
+# %% ../nbs/04_evaluate.ipynb #0e1bda80
+def _gate_file(path: str | Path) -> dict:
+    "The mapping a gate file holds; a `ConfigError` naming the file when there is none."
+    import yaml
+    p = Path(path)
+    try: d = yaml.safe_load(p.read_text(encoding='utf-8'))
+    except FileNotFoundError: raise ConfigError(f"Gate file {p} does not exist.", hint="Check the --gate path.", path=str(p)) from None
+    except yaml.YAMLError as e: raise ConfigError(f"Gate file {p} is not valid YAML: {e}", path=str(p)) from None
+    if not isinstance(d, dict): raise ConfigError(f"Gate file {p} must be a mapping with a `checks:` list.", path=str(p))
+    return d
+
+# %% ../nbs/04_evaluate.ipynb #6afbeb86
 @dataclass
 class Gate:
     "A promotion gate: checks on metrics, absolute or relative to the champion."
@@ -449,13 +467,7 @@ class Gate:
     @classmethod
     def load(cls, path: str | Path) -> Gate:
         "Read a gate from YAML: `checks:` followed by a list of check strings."
-        import yaml
-        p = Path(path)
-        try: d = yaml.safe_load(p.read_text(encoding='utf-8'))
-        except FileNotFoundError: raise ConfigError(f"Gate file {p} does not exist.", hint="Check the --gate path.", path=str(p)) from None
-        except yaml.YAMLError as e: raise ConfigError(f"Gate file {p} is not valid YAML: {e}", path=str(p)) from None
-        if not isinstance(d, dict): raise ConfigError(f"Gate file {p} must be a mapping with a `checks:` list.", path=str(p))
-        return cls.parse(d)
+        return cls.parse(_gate_file(path))
 
     def run(self, metrics: dict, # the candidate's metrics
             champion: dict | None = None, # the champion's metrics on the same data; None if there is none

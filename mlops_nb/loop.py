@@ -41,7 +41,7 @@ LOOP_GATES = {  # the candidate must beat the champion on the new window's held-
     'regression': ['r2 >= 0.1', 'rmse < champion'],
 }
 
-# %% ../nbs/12_loop.ipynb #9ee6b6e9
+# %% ../nbs/12_loop.ipynb #894798a6
 _EXIT = {'no_drift': 0, 'too_few_rows': 0, 'promoted': 0, 'drift_no_labels': 1, 'too_few_labels': 1,
          'monitor_failed': 1, 'retrain_failed': 1, 'refused': 1, 'would_retrain': 1, 'would_alert': 1, 'no_recipe': 1}
 _SAY = {'no_drift': 'no drift, and quality holds: the champion stays', 'too_few_rows': 'too few rows in the window to judge drift',
@@ -55,6 +55,7 @@ _SAY = {'no_drift': 'no drift, and quality holds: the champion stays', 'too_few_
         'no_recipe': '{why}, and the champion was not made by the train job: no recipe to retrain it with, alert only'}
 _WHY = {'drift': 'DRIFT', 'quality': 'QUALITY below the gate', 'drift+quality': 'DRIFT and QUALITY below the gate'}
 
+# %% ../nbs/12_loop.ipynb #c905bb0f
 @dataclass
 class LoopResult:
     "What one pass of the loop did, run by run."
@@ -85,16 +86,23 @@ class LoopResult:
         if self.drift: lines.append(f"  drift: {self.drift.get('share_drifted', 0):.0%} of columns "
                                     f"({', '.join(map(str, self.drift.get('drifted_columns', []))) or 'none'})")
         lines += _quality_lines(self.quality)
-        if self.window: lines.append(f"  window: {self.window.get('rows')} rows, {self.window.get('start') or 'start'} .. {self.window.get('end') or 'now'}")
-        for k in ('monitor_run_id', 'pipeline_run_id', 'retrain_run_id', 'evaluate_run_id'):
-            if getattr(self, k): lines.append(f"  {k[:-7]} run: {getattr(self, k)}")
-        if self.new_version: lines.append(f"  champion: version {self.champion_version} -> {self.new_version}")
-        if self.detail: lines.append(f"  {self.detail}")
-        if self.webhook: lines.append(f"  webhook: {'sent' if self.webhook.get('ok') else 'FAILED: ' + str(self.webhook.get('error'))}")
-        return '\n'.join(lines)
+        return '\n'.join(lines + _run_lines(self))
 
     def to_dict(self) -> dict: return {**asdict(self), 'exit_code': self.exit_code}
 
+# %% ../nbs/12_loop.ipynb #72935387
+def _run_lines(r: LoopResult) -> list[str]:
+    "The window, the runs of the chain, the new champion, the detail and the webhook's delivery: a line each, where there is one."
+    lines = []
+    if r.window: lines.append(f"  window: {r.window.get('rows')} rows, {r.window.get('start') or 'start'} .. {r.window.get('end') or 'now'}")
+    for k in ('monitor_run_id', 'pipeline_run_id', 'retrain_run_id', 'evaluate_run_id'):
+        if getattr(r, k): lines.append(f"  {k[:-7]} run: {getattr(r, k)}")
+    if r.new_version: lines.append(f"  champion: version {r.champion_version} -> {r.new_version}")
+    if r.detail: lines.append(f"  {r.detail}")
+    if r.webhook: lines.append(f"  webhook: {'sent' if r.webhook.get('ok') else 'FAILED: ' + str(r.webhook.get('error'))}")
+    return lines
+
+# %% ../nbs/12_loop.ipynb #4baf4a64
 def _quality_lines(q: dict) -> list[str]:
     "The quality of the window in a line or two: realized with its interval and bound, estimated beside it."
     if not q: return []
@@ -139,7 +147,7 @@ def labelled_window(window: pd.DataFrame, # rows of the request log (`reqlog.rea
     out = out.dropna(subset=[label_column]).rename(columns={label_column: target})
     return out.reset_index(drop=True)
 
-# %% ../nbs/12_loop.ipynb #41960ea2
+# %% ../nbs/12_loop.ipynb #24e18077
 _RECIPE = ('model', 'n_estimators', 'max_depth', 'test_size', 'seed')  # train job values carried into a retrain
 
 @dataclass
@@ -158,6 +166,7 @@ class Champion:
         "Made by the train job (a model factory and a dataset), so the loop can retrain it; any other MLflow model only alerts."
         return bool(self.params.get('model')) and bool(self.params.get('dataset'))
 
+# %% ../nbs/12_loop.ipynb #85c682fc
 def champion(name: str, # registered model name
              settings=None, alias: str = 'champion') -> Champion:
     "The current holder of `alias` for model `name`, with its train run's params."
@@ -250,6 +259,11 @@ class LoopConfig:
     alias: str = 'champion'  # the alias watched and moved
     dry_run: bool = False  # say what would happen; write nothing
 
+# %% ../nbs/12_loop.ipynb #19640967
+def _drift_options(cfg: LoopConfig) -> dict:
+    "Keyword options for `monitor.drift`, read as the monitor job reads them."
+    return dict(drift_share=cfg.drift_share, threshold=parse_per_column(cfg.threshold, float), stattest=parse_per_column(cfg.stattest))
+
 # %% ../nbs/12_loop.ipynb #35144b75
 def _check(cfg: LoopConfig, s):
     "Everything that can be wrong before a job starts: (champion, reference, labels, bounds)."
@@ -273,7 +287,36 @@ def _check(cfg: LoopConfig, s):
     except MonitorError as e: raise LoopError(e.message, hint=e.hint) from None
     return ch, ref, labels, bounds
 
-# %% ../nbs/12_loop.ipynb #4c41c48f
+# %% ../nbs/12_loop.ipynb #3ebcfb00
+def _quality(cfg: LoopConfig, s, ch: Champion, win: pd.DataFrame, labels) -> dict:
+    "The window's quality (JSON-able), bounds from `cfg.quality_gate` or the champion's held-out metrics."
+    cq = champion_quality(ch, s)
+    q = window_quality(win, labels, cq['task'], cfg.quality_gate, cq['metrics'], cq['cbpe'])
+    r = rollout_quality(win, labels, cq['task'])  # with a shadow: both models on the same labelled rows
+    if r is not None: q['rollout'] = r
+    clean = lambda v: {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else [clean(x) for x in v] if isinstance(v, list) else (
+        None if isinstance(v, float) and not np.isfinite(v) else v)
+    return clean({**q, 'model_version': ch.version, 'note': cq['note']})
+
+def _trigger(res: LoopResult) -> str:
+    d, q = bool(res.drift.get('drifted')), bool(res.quality.get('alert'))
+    return 'drift+quality' if d and q else 'drift' if d else 'quality' if q else ''
+
+# %% ../nbs/12_loop.ipynb #7d927f04
+def _dry_pass(cfg: LoopConfig, ch: Champion, ref: Path, labels, win: pd.DataFrame, t0, t1, res: LoopResult, say) -> LoopResult:
+    "Drift computed in this process, nothing written: what a real pass would do."
+    say('monitor (dry run): computing drift here, writing nothing')
+    res.drift = _drift_dry(ref, Path(cfg.log_dir), t0, t1, _drift_options(cfg))
+    res.trigger = _trigger(res)
+    if not res.trigger: return res
+    res.action = 'would_retrain' if labels is not None and ch.has_recipe else 'would_alert'
+    if not ch.has_recipe: res.detail = _no_recipe(ch)
+    elif labels is not None:
+        res.labelled_rows = len(labelled_window(win, labels, 'label', ch.target, 'request_id'))
+        res.detail = f'{res.labelled_rows} labelled rows; would train {ch.recipe() | cfg.train_params} and gate against version {ch.version}'
+    return res
+
+# %% ../nbs/12_loop.ipynb #a59b42d3
 def run_loop(cfg: LoopConfig, # what to watch
              settings=None, # where; `get_settings()` if None
              on_step: Callable[[str], None] | None = None, # told each step as it starts (progress for people)
@@ -293,53 +336,30 @@ def run_loop(cfg: LoopConfig, # what to watch
     say(f"quality: {0 if labels is None else len(labels)} label(s) arrived; measuring the window against version {ch.version}'s held-out quality")
     res.quality = _quality(cfg, s, ch, win, labels)
     res.labelled_rows = res.quality['labelled_rows']
-    if cfg.dry_run:
-        say('monitor (dry run): computing drift here, writing nothing')
-        res.drift = _drift_dry(ref, Path(cfg.log_dir), t0, t1, _drift_options(cfg))
-        res.trigger = _trigger(res)
-        if not res.trigger: return res
-        res.action = 'would_retrain' if labels is not None and ch.has_recipe else 'would_alert'
-        if not ch.has_recipe: res.detail = _no_recipe(ch)
-        elif labels is not None:
-            res.labelled_rows = len(labelled_window(win, labels, 'label', ch.target, 'request_id'))
-            res.detail = f'{res.labelled_rows} labelled rows; would train {ch.recipe() | cfg.train_params} and gate against version {ch.version}'
-        return res
+    if cfg.dry_run: return _dry_pass(cfg, ch, ref, labels, win, t0, t1, res, say)
     return _run_jobs(cfg, s, ch, ref, labels, win, iso0, iso1, res, say)
 
-def _quality(cfg: LoopConfig, s, ch: Champion, win: pd.DataFrame, labels) -> dict:
-    "The window's quality (JSON-able), bounds from `cfg.quality_gate` or the champion's held-out metrics."
-    cq = champion_quality(ch, s)
-    q = window_quality(win, labels, cq['task'], cfg.quality_gate, cq['metrics'], cq['cbpe'])
-    r = rollout_quality(win, labels, cq['task'])  # with a shadow: both models on the same labelled rows
-    if r is not None: q['rollout'] = r
-    clean = lambda v: {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else [clean(x) for x in v] if isinstance(v, list) else (
-        None if isinstance(v, float) and not np.isfinite(v) else v)
-    return clean({**q, 'model_version': ch.version, 'note': cq['note']})
-
-def _trigger(res: LoopResult) -> str:
-    d, q = bool(res.drift.get('drifted')), bool(res.quality.get('alert'))
-    return 'drift+quality' if d and q else 'drift' if d else 'quality' if q else ''
-
-# %% ../nbs/12_loop.ipynb #19640967
-def _drift_options(cfg: LoopConfig) -> dict:
-    "Keyword options for `monitor.drift`, read as the monitor job reads them."
-    return dict(drift_share=cfg.drift_share, threshold=parse_per_column(cfg.threshold, float), stattest=parse_per_column(cfg.stattest))
-
-# %% ../nbs/12_loop.ipynb #2d630540
+# %% ../nbs/12_loop.ipynb #2814c559
 def _no_recipe(ch: Champion) -> str:
     return (f"version {ch.version} (run {ch.run_id}) has no train recipe; retrain it your way, then gate it: "
             f"mlops-nb promote {ch.name} --run RUN_ID --data HOLDOUT --target COLUMN")
 
-def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
-    say('monitor job: comparing the window with the reference')
+# %% ../nbs/12_loop.ipynb #24792319
+def _monitor_job(cfg: LoopConfig, s, ref: Path, iso0, iso1, res: LoopResult):
+    "Run the monitor job on the window, handing it the window's quality in a file; the job's result."
     qf = Path('.mlops_nb') / 'loop' / f'quality-{time.strftime("%Y%m%dT%H%M%S")}-{os.getpid()}.json'
     qf.parent.mkdir(parents=True, exist_ok=True)
     qf.write_text(json.dumps(res.quality), encoding='utf-8')
     try:
-        mon = run_job('monitor', {'reference': str(ref), 'current': str(cfg.log_dir), 'start': iso0 or '', 'end': iso1 or '',
-                                  'model_name': cfg.model, 'model_version': '', 'threshold': cfg.threshold, 'stattest': cfg.stattest,
-                                  'drift_share': cfg.drift_share, 'quality': str(qf.resolve())}, settings=s, tags={LOOP_TAG + 'model': cfg.model})
+        return run_job('monitor', {'reference': str(ref), 'current': str(cfg.log_dir), 'start': iso0 or '', 'end': iso1 or '',
+                                   'model_name': cfg.model, 'model_version': '', 'threshold': cfg.threshold, 'stattest': cfg.stattest,
+                                   'drift_share': cfg.drift_share, 'quality': str(qf.resolve())}, settings=s, tags={LOOP_TAG + 'model': cfg.model})
     finally: qf.unlink(missing_ok=True)
+
+# %% ../nbs/12_loop.ipynb #6b4effb8
+def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataFrame, iso0, iso1, res: LoopResult, say) -> LoopResult:
+    say('monitor job: comparing the window with the reference')
+    mon = _monitor_job(cfg, s, ref, iso0, iso1, res)
     res.monitor_run_id = mon.run_id
     if not mon.ok:
         res.action, res.detail = 'monitor_failed', mon.summary().replace('\n', ' ')
@@ -363,6 +383,7 @@ def _run_jobs(cfg: LoopConfig, s, ch: Champion, ref: Path, labels, win: pd.DataF
         return _finish(res, s)
     return _retrain(cfg, s, ch, data, res, say)
 
+# %% ../nbs/12_loop.ipynb #1be66855
 def _alert(cfg: LoopConfig, res: LoopResult) -> dict:
     "POST what calls for action to the webhook: drift, and each quality metric below its bound with value, bound and interval."
     q = res.quality
@@ -372,6 +393,7 @@ def _alert(cfg: LoopConfig, res: LoopResult) -> dict:
                                       'quality': {k: q.get(k) for k in ('labelled_rows', 'realized', 'estimated', 'alert')}, 'alerts': alerts,
                                       'monitor_run_id': res.monitor_run_id})
 
+# %% ../nbs/12_loop.ipynb #83a284d3
 def _task(run_id: str, s) -> str:
     return Schema.load(download_artifact(run_id, 'schema.json', settings=s)).task
 
@@ -389,7 +411,7 @@ def _finish(res: LoopResult, s) -> LoopResult:
     _tag(res.pipeline_run_id, {'action': res.action, 'monitor_run': res.monitor_run_id}, s)
     return res
 
-# %% ../nbs/12_loop.ipynb #78e47130
+# %% ../nbs/12_loop.ipynb #06b9e92e
 RETRAIN_PIPELINE = """\
 # The closed loop's retrain: the champion's recipe on a labelled window, evaluated, then gated against the champion.
 name: retrain
@@ -418,27 +440,28 @@ steps:
     promote: {model: "${params.model_name}", candidate: "${train.run_id}", gate: gate.yaml, alias: "${params.alias}", reason: "${params.reason}"}
 """
 
-def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResult, say) -> LoopResult:
-    "Run the retrain pipeline on the labelled window; fill `res` from its steps."
+# %% ../nbs/12_loop.ipynb #1157172b
+def _retrain_files(d: Path, # the retrain's folder, beside the labelled window
+                   gate, # a gate file, a {'checks': [...]} dict, or a list of checks
+                  ) -> None:
+    "Write the gate and the pipeline file next to the labelled window, so what ran can be run again by hand."
     import yaml
-    d = (Path('.mlops_nb') / 'loop' / res.monitor_run_id).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    data.to_parquet(d / 'window.parquet', index=False)
-    gate = cfg.gate if cfg.gate is not None else {'checks': LOOP_GATES[_task(ch.run_id, s)]}
     (d / 'gate.yaml').write_text(Path(gate).read_text(encoding='utf-8') if isinstance(gate, (str, Path)) else
                                  yaml.safe_dump(gate if isinstance(gate, dict) else {'checks': list(gate)}), encoding='utf-8')
     (d / 'retrain.yaml').write_text(RETRAIN_PIPELINE, encoding='utf-8')
+
+# %% ../nbs/12_loop.ipynb #0d8ddf1f
+def _retrain_params(cfg: LoopConfig, ch: Champion, d: Path, res: LoopResult) -> dict:
+    "The retrain pipeline's values: the champion's recipe with the config's overrides, trained on the window in `d`."
     recipe = {**ch.recipe(), **cfg.train_params}
     unknown = sorted(set(recipe) - set(_RECIPE))
     if unknown: raise LoopError(f"Cannot override {', '.join(unknown)} in a retrain.", hint=f"The retrain takes: {', '.join(_RECIPE)}.")
-    params = {**recipe, 'dataset': str(d / 'window.parquet'), 'target': ch.target, 'model_name': cfg.model, 'alias': cfg.alias,
-              'reason': f'closed loop: {_WHY.get(res.trigger, "drift").lower()} found by monitor run {res.monitor_run_id}'}
-    say(f"retrain pipeline: train on {len(data)} labelled rows with version {ch.version}'s recipe, evaluate, gate")
-    out = run_pipeline(load_pipeline(d / 'retrain.yaml', params={k: (None if v == 'None' else v) for k, v in params.items()}),
-                       settings=s, cache=False)
-    res.pipeline_run_id = out.run_id
-    _tag(out.run_id, {'monitor_run': res.monitor_run_id}, s)
-    set_run_tags(out.run_id, {'mlflow.parentRunId': res.monitor_run_id}, s)  # nested under the monitor run in the UI
+    return {**recipe, 'dataset': str(d / 'window.parquet'), 'target': ch.target, 'model_name': cfg.model, 'alias': cfg.alias,
+            'reason': f'closed loop: {_WHY.get(res.trigger, "drift").lower()} found by monitor run {res.monitor_run_id}'}
+
+# %% ../nbs/12_loop.ipynb #7772cacb
+def _pipeline_outcome(res: LoopResult, out) -> None:
+    "Fill `res` from the retrain pipeline's steps: a failed job, a promoted candidate, or one the gate refused."
     tr, ev, pr = (out.steps.get(n) for n in ('train', 'evaluate', 'promote'))
     res.retrain_run_id, res.evaluate_run_id = tr.run_id, ev.run_id
     if tr.status != 'FINISHED' or ev.status != 'FINISHED':
@@ -449,6 +472,22 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
         res.action, res.promotion = 'refused', pr.promotion.to_dict()
         res.detail = 'failed: ' + '; '.join(f"{r['check']} ({r['value']} vs {r['bound']})" for r in pr.promotion.gate.failed)
     else: res.action, res.detail = 'retrain_failed', f'promote: {pr.error}'
+
+# %% ../nbs/12_loop.ipynb #f7dc7720
+def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResult, say) -> LoopResult:
+    "Run the retrain pipeline on the labelled window; fill `res` from its steps."
+    d = (Path('.mlops_nb') / 'loop' / res.monitor_run_id).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    data.to_parquet(d / 'window.parquet', index=False)
+    _retrain_files(d, cfg.gate if cfg.gate is not None else {'checks': LOOP_GATES[_task(ch.run_id, s)]})
+    params = _retrain_params(cfg, ch, d, res)
+    say(f"retrain pipeline: train on {len(data)} labelled rows with version {ch.version}'s recipe, evaluate, gate")
+    out = run_pipeline(load_pipeline(d / 'retrain.yaml', params={k: (None if v == 'None' else v) for k, v in params.items()}),
+                       settings=s, cache=False)
+    res.pipeline_run_id = out.run_id
+    _tag(out.run_id, {'monitor_run': res.monitor_run_id}, s)
+    set_run_tags(out.run_id, {'mlflow.parentRunId': res.monitor_run_id}, s)  # nested under the monitor run in the UI
+    _pipeline_outcome(res, out)
     return _finish(res, s)
 
 # %% ../nbs/12_loop.ipynb #e1f2a3b5

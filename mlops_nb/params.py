@@ -63,7 +63,7 @@ def is_secret_name(name: str # a parameter name
     "Does `name` match a secret pattern (`SECRET_PATTERNS`, or `MLOPS_NB_SECRET_PATTERNS` if set)?"
     return any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in _secret_patterns())
 
-# %% ../nbs/07_params.ipynb #2e72d1af
+# %% ../nbs/07_params.ipynb #79a435a5
 class _T(NamedTuple):
     "What values a parameter takes."
     kind: str  # 'int', 'float', 'bool', 'str', 'path', 'secret', 'list', 'dict', 'literal', 'literal_ref' (values computed from imports), 'union', 'any' (or 'none' while parsing)
@@ -93,6 +93,7 @@ def _union(ts) -> _T:
     if len(members) == 1: return members[0]._replace(nullable=nullable)
     return _T('union', tuple(members), nullable)
 
+# %% ../nbs/07_params.ipynb #39718892
 def _parse_ann(node) -> _T:
     "The type an annotation's AST describes."
     if isinstance(node, ast.Constant):
@@ -179,7 +180,7 @@ def _same(member, v) -> bool:
 def _is_strish(t: _T) -> bool:
     return t.kind in _STRS or (t.kind == 'literal' and any(isinstance(a, str) for a in t.args))
 
-# %% ../nbs/07_params.ipynb #36c1eae7
+# %% ../nbs/07_params.ipynb #e093275f
 def _conv(t: _T, v, text: bool):
     "`v` as type `t`, or `_Bad`. `text`: `v` is command-line text, so 'none' may mean None and YAML is parsed."
     if v is None:
@@ -187,71 +188,98 @@ def _conv(t: _T, v, text: bool):
         raise _Bad()
     if text and isinstance(v, str) and t.nullable and v.strip().lower() in ('none', 'null'): return None
     k = t.kind
-    if k in ('any', 'literal_ref'):  # a computed Literal inside another type is not computed: any value
-        if not (text and isinstance(v, str)) or not v.strip(): return v
-        import yaml  # cheap once loaded; only text that may be YAML gets here
-        try: return _yaml_load(v)
-        except yaml.YAMLError: return v  # not YAML: the text itself
-    if k in ('str', 'path', 'secret'):
-        if k == 'path' and isinstance(v, PurePath): v = str(v)
-        if isinstance(v, str): return Secret(v) if k == 'secret' else v
-        raise _Bad(f"YAML read it as {type(v).__name__}; quote it to pass text" if isinstance(v, (bool, int, float)) else '')
-    if k == 'bool':
-        if isinstance(v, bool): return v
-        if isinstance(v, int) and v in (0, 1): return bool(v)
-        if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE: return v.strip().lower() in _TRUE
-        raise _Bad("use true/false, yes/no or 1/0" if isinstance(v, str) else '')
-    if k in ('int', 'float'):
-        if isinstance(v, str):
-            try: v = int(v.strip()) if k == 'int' else float(v.strip())
-            except ValueError:
-                try: v = float(v.strip())
-                except ValueError: raise _Bad() from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)): raise _Bad()
-        if k == 'float': return float(v)
-        if isinstance(v, int): return v
-        if v.is_integer(): return int(v)
-        raise _Bad("not a whole number")
-    if k == 'list':
-        item, items_text = t.args[0], False
-        if isinstance(v, str):
-            s = v.strip()
-            if s.startswith('['):
-                import yaml
-                try: v = _yaml_load(s)
-                except yaml.YAMLError: raise _Bad("not a valid YAML/JSON list") from None
-            else: v, items_text = ([x.strip() for x in s.split(',')] if s else []), True
-        if not isinstance(v, (list, tuple)): raise _Bad()
-        out = []
-        for i, x in enumerate(v, 1):
-            try: out.append(_conv(item, x, items_text))
-            except _Bad: raise _Bad(f"item {i} ({x!r}) is not {_type_name(item)}") from None
-        return out
-    if k == 'dict':
-        if isinstance(v, str):
-            import yaml
-            try: v = _yaml_load(v) if v.strip() else {}
-            except yaml.YAMLError: raise _Bad("not valid JSON or YAML") from None
-        if not isinstance(v, dict): raise _Bad(f"expected a mapping such as '{{\"a\": 1}}', not {type(v).__name__}")
-        return v
-    if k == 'literal':
-        for m in t.args:
-            if _same(m, v): return m
-        if isinstance(v, str):
-            for m in t.args:
-                if type(m) in (bool, int, float):
-                    try:
-                        if _same(m, _conv(_T(_PY[type(m)]), v, True)): return m
-                    except _Bad: pass
-        close = difflib.get_close_matches(v, [m for m in t.args if isinstance(m, str)], n=1) if isinstance(v, str) else []
-        raise _Bad(f"did you mean {close[0]!r}?" if close else '')
-    if k == 'union':
-        str_first = isinstance(v, str) and not text  # text tries numbers first: '3' is 3 for `int | str`
-        for m in sorted(t.args, key=lambda m: _is_strish(m) != str_first):
-            try: return _conv(m, v, text)
-            except _Bad: pass
-        raise _Bad()
+    if k in ('any', 'literal_ref'): return _conv_any(v, text)  # a computed Literal inside another type is not computed: any value
+    if k in ('str', 'path', 'secret'): return _conv_str(k, v)
+    if k == 'bool': return _conv_bool(v)
+    if k in ('int', 'float'): return _conv_number(k, v)
+    if k == 'list': return _conv_list(t, v)
+    if k == 'dict': return _conv_dict(v)
+    if k == 'literal': return _conv_literal(t, v)
+    if k == 'union': return _conv_union(t, v, text)
     raise _Bad(f"unknown type kind {k!r}")
+
+# %% ../nbs/07_params.ipynb #0a4edff4
+def _conv_any(v, text: bool):
+    "Any value as it is; command-line text read as YAML, or kept as text when it is not YAML."
+    if not (text and isinstance(v, str)) or not v.strip(): return v
+    import yaml  # cheap once loaded; only text that may be YAML gets here
+    try: return _yaml_load(v)
+    except yaml.YAMLError: return v  # not YAML: the text itself
+
+def _conv_str(k: str, v):
+    "Text for a str, path or secret parameter; a number or bool YAML read is refused with a hint to quote it."
+    if k == 'path' and isinstance(v, PurePath): v = str(v)
+    if isinstance(v, str): return Secret(v) if k == 'secret' else v
+    raise _Bad(f"YAML read it as {type(v).__name__}; quote it to pass text" if isinstance(v, (bool, int, float)) else '')
+
+def _conv_bool(v):
+    "True or False from a bool, 0/1, or true/false, yes/no, 1/0 as text."
+    if isinstance(v, bool): return v
+    if isinstance(v, int) and v in (0, 1): return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE: return v.strip().lower() in _TRUE
+    raise _Bad("use true/false, yes/no or 1/0" if isinstance(v, str) else '')
+
+def _conv_number(k: str, v):
+    "An int or float; a float is an int only when it is whole."
+    if isinstance(v, str):
+        try: v = int(v.strip()) if k == 'int' else float(v.strip())
+        except ValueError:
+            try: v = float(v.strip())
+            except ValueError: raise _Bad() from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)): raise _Bad()
+    if k == 'float': return float(v)
+    if isinstance(v, int): return v
+    if v.is_integer(): return int(v)
+    raise _Bad("not a whole number")
+
+# %% ../nbs/07_params.ipynb #4c72c95b
+def _conv_list(t: _T, v):
+    "A list: YAML/JSON text, comma-separated text, or a list; each item read as the item type."
+    item, items_text = t.args[0], False
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith('['):
+            import yaml
+            try: v = _yaml_load(s)
+            except yaml.YAMLError: raise _Bad("not a valid YAML/JSON list") from None
+        else: v, items_text = ([x.strip() for x in s.split(',')] if s else []), True
+    if not isinstance(v, (list, tuple)): raise _Bad()
+    out = []
+    for i, x in enumerate(v, 1):
+        try: out.append(_conv(item, x, items_text))
+        except _Bad: raise _Bad(f"item {i} ({x!r}) is not {_type_name(item)}") from None
+    return out
+
+def _conv_dict(v):
+    "A mapping, given as one or as JSON/YAML text."
+    if isinstance(v, str):
+        import yaml
+        try: v = _yaml_load(v) if v.strip() else {}
+        except yaml.YAMLError: raise _Bad("not valid JSON or YAML") from None
+    if not isinstance(v, dict): raise _Bad(f"expected a mapping such as '{{\"a\": 1}}', not {type(v).__name__}")
+    return v
+
+# %% ../nbs/07_params.ipynb #a7b88fa9
+def _conv_literal(t: _T, v):
+    "One of the Literal's values (text may spell a number or bool one); else a close match as a hint."
+    for m in t.args:
+        if _same(m, v): return m
+    if isinstance(v, str):
+        for m in t.args:
+            if type(m) in (bool, int, float):
+                try:
+                    if _same(m, _conv(_T(_PY[type(m)]), v, True)): return m
+                except _Bad: pass
+    close = difflib.get_close_matches(v, [m for m in t.args if isinstance(m, str)], n=1) if isinstance(v, str) else []
+    raise _Bad(f"did you mean {close[0]!r}?" if close else '')
+
+def _conv_union(t: _T, v, text: bool):
+    "The first member type that takes `v`: numbers first for command-line text, text first for YAML strings."
+    str_first = isinstance(v, str) and not text  # text tries numbers first: '3' is 3 for `int | str`
+    for m in sorted(t.args, key=lambda m: _is_strish(m) != str_first):
+        try: return _conv(m, v, text)
+        except _Bad: pass
+    raise _Bad()
 
 # %% ../nbs/07_params.ipynb #8e593eb3
 def _import_bindings(sources: list[str]) -> dict[str, str]:
@@ -397,7 +425,7 @@ def _read_nb(nb_path) -> dict:
         raise ParameterError(f"{nb_path} is not a Jupyter notebook: it has no list of cells.", hint=hint, path=str(nb_path))
     return nb
 
-# %% ../nbs/07_params.ipynb #0cb7acf7
+# %% ../nbs/07_params.ipynb #1db35134
 def _comments(code: str) -> dict[int, str]:
     "Line number -> text of the comment on that line."
     out = {}
@@ -418,6 +446,7 @@ def _assigned(st) -> list[tuple[str, ast.AST | None]]:
             out += [(n.id, v) for n, v in zip(tg.elts, st.value.elts) if isinstance(n, ast.Name)]
     return out
 
+# %% ../nbs/07_params.ipynb #06763d75
 def _parse_cell(src: str, nb_path) -> dict[str, Param]:
     "The parameters a `parameters` cell's source declares, in order."
     code = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
@@ -475,7 +504,7 @@ def read_params(nb_path: str | Path, # a job notebook
         raise _no_cell(nb_path)
     return params
 
-# %% ../nbs/07_params.ipynb #1a5f0ab1
+# %% ../nbs/07_params.ipynb #e6d32450
 class ParamValues(dict):
     "Parameter values; `sources[name]` says where each came from ('-p', '-y', '-f FILE') and `raw` holds the names given as text."
     def __init__(self, *args, **kwargs):
@@ -504,6 +533,7 @@ def _yaml_mapping(text: str, label: str) -> dict:
             raise ParameterError(f"Parameter name {k!r} from {label} is not a name.", hint=hint, source=label)
     return d
 
+# %% ../nbs/07_params.ipynb #ce33bd8b
 def parse_param_args(pairs: list[tuple[str, str]] = (), # `-p NAME VALUE` pairs; values are text
                      files: list[str] = (), # `-f params.yaml` paths
                      yaml_strings: list[str] = (), # `-y 'name: value'` strings

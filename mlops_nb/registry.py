@@ -95,7 +95,7 @@ def model_card(name: str, # registered model name
                "a drift report on live data should be reviewed before trusting it there."), ""]
     return '\n'.join(lines)
 
-# %% ../nbs/06_registry.ipynb #3c03417a
+# %% ../nbs/06_registry.ipynb #ea9e137b
 def _version_of_run(c, name: str, run_id: str):
     vs = c.search_model_versions(f"name = {filter_value(name)} and run_id = {filter_value(run_id)}")
     return min(vs, key=lambda v: int(v.version)) if vs else None
@@ -115,6 +115,25 @@ def _point_mlflow_at(s: Settings):
     mlflow.set_tracking_uri(s.tracking_uri)
     mlflow.set_registry_uri(s.registry_uri or s.tracking_uri)
 
+# %% ../nbs/06_registry.ipynb #f96dbdac
+def _new_version(c, name: str, run_id: str, uri: str, s: Settings, description: str | None):
+    "A new version of `name` from the run's model: the run's lineage as its tags, a model card logged to the run and linked."
+    run = c.get_run(run_id)
+    _ensure_model(c, name)
+    tags = {f'{TAG}run_id': run_id, **{f'{TAG}{k}': run.data.tags[f'{TAG}{k}'] for k in LINEAGE_KEYS if f'{TAG}{k}' in run.data.tags}}
+    _point_mlflow_at(s)
+    mv = c.create_model_version(name, uri, run_id=run_id, tags=tags)
+    arts = [a.path for a in c.list_artifacts(run_id)]
+    from mlops_nb.data import Schema
+    try: schema = Schema.load(download_artifact(run_id, 'schema.json', settings=s))
+    except MlopsNbError: schema = None  # a run without schema.json still gets a card
+    c.log_text(run_id, model_card(name, mv.version, run, arts, schema), 'model_card.md')
+    card = f'runs:/{run_id}/model_card.md'
+    c.set_model_version_tag(name, mv.version, f'{TAG}model_card', card)
+    c.update_model_version(name, mv.version, (description + '\n\n' if description else '') + f"Model card: {card}")
+    return c.get_model_version(name, mv.version)
+
+# %% ../nbs/06_registry.ipynb #920fb7d1
 def register_run_model(name: str, # registered model name
                        run_id: str, # run whose model becomes a new version
                        settings: Settings | None = None, # where
@@ -125,25 +144,11 @@ def register_run_model(name: str, # registered model name
     c = client(s)
     uri = run_model_uri(run_id, s)
     mv = _version_of_run(c, name, run_id)
-    if mv is None:
-        run = c.get_run(run_id)
-        _ensure_model(c, name)
-        tags = {f'{TAG}run_id': run_id, **{f'{TAG}{k}': run.data.tags[f'{TAG}{k}'] for k in LINEAGE_KEYS if f'{TAG}{k}' in run.data.tags}}
-        _point_mlflow_at(s)
-        mv = c.create_model_version(name, uri, run_id=run_id, tags=tags)
-        arts = [a.path for a in c.list_artifacts(run_id)]
-        from mlops_nb.data import Schema
-        try: schema = Schema.load(download_artifact(run_id, 'schema.json', settings=s))
-        except MlopsNbError: schema = None  # a run without schema.json still gets a card
-        c.log_text(run_id, model_card(name, mv.version, run, arts, schema), 'model_card.md')
-        card = f'runs:/{run_id}/model_card.md'
-        c.set_model_version_tag(name, mv.version, f'{TAG}model_card', card)
-        c.update_model_version(name, mv.version, (description + '\n\n' if description else '') + f"Model card: {card}")
-        mv = c.get_model_version(name, mv.version)
+    if mv is None: mv = _new_version(c, name, run_id, uri, s, description)
     if alias: c.set_registered_model_alias(name, alias, mv.version)
     return mv
 
-# %% ../nbs/06_registry.ipynb #af1de748
+# %% ../nbs/06_registry.ipynb #787f247d
 def _model(c, name: str):
     try: return c.get_registered_model(name)
     except Exception as e:  # broad on purpose: `absent` re-raises all but 'not found'
@@ -163,6 +168,7 @@ def list_models(settings: Settings | None = None) -> list[dict]:
                         aliases={a: str(v) for a, v in (m.aliases or {}).items()}))
     return out
 
+# %% ../nbs/06_registry.ipynb #dfb894d6
 def model_versions(name: str, # registered model name
                    settings: Settings | None = None) -> list[dict]:
     "Versions of `name`, newest first: aliases, run metrics, lineage and promotion tags."
@@ -181,6 +187,7 @@ def model_versions(name: str, # registered model name
                         metrics={k: metrics[k] for k in sorted(metrics) if not k.startswith('gate.')}, tags=tags))
     return out
 
+# %% ../nbs/06_registry.ipynb #e21438a0
 def alias_version(name: str, alias: str, settings: Settings | None = None, required: bool = True) -> str | None:
     "The version `alias` points at; an error listing the aliases if there is none (or None if not `required`)."
     c = client(settings)
@@ -421,7 +428,45 @@ def _champion_metrics(c, name: str, current: str, sc: _Scoring, data: str | None
     lm = load_model(f'models:/{name}/{current}', s)  # only now: loading reads its schema.json, which must be readable
     return gate_metrics(lm, sc.eval_df[cschema.features], sc.y, sc.task), rows
 
-# %% ../nbs/06_registry.ipynb #43a1ff17
+# %% ../nbs/06_registry.ipynb #716248dc
+def _candidate(c, name: str, run_id: str | None, version: str | None, data: str | None, target: str | None, live: Live | None,
+               s: Settings) -> tuple:
+    "`(run_id, scoring, data)`: the candidate's run, scored on its split, a held-out file or live rows (then `data` is the log)."
+    if version is not None: run_id = _version_run(c, name, version)
+    if not run_id: raise RegistryError("Name the candidate: a run id or a registered version.", hint="--run RUN_ID or --version N")
+    if live is not None and (version is None or data is not None):
+        raise RegistryError("--live gates a registered version on live traffic: give --version N, and no --data.", hint=f"mlops-nb promote {name} --version N --live")
+    if live is not None: sc, data = _score_live(name, str(version), run_id, live, s), str(live.log_dir)  # the champion is scored on the same rows
+    else: sc = _score_run_split(run_id, s) if data is None else _score_file(run_id, data, target, s)
+    return run_id, sc, data
+
+# %% ../nbs/06_registry.ipynb #9b5e8077
+def _gate_result(c, name: str, alias: str, ver: str, current: str | None, sc: _Scoring, gate, data: str | None, s: Settings):
+    "The gate run on the candidate's metrics, against the current holder's on the same rows when a check is relative."
+    rows, champ = list(sc.rows), None
+    if current is not None and current != ver and gate.relative:
+        champ, more = _champion_metrics(c, name, current, sc, data, s)
+        rows += more
+    result = gate.run(sc.cand, champ if current not in (None, ver) else None, rows,
+                      champion_version=current if current != ver else None)
+    if current == ver:  # promoting the holder again: nothing to compare with, nothing will move
+        for r in result.rows:
+            if r['note'] == 'no champion': r['note'] = f'already {alias}'
+    return result
+
+# %% ../nbs/06_registry.ipynb #198b4da7
+def _move_alias(c, name: str, alias: str, ver: str, current: str | None, reason: str | None, user: str | None, s: Settings):
+    "Point `alias` at `ver`, append it to the alias history, and record who, when, why and what it replaced on the version."
+    hist = alias_history(name, alias, s)
+    if current is not None and (not hist or hist[-1] != current): hist.append(current)  # alias set outside promote
+    hist.append(ver)
+    c.set_registered_model_alias(name, alias, ver)
+    for k, v in dict(promoted_by=user or _user(), promoted_at=_now(), promotion_reason=reason or '',
+                     promoted_alias=alias, **{f'previous_{alias}': current or 'none'}).items():
+        c.set_model_version_tag(name, ver, f'{TAG}{k}', v)
+    c.set_registered_model_tag(name, _history_key(alias), json.dumps(hist))
+
+# %% ../nbs/06_registry.ipynb #c8b70e70
 def promote(name: str, # registered model name
             run_id: str | None = None, # the candidate's run (a train job's, or any run that logged a model)
             settings: Settings | None = None, # where
@@ -439,25 +484,12 @@ def promote(name: str, # registered model name
     s = settings or get_settings()
     c = client(s)
     gate = Gate.parse(gate) if gate is not None else None  # a bad gate fails before anything is registered
-    if version is not None: run_id = _version_run(c, name, version)
-    if not run_id: raise RegistryError("Name the candidate: a run id or a registered version.", hint="--run RUN_ID or --version N")
-    if live is not None and (version is None or data is not None):
-        raise RegistryError("--live gates a registered version on live traffic: give --version N, and no --data.", hint=f"mlops-nb promote {name} --version N --live")
-    if live is not None: sc, data = _score_live(name, str(version), run_id, live, s), str(live.log_dir)  # the champion is scored on the same rows
-    else: sc = _score_run_split(run_id, s) if data is None else _score_file(run_id, data, target, s)
+    run_id, sc, data = _candidate(c, name, run_id, version, data, target, live, s)
     ver = str(register_run_model(name, run_id, s).version)
     gate = gate or default_gate(sc.task, proba=sc.proba)
     with promotion_lock(s, name):
         current = alias_version(name, alias, s, required=False)  # read only once the lock is held
-        rows, champ = list(sc.rows), None
-        if current is not None and current != ver and gate.relative:
-            champ, more = _champion_metrics(c, name, current, sc, data, s)
-            rows += more
-        result = gate.run(sc.cand, champ if current not in (None, ver) else None, rows,
-                          champion_version=current if current != ver else None)
-        if current == ver:  # promoting the holder again: nothing to compare with, nothing will move
-            for r in result.rows:
-                if r['note'] == 'no champion': r['note'] = f'already {alias}'
+        result = _gate_result(c, name, alias, ver, current, sc, gate, data, s)
         _log_gate(c, run_id, result, alias, name, ver)
         res = Promotion(name, ver, alias, run_id, result, previous=current)
         if not result.passed:
@@ -465,15 +497,7 @@ def promote(name: str, # registered model name
             raise GateFailed(f"Version {ver} of {name!r} failed the gate; alias {alias!r} "
                              f"{'stays on version ' + current if current else 'is not set'}.\n{result.table()}",
                              hint=f"Failed: {why}. The gate result is logged to run {run_id} (gate.json).", promotion=res)
-        if current != ver:
-            hist = alias_history(name, alias, s)
-            if current is not None and (not hist or hist[-1] != current): hist.append(current)  # alias set outside promote
-            hist.append(ver)
-            c.set_registered_model_alias(name, alias, ver)
-            for k, v in dict(promoted_by=user or _user(), promoted_at=_now(), promotion_reason=reason or '',
-                             promoted_alias=alias, **{f'previous_{alias}': current or 'none'}).items():
-                c.set_model_version_tag(name, ver, f'{TAG}{k}', v)
-            c.set_registered_model_tag(name, _history_key(alias), json.dumps(hist))
+        if current != ver: _move_alias(c, name, alias, ver, current, reason, user, s)
         res.moved = True
     return res
 

@@ -32,7 +32,7 @@ __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES',
            'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags',
            'model_signature']
 
-# %% ../nbs/05_tracking.ipynb #8d260cd1
+# %% ../nbs/05_tracking.ipynb #08e6afc3
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len('sqlite:///'):]) if uri.startswith('sqlite:///') else None
 
@@ -47,6 +47,7 @@ def _file_lock(path: Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+# %% ../nbs/05_tracking.ipynb #3c990e82
 _READY: set[str] = set()  # SQLite stores this process has opened (created and migrated)
 
 def client(settings: Settings | None = None # resolved settings; `get_settings()` if None
@@ -76,6 +77,7 @@ def client(settings: Settings | None = None # resolved settings; `get_settings()
         raise TrackingError(f"Cannot open the tracking store {s.tracking_uri}: {e}",
                             hint="Check MLFLOW_TRACKING_URI (or --tracking-uri); for a server, check it is running.") from e
 
+# %% ../nbs/05_tracking.ipynb #36164a47
 def experiment_id(settings: Settings | None = None, # resolved settings
                   name: str | None = None, # experiment name; `settings.experiment` if None
                   mlflow_client=None, # an existing client, to avoid reconnecting
@@ -113,7 +115,7 @@ def filter_value(v: str # a name or value to compare with in a filter string
     if '"' not in v: return f'"{v}"'
     raise TrackingError(f"{v!r} holds both quote kinds, which an MLflow filter string cannot express.", hint="Rename it without one of them.")
 
-# %% ../nbs/05_tracking.ipynb #b9b2ea24
+# %% ../nbs/05_tracking.ipynb #11dc953e
 _WRITE_PREFIXES = ('create_', 'delete_', 'log_', 'set_', 'update_', 'rename_', 'restore_', 'finalize_', 'link_', 'unlink_',
                    'transition_', 'copy_', 'register_', 'detach_', 'add_', 'remove_', 'start_', 'end_')
 _FILE_WRITES = {'log_artifact', 'log_artifacts', 'log_text', 'log_dict', 'log_figure', 'log_image', 'log_table', 'log_stream',
@@ -140,6 +142,7 @@ def _write_lock(db: Path # the resolved SQLite file
                 with _file_lock(db.with_name(db.name + '.write.lock')): yield
         finally: _DEPTH[db] = depth
 
+# %% ../nbs/05_tracking.ipynb #f13cb54b
 def _is_db_locked(e: BaseException | None) -> bool:
     "Whether `e` or an exception it came from is SQLite's `database is locked`."
     while e is not None:
@@ -159,6 +162,7 @@ def _taking_turns(write):
             time.sleep(wait)  # without the lock: others of ours may write meanwhile
     return method
 
+# %% ../nbs/05_tracking.ipynb #8e32e999
 @functools.cache
 def _turn_taking_client():
     "The `MlflowClient` subclass `client()` returns for SQLite stores (set `write_db` on each instance)."
@@ -179,7 +183,7 @@ def _store_writes(settings: Settings):
     db = _sqlite_path(settings.tracking_uri)
     return _write_lock(db.resolve()) if db is not None else nullcontext()
 
-# %% ../nbs/05_tracking.ipynb #b30c2263
+# %% ../nbs/05_tracking.ipynb #b613e7ee
 TAG = 'mlops_nb.'
 
 GIT_CACHE: dict | None = None  # a command sets {} to read each repository's lineage once (`cli.main` does); None: every call reads it
@@ -207,6 +211,7 @@ def _git_info(d: Path) -> dict:
     except (OSError, subprocess.TimeoutExpired) as e:
         return {'git_sha': f'none (git unavailable: {type(e).__name__})', 'git_dirty': 'unknown'}
 
+# %% ../nbs/05_tracking.ipynb #f8ae22bc
 def file_sha256(path: str | Path) -> str:
     "Hex sha256 of a file's bytes."
     h = hashlib.sha256()
@@ -225,6 +230,26 @@ def lineage_tags(notebook: str | Path | None = None, # the job notebook, if any
     if seed is not None: tags[f'{TAG}seed'] = str(seed)
     return tags
 
+# %% ../nbs/05_tracking.ipynb #4af5a73f
+def _environment_cache() -> Path:
+    "One file per interpreter and environment in the user's cache folder."
+    base = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'mlops_nb'
+    return base / f"environment-{hashlib.sha256(f'{sys.executable}|{sys.prefix}'.encode()).hexdigest()[:16]}.txt"
+
+def _environment_key() -> str:
+    "A hash of the metadata files of every distribution on `sys.path`: their names, sizes and modification times."
+    h = hashlib.sha256(sys.version.encode())
+    for d in sys.path:
+        try: names = sorted(n for n in os.listdir(d or '.') if n.endswith(('.dist-info', '.egg-info')))
+        except OSError: continue
+        for n in names:
+            for f in ('METADATA', 'PKG-INFO', ''):
+                try: st = os.stat(os.path.join(d or '.', n, f) if f else os.path.join(d or '.', n))
+                except OSError: continue
+                h.update(f'{d}/{n}/{f}:{st.st_size}:{st.st_mtime_ns}\n'.encode()); break
+    return h.hexdigest()
+
+# %% ../nbs/05_tracking.ipynb #0761e67c
 @functools.lru_cache(maxsize=1)
 def environment_txt() -> str:
     """Installed distributions as sorted `name==version` lines (what `pip freeze` would show). Reading every distribution's
@@ -249,25 +274,7 @@ def environment_txt() -> str:
     except OSError: pass  # a read-only home: computed each time, as before
     return text
 
-def _environment_cache() -> Path:
-    "One file per interpreter and environment in the user's cache folder."
-    base = Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'mlops_nb'
-    return base / f"environment-{hashlib.sha256(f'{sys.executable}|{sys.prefix}'.encode()).hexdigest()[:16]}.txt"
-
-def _environment_key() -> str:
-    "A hash of the metadata files of every distribution on `sys.path`: their names, sizes and modification times."
-    h = hashlib.sha256(sys.version.encode())
-    for d in sys.path:
-        try: names = sorted(n for n in os.listdir(d or '.') if n.endswith(('.dist-info', '.egg-info')))
-        except OSError: continue
-        for n in names:
-            for f in ('METADATA', 'PKG-INFO', ''):
-                try: st = os.stat(os.path.join(d or '.', n, f) if f else os.path.join(d or '.', n))
-                except OSError: continue
-                h.update(f'{d}/{n}/{f}:{st.st_size}:{st.st_mtime_ns}\n'.encode()); break
-    return h.hexdigest()
-
-# %% ../nbs/05_tracking.ipynb #9abc33c8
+# %% ../nbs/05_tracking.ipynb #f967da78
 MAX_METRICS, MAX_PARAMS_TAGS, MAX_ENTITIES = 1000, 100, 1000
 
 def _chunks(metrics: list, params: list, tags: list):
@@ -283,6 +290,12 @@ def _name(key: str) -> str:
     if key.startswith((TAG, 'mlflow.')): return key  # fixed by code: a short secret must not break them
     return redact(key).replace(REDACTED, 'REDACTED')
 
+# %% ../nbs/05_tracking.ipynb #9e5fadf0
+def _param_str(v) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= 6000 else s[:5997] + '...'
+
+# %% ../nbs/05_tracking.ipynb #a2eae389
 class Batch:
     "Buffer of metrics, params and tags for one run, sent with `log_batch`; buffering needs no MLflow, only sending does."
     def __init__(self, mlflow_client, run_id: str | None, max_buffer: int = MAX_METRICS,
@@ -339,10 +352,6 @@ class Batch:
         for k, v in pending.get('params', {}).items(): self.param(k, v)
         self.tags.update(pending.get('tags', {}))
 
-def _param_str(v) -> str:
-    s = v if isinstance(v, str) else json.dumps(v, default=str)
-    return s if len(s) <= 6000 else s[:5997] + '...'
-
 # %% ../nbs/05_tracking.ipynb #a7c1d0e2
 RUN_ID_WAIT = 600.0  # seconds a job's process waits for its runner to create its run
 
@@ -366,7 +375,7 @@ def _await_run_id(path: str | Path, wait: float = RUN_ID_WAIT) -> str:
         time.sleep(0.02)
     return rid
 
-# %% ../nbs/05_tracking.ipynb #1f52a752
+# %% ../nbs/05_tracking.ipynb #1736f20b
 class Run:
     "A handle on one MLflow run: record values, log artifacts, end it."
     def __init__(self, run_id: str | None, settings: Settings | None = None, mlflow_client=None, owned: bool = True,
@@ -441,6 +450,7 @@ class Run:
             raise TrackingError(f"Run {self.run_id} ended FAILED: the store refused recorded values: {flush_error}",
                                 hint="See the run's error.txt; values that MLflow rejects (a changed param) cannot be kept.") from flush_error
 
+# %% ../nbs/05_tracking.ipynb #c5c35483
 def create_run(settings: Settings | None = None, # where; `get_settings()` if None
                experiment: str | None = None, # experiment name; settings' if None
                run_name: str | None = None, # display name
@@ -467,6 +477,7 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
     run.log_text(environment_txt(), 'environment.txt')
     return run
 
+# %% ../nbs/05_tracking.ipynb #44700504
 @contextmanager
 def start_run(**kwargs):
     "Context manager around `create_run`: FINISHED on success, FAILED on any exception or interrupt."
@@ -512,7 +523,7 @@ def mark_lost_runs(settings: Settings | None = None, # the store to look in; `ge
         out.append({'run_id': r.info.run_id, 'why': why})
     return out
 
-# %% ../nbs/05_tracking.ipynb #1709f1af
+# %% ../nbs/05_tracking.ipynb #ec85eb04
 _ACTIVE: Run | None = None
 _ATTACHED: Run | None = None
 _LOCAL: dict[str, Any] = {}
@@ -531,6 +542,7 @@ def current_run() -> Run | None:
         atexit.register(_safe_flush, _ATTACHED)
     return _ATTACHED
 
+# %% ../nbs/05_tracking.ipynb #5369fc55
 def _safe_flush(run: Run, send: bool = False # send even if MLflow is not imported yet (it is then), once the run exists
                ):
     "Send what `run` buffered; in a job's process without MLflow (or before its run exists), spool it for the runner instead."
@@ -555,31 +567,7 @@ def take_spool(path: str | Path) -> dict | None:
     Path(path).unlink(missing_ok=True)
     return data
 
-def _flush_after_each_cell(run: Run):
-    "In a kernel, send buffered values after every cell, so a killed kernel loses at most one cell's values."
-    try:
-        from IPython import get_ipython
-        ip = get_ipython()
-    except ImportError: ip = None
-    if ip is not None: ip.events.register('post_run_cell', lambda *a, **k: _safe_flush(run))
-
-def record(name: str, # metric, param or artifact name
-           value, # number, dict, DataFrame, matplotlib Figure, path, or any value (kept as a param)
-           step: int | None = None, # step of a metric series; counts up from 0 if None
-          ):
-    "Record `value` under `name` in the current run (and show it in the notebook)."
-    run = current_run()
-    if run is None:
-        _LOCAL[name] = value
-        _display_record(name, value, None, _kind(value))
-        return value
-    return _record_into(run, name, value, step)
-
-def recorded() -> dict:
-    "Values recorded so far in this process (the current run's, or the in-memory ones)."
-    run = current_run()
-    return dict(run.recorded) if run is not None else dict(_LOCAL)
-
+# %% ../nbs/05_tracking.ipynb #5358da73
 def _is_number(v) -> bool:
     import numbers
     return isinstance(v, numbers.Number) and not isinstance(v, (bool, complex))
@@ -608,6 +596,7 @@ def _record_into(run: Run, name: str, value, step=None):
     _display_record(name, value, run, kind)
     return value
 
+# %% ../nbs/05_tracking.ipynb #570f30fd
 def _kind(value) -> str:
     if _is_number(value): return 'metric'
     if isinstance(value, dict): return 'dict'
@@ -639,6 +628,32 @@ def _display_record(name, value, run, kind: str):
     try: json.dumps(data)
     except TypeError: data = str(data)
     display(redact_value({RECORD_MIME: {'name': name, 'value': data, 'run_id': run_id}, 'text/plain': f'{name} = {value!r}'}), raw=True)
+
+# %% ../nbs/05_tracking.ipynb #fbec68c5
+def _flush_after_each_cell(run: Run):
+    "In a kernel, send buffered values after every cell, so a killed kernel loses at most one cell's values."
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+    except ImportError: ip = None
+    if ip is not None: ip.events.register('post_run_cell', lambda *a, **k: _safe_flush(run))
+
+def record(name: str, # metric, param or artifact name
+           value, # number, dict, DataFrame, matplotlib Figure, path, or any value (kept as a param)
+           step: int | None = None, # step of a metric series; counts up from 0 if None
+          ):
+    "Record `value` under `name` in the current run (and show it in the notebook)."
+    run = current_run()
+    if run is None:
+        _LOCAL[name] = value
+        _display_record(name, value, None, _kind(value))
+        return value
+    return _record_into(run, name, value, step)
+
+def recorded() -> dict:
+    "Values recorded so far in this process (the current run's, or the in-memory ones)."
+    run = current_run()
+    return dict(run.recorded) if run is not None else dict(_LOCAL)
 
 # %% ../nbs/05_tracking.ipynb #5c0e2a71
 def _dataset_source(source: str | None # a dataset name, a local path or a URI
@@ -791,7 +806,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline, an XGBoost/L
     run.recorded[name] = info.model_uri
     return info.model_uri
 
-# %% ../nbs/05_tracking.ipynb #1a6e5836
+# %% ../nbs/05_tracking.ipynb #5765cc8d
 def run_data(run_id: str, settings: Settings | None = None) -> dict:
     "Status, params, metrics and tags of a run, as plain dicts."
     from mlflow.exceptions import MlflowException  # here, not at the top: importing mlflow costs 4 s, paid once a client exists
@@ -814,6 +829,7 @@ def download_artifact(run_id: str, # run holding the artifact
         raise TrackingError(f"Run {run_id} has no artifact {path!r} ({type(e).__name__}).",
                             hint="List the run's artifacts in `mlops-nb ui`.", run_id=run_id, path=path) from None
 
+# %% ../nbs/05_tracking.ipynb #5032a2e7
 def load_model(uri: str, # 'models:/NAME@ALIAS', 'models:/m-...', or 'runs:/RUN/model'
                settings: Settings | None = None):
     "Load a logged scikit-learn model."
