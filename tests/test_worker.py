@@ -70,7 +70,7 @@ def project(tmp_path):
 
 
 def test_worker_serves_many_commands_then_exits_when_idle(project):
-    env = wenv(MLOPS_NB_WORKER_IDLE='4')
+    env = wenv(MLOPS_NB_WORKER_IDLE='15')  # long enough that a loaded machine's gaps between commands do not end it
     for _ in range(3):
         r = mlops_nb('run', 'triv.ipynb', cwd=project, env=env)
         assert r.returncode == 0, r.stderr
@@ -79,7 +79,7 @@ def test_worker_serves_many_commands_then_exits_when_idle(project):
     assert st['running'] and st['served'] == {'commands': 3, 'jobs': 3}, st
     pid, sock = st['pid'], Path(st['socket'])
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
-    wait_for(lambda: not status(project, env)['running'], 'the idle worker to exit', 60)
+    wait_for(lambda: not status(project, env)['running'], 'the idle worker to exit', 90)
     assert not sock.exists()
     wait_for(lambda: not Path(f'/proc/{pid}').exists(), 'the worker process to end', 10)
     assert len([r for r in runs(project) if r.info.status == 'FINISHED']) == 3
