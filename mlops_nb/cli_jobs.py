@@ -236,28 +236,9 @@ def _add_pipeline_parser(sub):
     r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
     report_args(r)
 
-# %% ../nbs/12d_cli_jobs.ipynb #92162775
-def _step_lines(p, states: dict, run_ids: dict, extra: dict | None = None) -> list[str]:
-    "The DAG as text: steps in run order, indented by depth, each with its state and what it needs."
-    from mlops_nb.pipelines import order, substitute
-    depth, out = {}, []
-    steps = order(p)
-    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
-    w = max(len(n) + 2 * depth[n] for n in steps)
-    for n in steps:
-        st = p.steps[n]
-        model = substitute(st.promote['model'], lambda s, v: p.params[v] if s == 'params' else f'${{{s}.{v}}}') if st.promote else None
-        what = f"promote {model}" if st.kind == 'promote' else st.notebook.name + (' (grid)' if st.kind == 'grid' else '')
-        line = f"  {'  ' * depth[n] + n:<{w}}  {states.get(n, 'pending'):<8}  {what}"
-        if st.needs: line += f"  <- {', '.join(st.needs)}"
-        if run_ids.get(n): line += f"  run {run_ids[n]}"
-        if extra and extra.get(n): line += f"  {extra[n]}"
-        out.append(line)
-    return out
-
 # %% ../nbs/12d_cli_jobs.ipynb #0e69310f
 def _pipeline_show(p, s, a) -> int:
-    from mlops_nb.pipelines import last_run
+    from mlops_nb.pipelines import dag_text, last_run
     last = last_run(p, s)
     states, ids = (last['states'], last['run_ids']) if last else ({}, {})
     if a.json:
@@ -266,7 +247,7 @@ def _pipeline_show(p, s, a) -> int:
         return 0
     print(f"pipeline {p.name} ({p.where})")
     print(f"last run: {last['run_id']} {last['status']}  (picture: pipeline.svg on that run)" if last else f"never run in {s.tracking_uri}")
-    print('\n'.join(_step_lines(p, states, ids)))
+    print(dag_text(p, states, ids))
     return 0
 
 def _check_pipeline(a) -> list[str]:
@@ -279,7 +260,7 @@ def _check_pipeline(a) -> list[str]:
 
 def cmd_pipeline(a) -> int:
     from mlops_nb.ci import pipeline_cases
-    from mlops_nb.pipelines import load_pipeline, run_pipeline
+    from mlops_nb.pipelines import dag_text, load_pipeline, run_pipeline
     p = load_pipeline(a.pipeline, params=dict(a.param) or None)
     s = settings_for(a)
     if a.action == 'show': return _pipeline_show(p, s, a)
@@ -304,8 +285,8 @@ def cmd_pipeline(a) -> int:
     if a.json: print_json(res.to_dict()); return rc
     print(f"pipeline {p.name}: {res.status} in {res.duration:.1f}s, parent run {res.run_id}")
     r = res.steps
-    print('\n'.join(_step_lines(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
-                                {n: (f"best {x.best_run_id}" if x.best_run_id else '') + (f"  {x.error}" if x.error else '') for n, x in r.items()})))
+    print(dag_text(p, {n: x.state for n, x in r.items()}, {n: x.run_id for n, x in r.items()},
+                                {n: (f"best {x.best_run_id}" if x.best_run_id else '') + (f"  {x.error}" if x.error else '') for n, x in r.items()}))
     if res.failed: print("failed: " + ', '.join(res.failed))
     if res.not_run: print("not run: " + ', '.join(res.not_run))
     if res.status != 'FINISHED': print(f"fix it, then: mlops-nb pipeline run {a.pipeline} --resume {res.run_id}")

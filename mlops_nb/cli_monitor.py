@@ -100,20 +100,8 @@ def _drift_report(a):
 
 
 # %% ../nbs/12f_cli_monitor.ipynb #dr4e9a0a
-def _drift_table(doc: dict) -> str:
-    cols = doc['columns']
-    w = max([len(str(c)) for c in cols] + [6])
-    f = lambda v: '-' if v is None else f'{v:.4g}'
-    lines = [f"{'column':<{w}}  {'kind':<11}  {'test':<13}  {'score':>9}  {'threshold':>9}  {'p-value':>9}  drift"]
-    for c, d in cols.items():
-        lines.append(f"{str(c):<{w}}  {d['kind']:<11}  {d['stat']:<13}  {f(d['score']):>9}  {f(d['threshold']):>9}  {f(d['p_value']):>9}  "
-                     + ('DRIFT' if d['drifted'] else 'ok'))
-    n = len(cols)
-    lines.append(f"\n{'DRIFT' if doc['drifted'] else 'no drift'}: {len(doc['drifted_columns'])} of {n} columns drifted "
-                 f"({doc['share_drifted']:.0%}; the dataset drifts at {doc['drift_share']:.0%})")
-    return '\n'.join(lines)
-
 def cmd_drift(a) -> int:
+    from mlops_nb.monitor import drift_table
     if a.report:
         try: doc, extra, job = _drift_report(a)
         except JobFailed as e: print(f"error: {e}", file=sys.stderr); return 3
@@ -126,7 +114,7 @@ def cmd_drift(a) -> int:
     if a.json: print_json({**doc, **({'webhook': extra['webhook']} if 'webhook' in extra else {}),
                             **({'run_id': extra['run_id'], 'report': extra['report']} if 'report' in extra else {})})
     else:
-        print(_drift_table(doc))
+        print(drift_table(doc))
         if 'webhook' in extra:
             h = extra['webhook']
             print(f"webhook: {'sent' if h['ok'] else 'FAILED: ' + str(h['error'])} ({h['attempts']} attempt(s))")
