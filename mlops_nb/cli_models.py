@@ -9,10 +9,11 @@ import argparse
 import contextlib
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from .cli_common import Command, bundled, common_args, gate_lines, print_json, settings_for
-from .core import ConfigError, GateFailed, ParameterError, get_settings
+from .core import GateFailed, ParameterError, get_settings
 from .outputs import check_outputs  # a small module: imports only core
 # Every other module is imported by the handler that needs it: `import mlops_nb.cli` (which imports this module) must stay
 # cheap for `--help` and every job's client (the cost is measured in `cli`).
@@ -215,42 +216,24 @@ def _add_deploy_parser(sub):
     dp.add_argument('--json', action='store_true', help='print a JSON document')
 
 # %% ../nbs/12e_cli_models.ipynb #b65ec64c
-def _check_rollout_flags(a):
-    "Refuse rollout flags that cannot work, naming the flag (exit 2)."
-    if not 0 < a.canary_share <= 1: raise ConfigError(f"--canary-share {a.canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
-    if not 0 <= a.canary_max_error_rate <= 1:
-        raise ConfigError(f"--canary-max-error-rate {a.canary_max_error_rate:g} is outside [0, 1].", hint='Give a share of requests, e.g. 0.05.')
-    for flag, v in (('--canary-window', a.canary_window), ('--canary-min-requests', a.canary_min_requests), ('--shadow-queue', a.shadow_queue)):
-        if v < 1: raise ConfigError(f"{flag} {v} must be at least 1.")
-    if a.rollout_timeout <= 0: raise ConfigError(f"--rollout-timeout {a.rollout_timeout:g} must be positive.")
-    if a.canary and a.shadow and a.canary == a.shadow:
-        raise ConfigError(f"--canary and --shadow name the same model {a.canary}.", hint='Use one of them.')
+def _serve_config(a):
+    "The server the flags ask for (the model folders and the request log are filled in once the models are fetched)."
+    from mlops_nb.serve import ServeConfig
+    return ServeConfig(a.model_uri, host=a.host, port=a.port, workers=a.workers, watch=a.watch, watch_interval=a.watch_interval,
+                       log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days, log_max_mb=a.log_max_mb, max_rows=a.max_rows,
+                       max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx,
+                       canary_uri=a.canary, canary_share=a.canary_share, canary_max_error_rate=a.canary_max_error_rate,
+                       canary_window=a.canary_window, canary_min_requests=a.canary_min_requests, shadow_uri=a.shadow,
+                       shadow_queue=a.shadow_queue, shadow_tolerance=a.shadow_tolerance, rollout_timeout=a.rollout_timeout)
 
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
-    from mlops_nb.serve import ServeConfig, load_served_model, prepare_model_dir, run_server
+    from mlops_nb.serve import prepare_server, run_server
     check_outputs({'--log-dir': a.log_dir}, {'MODEL_URI': a.model_uri if Path(a.model_uri).expanduser().exists() else None}, folders={'--log-dir'})
-    _check_rollout_flags(a)
-    s = get_settings(tracking_uri=a.tracking_uri)
-    info = prepare_model_dir(a.model_uri, None, s)
-    sm = load_served_model(info['path'], a.onnx)  # a model that cannot load is refused (exit 2) before anything says "serving"
-    side = {}
-    for role in ('canary', 'shadow'):
-        if getattr(a, role):
-            side[role] = prepare_model_dir(getattr(a, role), None, s)
-            side[role]['model'] = load_served_model(side[role]['path'], a.onnx)
-            if [c.name for c in side[role]['model'].columns] != [c.name for c in sm.columns]:
-                print(f"warning: the {role}'s input columns differ from the primary's; requests are checked against the primary's",
-                      file=sys.stderr)
+    p = prepare_server(_serve_config(a), get_settings(tracking_uri=a.tracking_uri), warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    info, side = p.info, p.rollout
     log_dir = None if a.no_log else a.log_dir or str(default_log_dir(info.get('name') or Path(info['path']).name))
-    cfg = ServeConfig(a.model_uri, model_dir=info['path'], tracking_uri=s.tracking_uri, host=a.host, port=a.port, workers=a.workers,
-                      watch=a.watch, watch_interval=a.watch_interval, log_dir=log_dir, log_flush_seconds=a.log_flush_seconds, log_max_age_days=a.log_max_age_days,
-                      log_max_mb=a.log_max_mb, max_rows=a.max_rows,
-                      max_body_bytes=int(a.max_body_mb * 2**20), max_batch_rows=a.max_batch_rows, max_wait_ms=a.max_wait_ms, onnx=a.onnx,
-                      canary_uri=a.canary, canary_dir=side.get('canary', {}).get('path'), canary_share=a.canary_share,
-                      canary_max_error_rate=a.canary_max_error_rate, canary_window=a.canary_window, canary_min_requests=a.canary_min_requests,
-                      shadow_uri=a.shadow, shadow_dir=side.get('shadow', {}).get('path'), shadow_queue=a.shadow_queue,
-                      shadow_tolerance=a.shadow_tolerance, rollout_timeout=a.rollout_timeout)
+    cfg = replace(p.config, log_dir=log_dir)
     who = f"{info['name']} version {info['version']}" if info.get('name') else a.model_uri
     print(f"serving {who} at http://{a.host}:{a.port}/invocations ({a.workers} worker{'s' * (a.workers > 1)}); "
           f"/metrics, /version, /docs; Ctrl-C or SIGTERM stops it", flush=True)
@@ -259,7 +242,7 @@ def cmd_serve(a) -> int:
     for role, what in (('canary', f'answers {a.canary_share:.0%} of callers'), ('shadow', 'scores every request off the response path')):
         if role in side: print(f"{role}: {side[role].get('name') or getattr(a, role)} version {side[role].get('version')} {what}", flush=True)
     one = a.workers == 1
-    try: run_server(cfg, sm if one else None, side['canary']['model'] if one and 'canary' in side else None,
+    try: run_server(cfg, p.model if one else None, side['canary']['model'] if one and 'canary' in side else None,
                     side['shadow']['model'] if one and 'shadow' in side else None)
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
