@@ -442,19 +442,7 @@ def _sweep_reports(a, res) -> int:
 
 def _report(res, a):
     if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
-    print(res.table())
-    n, f = len(res.summary), len(res.failed)
-    print(f"\nsweep {res.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  (store {res.settings.tracking_uri})")
-    if res.best:
-        print(f"best by {res.metric} ({'max' if res.maximize else 'min'}): run {res.best['run_id']}  "
-              f"{res.metric}={res.best[f'metric.{res.metric}']:.4g}")
-    if f:
-        print("failed:")
-        for _, r in res.failed.iterrows():
-            why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
-            err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
-            print(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
-        if res.status != 'KILLED': print(f"rerun the failed ones with: mlops-nb sweep --resume {res.sweep_id}")
+    print(res.report())
 
 # %% ../nbs/12d_cli_jobs.ipynb #dd7f0238
 def _run_result(a):
