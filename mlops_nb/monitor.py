@@ -35,8 +35,8 @@ __all__ = ['DRIFT_TESTS', 'NUMERIC_STATS', 'CATEGORICAL_STATS', 'QUALITY_METRICS
            'prediction_drift', 'performance_drift', 'wilson', 'quality_metrics', 'quality_checks', 'CBPE',
            'window_quality', 'quality_frame', 'quality_metrics_flat', 'rollout_quality', 'rollout_frame',
            'rollout_summary', 'plot_rollout', 'drift_chunked', 'parse_window', 'window_bounds', 'features_only',
-           'load_sample', 'alert_payload', 'write_latest', 'post_webhook', 'drift_files', 'metric_key', 'drift_metrics',
-           'record_drift', 'drift_history', 'plot_histograms', 'plot_history', 'MonitorError']
+           'load_sample', 'alert_payload', 'write_latest', 'post_webhook', 'drift_files', 'drift_table', 'metric_key',
+           'drift_metrics', 'record_drift', 'drift_history', 'plot_histograms', 'plot_history', 'MonitorError']
 
 # %% ../nbs/11_monitor.ipynb #9162afe2
 def ks_2samp_sorted(a: np.ndarray, # sorted reference values, no NaN
@@ -999,6 +999,22 @@ def drift_files(reference: str | Path, # CSV or Parquet file
     if webhook and res.drifted: payload['webhook'] = post_webhook(webhook, payload)
     return res.to_dict(), payload
 
+
+# %% ../nbs/11_monitor.ipynb #7f7a666d
+def drift_table(doc: dict # a drift result as `drift_files` returns it
+               ) -> str:
+    "The decision per column as a text table, then the dataset's."
+    cols = doc['columns']
+    w = max([len(str(c)) for c in cols] + [6])
+    f = lambda v: '-' if v is None else f'{v:.4g}'
+    lines = [f"{'column':<{w}}  {'kind':<11}  {'test':<13}  {'score':>9}  {'threshold':>9}  {'p-value':>9}  drift"]
+    for c, d in cols.items():
+        lines.append(f"{str(c):<{w}}  {d['kind']:<11}  {d['stat']:<13}  {f(d['score']):>9}  {f(d['threshold']):>9}  {f(d['p_value']):>9}  "
+                     + ('DRIFT' if d['drifted'] else 'ok'))
+    n = len(cols)
+    lines.append(f"\n{'DRIFT' if doc['drifted'] else 'no drift'}: {len(doc['drifted_columns'])} of {n} columns drifted "
+                 f"({doc['share_drifted']:.0%}; the dataset drifts at {doc['drift_share']:.0%})")
+    return '\n'.join(lines)
 
 # %% ../nbs/11_monitor.ipynb #903d7ffb
 _BAD_KEY = re.compile(r'[^\w\-. /]')

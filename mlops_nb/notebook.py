@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import signal
 import socket
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import jobs, pipelines, sweeps, tracking, worker
-from .core import MlopsNbError, ParameterError, Settings, get_settings, job_notebook, redact
+from .core import MlopsNbError, ParameterError, Registry, Settings, get_settings, job_notebook, redact
 from .params import read_params
 from .tracking import TAG
 
@@ -36,10 +38,10 @@ for _name in ('mlflow.store.db.utils', 'alembic.runtime.migration'):  # "Creatin
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'ui_url', 'failing_cell', 'nbformat_read', 'JobResult', 'job_card', 'JobResults', 'SweepResult',
-           'sweep_table', 'PipelineResult', 'pipeline_view', 'warm_worker', 'one_command', 'run_items', 'run',
-           'follow_sweep', 'sweep', 'follow_pipeline', 'pipeline', 'runs', 'notebook_diff', 'Comparison', 'compare',
-           'session_notebook', 'track']
+__all__ = ['RUN_COLUMNS', 'COMMAND_LINE', 'ui_url', 'failing_cell', 'nbformat_read', 'JobResult', 'job_card', 'JobResults',
+           'SweepResult', 'sweep_table', 'PipelineResult', 'pipeline_view', 'warm_worker', 'one_command', 'run_items',
+           'run', 'follow_sweep', 'sweep', 'follow_pipeline', 'pipeline', 'runs', 'notebook_diff', 'Comparison',
+           'compare', 'session_notebook', 'track', 'mlops_magic', 'load_ipython_extension']
 
 # %% ../nbs/12b_notebook.ipynb #43da82f4
 _STATUS_COLOURS = {'FINISHED': '#2e7d32', 'FAILED': '#c62828', 'RUNNING': '#1565c0', 'KILLED': '#6d4c41', 'NOT_RUN': '#757575'}
@@ -796,3 +798,33 @@ class track:
         n = len(self.run.recorded)
         return (f'<div class="mlops-nb-card" style="font-family:sans-serif;font-size:13px">tracking <b>{_e(self.name)}</b> '
                 f'{_badge(self.status)} run <code>{_e(self.run_id)}</code>' + (f' · {n} value(s) recorded' if n else '') + '</div>')
+
+# %% ../nbs/12b_notebook.ipynb #c0c8da8f
+COMMAND_LINE = Registry('command-line part')  # `cli` registers 'parser' (build_parser), 'main' and 'result' (a -> Command.result)
+
+def mlops_magic(line: str # the arguments of `mlops-nb`, as typed after `%mlops`
+               ):
+    "`%mlops ARGS`: `mlops-nb ARGS` inside a notebook; run, sweep, pipeline run, runs and compare return a result that displays itself."
+    from IPython.core.error import UsageError
+    argv = shlex.split(line)
+    parser = COMMAND_LINE.get('parser')()
+    try: a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and what is wrong (or the help, for --help)
+        if e.code: raise UsageError(f"mlops-nb {line.strip()}: bad arguments (the message is above).") from None
+        return None
+    if not a.command: parser.print_help(); return None
+    handler = COMMAND_LINE.get('result')(a)
+    if handler is None or getattr(a, 'json', False) or getattr(a, 'junit_xml', None) or getattr(a, 'action', 'run') != 'run':
+        old, git = signal.getsignal(signal.SIGTERM), tracking.GIT_CACHE
+        try: rc = COMMAND_LINE.get('main')(argv, worker=False)  # prints, as in a terminal
+        finally: signal.signal(signal.SIGTERM, old); tracking.GIT_CACHE = git  # the kernel's own handler and git reads stay
+        if rc == 2: raise UsageError(f"mlops-nb {line.strip()}: bad input (the message is above); nothing started.")
+        return None
+    try: return handler(a)
+    except MlopsNbError as e:
+        if e.exit_code == 2: raise UsageError(redact(str(e))) from None
+        raise
+
+def load_ipython_extension(ip):
+    "Register the `%mlops` line magic (`%load_ext mlops_nb` does, through `cli`, which first registers the command line)."
+    ip.register_magic_function(mlops_magic, magic_kind='line', magic_name='mlops')

@@ -24,7 +24,7 @@ _all_ = ['PipelineError']  # defined in core (the one map of errors); still impo
 # %% auto #0
 __all__ = ['QUICKSTART', 'CACHE_KEY', 'PIPELINE_ID', 'STEP', 'UPSTREAM', 'DOWNSTREAM', 'COLOURS', 'Step', 'Pipeline',
            'references', 'substitute', 'load_pipeline', 'order', 'check_pipeline', 'cache_key', 'StepResult',
-           'PipelineResult', 'run_step_job', 'run_pipeline', 'dag_svg', 'last_run', 'PipelineError']
+           'PipelineResult', 'run_step_job', 'run_pipeline', 'dag_svg', 'dag_text', 'last_run', 'PipelineError']
 
 # %% ../nbs/09b_pipelines.ipynb #25204293
 _STEP_KEYS = ('notebook', 'parameters', 'needs', 'grid', 'metric', 'maximize', 'inputs', 'promote', 'search', 'trials', 'space', 'prune', 'seed')
@@ -598,6 +598,28 @@ def dag_svg(p: Pipeline, # the pipeline
                    f'<text x="{lx + 16}" y="{height - 14}" font-size="11">{st}</text>')
         lx += 90
     out.append('</svg>')
+    return '\n'.join(out)
+
+# %% ../nbs/09b_pipelines.ipynb #fa6fd361
+def dag_text(p: Pipeline, # the pipeline
+             states: dict, # step -> state (missing: 'pending')
+             run_ids: dict, # step -> its run id, shown when known
+             extra: dict | None = None, # step -> more to say at the end of its line
+            ) -> str:
+    "The DAG as text: steps in run order, indented by depth, each with its state and what it needs."
+    depth, out = {}, []
+    steps = order(p)
+    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    w = max(len(n) + 2 * depth[n] for n in steps)
+    for n in steps:
+        st = p.steps[n]
+        model = substitute(st.promote['model'], lambda s, v: p.params[v] if s == 'params' else f'${{{s}.{v}}}') if st.promote else None
+        what = f"promote {model}" if st.kind == 'promote' else st.notebook.name + (' (grid)' if st.kind == 'grid' else '')
+        line = f"  {'  ' * depth[n] + n:<{w}}  {states.get(n, 'pending'):<8}  {what}"
+        if st.needs: line += f"  <- {', '.join(st.needs)}"
+        if run_ids.get(n): line += f"  run {run_ids[n]}"
+        if extra and extra.get(n): line += f"  {extra[n]}"
+        out.append(line)
     return '\n'.join(out)
 
 # %% ../nbs/09b_pipelines.ipynb #097e1e59

@@ -19,14 +19,14 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
-from .core import MlopsNbError, RequestError, ShapeError
+from .core import ConfigError, MlopsNbError, RequestError, ShapeError, get_settings
 from .models import attach_schema, verification_rows
 from .reqlog import META_PREFIX, RequestLogWriter, append_labels, prune_log
 from .models import load as load_model
@@ -37,7 +37,7 @@ _all_ = ['RequestError', 'ShapeError']  # defined in core (the one map of errors
 __all__ = ['FORMATS', 'log', 'Column', 'signature_columns', 'check_column', 'Limits', 'Parsed', 'parse_request', 'ServedModel',
            'compile_fast_path', 'prepare_model_dir', 'load_served_model', 'Batcher', 'DriftCollector', 'Metrics',
            'client_share', 'check_shape', 'agreement', 'Canary', 'ServeConfig', 'Server', 'openapi', 'create_app',
-           'app_from_env', 'run_server', 'RequestError', 'ShapeError']
+           'app_from_env', 'run_server', 'check_rollout', 'Prepared', 'prepare_server', 'RequestError', 'ShapeError']
 
 # %% ../nbs/10_serve.ipynb #31de2b60
 @dataclass(frozen=True)
@@ -1170,3 +1170,45 @@ def run_server(config: ServeConfig, # the server to run; `model_dir` prepared (`
         finally:
             if own: shutil.rmtree(os.environ.pop('PROMETHEUS_MULTIPROC_DIR'), ignore_errors=True)
     else: uvicorn.run(create_app(config, model or load_served_model(config.model_dir or config.model_uri, config.onnx), canary, shadow), **kw)
+
+# %% ../nbs/10_serve.ipynb #16d78e07
+def check_rollout(config: ServeConfig):
+    "Refuse canary and shadow settings that cannot work, naming the flag (`ConfigError`: exit 2)."
+    c = config
+    if not 0 < c.canary_share <= 1: raise ConfigError(f"--canary-share {c.canary_share:g} is outside (0, 1].", hint='Give the share of callers, e.g. 0.1.')
+    if not 0 <= c.canary_max_error_rate <= 1:
+        raise ConfigError(f"--canary-max-error-rate {c.canary_max_error_rate:g} is outside [0, 1].", hint='Give a share of requests, e.g. 0.05.')
+    for flag, v in (('--canary-window', c.canary_window), ('--canary-min-requests', c.canary_min_requests), ('--shadow-queue', c.shadow_queue)):
+        if v < 1: raise ConfigError(f"{flag} {v} must be at least 1.")
+    if c.rollout_timeout <= 0: raise ConfigError(f"--rollout-timeout {c.rollout_timeout:g} must be positive.")
+    if c.canary_uri and c.shadow_uri and c.canary_uri == c.shadow_uri:
+        raise ConfigError(f"--canary and --shadow name the same model {c.canary_uri}.", hint='Use one of them.')
+
+# %% ../nbs/10_serve.ipynb #034b5e14
+@dataclass
+class Prepared:
+    "A server's models, fetched and loaded before anything listens (`prepare_server`)."
+    config: ServeConfig # with `tracking_uri`, `model_dir`, `canary_dir` and `shadow_dir` filled in
+    model: ServedModel # the primary
+    info: dict # the primary's `prepare_model_dir` result: name, version, path, ...
+    rollout: dict = field(default_factory=dict) # 'canary', 'shadow' -> their `prepare_model_dir` result plus 'model'
+
+def prepare_server(config: ServeConfig, # what to serve (`model_uri`, `canary_uri`, `shadow_uri`, `onnx`, ...)
+                   settings=None, # the store the URIs are resolved in (default: `get_settings()`)
+                   warn=None, # called with a message when a canary's or shadow's columns differ from the primary's
+                  ) -> Prepared:
+    "Check `config`, then fetch and load its models: a model that cannot load is refused (exit 2) before anything says serving."
+    check_rollout(config)
+    s = settings or get_settings()
+    info = prepare_model_dir(config.model_uri, None, s)
+    sm = load_served_model(info['path'], config.onnx)
+    side = {}
+    for role in ('canary', 'shadow'):
+        if uri := getattr(config, f'{role}_uri'):
+            side[role] = prepare_model_dir(uri, None, s)
+            side[role]['model'] = load_served_model(side[role]['path'], config.onnx)
+            if warn and [c.name for c in side[role]['model'].columns] != [c.name for c in sm.columns]:
+                warn(f"the {role}'s input columns differ from the primary's; requests are checked against the primary's")
+    config = replace(config, model_dir=info['path'], tracking_uri=s.tracking_uri, canary_dir=side.get('canary', {}).get('path'),
+                     shadow_dir=side.get('shadow', {}).get('path'))
+    return Prepared(config, sm, info, side)

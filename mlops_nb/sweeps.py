@@ -354,6 +354,23 @@ class SweepResult:
         return out.head(max_rows).to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}') + (
             f"\n... {len(out) - max_rows} more rows in sweep_summary.csv" if len(out) > max_rows else '')
 
+    def report(self) -> str:
+        "The table, then what it came to: jobs finished and failed, the best run, each failed job and how to rerun it."
+        n, f = len(self.summary), len(self.failed)
+        lines = [self.table(), f"\nsweep {self.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  "
+                 f"(store {self.settings.tracking_uri if self.settings else '-'})"]
+        if self.best:
+            lines.append(f"best by {self.metric} ({'max' if self.maximize else 'min'}): run {self.best['run_id']}  "
+                         f"{self.metric}={self.best[f'metric.{self.metric}']:.4g}")
+        if f:
+            lines.append("failed:")
+            for _, r in self.failed.iterrows():
+                why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
+                err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
+                lines.append(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
+            if self.status != 'KILLED': lines.append(f"rerun the failed ones with: mlops-nb sweep --resume {self.sweep_id}")
+        return '\n'.join(lines)
+
 # %% ../nbs/09_sweeps.ipynb #34412384
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
 
