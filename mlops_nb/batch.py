@@ -613,7 +613,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
                      o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
                      dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
-                     o.onnx != 'off', fetched_model(model_dir) if o.executor == 'local' else None)
+                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
     loads = 0
     if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
         model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
