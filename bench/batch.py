@@ -102,7 +102,12 @@ def main():
     train_and_register(d, model=a.model)
     exe = str(Path(sys.executable).parent / 'mlops-nb')
     uri = 'models:/batchdemo@champion'
-    stop = lambda: subprocess.run([exe, 'worker', 'stop', '--force'], cwd=d, env=env, capture_output=True)
+    def stop():  # and wait until it has exited: a worker still importing when told to stop would be counted in the next row
+        import json as _json
+        r = subprocess.run([exe, 'worker', 'stop', '--force', '--json'], cwd=d, env=env, capture_output=True, text=True)
+        pid = (_json.loads(r.stdout or '{}') or {}).get('pid')
+        deadline = time.time() + 120
+        while pid and os.path.exists(f'/proc/{pid}') and time.time() < deadline: time.sleep(0.05)
     clear = lambda: shutil.rmtree(cache, ignore_errors=True)
     table, run_tag = [], uuid.uuid4().hex
     for n in a.rows:
