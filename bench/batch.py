@@ -10,7 +10,7 @@ only: it gets the CSV written from the same frame as the Parquet file `mlops-nb`
 Memory: every 50 ms, the PSS of every process that carries this run's marker in its environment (the
 command, anything it starts: the warm worker and what it forks, the forkserver, the job, the scoring
 processes; MLflow's process) is read from /proc/PID/smaps_rollup and summed; the peak of that sum is
-shown. Inputs go to bench/out/batch/ (the 5M-row files are large, and bench/out/ is not in the repo).
+shown (BENCH_BATCH_BREAKDOWN=1 also prints each process's PSS at that peak). Inputs go to bench/out/batch/ (the 5M-row files are large, and bench/out/ is not in the repo).
 
     python bench/batch.py [--rows 300000 5000000] [--model logistic] [--repeat 1]
 """
@@ -35,6 +35,7 @@ class TreePss(threading.Thread):
     def __init__(self, tag: str, interval: float = 0.05):
         super().__init__(daemon=True)
         self.needle, self.interval, self.peak, self.peak_procs = f'BENCH_BATCH_MARK={tag}'.encode(), interval, 0, 0  # a prefix
+        self.at_peak: list = []  # (MB, pid, name) of each process at the peak, largest first
         self.seen: dict = {}  # pid -> (start time, ours?)
         self.stop = threading.Event()
 
@@ -47,20 +48,22 @@ class TreePss(threading.Thread):
         self.seen[pid] = (start, ours)
         return ours
 
-    def sample(self) -> tuple[int, int]:
-        total = n = 0
+    def sample(self) -> tuple[int, list]:
+        total, procs = 0, []
         for pid in os.listdir('/proc'):
             if not pid.isdigit() or not self._ours(pid): continue
             try:
                 for line in open(f'/proc/{pid}/smaps_rollup', 'rb'):
-                    if line.startswith(b'Pss:'): total += int(line.split()[1]) * 1024; n += 1; break
+                    if line.startswith(b'Pss:'):
+                        b = int(line.split()[1]) * 1024; total += b
+                        procs.append((b / 2**20, int(pid), open(f'/proc/{pid}/comm').read().strip())); break
             except OSError: pass
-        return total, n
+        return total, procs
 
     def run(self):
         while not self.stop.is_set():
-            total, n = self.sample()
-            if total > self.peak: self.peak, self.peak_procs = total, n
+            total, procs = self.sample()
+            if total > self.peak: self.peak, self.peak_procs, self.at_peak = total, len(procs), sorted(procs, reverse=True)
             time.sleep(self.interval)
 
 
@@ -73,6 +76,8 @@ def measure(cmd, cwd, env, tag) -> tuple[float, float, int, int]:
     p = subprocess.run(cmd, cwd=cwd, env={**env, 'BENCH_BATCH_MARK': tag}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
     sampler.stop.set(); sampler.join()
+    if os.environ.get('BENCH_BATCH_BREAKDOWN'):  # which process held what at the peak
+        print('      at the peak: ' + ', '.join(f'{name} {mb:.0f}' for mb, pid, name in sampler.at_peak), flush=True)
     if p.returncode: print(f"  {' '.join(cmd[:3])} exited {p.returncode}: {p.stderr[-1500:]}", file=sys.stderr)
     return dt, sampler.peak / 2**20, sampler.peak_procs, p.returncode
 
@@ -97,7 +102,12 @@ def main():
     train_and_register(d, model=a.model)
     exe = str(Path(sys.executable).parent / 'mlops-nb')
     uri = 'models:/batchdemo@champion'
-    stop = lambda: subprocess.run([exe, 'worker', 'stop', '--force'], cwd=d, env=env, capture_output=True)
+    def stop():  # and wait until it has exited: a worker still importing when told to stop would be counted in the next row
+        import json as _json
+        r = subprocess.run([exe, 'worker', 'stop', '--force', '--json'], cwd=d, env=env, capture_output=True, text=True)
+        pid = (_json.loads(r.stdout or '{}') or {}).get('pid')
+        deadline = time.time() + 120
+        while pid and os.path.exists(f'/proc/{pid}') and time.time() < deadline: time.sleep(0.05)
     clear = lambda: shutil.rmtree(cache, ignore_errors=True)
     table, run_tag = [], uuid.uuid4().hex
     for n in a.rows:

@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -29,7 +31,7 @@ from .core import BadRows, ConfigError, DataError, SchemaError, WorkerLost, get_
 from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
-from .models import input_schema
+from .models import attach_schema, input_schema, local_model
 from .models import load as load_model, load_fast
 
 _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
@@ -41,7 +43,7 @@ __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'input_format', 'input_files', 'check
            'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
            'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
            'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict',
-           'model_facts', 'demo', 'BadRows', 'EXECUTORS']
+           'fetch_model', 'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -236,6 +238,7 @@ class BatchSpec:
     log_meta: dict = field(default_factory=dict)  # request-log meta: model_name, model_version, request_id
     log_stamp: str = ''  # the batch's start, in log part names (the same for every attempt and resume)
     compiled: bool = True  # load the model's compiled form (`models.load_fast`) when one verifies
+    model_path: str | None = None  # a local copy of `model_uri`'s files (`fetch_model`): loaded from here, not from the store
 
 _MODELS: dict = {}  # (model URI, tracking URI, compiled) -> (model, note), loaded once per process
 
@@ -245,7 +248,7 @@ def load_batch_model(spec: BatchSpec,
     "The model of `spec` (its compiled form when one verifies, else its flavour's: `models.load_fast`), loaded at most once per process; `(model, loaded_now)`."
     key = (spec.model_uri, spec.store.get('tracking_uri'), spec.compiled)
     if key in _MODELS: return _MODELS[key][0], False
-    _MODELS[key] = load_fast(spec.model_uri, get_settings(**spec.store), sample=sample, compiled=spec.compiled)
+    _MODELS[key] = load_fast(spec.model_path or spec.model_uri, get_settings(**spec.store), sample=sample, compiled=spec.compiled)
     return _MODELS[key][0], True
 
 def model_note(spec: BatchSpec) -> str:
@@ -338,7 +341,8 @@ def score_partition(spec: BatchSpec, # what to do
                    ) -> dict:
     "Score one partition into its output part (with rejects and request-log parts); a summary of what happened."
     t0, final = time.time(), part_path(spec.staging, part.index)
-    info = dict(index=part.index, worker=where(), loaded=False)
+    th = threading.current_thread()
+    info = dict(index=part.index, worker=where() + ('' if th is threading.main_thread() else f'/{th.name}'), loaded=False)
     if final.exists(): return {**info, 'status': 'present', 'seconds': 0.0}
     if model is None: model, info['loaded'] = load_batch_model(spec)
     from mlops_nb.reqlog import log_frame
@@ -397,16 +401,18 @@ def score_parts(spec: BatchSpec, # what to do
                 model=None, # the loaded model (local executor); loaded here from `spec.model_uri` if None
                 options: BatchOptions | None = None, # executor, scheduler, workers
                ):
-    """Score `parts` on the executor `options.executor` names. `local`: `workers` processes forked from this one (default:
-    one per core), which share the loaded model and split the cores' native threads; `workers=1` scores in order in this
-    process. `dask`: each worker process loads the model once. Each partition is written and committed whole."""
-    o, key = options or BatchOptions(), uuid.uuid4().hex[:8]
-    with make_executor(o.executor, o.workers, o.scheduler, processes=True, init=_scoring_process, label='mlops-nb-score', dashboard=None) as ex:
+    """Score `parts` on the executor `options.executor` names. `local`: `workers` at once (default: one per core); a compiled
+    model in threads of this process (ONNX Runtime lets go of the GIL), any other in processes forked from this one, which
+    share the loaded model and split the cores' native threads; `workers=1` scores in order in this process. `dask`: each
+    worker process loads the model once. Each partition is written and committed whole."""
+    o, key, loaded = options or BatchOptions(), uuid.uuid4().hex[:8], False
+    if o.executor == 'local' and model is None: model, loaded = load_batch_model(spec)
+    threads = o.executor == 'local' and getattr(model, 'flavour', None) == 'onnx'  # no second copy of the job's memory
+    with make_executor(o.executor, o.workers, o.scheduler, processes=not threads, init=_scoring_process, label='mlops-nb-score',
+                       dashboard=None) as ex:
         if ex.remote:
             if spec.model_uri is None: raise ConfigError("The dask executor loads the model by URI on each worker; give model_uri.")
             return ex.map(_score, parts, done, spec, None, key=lambda p: f'mlops-nb-batch-{key}-{p.index}')
-        loaded = False
-        if model is None: model, loaded = load_batch_model(spec)
         def first(r):  # the partition scored first carries the model's one load
             nonlocal loaded
             done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
@@ -590,6 +596,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
           settings=None, # the store `model_uri` is in; `get_settings()` if None
           model_info: dict | None = None, # name and version, for the manifest and the request log
           progress: Callable | None = None, # called with each partition's result
+          model_dir: str | Path | None = None, # `model_uri` as `fetch_model` fetched it: this process loads it from there
          ) -> BatchResult:
     "Score `input_path` into `output_path` in partitions; see the section above."
     o, t0 = options or BatchOptions(), time.time()
@@ -606,7 +613,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
                      o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
                      dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
-                     o.onnx != 'off')
+                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
     loads = 0
     if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
         model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
@@ -668,16 +675,33 @@ def prediction_summary(output: str | Path, classes: bool | None = None) -> tuple
     return m, counts
 
 # %% ../nbs/10b_batch.ipynb #4415db42
-def prediction_histogram(counts: dict, title: str = 'predictions'):
-    "A bar chart of prediction counts (by class, or by histogram bin)."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar([str(k) for k in counts], list(counts.values()))
-    ax.set_title(title); ax.set_ylabel('rows')
-    if len(counts) > 10: ax.tick_params(axis='x', labelrotation=90, labelsize=7)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+def prediction_histogram(counts: dict, # rows by class, or by histogram bin (from `prediction_summary`)
+                         title: str = 'predictions') -> str:
+    "A bar chart of prediction counts as an SVG document: drawn without matplotlib (whose import is most of a cold job's summary)."
+    from html import escape
+    keys, vals = [str(k) for k in counts], [int(v) for v in counts.values()]
+    w, h, left, right, top, bottom = 600, 300, 60, 12, 28, 70 if len(keys) > 10 else 30
+    top_v = max(vals, default=0) or 1
+    step = 10 ** max(0, len(str(top_v // 4 or 1)) - 1)
+    step *= next(m for m in (1, 2, 5, 10) if top_v / (step * m) <= 5)  # at most five ticks, on round numbers
+    top_v = -(-top_v // step) * step
+    y = lambda v: top + (h - top - bottom) * (1 - v / top_v)
+    slot = (w - left - right) / max(len(keys), 1)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2:.1f}" y="17" text-anchor="middle" font-size="13">{escape(title)}</text>',
+           f'<text transform="translate(14 {(top + h - bottom) / 2:.1f}) rotate(-90)" text-anchor="middle">rows</text>']
+    for t in range(0, top_v + 1, step):
+        out += [f'<line x1="{left}" x2="{w - right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>',
+                f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{t:,}</text>']
+    for i, (k, v) in enumerate(zip(keys, vals)):
+        x = left + i * slot
+        out.append(f'<rect x="{x + slot * 0.1:.1f}" y="{y(v):.1f}" width="{slot * 0.8:.1f}" height="{y(0) - y(v):.1f}" fill="#1f77b4"><title>{escape(k)}: {v:,}</title></rect>')
+        lx, ly = x + slot / 2, h - bottom + 12
+        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="middle">{escape(k)}</text>' if len(keys) <= 10 else
+                   f'<text transform="translate({lx + 3:.1f} {ly - 6:.1f}) rotate(-90)" text-anchor="end" font-size="7">{escape(k)}</text>')
+    out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="black"/></svg>')
+    return '\n'.join(out)
 
 # %% ../nbs/10b_batch.ipynb #152cdbaa
 @dataclass
@@ -698,7 +722,9 @@ def training_schema(run_id: str, settings=None) -> Schema:
                           hint="Train with the train job (it records schema.json), or record one: mlops_nb.record('schema.json', path).",
                           run_id=run_id) from None
 
-def check_predict(req: PredictRequest, settings=None) -> dict:
+def check_predict(req: PredictRequest, settings=None,
+                  fetched: str | Path | None = None, # an empty folder: the model is fetched into it once (`fetch_model`), for the job too
+                 ) -> dict:
     "The predict job's parameter values, after every check that needs no scoring (`MlopsNbError`, exit 2, otherwise)."
     from mlops_nb.registry import model_source
     o = req.options
@@ -714,8 +740,8 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
     check_paths(req.input_path, req.output_path, o, req.model_uri if Path(req.model_uri).expanduser().exists() else None)
-    model_source(req.model_uri, settings)  # an unknown name, version or alias is named here
-    schema, _ = input_schema(req.model_uri, settings)  # schema.json, else the signature, else the input example
+    if fetched is not None: _, schema, _ = fetch_model(req.model_uri, fetched, settings)  # an unknown name, version or alias
+    else: model_source(req.model_uri, settings); schema, _ = input_schema(req.model_uri, settings)  # is named here
     check_input(req.input_path, [c for c in schema.columns if c.name != schema.target], o.keep)
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",
@@ -723,7 +749,8 @@ def check_predict(req: PredictRequest, settings=None) -> dict:
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
                 executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 0, on_bad_rows=o.on_bad_rows,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
-                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx)
+                rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx,
+                model_dir=str(Path(fetched).resolve()) if fetched is not None else '')
 
 # %% ../nbs/10b_batch.ipynb #c2844ee7
 def resume_request(run_id: str, settings=None) -> PredictRequest:
@@ -758,14 +785,40 @@ def run_predict(req: PredictRequest, # what to score
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import TAG
     s = settings or get_settings()
-    values = check_predict(req, s)
     tags = {f'{TAG}resume_of': resume_of} if resume_of else {}
-    return run_job('predict', values, settings=s, experiment=experiment, tags=tags)
+    with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched:  # the model, fetched once: checked here, scored there
+        return run_job('predict', check_predict(req, s, fetched), settings=s, experiment=experiment, tags=tags)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a
-def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
+def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
+                dst: str | Path, # an empty folder: the model's files go to `dst/model`, what is known of it beside them
                 settings=None) -> tuple[dict, Schema, str]:
+    """`(source, schema, schema source)` of `uri` (as `model_facts`), resolved once: the version an alias names now is the one
+    fetched, with its training run's schema. `model_facts(uri, fetched=dst)` and `fetched_model(dst)` read them back."""
+    from mlops_nb.registry import model_source
+    src, dst = model_source(uri, settings), Path(dst)
+    pinned = f"models:/{src['name']}/{src['version']}" if src['name'] else uri  # a promotion meanwhile changes nothing here
+    path = local_model(pinned, settings, dst=dst / 'model')
+    attach_schema(path, src['run_id'], settings)
+    schema, how = input_schema(str(path), settings)
+    schema.save(dst / 'input_schema.json')
+    (dst / 'facts.json').write_text(json.dumps({'source': src, 'schema_source': how, 'model': str(path.relative_to(dst))}))
+    return src, schema, how
+
+def fetched_model(fetched: str | Path | None # a folder `fetch_model` filled, or None
+                 ) -> str | None:
+    "The model folder `fetch_model` left in `fetched`; None when there is none (not fetched, or removed since)."
+    try: return str(Path(fetched) / json.loads((Path(fetched) / 'facts.json').read_text())['model']) if fetched else None
+    except (OSError, ValueError, KeyError): return None
+
+def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
+                settings=None,
+                fetched: str | Path | None = None, # a folder `fetch_model` filled: read from it, without MLflow
+               ) -> tuple[dict, Schema, str]:
     "`(source, schema, schema source)`: `registry.model_source` and `models.input_schema` of `uri`."
+    if fetched_model(fetched) is not None:
+        facts = json.loads((Path(fetched) / 'facts.json').read_text())
+        return facts['source'], Schema.load(Path(fetched) / 'input_schema.json'), facts['schema_source']
     from mlops_nb.registry import model_source
     return model_source(uri, settings), *input_schema(uri, settings)
 

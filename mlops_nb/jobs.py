@@ -18,7 +18,7 @@ from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Setti
 from .engine import StartingJob, kernelspec, outcome, papermill_engine, parameterize
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
-from .tracking import RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, new_store, take_spool, write_run_id
+from .tracking import ARTIFACT_SPOOL, RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, new_store, take_spool, write_run_id
 from .outputs import check_outputs, is_ours, publish
 from .postprocess import job_failed, mark_failure, redact_file, redact_notebook, render_html  # re-exported: `jobs.redact_file` etc. as before
 
@@ -224,6 +224,7 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
     try:
         if (left := take_spool(out.parent / '.record_spool.json')): run.batch.absorb(left)  # what the notebook recorded before its run existed
+        if (arts := out.parent / ARTIFACT_SPOOL).is_dir(): run.log_artifact(arts); shutil.rmtree(arts, ignore_errors=True)  # and its files
         if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
             redact_file(out)  # a process that died did not redact its notebook itself
             idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running

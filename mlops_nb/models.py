@@ -283,7 +283,8 @@ def verification_rows(lm: LoadedModel, # the model
 # %% ../nbs/05a_models.ipynb #245ae6d4
 COMPILED_FORM = 1  # bumped when the compiled form changes: older cache entries are not read
 _MISSING = '\x00mlops_nb:missing'  # a missing text value as the compiled model takes it (string tensors have no NaN)
-_ADDED = {SCHEMA_FILE, 'serving.json', 'holdout.parquet'}  # files mlops_nb adds to a model folder: not the model
+_ADDED = {SCHEMA_FILE, 'serving.json', 'holdout.parquet', 'registered_model_meta'}  # files mlops_nb (or MLflow's download: the name and
+# version asked for, null through an alias) adds to a model folder: not the model
 
 def compiled_cache() -> Path:
     "Where compiled models are kept, by content: `$MLOPS_NB_CACHE/compiled`, else `~/.cache/mlops_nb/compiled` (`XDG_CACHE_HOME`)."
@@ -403,8 +404,9 @@ class CompiledModel:
         return feed
 
     def _run(self, X: pd.DataFrame) -> list:
-        if self._last[0] is not X: self._last = (X, self.session.run(None, self._feed(X)))  # predict, then predict_proba: one run
-        return self._last[1]
+        last = self._last  # read once: threads scoring other chunks replace it
+        if last[0] is not X: self._last = last = (X, self.session.run(None, self._feed(X)))  # predict, then predict_proba: one run
+        return last[1]
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         pred = self._run(X)[0].ravel()

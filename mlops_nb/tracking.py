@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,9 +26,9 @@ from . import __version__
 from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
-__all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'LOST_AFTER', 'RECORD_MIME',
-           'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'git_info', 'file_sha256', 'lineage_tags',
-           'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run', 'create_run', 'start_run',
+__all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'ARTIFACT_SPOOL', 'LOST_AFTER',
+           'RECORD_MIME', 'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'git_info', 'file_sha256',
+           'lineage_tags', 'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run', 'create_run', 'start_run',
            'mark_lost_runs', 'current_run', 'take_spool', 'record', 'recorded', 'log_dataset', 'model_flavour',
            'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags',
            'model_signature']
@@ -376,6 +377,8 @@ def _await_run_id(path: str | Path, wait: float = RUN_ID_WAIT) -> str:
     return rid
 
 # %% ../nbs/05_tracking.ipynb #1736f20b
+ARTIFACT_SPOOL = '.record_artifacts'  # beside a job's spool: the files it recorded before MLflow was there, for its runner to log
+
 class Run:
     "A handle on one MLflow run: record values, log artifacts, end it."
     def __init__(self, run_id: str | None, settings: Settings | None = None, mlflow_client=None, owned: bool = True,
@@ -415,6 +418,11 @@ class Run:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None):
         p = Path(path)
+        if self.spool and (self.known_run_id() is None or 'mlflow' not in sys.modules):  # a job's process without MLflow:
+            dst = Path(self.spool).parent / ARTIFACT_SPOOL / (artifact_path or '')  # a copy waits for its runner (`jobs`)
+            if p.is_dir(): shutil.copytree(p, dst, dirs_exist_ok=True)
+            else: dst.mkdir(parents=True, exist_ok=True); shutil.copy2(p, dst / p.name)
+            return
         if p.is_dir(): self.client.log_artifacts(self.run_id, str(p), artifact_path)
         else: self.client.log_artifact(self.run_id, str(p), artifact_path)
 

@@ -66,7 +66,7 @@ def test_million_rows_equal_the_models_own_predict(setup):
     assert (p['model.name'], p['model.version']) == ('batchdemo', '1') and len(p['input_sha256']) == 64
     assert p['scoring_engine'] == 'sklearn' and p['scoring_engine_note']  # a forest has no compiled form here: the run says why
     arts = {a.path for a in c.list_artifacts(out['run_id'])} | {a.path for a in c.list_artifacts(out['run_id'], 'notebook')}
-    assert {'predictions_histogram.png', 'notebook/predict.ipynb', 'notebook/predict.html'} <= arts
+    assert {'predictions_histogram.svg', 'notebook/predict.ipynb', 'notebook/predict.html'} <= arts
     assert not (setup['dir'] / 'scored.parquet.parts').exists()
 
 
