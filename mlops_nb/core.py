@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import configparser
 import json
+import importlib
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import proc_start as _proc_start, process_alive  # they live in procs now; kept here for the callers that import them from core
 
 # %% auto #0
-__all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError', 'ParameterError',
-           'TrackingError', 'RegistryError', 'LiveEvidenceError', 'JobFailed', 'GateFailed', 'CellTimeoutError',
-           'ModelError', 'OutputError', 'PipelineError', 'MonitorError', 'LoopError', 'DocsError', 'ReportError',
-           'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned', 'SweepInterrupted',
-           'Secret', 'add_secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream', 'find_project', 'Settings',
-           'get_settings', 'jobs_dir', 'job_notebook', 'Registry']
+__all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MLFLOW_IMPORT', 'MlopsNbError', 'ConfigError', 'DataError', 'SchemaError',
+           'ParameterError', 'TrackingError', 'RegistryError', 'LiveEvidenceError', 'JobFailed', 'GateFailed',
+           'CellTimeoutError', 'ModelError', 'OutputError', 'PipelineError', 'MonitorError', 'LoopError', 'DocsError',
+           'ReportError', 'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned',
+           'SweepInterrupted', 'Secret', 'add_secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream',
+           'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook', 'Registry', 'imported',
+           'import_mlflow']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -329,3 +333,18 @@ class Registry:
     def names(self) -> list[str]: return sorted(self._items)
     def __contains__(self, name): return name in self._items
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+# %% ../nbs/00_core.ipynb #703f70e1
+MLFLOW_IMPORT = threading.RLock()  # held while a thread of this process imports MLflow (or a flavour of it) for the first time
+
+def imported(name: str # a module name such as 'mlflow'
+            ) -> bool:
+    "Whether module `name` is imported and done initialising (another thread may be importing it right now)."
+    m = sys.modules.get(name)
+    return m is not None and not getattr(getattr(m, '__spec__', None), '_initializing', False)
+
+def import_mlflow(name: str = 'mlflow' # the module: 'mlflow', 'mlflow.sklearn', 'mlflow.entities', ...
+                 ):
+    "Module `name`, imported with `MLFLOW_IMPORT` held unless it is fully imported already."
+    if imported(name): return sys.modules[name]
+    with MLFLOW_IMPORT: return importlib.import_module(name)

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import tracking, worker
-from .core import REDACTED, CellTimeoutError, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, process_alive, redact, redact_value
+from .core import REDACTED, CellTimeoutError, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, imported, process_alive, redact, redact_value
 from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
 from .worker import OPERATIONS
 # IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
@@ -444,7 +444,7 @@ def _send_spooled(started: float):
     run = tracking._ATTACHED
     if run is None or not run.spool or run.known_run_id() is None: return
     if not (run.batch.metrics or run.batch.params or run.batch.tags): return
-    if 'mlflow' in sys.modules or time.time() - started > SEND_AFTER: tracking._safe_flush(run, send=True)
+    if imported('mlflow') or time.time() - started > SEND_AFTER: tracking._safe_flush(run, send=True)
 
 def _job_run_id() -> str | None:
     "This job's run id, if its run exists yet (`MLOPS_NB_RUN_ID`, or the file the runner writes it to)."

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import MlopsNbError, ModelError, Registry, Settings, get_settings
+from .core import MLFLOW_IMPORT, MlopsNbError, ModelError, Registry, Settings, get_settings
 from .data import ColumnSchema, Schema
 from .tracking import download_artifact, model_signature
 
@@ -231,7 +231,8 @@ def load(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/N, mode
     if not local: attach_schema(path, mlm.run_id, settings)  # a downloaded folder: bring the run's schema.json along
     ours, inputs, source, example = _read_schema(path, mlm, uri)
     name = _pick(mlm, uri)
-    try: fl = FLAVOURS.get(name)(str(path))
+    try:
+        with MLFLOW_IMPORT: fl = FLAVOURS.get(name)(str(path))  # the flavour imports MLflow: one thread at a time
     except ImportError as e:
         raise ModelError(f"Model {uri} is a {name} model, and loading it needs {e.name or e}, which is not installed.",
                          hint=f"Install the model's requirements: pip install -r {path / 'requirements.txt'}", uri=uri) from None

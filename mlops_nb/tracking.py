@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .core import REDACTED, Settings, TrackingError, get_settings, is_secret, process_alive, redact, redact_value
+from .core import REDACTED, Settings, TrackingError, get_settings, import_mlflow, imported, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
 __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'ARTIFACT_SPOOL', 'LOST_AFTER',
@@ -54,6 +54,7 @@ _READY: set[str] = set()  # SQLite stores this process has opened (created and m
 def client(settings: Settings | None = None # resolved settings; `get_settings()` if None
           ):
     "An `MlflowClient` on the tracking (and registry) store of `settings`; on SQLite, one whose writes take turns."
+    import_mlflow('mlflow')  # one thread at a time: a job's watcher thread may be importing it too
     from mlflow import MlflowClient
     s = settings or get_settings()
     try:
@@ -335,7 +336,7 @@ class Batch:
 
     def _flush(self):
         if not (self.metrics or self.params or self.tags): return
-        from mlflow.entities import Metric, Param, RunTag
+        import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
         ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
         for m, p, t in _chunks(ms, ps, ts):
             self.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
@@ -555,7 +556,7 @@ def _safe_flush(run: Run, send: bool = False # send even if MLflow is not import
                ):
     "Send what `run` buffered; in a job's process without MLflow (or before its run exists), spool it for the runner instead."
     try:
-        if run.spool and (run.known_run_id() is None or not (send or 'mlflow' in sys.modules)):
+        if run.spool and (run.known_run_id() is None or not (send or imported('mlflow'))):
             if not os.path.isdir(os.path.dirname(run.spool)): return  # the job's folder is gone (moved by its runner)
             if run.batch.metrics or run.batch.params or run.batch.tags or os.path.exists(run.spool): _write_spool(run)
             return
