@@ -32,6 +32,7 @@ from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .data import ColumnSchema, Schema
 from .models import attach_schema, input_schema, local_model
+from .registry import model_source  # imports no MLflow: the job stays free of it
 from .models import load as load_model, load_fast
 
 _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
@@ -726,7 +727,6 @@ def check_predict(req: PredictRequest, settings=None,
                   fetched: str | Path | None = None, # an empty folder: the model is fetched into it once (`fetch_model`), for the job too
                  ) -> dict:
     "The predict job's parameter values, after every check that needs no scoring (`MlopsNbError`, exit 2, otherwise)."
-    from mlops_nb.registry import model_source
     o = req.options
     if o.on_bad_rows not in ('reject', 'fail'): raise DataError(f"--on-bad-rows must be reject or fail, got {o.on_bad_rows!r}.")
     EXECUTORS.get(o.executor)
@@ -795,7 +795,6 @@ def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_
                 settings=None) -> tuple[dict, Schema, str]:
     """`(source, schema, schema source)` of `uri` (as `model_facts`), resolved once: the version an alias names now is the one
     fetched, with its training run's schema. `model_facts(uri, fetched=dst)` and `fetched_model(dst)` read them back."""
-    from mlops_nb.registry import model_source
     src, dst = model_source(uri, settings), Path(dst)
     pinned = f"models:/{src['name']}/{src['version']}" if src['name'] else uri  # a promotion meanwhile changes nothing here
     path = local_model(pinned, settings, dst=dst / 'model')
@@ -819,7 +818,6 @@ def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_
     if fetched_model(fetched) is not None:
         facts = json.loads((Path(fetched) / 'facts.json').read_text())
         return facts['source'], Schema.load(Path(fetched) / 'input_schema.json'), facts['schema_source']
-    from mlops_nb.registry import model_source
     return model_source(uri, settings), *input_schema(uri, settings)
 
 def demo(folder: str | Path # where the demo file goes
