@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from .core import BadRows, ConfigError, DataError, SchemaError, WorkerLost, get_settings
 from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
+from .procs import ForkedCalls
 from .data import ColumnSchema, Schema
 from .models import attach_schema, input_schema, local_model
 from .registry import model_source  # imports no MLflow: the job stays free of it
@@ -40,9 +41,9 @@ _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importa
 # %% auto #0
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
            'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model', 'model_note', 'part_path', 'rejects_path',
-           'log_part_name', 'score_partition', 'local_workers', 'score_parts', 'BatchOptions', 'output_format',
-           'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult',
-           'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
+           'log_part_name', 'score_partition', 'lean_allocators', 'local_workers', 'score_parts', 'BatchOptions',
+           'output_format', 'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths',
+           'BatchResult', 'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
            'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict',
            'fetch_model', 'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
 
@@ -372,6 +373,15 @@ def score_partition(spec: BatchSpec, # what to do
         out.discard(); raise
     return {**info, 'status': 'written' if wrote else 'present', 'rows_in': n_in, 'rows_out': n_in - n_bad,
             'rejected': n_bad, 'seconds': time.time() - t0}
+
+# %% ../nbs/10b_batch.ipynb #e3a2f3a7
+def lean_allocators() -> bool:
+    "Arrow allocates with malloc, and malloc keeps one arena for all threads (glibc; elsewhere only the first); whether both took."
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        import ctypes
+        return ctypes.CDLL(None).mallopt(-8, 1) == 1  # M_ARENA_MAX
+    except (OSError, AttributeError): return False  # not glibc: Arrow's pool alone
 
 # %% ../nbs/10b_batch.ipynb #63d99a4f
 def local_workers(workers: int | None = None) -> int:
@@ -780,14 +790,19 @@ def count_partitions(input_path: str | Path) -> int | None:
 def run_predict(req: PredictRequest, # what to score
                 settings=None, # where runs go
                 resume_of: str | None = None, # the run this one resumes
-                experiment: str | None = None):
-    "Check `req`, then run the `predict` job notebook on it; the `JobResult`."
+                experiment: str | None = None,
+                tracker: ForkedCalls | None = None, # the child to load MLflow in (closed once the run exists); a new one if None
+               ):
+    """Check `req`, then run the `predict` job notebook on it; the `JobResult`. MLflow (the registry's answer, the model's
+    download, the run's creation) is loaded only in a child process that exits before the job scores; this process loads it
+    once the job has ended, to record the run. Peak memory is then the job's, not the job's plus MLflow's."""
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import TAG
     s = settings or get_settings()
     tags = {f'{TAG}resume_of': resume_of} if resume_of else {}
-    with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched:  # the model, fetched once: checked here, scored there
-        return run_job('predict', check_predict(req, s, fetched), settings=s, experiment=experiment, tags=tags)
+    with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched, tracker or ForkedCalls() as tracker:  # the model, fetched once
+        params = tracker.call(check_predict, req, s, fetched)  # checked and fetched there, scored by the job
+        return run_job('predict', params, settings=s, experiment=experiment, tags=tags, tracker=tracker)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a
 def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model

@@ -87,7 +87,7 @@ def _via_worker(cmd: Command, a, argv: list[str]) -> int | None:
     if getattr(a, 'no_worker', False) or getattr(a, 'action', 'run') != 'run' or not worker_enabled(): return None  # `pipeline show` runs no job
     from mlops_nb.params import deferred_choices
     with deferred_choices(): preload = cmd.check(a) if cmd.check else []  # a Literal computed from a registry is checked in the worker, which has it loaded
-    try: return run_command(argv, preload)
+    try: return run_command(argv, preload, first=cmd.imports)
     except WorkerError as e:
         print(f"mlops-nb: running without the warm worker: {e}", file=sys.stderr)
         return None

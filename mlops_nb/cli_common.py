@@ -31,6 +31,7 @@ class Command:
     in_worker: bool = False # it runs jobs: `mlops-nb NAME` runs it in the project's warm worker (`--no-worker`: here)
     loud: bool = False # its libraries' log lines are its output (servers, docs), shown without -v
     result: Callable | None = None # `result(a)`: what `%mlops NAME` returns in a notebook, an object that displays itself; None: it prints
+    imports: tuple = () # modules the command itself uses: the worker imports them before forking it, so it shares them with its job
 
 # %% ../nbs/12c_cli_common.ipynb #73a7254d
 def parser_for(*add_parsers: Callable # `add_parser(sub)` functions of `Command` records
@@ -74,10 +75,11 @@ def ci_reports(a, suite: str, cases) -> int:
     return 0
 
 # %% ../nbs/12c_cli_common.ipynb #7aa5d997
-def settings_for(a):
+def settings_for(a, lost: bool = True # mark its lost runs FAILED first (False: the command does it, see `report_lost`)
+                ):
     "The settings of the store `a` names (--tracking-uri, --experiment); its lost runs are marked FAILED first."
     s = get_settings(tracking_uri=getattr(a, 'tracking_uri', None), experiment=getattr(a, 'experiment', None))
-    report_lost(s)  # any command that opens the store ends the runs whose processes are gone
+    if lost: report_lost(s)  # any command that opens the store ends the runs whose processes are gone
     return s
 
 def print_json(obj):
@@ -85,12 +87,11 @@ def print_json(obj):
     print(json.dumps(obj, indent=2, default=str))
 
 # %% ../nbs/12c_cli_common.ipynb #994f0d4e
-def report_lost(s):
+def report_lost(s, tracker=None # a `procs.ForkedCalls` to look from, keeping MLflow out of this process
+               ):
     "End the RUNNING runs of store `s` whose processes are gone, saying so on stderr."
-    if s.tracking_uri.startswith('sqlite:///') and not Path(s.tracking_uri[len('sqlite:///'):]).exists():
-        return  # a store not made yet has no lost runs, and bad input must not make one
     from mlops_nb.tracking import mark_lost_runs
-    try: lost = mark_lost_runs(s)
+    try: lost = tracker.call(mark_lost_runs, s) if tracker is not None else mark_lost_runs(s)
     except MlopsNbError: return  # the command itself says what is wrong with the store
     for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_common import Command, bundled, common_args, gate_lines, print_json, settings_for
+from .cli_common import Command, bundled, common_args, gate_lines, print_json, report_lost, settings_for
 from .core import GateFailed, ParameterError, get_settings
 from .outputs import check_outputs  # a small module: imports only core
 # Every other module is imported by the handler that needs it: `import mlops_nb.cli` (which imports this module) must stay
@@ -329,11 +329,14 @@ def _parts_bar(req, show: bool):
 # %% ../nbs/12e_cli_models.ipynb #0deaeddc
 def cmd_predict(a) -> int:
     from mlops_nb.batch import default_rejects, run_predict, staging_dir
-    s, req = settings_for(a), _predict_request(a)
+    from mlops_nb.procs import ForkedCalls
+    s, req = settings_for(a, lost=False), _predict_request(a)
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
     try:
-        with quiet, _parts_bar(req, not a.json and sys.stderr.isatty()):
-            res = run_predict(req, s, resume_of=a.resume, experiment=a.experiment)
+        with quiet, ForkedCalls() as tracker:  # MLflow in its child only, until the job has scored (see `run_predict`)
+            report_lost(s, tracker)
+            with _parts_bar(req, not a.json and sys.stderr.isatty()):
+                res = run_predict(req, s, resume_of=a.resume, experiment=a.experiment, tracker=tracker)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e}\n  the parts written so far are kept in {staging_dir(req.output_path)}; "
               "score the rest with: mlops-nb predict --resume RUN_ID", file=sys.stderr)
@@ -359,4 +362,4 @@ ROLLBACK = Command('rollback', _add_rollback_parser, cmd_rollback)
 MODELS = Command('models', _add_models_parser, cmd_models)
 SERVE = Command('serve', _add_serve_parser, cmd_serve, loud=True)
 DEPLOY = Command('deploy', _add_deploy_parser, cmd_deploy)
-PREDICT = Command('predict', _add_predict_parser, cmd_predict, check=bundled('predict'), in_worker=True)
+PREDICT = Command('predict', _add_predict_parser, cmd_predict, check=bundled('predict'), in_worker=True, imports=('mlops_nb.batch',))

@@ -37,6 +37,14 @@ class MlopsNbError(Exception):
         for k, v in facts.items(): setattr(self, k, v)
         super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
 
+    def __reduce__(self):  # pickled whole (message, hint, facts, attributes): a call run in another process raises it here as it was
+        return _rebuilt_error, (type(self), self.message, self.hint, self.facts), self.__dict__
+
+def _rebuilt_error(cls, message, hint, facts):
+    e = cls.__new__(cls)
+    MlopsNbError.__init__(e, message, hint, **facts)
+    return e
+
 # %% ../nbs/00_core.ipynb #d00dedef
 class ConfigError(MlopsNbError):
     "Settings or project configuration is invalid."

@@ -437,14 +437,16 @@ def _heartbeat():
     try: tracking.client(get_settings()).set_tag(rid, f'{tracking.TAG}heartbeat', f'{time.time():.0f}')
     except Exception: pass  # broad: any store error; a missed beat only makes the run look older; the boundary of a background thread
 
-SEND_AFTER = 5.0  # seconds a job runs before its process imports MLflow to send what waits in its spool (a short job never does)
+SEND_AFTER = 5.0  # seconds a job runs before its process imports MLflow to send what waits in its spool (a short job never does);
+# MLOPS_NB_SEND_AFTER overrides it (a batch scoring job waits for its first heartbeat: MLflow stays out of it while it scores)
 
 def _send_spooled(started: float):
     "Once the job's run exists, send what its cells recorded meanwhile: at once if MLflow is imported here, else after SEND_AFTER."
     run = tracking._ATTACHED
     if run is None or not run.spool or run.known_run_id() is None: return
     if not (run.batch.metrics or run.batch.params or run.batch.tags): return
-    if imported('mlflow') or time.time() - started > SEND_AFTER: tracking._safe_flush(run, send=True)
+    if imported('mlflow') or time.time() - started > float(os.environ.get('MLOPS_NB_SEND_AFTER') or SEND_AFTER):
+        tracking._safe_flush(run, send=True)
 
 def _job_run_id() -> str | None:
     "This job's run id, if its run exists yet (`MLOPS_NB_RUN_ID`, or the file the runner writes it to)."

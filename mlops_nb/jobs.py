@@ -18,7 +18,9 @@ from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Setti
 from .engine import StartingJob, kernelspec, outcome, papermill_engine, parameterize
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
-from .tracking import ARTIFACT_SPOOL, RECORD_MIME, TAG, client, create_run, download_artifact, file_sha256, new_store, take_spool, write_run_id
+from .procs import ForkedCalls
+from .tracking import (ARTIFACT_SPOOL, RECORD_MIME, TAG, Run, client, create_run, download_artifact, file_sha256, new_store,
+                               read_run_id, take_spool, write_run_id)
 from .outputs import check_outputs, is_ours, publish
 from .postprocess import job_failed, mark_failure, redact_file, redact_notebook, render_html  # re-exported: `jobs.redact_file` etc. as before
 
@@ -164,6 +166,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
             parent_run_id: str | None = None, # make the run a child of this run (a sweep, a batch)
             cwd: str | Path | None = None, # the job's working directory; this process's if None
             env: dict | None = None, # extra environment variables for the job's process (a tuning sweep's trial)
+            tracker: ForkedCalls | None = None, # creates the run in its child (then closed): MLflow is loaded here only once the job has ended
            ) -> JobResult:
     "Execute `notebook` as an MLflow run; the run always ends FINISHED or FAILED."
     nb, spec, values, engine = check_job(notebook, parameters, engine=engine, timeout=timeout, retries=retries,
@@ -178,7 +181,7 @@ def run_job(notebook: str | Path, # a notebook path, or the name of a bundled jo
         extra = {f'{TAG}attempt': str(attempt)} if retries else {}
         if attempts: extra.update({f'{TAG}retry_of': attempts[-1], f'{TAG}first_attempt': attempts[0]})
         res = _attempt(nb, None, spec, secret, values, prepared, s, experiment, output, timeout, cell_timeout, engine,
-                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd, env=env)
+                       kernel_name, log_output, progress, run_name, {**tags, **extra}, cwd, env=env, tracker=tracker)
         attempts.append(res.run_id)
         res.attempts = list(attempts)
         if res.interrupted: raise KeyboardInterrupt(f"job {nb.name} interrupted; run {res.run_id} is FAILED (interrupted)")
@@ -195,7 +198,7 @@ def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
     return out, html
 
 def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-             log_output, progress, run_name, tags, cwd=None, env=None) -> JobResult:
+             log_output, progress, run_name, tags, cwd=None, env=None, tracker=None) -> JobResult:
     import socket, uuid
     mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
     cwd = str(Path(cwd or os.getcwd()).resolve())
@@ -210,10 +213,11 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in ('MLOPS_NB_RUN_ID', 'MLFLOW_EXPERIMENT_ID', 'MLFLOW_RUN_ID')}
     env.update(s.as_env(), MLOPS_NB_RUN_ID_FILE=str(rid_file), MLOPS_NB_RECORD_SPOOL=str(spool),
                MLFLOW_EXPERIMENT_NAME=experiment or s.experiment, **secret_env)
+    if tracker is not None: env.setdefault('MLOPS_NB_SEND_AFTER', '30')  # nor does the job load it to send early values: they wait for a heartbeat
     job = dict(nb=prepared, values=values, secret_names=sorted(secret), input=str(nb), output=str(out), cwd=cwd, env=env,
                papermill_engine=papermill_engine(engine), kernel_name=kernel_name, log=str(out.with_suffix('.log')), log_output=log_output,
                progress=progress, cell_timeout=cell_timeout, secrets=[values[k] for k in secret if k in values], html=True, run=the_run)
-    run, ex, err = _start(job, timeout, s)
+    run, ex, err = _start(job, timeout, s, tracker)
     out, html, log = _settle(out, default_output(run.run_id, nb), ex)
     if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
         failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
@@ -254,17 +258,17 @@ def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, outp
                      interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
 
 # %% ../nbs/08_jobs.ipynb #j0b5a7a2
-def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
+def _start(job: dict, timeout: float | None, s: Settings, tracker: ForkedCalls | None = None) -> tuple:
     "Start the job, then create its run while it runs; (run, how the job ended or None, what kept it from starting or None)."
     t0 = time.time()  # the job's real start: its run is dated from here
     first = new_store(s)  # a store not made yet is made before the job starts: a kill mid-migration would leave it broken
     starting, stopped = None if first else StartingJob(job, timeout), False
     rid_file = Path(job['output']).parent / '.run_id'
-    try: run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
+    try: run = _new_run(s, t0, rid_file, job['run'], tracker)
     except KeyboardInterrupt:  # Ctrl-C while the run was being made: the job stops, and is a run all the same
         if starting is None: shutil.rmtree(Path(job['output']).parent, ignore_errors=True); raise
         stopped = _stop_started(starting, 'interrupted')
-        run = create_run(settings=s, start_time=t0, run_id_file=rid_file, **job['run'])
+        run = _new_run(s, t0, rid_file, job['run'], tracker)
     except BaseException:  # broad: Ctrl-C too; no store to record in: the job stops and nothing of it is kept
         if starting is not None and (j := _stop_started(starting, 'error')): j.wait()
         shutil.rmtree(Path(job['output']).parent, ignore_errors=True)
@@ -272,11 +276,24 @@ def _start(job: dict, timeout: float | None, s: Settings) -> tuple:
     ex, err = None, None
     try:
         j = (starting or StartingJob(job, timeout)).result()
-        run.client.set_tag(run.run_id, f'{TAG}pid', str(j.proc.pid))
+        if tracker is None: run.client.set_tag(run.run_id, f'{TAG}pid', str(j.proc.pid))
+        else: run.batch.tag(f'{TAG}pid', str(j.proc.pid))  # sent with the rest once the job has ended
         ex = outcome(j)
         if stopped: ex.interrupted = True
     except BaseException as e: err = e  # broad: could not start the job's process (or Ctrl-C while it started): the run still ends, FAILED
     return run, ex, err
+
+def _new_run(s: Settings, t0: float, rid_file: Path, spec: dict, tracker: ForkedCalls | None) -> Run:
+    "The job's run, created here; or by `tracker`'s child (closed after), leaving MLflow unloaded here until the run is next written to."
+    if tracker is None: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    if tracker.closed:  # a second try after Ctrl-C: the child may have made the run before it was closed
+        rid = read_run_id(rid_file)
+        return Run(rid, s, lazy=True) if rid else create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    try: return Run(tracker.call(_created_run_id, s, t0, str(rid_file), spec), s, lazy=True)
+    finally: tracker.close()  # what it imported goes with it
+
+def _created_run_id(s: Settings, t0: float, rid_file: str, spec: dict) -> str:
+    return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec).run_id
 
 def _stop_started(starting: StartingJob, reason: str):
     "Stop the job `starting` started, once it has; the job, or None if it never started."

@@ -385,9 +385,10 @@ class Run:
     def __init__(self, run_id: str | None, settings: Settings | None = None, mlflow_client=None, owned: bool = True,
                  run_id_file: str | None = None, # with run_id None: the file its runner writes the run's id to, once it exists
                  spool: str | None = None, # where values wait while MLflow is not imported here (a job's process), for its runner
+                 lazy: bool = False, # import MLflow when the run is first written to, not now (a runner that keeps it out while its job runs)
                 ):
         self._run_id, self.settings = run_id, settings or get_settings()
-        self._client = mlflow_client if mlflow_client is not None else None if run_id_file else client(self.settings)
+        self._client = mlflow_client if mlflow_client is not None else None if run_id_file or lazy else client(self.settings)
         self.run_id_file, self.spool = run_id_file, spool
         self.owned = owned  # False when a job runner in another process ends it
         self.batch = Batch(None, None, owner=self)
@@ -512,6 +513,7 @@ def mark_lost_runs(settings: Settings | None = None, # the store to look in; `ge
     "Mark FAILED (`lost`) the RUNNING job runs whose processes are gone; [{'run_id', 'why'}] of those marked."
     import socket
     s = settings or get_settings()
+    if new_store(s): return []  # a store not made yet has no lost runs, and looking must not make one
     c = client(s)
     host, now, out = socket.gethostname(), time.time(), []
     exps = [e.experiment_id for e in c.search_experiments()]

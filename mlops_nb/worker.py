@@ -557,6 +557,7 @@ def _take(self, conn: socket.socket, msg: dict, fds: list):
     if run not in OPERATIONS:
         _send(conn, {'error': f"no worker operation {run!r} (registered: {', '.join(OPERATIONS.names())})"}); conn.close(); return
     if op == 'command':
+        if msg.get('first'): self._load(msg['first'], jobs=False)  # the command's own modules: one copy, shared with its jobs
         self.later += msg.get('preload') or []  # imported once this command is forked, before its jobs
         if msg.get('idle'): self.idle = float(msg['idle'])
     self._note(op, msg.get('cwd'), msg.get('env') if op == 'command' else None)
@@ -753,6 +754,7 @@ def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got th
                 preload=(), # modules the worker should import first (what the command's notebooks import)
                 paths: WorkerPaths | None = None, # the worker's files; this environment's if None
                 op: str = 'command', # the registered operation that runs it (`mlops_nb.cli` registers `command`)
+                first=(), # modules the worker imports before forking the command (what it uses itself, shared with its jobs)
                ) -> int | None:
     "Run `mlops-nb ARGV` in a process forked from the warm worker, on this process's terminal; its exit code (None: no worker)."
     paths, idle = paths or worker_paths(), idle_timeout()
@@ -761,7 +763,8 @@ def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got th
         exit_r, exit_w = os.pipe()
         try:
             _send(s, {'op': 'command', 'run': op, 'provider': _provider(op), 'args': list(argv), 'prog': os.path.basename(sys.argv[0] or 'mlops-nb'),
-                      'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'encodings': _encodings(),
+                      'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'first': list(first),
+                      'encodings': _encodings(),
                       'idle': idle},
                   fds=[*_std_fds(), exit_w])
             reply = _recv(s)[0]
