@@ -11,15 +11,14 @@ import sys
 from pathlib import Path
 
 from .cli_common import Command, bundled, common_args, print_json, settings_for
-from .core import JobFailed, ParameterError
-from .outputs import check_outputs, check_replace  # a small module: imports only core
+from .core import JobFailed
 # Every other module is imported by the handler that needs it: `import mlops_nb.cli` (which imports this module) must stay
 # cheap for `--help` and every job's client (the cost is measured in `cli`).
 
 # %% auto #0
 __all__ = ['DRIFT_EPILOG', 'MONITOR_EPILOG', 'DRIFT', 'MONITOR', 'cmd_drift', 'cmd_monitor']
 
-# %% ../nbs/12f_cli_monitor.ipynb #dr8320bf
+# %% ../nbs/12f_cli_monitor.ipynb #253d1299
 DRIFT_EPILOG = """\
 examples:
   mlops-nb drift train.parquet today.parquet                      decision per column; exit 1 on drift
@@ -43,6 +42,7 @@ def _drift_test_args(p: argparse.ArgumentParser):
                    help='deciding test for every column, or COL=TEST: ks, wasserstein, psi, jensenshannon, chisquare')
     p.add_argument('--drift-share', type=float, default=0.5, metavar='S', help='the dataset drifts when this share of columns drift (default 0.5)')
 
+# %% ../nbs/12f_cli_monitor.ipynb #7fed8d21
 def _add_drift_parser(sub):
     d = sub.add_parser('drift', help='compare a current sample with a reference: drift per column, exit 1 on drift',
                        description='Compare every column CURRENT shares with REFERENCE (KS, Wasserstein, PSI, Jensen-Shannon, '
@@ -65,7 +65,7 @@ def _add_drift_parser(sub):
     d.add_argument('--overwrite', action='store_true', help='let --report replace an existing file that mlops-nb did not write')
     common_args(d)
 
-# %% ../nbs/12f_cli_monitor.ipynb #dr90d9b0
+# %% ../nbs/12f_cli_monitor.ipynb #0d1783ca
 def _drift_direct(a):
     "Compute drift in this process, with a bar over the columns on a terminal; returns (result dict, alert payload)."
     from mlops_nb.monitor import DriftOptions, drift_files, parse_per_column
@@ -82,13 +82,11 @@ def _drift_direct(a):
     finally:
         if bar: bar[0].close()
 
+# %% ../nbs/12f_cli_monitor.ipynb #6f7b807d
 def _drift_report(a):
     "Run the monitor job for the report; returns (result dict, alert payload, job result)."
-    from mlops_nb.loop import drift_report
-    for p in (a.reference, a.current):
-        if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
-    check_outputs({'--report': a.report}, {'REFERENCE': a.reference, 'CURRENT': a.current})
-    check_replace(a.report, '--report', a.overwrite)
+    from mlops_nb.loop import check_drift_report, drift_report
+    check_drift_report(a.reference, a.current, a.report, a.overwrite)
     values = {'reference': a.reference, 'current': a.current, 'window': a.window or '', 'start': a.start or '', 'end': a.end or '',
               'model_version': a.model_version or '', 'columns': a.columns or '', 'categorical': a.categorical or '',
               'stattest': ','.join(a.stattest), 'threshold': ','.join(a.threshold), 'drift_share': a.drift_share,
@@ -97,7 +95,6 @@ def _drift_report(a):
     with contextlib.redirect_stdout(sys.stderr):
         doc, job = drift_report(values, a.report, settings=s, experiment=a.experiment, progress=not a.json and sys.stderr.isatty())
     return doc, doc and {'run_id': job.run_id, 'report': str(Path(a.report))}, job
-
 
 # %% ../nbs/12f_cli_monitor.ipynb #dr4e9a0a
 def cmd_drift(a) -> int:
@@ -121,7 +118,7 @@ def cmd_drift(a) -> int:
         if 'report' in extra: print(f"report: {extra['report']}  (run {extra['run_id']}; mlops-nb ui to browse)")
     return 1 if doc['drifted'] else 0
 
-# %% ../nbs/12f_cli_monitor.ipynb #2695b5d4
+# %% ../nbs/12f_cli_monitor.ipynb #c417217d
 MONITOR_EPILOG = """\
 examples:
   mlops-nb monitor breast_cancer --window 24h                  the server's default log: drift and quality of the last day
@@ -143,6 +140,7 @@ exit codes: 0 no drift and quality holds, or an alert answered by a new champion
 too few, a failed job, or a refused candidate); 2 bad input (nothing started).
 """
 
+# %% ../nbs/12f_cli_monitor.ipynb #d9aa2d49
 def _add_monitor_parser(sub):
     m = sub.add_parser('monitor', help='one pass of the closed loop: drift and quality on the request log, then retrain and promote if labels allow',
                        description='Read a window of the request log of MODEL\'s server, join the labels that have arrived (--labels, '

@@ -100,7 +100,7 @@ class ColumnSchema:
         if self.role not in _ROLES:
             raise DataError(f"Column {self.name!r}: unknown role {self.role!r}.", hint=f"Use one of: {', '.join(_ROLES)}.")
 
-# %% ../nbs/01_data.ipynb #6ea85624
+# %% ../nbs/01_data.ipynb #9f4f084a
 @dataclass
 class Schema:
     "The columns a frame must have and which of them is the target; saved as JSON."
@@ -141,28 +141,33 @@ class Schema:
         raise DataError(f"Column {name!r} is not in the schema.", hint=f"Columns: {_some(self.names)}.", column=name)
     def __contains__(self, name) -> bool: return name in self.names
 
-    def to_dict(self) -> dict: return {'version': 1, 'target': self.target, 'columns': [asdict(c) for c in self.columns]}
+# %% ../nbs/01_data.ipynb #f1da0fc6
+def _schema_to_dict(self: Schema) -> dict:
+    "The schema as JSON-able values (what `save` writes)."
+    return {'version': 1, 'target': self.target, 'columns': [asdict(c) for c in self.columns]}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Schema:
-        try: return cls([ColumnSchema(**c) for c in d['columns']], d.get('target'))
-        except (KeyError, TypeError) as e:
-            raise DataError(f"Not a schema: {type(e).__name__}: {e}.", hint="Expected {'target': ..., 'columns': [{'name', 'dtype', 'role', ...}]}, as Schema.to_dict writes.") from e
+def _schema_from_dict(cls, d: dict) -> Schema:
+    "A schema from `to_dict`'s values."
+    try: return cls([ColumnSchema(**c) for c in d['columns']], d.get('target'))
+    except (KeyError, TypeError) as e:
+        raise DataError(f"Not a schema: {type(e).__name__}: {e}.", hint="Expected {'target': ..., 'columns': [{'name', 'dtype', 'role', ...}]}, as Schema.to_dict writes.") from e
 
-    def save(self, path: str | Path) -> Path:
-        "Write the schema as JSON to `path`."
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=1) + '\n', encoding='utf-8')
-        return p
+def _schema_save(self: Schema, path: str | Path) -> Path:
+    "Write the schema as JSON to `path`."
+    p = Path(path)
+    p.write_text(json.dumps(self.to_dict(), indent=1) + '\n', encoding='utf-8')
+    return p
 
-    @classmethod
-    def load(cls, path: str | Path) -> Schema:
-        "Read a schema written by `save`."
-        p = Path(path)
-        try: d = json.loads(p.read_text(encoding='utf-8'))
-        except FileNotFoundError: raise DataError(f"Schema file {p} does not exist.", hint="Write one with infer_schema(df).save(path).", path=str(p)) from None
-        except (ValueError, OSError) as e: raise DataError(f"Cannot read schema {p}: {e}", hint="The file must be JSON written by Schema.save.", path=str(p)) from e
-        return cls.from_dict(d)
+def _schema_load(cls, path: str | Path) -> Schema:
+    "Read a schema written by `save`."
+    p = Path(path)
+    try: d = json.loads(p.read_text(encoding='utf-8'))
+    except FileNotFoundError: raise DataError(f"Schema file {p} does not exist.", hint="Write one with infer_schema(df).save(path).", path=str(p)) from None
+    except (ValueError, OSError) as e: raise DataError(f"Cannot read schema {p}: {e}", hint="The file must be JSON written by Schema.save.", path=str(p)) from e
+    return cls.from_dict(d)
+
+Schema.to_dict, Schema.from_dict = _schema_to_dict, classmethod(_schema_from_dict)
+Schema.save, Schema.load = _schema_save, classmethod(_schema_load)
 
 # %% ../nbs/01_data.ipynb #1dbf5eee
 _MIXED = ('mixed', 'mixed-integer', 'mixed-integer-float')

@@ -15,12 +15,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .core import DataError, JobFailed, LoopError, MlopsNbError, RegistryError, get_settings
+from .core import DataError, JobFailed, LoopError, MlopsNbError, ParameterError, RegistryError, get_settings
 from .data import BUNDLED, Schema, load_dataset
 from .jobs import run_job
 from .models import load
 from .monitor import CBPE, MonitorError, drift, load_sample, parse_per_column, post_webhook, rollout_quality, window_bounds, window_quality
-from .outputs import check_outputs, publish
+from .outputs import check_outputs, check_replace, publish
 from .pipelines import load_pipeline, run_pipeline
 from .registry import alias_version, eval_data, model_versions
 from .reqlog import META_PREFIX, log_parts, read_labels, read_log, split_log
@@ -30,8 +30,8 @@ _all_ = ['LoopError']  # defined in core (the one map of errors); still importab
 
 # %% auto #0
 __all__ = ['LOOP_TAG', 'LOOP_GATES', 'RETRAIN_PIPELINE', 'LoopResult', 'labelled_window', 'Champion', 'champion',
-           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'drift_report', 'shift_data',
-           'cronjob_manifest', 'LoopError']
+           'reference_file', 'champion_quality', 'LoopConfig', 'run_loop', 'check_drift_report', 'drift_report',
+           'shift_data', 'cronjob_manifest', 'LoopError']
 
 # %% ../nbs/12_loop.ipynb #bd135078
 LOOP_TAG = 'mlops_nb.loop.'  # tags linking monitor, retrain, evaluate and promotion
@@ -489,6 +489,18 @@ def _retrain(cfg: LoopConfig, s, ch: Champion, data: pd.DataFrame, res: LoopResu
     set_run_tags(out.run_id, {'mlflow.parentRunId': res.monitor_run_id}, s)  # nested under the monitor run in the UI
     _pipeline_outcome(res, out)
     return _finish(res, s)
+
+# %% ../nbs/12_loop.ipynb #060abbac
+def check_drift_report(reference: str | Path, # REFERENCE: the reference sample
+                       current: str | Path, # CURRENT: the current sample, or a request-log folder
+                       report: str | Path, # --report: the HTML report to write
+                       overwrite: bool = False, # --overwrite: may replace a file mlops-nb did not write
+                      ) -> None:
+    "Refuse a drift report before its job starts (exit 2): a missing input, a report over an input, or over a file that is not ours."
+    for p in (reference, current):
+        if not Path(p).exists(): raise ParameterError(f"{p} does not exist.", hint='Check the path of REFERENCE and CURRENT.')
+    check_outputs({'--report': report}, {'REFERENCE': reference, 'CURRENT': current})
+    check_replace(report, '--report', overwrite)
 
 # %% ../nbs/12_loop.ipynb #e1f2a3b5
 def drift_report(values: dict, # the monitor job's parameters: reference, current, window, tests (nbs/jobs/monitor.ipynb)

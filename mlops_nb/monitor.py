@@ -538,7 +538,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return (max(0.0, c - h), min(1.0, c + h))
 
-# %% ../nbs/11_monitor.ipynb #fae56482
+# %% ../nbs/11_monitor.ipynb #34f901a6
+def _metric_row(fn, arrs: tuple, n_boot: int, rng) -> dict:
+    "`fn(*arrs)` with its 95% bootstrap interval and the row count; resamples where `fn` cannot be computed are skipped."
+    v = fn(*arrs)
+    n, vals = len(arrs[0]), []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        try: b = fn(*(a[i] for a in arrs))
+        except ValueError: continue  # a resample with one class: no AUC there
+        if b is not None and np.isfinite(b): vals.append(b)
+    lo, hi = (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if vals else (float('nan'), float('nan'))
+    return {'value': float(v), 'low': lo, 'high': hi, 'n': int(len(arrs[0]))}
+
+# %% ../nbs/11_monitor.ipynb #56cde271
 def quality_metrics(y, # labels of the labelled rows
                     pred, # the model's predictions for them
                     proba: pd.DataFrame | None = None, # class probabilities, one column per class (`proba_<class>` or the class)
@@ -548,18 +561,7 @@ def quality_metrics(y, # labels of the labelled rows
     "{metric: {value, low, high, n}} on labelled rows: accuracy, roc_auc, f1 for classes; rmse, mae, r2 for numbers."
     from mlops_nb.evaluate import METRICS
     rng = np.random.default_rng(seed)
-    def boot(fn, *arrs):
-        n, vals = len(arrs[0]), []
-        for _ in range(n_boot):
-            i = rng.integers(0, n, n)
-            try: v = fn(*(a[i] for a in arrs))
-            except ValueError: continue  # a resample with one class: no AUC there
-            if v is not None and np.isfinite(v): vals.append(v)
-        return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if vals else (float('nan'), float('nan'))
-    def row(fn, *arrs):
-        v = fn(*arrs)
-        lo, hi = boot(fn, *arrs)
-        return {'value': float(v), 'low': lo, 'high': hi, 'n': int(len(arrs[0]))}
+    row = lambda fn, *arrs: _metric_row(fn, arrs, n_boot, rng)
     out = {}
     if task == 'regression':
         y, p = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
@@ -608,7 +610,18 @@ def quality_checks(realized: dict, # `quality_metrics(...)`
 
 _CMP = [('>=', lambda a, b: a >= b), ('>', lambda a, b: a > b), ('<=', lambda a, b: a <= b), ('<', lambda a, b: a < b)]
 
-# %% ../nbs/11_monitor.ipynb #bc6145dd
+# %% ../nbs/11_monitor.ipynb #392b01ba
+def _expected_auc(score: np.ndarray, p: np.ndarray) -> float:
+    "ROC AUC expected when row i is positive with probability p[i], ranking by `score`."
+    o = np.argsort(-score, kind='stable')
+    s, q = score[o], p[o]
+    last = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score: ties move together
+    tp, fp = np.cumsum(q)[last], np.cumsum(1 - q)[last]
+    if tp[-1] <= 0 or fp[-1] <= 0: return float('nan')
+    tpr, fpr = np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+# %% ../nbs/11_monitor.ipynb #fb95a05c
 class CBPE:
     "Confidence-based performance estimation: expected accuracy and ROC AUC of a classifier from calibrated probabilities."
     def __init__(self, classes: list): # the model's classes, in the order of its probability columns
@@ -648,16 +661,6 @@ class CBPE:
         aucs = [_expected_auc(P[:, j], C[:, j]) for j in ([1] if len(self.classes) == 2 else range(P.shape[1]))]
         aucs = [a for a in aucs if np.isfinite(a)]
         return {'accuracy': acc, **({'roc_auc': float(np.mean(aucs))} if aucs else {})}
-
-def _expected_auc(score: np.ndarray, p: np.ndarray) -> float:
-    "ROC AUC expected when row i is positive with probability p[i], ranking by `score`."
-    o = np.argsort(-score, kind='stable')
-    s, q = score[o], p[o]
-    last = np.append(s[1:] != s[:-1], True)  # one ROC point per distinct score: ties move together
-    tp, fp = np.cumsum(q)[last], np.cumsum(1 - q)[last]
-    if tp[-1] <= 0 or fp[-1] <= 0: return float('nan')
-    tpr, fpr = np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]]
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 # %% ../nbs/11_monitor.ipynb #8ffb5247
 def window_quality(log: pd.DataFrame, # rows of the request log in the window
@@ -737,7 +740,7 @@ def rollout_quality(log: pd.DataFrame, # rows of the request log in the window (
             'shadow_rows': int(sp.notna().sum()), 'pairs': sorted(pairs, key=lambda p: -p['labelled_rows'])}
 
 
-# %% ../nbs/11_monitor.ipynb #6963183b
+# %% ../nbs/11_monitor.ipynb #a572c354
 def rollout_frame(r: dict | None # `rollout_quality(...)`
                  ) -> pd.DataFrame:
     "One row per (pair, model): version, role, labelled rows and each metric; the better one marked."
@@ -762,6 +765,7 @@ def rollout_summary(r: dict | None # `rollout_quality(...)`
         out.append(f"{who} on {p['labelled_rows']} labelled rows: {nums}{diff}")
     return out
 
+# %% ../nbs/11_monitor.ipynb #8761e844
 def plot_rollout(r: dict # `rollout_quality(...)`
                 ):
     "The deciding metric of each model in each pair with its 95% interval; returns the matplotlib Figure."
@@ -778,7 +782,6 @@ def plot_rollout(r: dict # `rollout_quality(...)`
     ax.set_ylabel(m); ax.set_title(f'{m} on the same labelled rows (outlined: better)', fontsize=9); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
 
 # %% ../nbs/11_monitor.ipynb #a1513935
 def _chunks(source, chunk_rows: int, columns: list | None = None) -> Callable[[], Iterator[pd.DataFrame]]:
@@ -1065,7 +1068,7 @@ def drift_history(settings=None, # where the monitor runs are; `get_settings()` 
                      **{k[len('drift.'):]: v for k, v in ms.items() if k.startswith('drift.')}})
     return pd.DataFrame(rows).sort_values('time').reset_index(drop=True) if rows else pd.DataFrame(columns=['time', 'run_id', 'drift_share'])
 
-# %% ../nbs/11_monitor.ipynb #39f13f83
+# %% ../nbs/11_monitor.ipynb #15b667d2
 def plot_histograms(result: DriftResult, # a drift result
                     columns: list | None = None, # which columns; all if None
                     ncols: int = 4, # panels per row
@@ -1102,6 +1105,7 @@ def plot_histograms(result: DriftResult, # a drift result
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_monitor.ipynb #f0c0b809
 def plot_history(history: pd.DataFrame, # `drift_history(...)`, with the current run appended if wanted
                  result: DriftResult | None = None, # for thresholds (dashed) and column order
                  columns: list | None = None, # which columns; the drifted ones first, up to 8, if None

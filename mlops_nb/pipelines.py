@@ -283,7 +283,7 @@ def cache_key(step: Step, # the step
              data={str(f): file_sha256(f) for f in _data_files(values, step.inputs)})
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
-# %% ../nbs/09b_pipelines.ipynb #9a53b1f3
+# %% ../nbs/09b_pipelines.ipynb #133e563d
 @dataclass
 class StepResult:
     "What one step did."
@@ -307,6 +307,7 @@ class StepResult:
         if self.promotion is not None: d['promotion'] = self.promotion.to_dict()
         return d
 
+# %% ../nbs/09b_pipelines.ipynb #ea651ac6
 @dataclass
 class PipelineResult:
     "What a pipeline run did: its parent run and each step's result, in run order."
@@ -557,16 +558,31 @@ def _follow(ctx: _Ctx, steps: list, parent, emit, slots: int):
     finally:
         ex.close()  # waits for the running steps
 
-# %% ../nbs/09b_pipelines.ipynb #21654d42
+# %% ../nbs/09b_pipelines.ipynb #2bac6aa6
 COLOURS = {'finished': '#8fd18f', 'reused': '#a6cee3', 'failed': '#f08a8a', 'not_run': '#dddddd', 'pending': '#ffffff'}
 
+def _depths(p: Pipeline, steps: list) -> dict:
+    "Step -> its depth in the DAG: 0 for a step that needs nothing, else one more than the deepest step it needs."
+    depth = {}
+    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    return depth
+
+def _legend(height: int, M: int) -> list[str]:
+    "The SVG legend of the states' colours, along the bottom."
+    out, lx = [], M
+    for st, c in COLOURS.items():
+        out.append(f'<rect x="{lx}" y="{height - 24}" width="12" height="12" fill="{c}" stroke="#333"/>'
+                   f'<text x="{lx + 16}" y="{height - 14}" font-size="11">{st}</text>')
+        lx += 90
+    return out
+
+# %% ../nbs/09b_pipelines.ipynb #1fc13a5e
 def dag_svg(p: Pipeline, # the pipeline
             states: dict | None = None, # step -> 'finished', 'reused', 'failed', 'not_run' (missing: 'pending')
            ) -> str:
     "An SVG picture of the DAG, each step coloured by its state."
     states, steps = states or {}, order(p)
-    depth = {}
-    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    depth = _depths(p, steps)
     W, H, GX, GY, M = 180, 46, 60, 22, 20
     col = {}
     pos = {}
@@ -592,11 +608,7 @@ def dag_svg(p: Pipeline, # the pipeline
                    f'<rect x="{x}" y="{y}" width="{W}" height="{H}" rx="8" fill="{COLOURS.get(st, "#ffffff")}" stroke="#333"/>'
                    f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{html.escape(n)}</text>'
                    f'<text x="{x + 10}" y="{y + 36}" font-size="11">{html.escape(what)}{" (grid)" if kind == "grid" else ""} · {st}</text></g>')
-    lx = M
-    for st, c in COLOURS.items():
-        out.append(f'<rect x="{lx}" y="{height - 24}" width="12" height="12" fill="{c}" stroke="#333"/>'
-                   f'<text x="{lx + 16}" y="{height - 14}" font-size="11">{st}</text>')
-        lx += 90
+    out += _legend(height, M)
     out.append('</svg>')
     return '\n'.join(out)
 
@@ -607,9 +619,8 @@ def dag_text(p: Pipeline, # the pipeline
              extra: dict | None = None, # step -> more to say at the end of its line
             ) -> str:
     "The DAG as text: steps in run order, indented by depth, each with its state and what it needs."
-    depth, out = {}, []
-    steps = order(p)
-    for n in steps: depth[n] = 1 + max((depth[m] for m in p.steps[n].needs), default=-1)
+    steps, out = order(p), []
+    depth = _depths(p, steps)
     w = max(len(n) + 2 * depth[n] for n in steps)
     for n in steps:
         st = p.steps[n]

@@ -58,7 +58,7 @@ def signature_columns(sig: dict # `tracking.model_signature(path)`
     "The input columns of a signature (column-based signatures only)."
     return [Column(c['name'], c.get('type', 'double'), c.get('required', True)) for c in sig.get('inputs', []) if 'name' in c]
 
-# %% ../nbs/10_serve.ipynb #624e1f48
+# %% ../nbs/10_serve.ipynb #d2a7980f
 def _describe(v) -> str:
     if isinstance(v, bool): return f'boolean {v}'
     if isinstance(v, str): return f'string {v[:40]!r}'
@@ -75,6 +75,7 @@ def _ok(col: Column, v) -> bool:
 
 def _null(v) -> bool: return v is None or (isinstance(v, float) and math.isnan(v))
 
+# %% ../nbs/10_serve.ipynb #00f7b6a3
 def check_column(col: Column, # the signature's column
                  values, # a list (JSON) or array (CSV) of the request's values
                  row0: int = 0) -> np.ndarray:
@@ -283,39 +284,7 @@ class ServedModel:
                     engine_note=self.engine_note, package_version=__version__,
                     loaded_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.loaded_at)))
 
-# %% ../nbs/10_serve.ipynb #c33e78d3
-def _sklearn_onnx(model, columns: list[Column]):
-    "`(onnx model, stacked)` for a scikit-learn estimator or pipeline: one float32 input per column, or (stacked) one matrix."
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-    last = model.steps[-1][1] if hasattr(model, 'steps') else model
-    _boosted_step(last)
-    opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
-    kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
-    try: return convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
-    except Exception:  # broad: skl2onnx refuses in many ways; a bare estimator (no column transformer first) takes one matrix, as autolog logs it
-        return convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
-
-# %% ../nbs/10_serve.ipynb #00f27d63
-_OPSET = 15  # the highest opset onnxmltools converts trees to
-
-def _xgboost_onnx(model, columns: list[Column]):
-    "`(onnx model, True)` for an XGBoost estimator or Booster: one float32 matrix in (XGBoost computes in float32 too)."
-    from onnxmltools import convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
-    booster = (model.get_booster() if hasattr(model, 'get_booster') else model).copy()
-    booster.feature_names = None  # onnxmltools reads features only as f0, f1, ...: the copy forgets the column names
-    return convert_xgboost(booster, initial_types=[('X', FloatTensorType([None, len(columns)]))], target_opset=_OPSET), True
-
-def _lightgbm_onnx(model, columns: list[Column]):
-    "`(onnx model, True)` for a LightGBM estimator or Booster: one float64 matrix in where it converts (regressors), else float32."
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import DoubleTensorType, FloatTensorType
-    kw = dict(target_opset=_OPSET, zipmap=False)
-    try: return convert_lightgbm(model, initial_types=[('X', DoubleTensorType([None, len(columns)]))], **kw), True
-    except RuntimeError:  # classifiers take float32 only
-        return convert_lightgbm(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
-
+# %% ../nbs/10_serve.ipynb #e3f06c63
 def _xgboost_unnamed(scope, operator, container):
     "onnxmltools' XGBoost converter for skl2onnx, shown the booster without its column names (as `_xgboost_onnx`)."
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
@@ -335,6 +304,39 @@ def _boosted_step(last):
                                 calculate_linear_classifier_output_shapes if clf else calculate_linear_regressor_output_shapes,
                                 _xgboost_unnamed if lib == 'xgboost' else convert_lightgbm,
                                 options={'nocl': [True, False], 'zipmap': [True, False, 'columns']} if clf else None)
+
+# %% ../nbs/10_serve.ipynb #05dde793
+def _sklearn_onnx(model, columns: list[Column]):
+    "`(onnx model, stacked)` for a scikit-learn estimator or pipeline: one float32 input per column, or (stacked) one matrix."
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    last = model.steps[-1][1] if hasattr(model, 'steps') else model
+    _boosted_step(last)
+    opts = {id(last): {'zipmap': False}} if hasattr(last, 'predict_proba') else None
+    kw = dict(target_opset={'': 17, 'ai.onnx.ml': 3}, options=opts)
+    try: return convert_sklearn(model, initial_types=[(c.name, FloatTensorType([None, 1])) for c in columns], **kw), False
+    except Exception:  # broad: skl2onnx refuses in many ways; a bare estimator (no column transformer first) takes one matrix, as autolog logs it
+        return convert_sklearn(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
+
+# %% ../nbs/10_serve.ipynb #a4ca37b7
+_OPSET = 15  # the highest opset onnxmltools converts trees to
+
+def _xgboost_onnx(model, columns: list[Column]):
+    "`(onnx model, True)` for an XGBoost estimator or Booster: one float32 matrix in (XGBoost computes in float32 too)."
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    booster = (model.get_booster() if hasattr(model, 'get_booster') else model).copy()
+    booster.feature_names = None  # onnxmltools reads features only as f0, f1, ...: the copy forgets the column names
+    return convert_xgboost(booster, initial_types=[('X', FloatTensorType([None, len(columns)]))], target_opset=_OPSET), True
+
+def _lightgbm_onnx(model, columns: list[Column]):
+    "`(onnx model, True)` for a LightGBM estimator or Booster: one float64 matrix in where it converts (regressors), else float32."
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import DoubleTensorType, FloatTensorType
+    kw = dict(target_opset=_OPSET, zipmap=False)
+    try: return convert_lightgbm(model, initial_types=[('X', DoubleTensorType([None, len(columns)]))], **kw), True
+    except RuntimeError:  # classifiers take float32 only
+        return convert_lightgbm(model, initial_types=[('X', FloatTensorType([None, len(columns)]))], **kw), True
 
 _ONNX_CONVERTERS = {'sklearn': _sklearn_onnx, 'xgboost': _xgboost_onnx, 'lightgbm': _lightgbm_onnx}  # flavour -> converter
 
@@ -461,7 +463,7 @@ class Batcher:
         if self.task: self.q.put_nowait(None); await self.task
         if self.executor: self.executor.shutdown(wait=True)
 
-# %% ../nbs/10_serve.ipynb #c33a1efb
+# %% ../nbs/10_serve.ipynb #bf80d5c6
 async def _gather(self):
     "The next batch: the first item, what waits behind it, and what arrives within the wait while others are arriving."
     loop = asyncio.get_running_loop()
@@ -478,6 +480,7 @@ async def _gather(self):
         items.append(it); rows += it.n
     return items
 
+# %% ../nbs/10_serve.ipynb #8e85962d
 def _timed(fn, *args):
     "`fn(*args)` and the CPU seconds it took in this thread (wall time would count the waits of a busy machine)."
     t0 = time.thread_time(); out = fn(*args)
@@ -505,6 +508,7 @@ async def _run(self, items: list):
         if not it.fut.done(): it.fut.set_result((pred[i:i + it.n], prob[i:i + it.n] if prob is not None and it.proba else None))
         i += it.n
 
+# %% ../nbs/10_serve.ipynb #b161ec99
 async def _batch_loop(self):
     while True:
         items = await _gather(self)
@@ -516,7 +520,26 @@ async def _batch_loop(self):
 
 Batcher._loop = _batch_loop
 
-# %% ../nbs/10_serve.ipynb #c29dd9a7
+# %% ../nbs/10_serve.ipynb #d751e8be
+def _quality_gauges(d: dict):
+    "The served model's quality gauges from a drift document: realized and estimated metrics, labelled rows, the alert."
+    from prometheus_client.core import GaugeMetricFamily
+    q = d.get('quality') or {}
+    if not (q.get('realized') or q.get('estimated')): return
+    g = GaugeMetricFamily('mlops_nb_model_quality', 'Quality of the served model on the latest monitor window: realized on '
+                          'labelled rows, or estimated from probabilities before labels (CBPE)', labels=['metric', 'version', 'kind'])
+    ver = str(d.get('model_version') or q.get('model_version') or '')
+    for kind in ('realized', 'estimated'):
+        for m, v in (q.get(kind) or {}).items():
+            v = v.get('value') if isinstance(v, dict) else v
+            if v is not None: g.add_metric([m, ver, kind], float(v))
+    yield g
+    yield GaugeMetricFamily('mlops_nb_model_quality_labelled_rows', 'Labelled rows in the latest monitor window',
+                            value=float(q.get('labelled_rows') or 0))
+    yield GaugeMetricFamily('mlops_nb_model_quality_alert', 'Whether quality is below the gate (0/1), from the latest monitor run',
+                            value=float(bool(q.get('alert'))))
+
+# %% ../nbs/10_serve.ipynb #9d55e959
 class DriftCollector:
     "The monitor's latest drift results (`drift/latest.json`) as gauges, read at scrape time."
     def __init__(self, path: str | Path): self.path, self._seen, self._doc = Path(path), None, None
@@ -542,62 +565,72 @@ class DriftCollector:
         yield score; yield det
         if d.get('share_drifted') is not None:
             yield GaugeMetricFamily('mlops_nb_drift_share', 'Share of columns that drifted', value=float(d['share_drifted']))
-        q = d.get('quality') or {}
-        if q.get('realized') or q.get('estimated'):
-            g = GaugeMetricFamily('mlops_nb_model_quality', 'Quality of the served model on the latest monitor window: realized on '
-                                  'labelled rows, or estimated from probabilities before labels (CBPE)', labels=['metric', 'version', 'kind'])
-            ver = str(d.get('model_version') or q.get('model_version') or '')
-            for kind in ('realized', 'estimated'):
-                for m, v in (q.get(kind) or {}).items():
-                    v = v.get('value') if isinstance(v, dict) else v
-                    if v is not None: g.add_metric([m, ver, kind], float(v))
-            yield g
-            yield GaugeMetricFamily('mlops_nb_model_quality_labelled_rows', 'Labelled rows in the latest monitor window',
-                                    value=float(q.get('labelled_rows') or 0))
-            yield GaugeMetricFamily('mlops_nb_model_quality_alert', 'Whether quality is below the gate (0/1), from the latest monitor run',
-                                    value=float(bool(q.get('alert'))))
+        yield from _quality_gauges(d)
         try:
             ts = datetime.fromisoformat(str(d['ts']).replace('Z', '+00:00')).timestamp()
             yield GaugeMetricFamily('mlops_nb_drift_timestamp_seconds', 'When the latest drift results were computed', value=ts)
         except (KeyError, ValueError): pass
 
-# %% ../nbs/10_serve.ipynb #3a4eab84
+# %% ../nbs/10_serve.ipynb #9714540e
 _BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 
+def _http_metrics(m, reg):
+    "The request, batch, model and request-log metric families, as attributes of `m` (in `reg`; None: the multiprocess files)."
+    from prometheus_client import Counter, Gauge, Histogram
+    m.requests = Counter('mlops_nb_requests', 'HTTP requests by route, method and status', ['route', 'method', 'status'], registry=reg)
+    m.latency = Histogram('mlops_nb_request_duration_seconds', 'Request latency by route', ['route'], buckets=_BUCKETS, registry=reg)
+    m.in_flight = Gauge('mlops_nb_requests_in_flight', 'Requests being handled', multiprocess_mode='livesum', registry=reg)
+    m.rows = Counter('mlops_nb_predicted_rows', 'Rows predicted', registry=reg)
+    m.batch_rows = Histogram('mlops_nb_batch_rows', 'Rows per model call', buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=reg)
+    m.batch_requests = Histogram('mlops_nb_batch_requests', 'Requests per model call', buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg)
+    m.model_seconds = Histogram('mlops_nb_model_duration_seconds', 'Time in the model per call', buckets=_BUCKETS, registry=reg)
+    m.model_errors = Counter('mlops_nb_model_errors', 'Requests whose prediction raised (answered 500)', registry=reg)
+    m.model_info = Gauge('mlops_nb_model_info', 'The model being served (1) and models served before (0)',
+                         ['name', 'version', 'alias', 'run_id', 'engine'], multiprocess_mode='max', registry=reg)
+    m.labels = Counter('mlops_nb_labels_received', 'Labels received on POST /labels', registry=reg)
+    m.swaps = Counter('mlops_nb_model_swaps', 'Hot swaps to a new model version (--watch)', registry=reg)
+    m.log_rows = Counter('mlops_nb_request_log_rows', 'Request log rows by outcome (written, dropped)', ['outcome'], registry=reg)
+
+def _rollout_metrics(m, reg):
+    "The per-version, canary and shadow metric families, as attributes of `m`."
+    from prometheus_client import Counter, Gauge, Histogram
+    m.version_requests = Counter('mlops_nb_model_requests', 'Prediction requests by model version, role (primary, canary, '
+                                 'shadow) and outcome (ok, error, timeout, shape)', ['version', 'role', 'outcome'], registry=reg)
+    m.version_latency = Histogram('mlops_nb_model_request_duration_seconds', 'Time to a request\'s prediction by model version and role',
+                                  ['version', 'role'], buckets=_BUCKETS, registry=reg)
+    m.rollout_model = Gauge('mlops_nb_rollout_model', 'Canary and shadow models: 1 while in use, 0 once dropped', ['role', 'version'],
+                            multiprocess_mode='livemin', registry=reg)
+    m.canary_fallbacks = Counter('mlops_nb_canary_fallbacks', 'Canary requests answered by the primary, by reason (error, timeout, shape)',
+                                 ['reason'], registry=reg)
+    m.canary_dropped = Counter('mlops_nb_canary_dropped', 'Canaries dropped for their error rate', registry=reg)
+    m.shadow_requests = Counter('mlops_nb_shadow_requests', 'Requests sent to the shadow, by outcome (scored, error, timeout, '
+                                'shape, dropped: the queue was full)', ['outcome'], registry=reg)
+    m.shadow_rows = Counter('mlops_nb_shadow_rows', 'Rows the shadow scored, by whether it agreed with the answer given (agree, disagree)',
+                            ['agreement'], registry=reg)
+    m.shadow_agreement = Gauge('mlops_nb_shadow_agreement', 'Share of scored rows where the shadow agreed with the answer given',
+                               multiprocess_mode='livemax', registry=reg)
+
+# %% ../nbs/10_serve.ipynb #68b44a35
+def _by_version(registry) -> list[dict]:
+    "Calls by outcome and model time per version and role, from the samples of `registry`."
+    out = {}
+    for fam in registry.collect():
+        if fam.name not in ('mlops_nb_model_requests', 'mlops_nb_model_request_duration_seconds'): continue
+        for s in fam.samples:
+            key = 'seconds_sum' if s.name.endswith('_sum') else 'seconds_count' if s.name.endswith('_count') else s.labels.get('outcome') if s.name.endswith('_total') else None
+            if key is None: continue
+            r = out.setdefault((s.labels['version'], s.labels['role']), {})
+            r[key] = r.get(key, 0) + s.value
+    return [{'version': v, 'role': role, **r} for (v, role), r in sorted(out.items())]
+
+# %% ../nbs/10_serve.ipynb #7a4ad071
 class Metrics:
     "The server's Prometheus metrics, in their own registry (or multiprocess files)."
     def __init__(self, log_dir: str | Path | None = None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter
         self.multiprocess = bool(os.environ.get('PROMETHEUS_MULTIPROC_DIR'))
         reg = None if self.multiprocess else CollectorRegistry()
-        self.requests = Counter('mlops_nb_requests', 'HTTP requests by route, method and status', ['route', 'method', 'status'], registry=reg)
-        self.latency = Histogram('mlops_nb_request_duration_seconds', 'Request latency by route', ['route'], buckets=_BUCKETS, registry=reg)
-        self.in_flight = Gauge('mlops_nb_requests_in_flight', 'Requests being handled', multiprocess_mode='livesum', registry=reg)
-        self.rows = Counter('mlops_nb_predicted_rows', 'Rows predicted', registry=reg)
-        self.batch_rows = Histogram('mlops_nb_batch_rows', 'Rows per model call', buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096), registry=reg)
-        self.batch_requests = Histogram('mlops_nb_batch_requests', 'Requests per model call', buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=reg)
-        self.model_seconds = Histogram('mlops_nb_model_duration_seconds', 'Time in the model per call', buckets=_BUCKETS, registry=reg)
-        self.model_errors = Counter('mlops_nb_model_errors', 'Requests whose prediction raised (answered 500)', registry=reg)
-        self.model_info = Gauge('mlops_nb_model_info', 'The model being served (1) and models served before (0)',
-                                ['name', 'version', 'alias', 'run_id', 'engine'], multiprocess_mode='max', registry=reg)
-        self.labels = Counter('mlops_nb_labels_received', 'Labels received on POST /labels', registry=reg)
-        self.swaps = Counter('mlops_nb_model_swaps', 'Hot swaps to a new model version (--watch)', registry=reg)
-        self.log_rows = Counter('mlops_nb_request_log_rows', 'Request log rows by outcome (written, dropped)', ['outcome'], registry=reg)
-        self.version_requests = Counter('mlops_nb_model_requests', 'Prediction requests by model version, role (primary, canary, '
-                                        'shadow) and outcome (ok, error, timeout, shape)', ['version', 'role', 'outcome'], registry=reg)
-        self.version_latency = Histogram('mlops_nb_model_request_duration_seconds', 'Time to a request\'s prediction by model version and role',
-                                         ['version', 'role'], buckets=_BUCKETS, registry=reg)
-        self.rollout_model = Gauge('mlops_nb_rollout_model', 'Canary and shadow models: 1 while in use, 0 once dropped', ['role', 'version'],
-                                   multiprocess_mode='livemin', registry=reg)
-        self.canary_fallbacks = Counter('mlops_nb_canary_fallbacks', 'Canary requests answered by the primary, by reason (error, timeout, shape)',
-                                        ['reason'], registry=reg)
-        self.canary_dropped = Counter('mlops_nb_canary_dropped', 'Canaries dropped for their error rate', registry=reg)
-        self.shadow_requests = Counter('mlops_nb_shadow_requests', 'Requests sent to the shadow, by outcome (scored, error, timeout, '
-                                       'shape, dropped: the queue was full)', ['outcome'], registry=reg)
-        self.shadow_rows = Counter('mlops_nb_shadow_rows', 'Rows the shadow scored, by whether it agreed with the answer given (agree, disagree)',
-                                   ['agreement'], registry=reg)
-        self.shadow_agreement = Gauge('mlops_nb_shadow_agreement', 'Share of scored rows where the shadow agreed with the answer given',
-                                      multiprocess_mode='livemax', registry=reg)
+        _http_metrics(self, reg); _rollout_metrics(self, reg)
         self.log_errors = Counter('mlops_nb_request_log_errors', 'Request log write errors (rows dropped, predictions unaffected)', registry=reg)
         if self.multiprocess:
             from prometheus_client import multiprocess
@@ -619,15 +652,7 @@ class Metrics:
 
     def by_version(self) -> list[dict]:
         "Calls by outcome and model time, per version and role, since start (what /dashboard splits by version)."
-        out = {}
-        for fam in self.registry.collect():
-            if fam.name not in ('mlops_nb_model_requests', 'mlops_nb_model_request_duration_seconds'): continue
-            for s in fam.samples:
-                key = 'seconds_sum' if s.name.endswith('_sum') else 'seconds_count' if s.name.endswith('_count') else s.labels.get('outcome') if s.name.endswith('_total') else None
-                if key is None: continue
-                r = out.setdefault((s.labels['version'], s.labels['role']), {})
-                r[key] = r.get(key, 0) + s.value
-        return [{'version': v, 'role': role, **r} for (v, role), r in sorted(out.items())]
+        return _by_version(self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -713,7 +738,7 @@ class ServeConfig:
     shadow_tolerance: float = 0.01 # regression: relative difference within which the shadow agrees
     rollout_timeout: float = 5.0 # seconds a canary or shadow call may take
 
-# %% ../nbs/10_serve.ipynb #bde560fa
+# %% ../nbs/10_serve.ipynb #08654aae
 log = logging.getLogger('mlops_nb.serve')
 
 class Server:
@@ -745,57 +770,31 @@ class Server:
         if old is not None: self.metrics.swaps.inc()
         log.info("serving %s version %s (%s engine: %s)", new.name or new.uri, new.version, new.engine, new.engine_note)
 
-    def set_canary(self, sm: ServedModel):
-        c = self.config
-        self.canary = Canary(sm, c.canary_share, c.canary_max_error_rate, c.canary_window, c.canary_min_requests)
-        self.metrics.rollout_model.labels('canary', str(sm.version)).set(1)
-        log.info("canary: %s version %s answers %.0f%% of callers", sm.name or sm.uri, sm.version, 100 * c.canary_share)
-
-    def set_shadow(self, sm: ServedModel):
-        self.shadow = sm
-        self.metrics.rollout_model.labels('shadow', str(sm.version)).set(1)
-        log.info("shadow: %s version %s scores every request off the response path", sm.name or sm.uri, sm.version)
-
-    def health(self) -> dict:
-        "What /health says: ready or not, the model, and the canary's and shadow's state."
-        sm, can = self.model, self.canary
-        doc = {'status': 'ok' if sm is not None else 'loading', 'version': None if sm is None else str(sm.version)}
-        if can is not None: doc['canary'] = can.info()
-        if self.shadow is not None:
-            doc['shadow'] = {'version': str(self.shadow.version), 'queued': self.shadow_q.qsize() if self.shadow_q else 0,
-                             'rows_scored': self._agree[1], 'agreement': self._agree[0] / self._agree[1] if self._agree[1] else None}
-        return doc
-
-# %% ../nbs/10_serve.ipynb #10121db0
-async def _startup(self: Server):
-    self.batcher.start()
-    if self.config.log_dir:
-        try:
-            self.writer = RequestLogWriter(self.config.log_dir, max_seconds=self.config.log_flush_seconds)
-        except Exception as e: log.warning("request log disabled: %s", e)  # broad: serving goes on without the log
-    if self.model is None: await self._load()  # before the worker accepts connections: a request never meets a worker without a model
+# %% ../nbs/10_serve.ipynb #631b7387
+def _set_canary(self: Server, sm: ServedModel):
     c = self.config
-    if c.canary_uri and self.canary is None: self.set_canary(await asyncio.to_thread(load_served_model, c.canary_dir or c.canary_uri, c.onnx))
-    if c.shadow_uri and self.shadow is None: self.set_shadow(await asyncio.to_thread(load_served_model, c.shadow_dir or c.shadow_uri, c.onnx))
-    for role in ('canary', 'shadow'):
-        if getattr(self, role) is not None: self.pools[role] = ThreadPoolExecutor(1, thread_name_prefix=f'mlops-nb-{role}')
+    self.canary = Canary(sm, c.canary_share, c.canary_max_error_rate, c.canary_window, c.canary_min_requests)
+    self.metrics.rollout_model.labels('canary', str(sm.version)).set(1)
+    log.info("canary: %s version %s answers %.0f%% of callers", sm.name or sm.uri, sm.version, 100 * c.canary_share)
+
+def _set_shadow(self: Server, sm: ServedModel):
+    self.shadow = sm
+    self.metrics.rollout_model.labels('shadow', str(sm.version)).set(1)
+    log.info("shadow: %s version %s scores every request off the response path", sm.name or sm.uri, sm.version)
+
+def _health(self: Server) -> dict:
+    "What /health says: ready or not, the model, and the canary's and shadow's state."
+    sm, can = self.model, self.canary
+    doc = {'status': 'ok' if sm is not None else 'loading', 'version': None if sm is None else str(sm.version)}
+    if can is not None: doc['canary'] = can.info()
     if self.shadow is not None:
-        self.shadow_q = asyncio.Queue(max(1, c.shadow_queue))
-        self.shadow_task = asyncio.create_task(self._shadow_loop())
-    if self.config.watch: self.tasks.append(asyncio.create_task(self._watch()))
-    if self.writer is not None: self.tasks.append(asyncio.create_task(self._log_ticker()))
-    if self.writer is not None and (self.config.log_max_age_days or self.config.log_max_mb):
-        self.tasks.append(asyncio.create_task(self._prune()))
+        doc['shadow'] = {'version': str(self.shadow.version), 'queued': self.shadow_q.qsize() if self.shadow_q else 0,
+                         'rows_scored': self._agree[1], 'agreement': self._agree[0] / self._agree[1] if self._agree[1] else None}
+    return doc
 
-async def _shutdown(self: Server):
-    for t in self.tasks: t.cancel()
-    await self.batcher.stop()
-    if self.shadow_q is not None:  # score (and log) what waits for the shadow, then stop
-        await self.shadow_q.put(None); await self.shadow_task
-    for p in self.pools.values(): p.shutdown(wait=False)
-    if self.writer is not None:
-        self.flush_log(); await asyncio.to_thread(self.writer.close); self.metrics.sync_log(self.writer.stats())
+Server.set_canary, Server.set_shadow, Server.health = _set_canary, _set_shadow, _health
 
+# %% ../nbs/10_serve.ipynb #15222640
 async def _load(self: Server):
     try: self.swap(await asyncio.to_thread(load_served_model, self.config.model_dir or self.config.model_uri, self.config.onnx))
     except Exception: log.exception("cannot load %s", self.config.model_uri); raise  # broad: logged with its traceback, re-raised
@@ -828,9 +827,41 @@ async def _prune(self: Server, every: float = 3600.0):
         except Exception as e: log.warning("request log retention: %s", e)  # broad: the loop must go on; e.g. another worker removed a part first
         await asyncio.sleep(every)
 
-Server.startup, Server.shutdown, Server._load, Server._watch, Server._prune = _startup, _shutdown, _load, _watch, _prune
+Server._load, Server._watch, Server._prune = _load, _watch, _prune
 
-# %% ../nbs/10_serve.ipynb #40539ca2
+# %% ../nbs/10_serve.ipynb #da885112
+async def _startup(self: Server):
+    self.batcher.start()
+    if self.config.log_dir:
+        try:
+            self.writer = RequestLogWriter(self.config.log_dir, max_seconds=self.config.log_flush_seconds)
+        except Exception as e: log.warning("request log disabled: %s", e)  # broad: serving goes on without the log
+    if self.model is None: await self._load()  # before the worker accepts connections: a request never meets a worker without a model
+    c = self.config
+    if c.canary_uri and self.canary is None: self.set_canary(await asyncio.to_thread(load_served_model, c.canary_dir or c.canary_uri, c.onnx))
+    if c.shadow_uri and self.shadow is None: self.set_shadow(await asyncio.to_thread(load_served_model, c.shadow_dir or c.shadow_uri, c.onnx))
+    for role in ('canary', 'shadow'):
+        if getattr(self, role) is not None: self.pools[role] = ThreadPoolExecutor(1, thread_name_prefix=f'mlops-nb-{role}')
+    if self.shadow is not None:
+        self.shadow_q = asyncio.Queue(max(1, c.shadow_queue))
+        self.shadow_task = asyncio.create_task(self._shadow_loop())
+    if self.config.watch: self.tasks.append(asyncio.create_task(self._watch()))
+    if self.writer is not None: self.tasks.append(asyncio.create_task(self._log_ticker()))
+    if self.writer is not None and (self.config.log_max_age_days or self.config.log_max_mb):
+        self.tasks.append(asyncio.create_task(self._prune()))
+
+async def _shutdown(self: Server):
+    for t in self.tasks: t.cancel()
+    await self.batcher.stop()
+    if self.shadow_q is not None:  # score (and log) what waits for the shadow, then stop
+        await self.shadow_q.put(None); await self.shadow_task
+    for p in self.pools.values(): p.shutdown(wait=False)
+    if self.writer is not None:
+        self.flush_log(); await asyncio.to_thread(self.writer.close); self.metrics.sync_log(self.writer.stats())
+
+Server.startup, Server.shutdown = _startup, _shutdown
+
+# %% ../nbs/10_serve.ipynb #ec4f6622
 def _want_proba(params: dict | None, query) -> bool:
     m = (params or {}).get('predict_method') or query.get('predict_method')
     if m in (None, 'predict'): return False
@@ -838,6 +869,7 @@ def _want_proba(params: dict | None, query) -> bool:
     raise RequestError(f"predict_method {m!r} is not supported; use 'predict' or 'predict_proba'.", column='params.predict_method',
                        expected='predict | predict_proba', got=str(m))
 
+# %% ../nbs/10_serve.ipynb #d7cdc068
 async def _canary_predict(self: Server, can: Canary, parsed: Parsed, proba: bool, rid: str):
     "The canary's `(pred, prob)`; None when it raises, times out or answers with the wrong shape (the primary answers then)."
     t0, cm, m = time.perf_counter(), can.model, self.metrics
@@ -860,6 +892,9 @@ async def _canary_predict(self: Server, can: Canary, parsed: Parsed, proba: bool
         log.error("canary version %s dropped: %s; the primary answers every request", cm.version, can.dropped['reason'])
     return None
 
+Server._canary_predict = _canary_predict
+
+# %% ../nbs/10_serve.ipynb #09d439ac
 async def _invocations(self: Server, body: bytes, content_type: str | None, query=None, request_id: str | None = None,
                        client_key: str | None = None): # the caller's key (X-Client-Key): the canary's share is taken by it, else by request id
     "`(status, document, log_args, model version)` for one /invocations request."
@@ -889,6 +924,9 @@ async def _invocations(self: Server, body: bytes, content_type: str | None, quer
     doc = {'predictions': prob.tolist(), 'classes': np.asarray(sm.classes).tolist()} if proba else {'predictions': pred.tolist()}
     return 200, doc, (sm, parsed, pred, prob, rid, (time.perf_counter() - t0) * 1000), str(sm.version)
 
+Server.invocations = _invocations
+
+# %% ../nbs/10_serve.ipynb #eed33091
 _LOG_BATCH, _LOG_EVERY = 512, 0.25  # queued requests go to the log writer at this many, or this often (seconds)
 
 def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid: str, latency_ms: float,
@@ -898,22 +936,9 @@ def _log_request(self: Server, sm: ServedModel, parsed: Parsed, pred, prob, rid:
     self.log_queue.append((sm, parsed, pred, prob, rid, latency_ms, time.time(), shadow))
     if len(self.log_queue) >= _LOG_BATCH: self.flush_log()
 
-Server.invocations, Server.log_request, Server._canary_predict = _invocations, _log_request, _canary_predict
+Server.log_request = _log_request
 
-# %% ../nbs/10_serve.ipynb #f344240f
-def _log_key(it): return id(it[0]), it[3] is None, None if it[7] is None else (it[7][0], it[7][1] is None, np.ndim(it[7][1]), it[7][2:])
-
-def _flush_log(self: Server):
-    "Hand the queued requests to the log writer: one frame per run of requests answered alike (same model, same columns)."
-    q, self.log_queue = self.log_queue, []
-    start = 0
-    for j in range(1, len(q) + 1):
-        if j == len(q) or _log_key(q[j]) != _log_key(q[start]):
-            try: self._log_rows(q[start:j])
-            except Exception as e: log.warning("request log: %s", e)  # broad: a row the log cannot hold never fails the server
-            start = j
-    if q and self.writer is not None: self.metrics.sync_log(self.writer.stats())
-
+# %% ../nbs/10_serve.ipynb #28950736
 def _log_rows(self: Server, items: list):
     sm, ns = items[0][0], [it[1].n for it in items]
     feats = pd.DataFrame({c.name: np.concatenate([it[1].columns[c.name] for it in items]) for c in sm.columns}, columns=[c.name for c in sm.columns])
@@ -936,32 +961,41 @@ async def _log_ticker(self: Server):
         await asyncio.sleep(_LOG_EVERY)
         if self.log_queue: self.flush_log()
 
-Server.flush_log, Server._log_rows, Server._log_ticker = _flush_log, _log_rows, _log_ticker
+Server._log_rows, Server._log_ticker = _log_rows, _log_ticker
 
-# %% ../nbs/10_serve.ipynb #e4278882
-async def _after_response(self: Server, *logged):
-    "Hand an answered request to the shadow (and the log), or straight to the log."
-    if self.shadow_q is None: return self.log_request(*logged)
-    try: self.shadow_q.put_nowait(logged)
-    except asyncio.QueueFull:
-        self.metrics.shadow_requests.labels('dropped').inc()
-        self.log_request(*logged)
+# %% ../nbs/10_serve.ipynb #3cb76483
+def _log_key(it): return id(it[0]), it[3] is None, None if it[7] is None else (it[7][0], it[7][1] is None, np.ndim(it[7][1]), it[7][2:])
 
-async def _shadow_loop(self: Server):
-    "Score what waits for the shadow, a batch at a time, until a None arrives."
-    while True:
-        items, rows, stop = [await self.shadow_q.get()], 0, False
-        if items[0] is None: return
-        rows = items[0][1].n
-        await asyncio.sleep(0.01)  # off the response path: let more requests join, for fewer and larger shadow calls
-        while not self.shadow_q.empty() and rows < self.config.max_batch_rows:
-            it = self.shadow_q.get_nowait()
-            if it is None: stop = True; break
-            items.append(it); rows += it[1].n
-        try: await self._shadow_batch(items, rows)
-        except Exception as e: log.warning("shadow: %s", e)  # broad: never stops the loop
-        if stop: return
+def _flush_log(self: Server):
+    "Hand the queued requests to the log writer: one frame per run of requests answered alike (same model, same columns)."
+    q, self.log_queue = self.log_queue, []
+    start = 0
+    for j in range(1, len(q) + 1):
+        if j == len(q) or _log_key(q[j]) != _log_key(q[start]):
+            try: self._log_rows(q[start:j])
+            except Exception as e: log.warning("request log: %s", e)  # broad: a row the log cannot hold never fails the server
+            start = j
+    if q and self.writer is not None: self.metrics.sync_log(self.writer.stats())
 
+Server.flush_log = _flush_log
+
+# %% ../nbs/10_serve.ipynb #7426a9bb
+def _shadow_record(self: Server, items: list, pred) -> list:
+    "Count agreement with the answers given; the shadow's predictions per request."
+    sh, m, i, out = self.shadow, self.metrics, 0, []
+    for sm, parsed, ans, prob, rid, ms in items:
+        sp = None if pred is None else pred[i:i + parsed.n]; i += parsed.n
+        if sp is not None:
+            a = int(agreement(ans, sp, sm.classes is not None, self.config.shadow_tolerance).sum())
+            m.shadow_rows.labels('agree').inc(a); m.shadow_rows.labels('disagree').inc(parsed.n - a)
+            self._agree[0] += a; self._agree[1] += parsed.n
+        out.append(sp)
+    if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
+    return out
+
+Server._shadow_record = _shadow_record
+
+# %% ../nbs/10_serve.ipynb #67b40d6a
 async def _shadow_batch(self: Server, items: list, rows: int):
     sh, m, t0 = self.shadow, self.metrics, time.perf_counter()
     first = items[0][1].columns
@@ -985,20 +1019,33 @@ async def _shadow_batch(self: Server, items: list, rows: int):
     shadows = await asyncio.to_thread(self._shadow_record, items, pred)  # agreement off the event loop
     for it, sp in zip(items, shadows): self.log_request(*it, shadow=(sh.version, sp, sh.name or sh.uri))  # the log queue is the loop's
 
-def _shadow_record(self: Server, items: list, pred) -> list:
-    "Count agreement with the answers given; the shadow's predictions per request."
-    sh, m, i, out = self.shadow, self.metrics, 0, []
-    for sm, parsed, ans, prob, rid, ms in items:
-        sp = None if pred is None else pred[i:i + parsed.n]; i += parsed.n
-        if sp is not None:
-            a = int(agreement(ans, sp, sm.classes is not None, self.config.shadow_tolerance).sum())
-            m.shadow_rows.labels('agree').inc(a); m.shadow_rows.labels('disagree').inc(parsed.n - a)
-            self._agree[0] += a; self._agree[1] += parsed.n
-        out.append(sp)
-    if self._agree[1]: m.shadow_agreement.set(self._agree[0] / self._agree[1])
-    return out
+Server._shadow_batch = _shadow_batch
 
-Server.after_response, Server._shadow_loop, Server._shadow_batch, Server._shadow_record = _after_response, _shadow_loop, _shadow_batch, _shadow_record
+# %% ../nbs/10_serve.ipynb #5905c626
+async def _after_response(self: Server, *logged):
+    "Hand an answered request to the shadow (and the log), or straight to the log."
+    if self.shadow_q is None: return self.log_request(*logged)
+    try: self.shadow_q.put_nowait(logged)
+    except asyncio.QueueFull:
+        self.metrics.shadow_requests.labels('dropped').inc()
+        self.log_request(*logged)
+
+async def _shadow_loop(self: Server):
+    "Score what waits for the shadow, a batch at a time, until a None arrives."
+    while True:
+        items, rows, stop = [await self.shadow_q.get()], 0, False
+        if items[0] is None: return
+        rows = items[0][1].n
+        await asyncio.sleep(0.01)  # off the response path: let more requests join, for fewer and larger shadow calls
+        while not self.shadow_q.empty() and rows < self.config.max_batch_rows:
+            it = self.shadow_q.get_nowait()
+            if it is None: stop = True; break
+            items.append(it); rows += it[1].n
+        try: await self._shadow_batch(items, rows)
+        except Exception as e: log.warning("shadow: %s", e)  # broad: never stops the loop
+        if stop: return
+
+Server.after_response, Server._shadow_loop = _after_response, _shadow_loop
 
 # %% ../nbs/10_serve.ipynb #a5e35593
 def openapi(sm: ServedModel | None) -> dict:
@@ -1042,33 +1089,28 @@ async def _read_body(request, limit: int) -> bytes | None:
         if size <= limit: chunks.append(chunk)
     return b''.join(chunks) if size <= limit else None
 
-# %% ../nbs/10_serve.ipynb #f97b160a
+# %% ../nbs/10_serve.ipynb #ad777e56
 _LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # POST /labels without a token only from this machine
 
-def create_app(config: ServeConfig, # what to serve and how
-               model: ServedModel | None = None, # an already loaded model (else loaded in the background at startup)
-               canary: ServedModel | None = None, # an already loaded canary (else `config.canary_dir`, if any, at startup)
-               shadow: ServedModel | None = None): # an already loaded shadow (else `config.shadow_dir`, if any, at startup)
-    "The Starlette app of a prediction server."
-    from contextlib import asynccontextmanager
-    from starlette.applications import Starlette
+def _counted(srv: Server, route: str, fn):
+    "`fn` as a request handler that counts and times itself, and answers 500 (the server going on) when it raises."
+    from starlette.responses import JSONResponse
+    async def handler(request):
+        t0 = time.perf_counter(); srv.metrics.in_flight.inc()
+        try: resp = await fn(request)
+        except Exception:  # broad: the request handler's boundary: one request fails, the server stays
+            log.exception("%s failed", route); resp = JSONResponse({'error_code': 'INTERNAL_ERROR', 'message': 'internal error'}, 500)
+        finally: srv.metrics.in_flight.dec()
+        srv.metrics.requests.labels(route, request.method, str(resp.status_code)).inc()
+        srv.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        return resp
+    return handler
+
+# %% ../nbs/10_serve.ipynb #5256f1aa
+def _invocations_route(srv: Server):
+    "The POST /invocations handler: the body (413 past the limit), then `Server.invocations`; the log and the shadow after the response."
     from starlette.background import BackgroundTask
-    from starlette.responses import HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route
-    srv = Server(config, model, canary, shadow)
-
-    def timed(route, fn):
-        async def handler(request):
-            t0 = time.perf_counter(); srv.metrics.in_flight.inc()
-            try: resp = await fn(request)
-            except Exception:  # broad: the request handler's boundary: one request fails, the server stays
-                log.exception("%s failed", route); resp = JSONResponse({'error_code': 'INTERNAL_ERROR', 'message': 'internal error'}, 500)
-            finally: srv.metrics.in_flight.dec()
-            srv.metrics.requests.labels(route, request.method, str(resp.status_code)).inc()
-            srv.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-            return resp
-        return handler
-
+    from starlette.responses import JSONResponse, Response
     async def invocations(request):
         rid = request.headers.get('x-request-id') or uuid.uuid4().hex
         body = await _read_body(request, srv.limits.max_body_bytes)
@@ -1082,7 +1124,35 @@ def create_app(config: ServeConfig, # what to serve and how
         elif logged: srv.log_request(*logged)  # queued: the log's rows are built later, many requests at a time
         return Response(json.dumps(doc), status, media_type='application/json', headers={'x-request-id': rid, 'x-model-version': ver},
                         background=bg)
+    return invocations
 
+# %% ../nbs/10_serve.ipynb #a18a6ca2
+def _labels_route(srv: Server, config: ServeConfig):
+    "The POST /labels handler: labels appended to the request log's labels, from this machine or with the bearer token only."
+    from starlette.responses import JSONResponse
+    labels_token = os.environ.get('MLOPS_NB_LABELS_TOKEN') or None  # read once, at startup
+    async def labels(request):
+        refuse = lambda status, msg, **h: JSONResponse({'error_code': 'BAD_REQUEST' if status == 400 else 'PERMISSION_DENIED', 'message': msg}, status, headers=h)
+        if not config.log_dir: return refuse(404, 'This server keeps no request log (started with --no-log), so it takes no labels.')
+        if labels_token is None and config.host not in _LOOPBACK:
+            return refuse(403, f'POST /labels needs a bearer token when the server listens on {config.host}: set MLOPS_NB_LABELS_TOKEN '
+                          'where the server starts, and send Authorization: Bearer TOKEN.')
+        if labels_token is not None and not hmac.compare_digest(request.headers.get('authorization', '').encode(), f'Bearer {labels_token}'.encode()):
+            return refuse(401, 'POST /labels needs Authorization: Bearer TOKEN (the value of MLOPS_NB_LABELS_TOKEN).', **{'WWW-Authenticate': 'Bearer'})
+        body = await _read_body(request, srv.limits.max_body_bytes)
+        if body is None: return refuse(413, f"The body is over the limit of {srv.limits.max_body_bytes} bytes.")
+        from mlops_nb.core import DataError
+        try: n = await asyncio.to_thread(append_labels, config.log_dir, json.loads(body))
+        except DataError as e: return refuse(400, str(e))
+        except ValueError as e: return refuse(400, f"Malformed JSON: {e}")
+        srv.metrics.labels.inc(n)
+        return JSONResponse({'accepted': n})
+    return labels
+
+# %% ../nbs/10_serve.ipynb #14d48793
+def _info_routes(srv: Server, config: ServeConfig) -> list[tuple]:
+    "The GET routes as `(path, handler)`: readiness, the model, metrics, its docs and the dashboard."
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     async def ping(request):
         return Response('\n', 200 if srv.model is not None else 503, media_type='application/json')
 
@@ -1105,26 +1175,22 @@ def create_app(config: ServeConfig, # what to serve and how
         if request.url.path.endswith('.json'): return JSONResponse(data)
         return HTMLResponse(render_dashboard(data, srv.model.info() if srv.model is not None else {'uri': config.model_uri}))
 
-    labels_token = os.environ.get('MLOPS_NB_LABELS_TOKEN') or None  # read once, at startup
-    async def labels(request):
-        refuse = lambda status, msg, **h: JSONResponse({'error_code': 'BAD_REQUEST' if status == 400 else 'PERMISSION_DENIED', 'message': msg}, status, headers=h)
-        if not config.log_dir: return refuse(404, 'This server keeps no request log (started with --no-log), so it takes no labels.')
-        if labels_token is None and config.host not in _LOOPBACK:
-            return refuse(403, f'POST /labels needs a bearer token when the server listens on {config.host}: set MLOPS_NB_LABELS_TOKEN '
-                          'where the server starts, and send Authorization: Bearer TOKEN.')
-        if labels_token is not None and not hmac.compare_digest(request.headers.get('authorization', '').encode(), f'Bearer {labels_token}'.encode()):
-            return refuse(401, 'POST /labels needs Authorization: Bearer TOKEN (the value of MLOPS_NB_LABELS_TOKEN).', **{'WWW-Authenticate': 'Bearer'})
-        body = await _read_body(request, srv.limits.max_body_bytes)
-        if body is None: return refuse(413, f"The body is over the limit of {srv.limits.max_body_bytes} bytes.")
-        from mlops_nb.core import DataError
-        try: n = await asyncio.to_thread(append_labels, config.log_dir, json.loads(body))
-        except DataError as e: return refuse(400, str(e))
-        except ValueError as e: return refuse(400, f"Malformed JSON: {e}")
-        srv.metrics.labels.inc(n)
-        return JSONResponse({'accepted': n})
-
     async def docs(request): return HTMLResponse(_docs_html(srv.model))
     async def spec(request): return JSONResponse(openapi(srv.model))
+    return [('/ping', ping), ('/health', health), ('/version', version), ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
+            ('/dashboard', dashboard), ('/dashboard.json', dashboard)]
+
+# %% ../nbs/10_serve.ipynb #97ae597f
+def create_app(config: ServeConfig, # what to serve and how
+               model: ServedModel | None = None, # an already loaded model (else loaded in the background at startup)
+               canary: ServedModel | None = None, # an already loaded canary (else `config.canary_dir`, if any, at startup)
+               shadow: ServedModel | None = None): # an already loaded shadow (else `config.shadow_dir`, if any, at startup)
+    "The Starlette app of a prediction server."
+    from contextlib import asynccontextmanager
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    srv = Server(config, model, canary, shadow)
+    invocations, labels = _invocations_route(srv), _labels_route(srv, config)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -1132,11 +1198,9 @@ def create_app(config: ServeConfig, # what to serve and how
         try: yield
         finally: await srv.shutdown()
 
-    routes = [Route('/invocations', timed('/invocations', invocations), methods=['POST']),
-              Route('/labels', timed('/labels', labels), methods=['POST']),
-              *(Route(p, timed(p, f), methods=['GET']) for p, f in [('/ping', ping), ('/health', health), ('/version', version),
-                                                                    ('/metrics', metrics), ('/docs', docs), ('/openapi.json', spec),
-                                                                    ('/dashboard', dashboard), ('/dashboard.json', dashboard)])]
+    routes = [Route('/invocations', _counted(srv, '/invocations', invocations), methods=['POST']),
+              Route('/labels', _counted(srv, '/labels', labels), methods=['POST']),
+              *(Route(p, _counted(srv, p, f), methods=['GET']) for p, f in _info_routes(srv, config))]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = srv
     return app

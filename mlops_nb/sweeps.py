@@ -145,7 +145,34 @@ def _read_yaml(path) -> dict:
                              hint=f"Known keys: {', '.join(sorted(known))}.", path=str(path))
     return d
 
-# %% ../nbs/09_sweeps.ipynb #750ec1a1
+# %% ../nbs/09_sweeps.ipynb #318751da
+def _search_of(f: dict, search: str | None, prune: str | None, trials: int | None) -> tuple:
+    "The search, pruner and trial budget: the flags', else the sweep file's; refused when they do not go together."
+    search, prune = search or f.get('search'), prune or f.get('prune')
+    trials = trials if trials is not None else f.get('trials')
+    if search and search not in ('grid', 'random') and search not in SAMPLERS:
+        raise ParameterError(f"Unknown --search {search!r}.", hint=f"Use grid, random or {', '.join(SAMPLERS.names())}.", name=search)
+    if prune and search not in SAMPLERS:
+        raise ParameterError(f"--prune {prune} needs a learning search.", hint="Add --search tpe --trials N (pruning stops trials of a tuning sweep).")
+    if prune: PRUNERS.get(prune)  # a clear error naming the pruners
+    return search, prune, trials
+
+# %% ../nbs/09_sweeps.ipynb #4ac362fb
+def _random_part(f: dict, space: list, n_random: int | None, seed: int | None, sweep_file) -> tuple:
+    "The random space (the file's, then `--space`), how many to draw and the seed; refused when one is missing."
+    fr = f.get('random') or {}
+    if not isinstance(fr, dict): raise ParameterError(f"`random:` in {sweep_file} must be a mapping with n, seed, space.", path=str(sweep_file))
+    sp = {k: parse_space_spec(k, v) for k, v in (fr.get('space') or {}).items()}
+    for s in space:
+        k, v = _split_spec(s, '--space'); sp[k] = parse_space_spec(k, v)
+    n = n_random if n_random is not None else fr.get('n')
+    seed = seed if seed is not None else int(fr.get('seed', 0))
+    if n is not None and not sp: raise ParameterError(f"--random {n} needs a space to draw from.", hint="Add --space NAME=uniform:LO:HI (or int:, loguniform:, choice:).")
+    if sp and n is None: raise ParameterError("--space is given without --random N.", hint="Say how many combinations to draw: --random 20.")
+    if n is not None and int(n) < 1: raise ParameterError(f"--random needs at least 1 combination, got {n}.")
+    return sp, n, seed
+
+# %% ../nbs/09_sweeps.ipynb #9466ae6e
 def build_sweep(notebook: str | Path | None = None, # notebook path or bundled job name; the file's `notebook:` if None
                 grid: list[str] = (), # `--grid NAME=V1,V2` strings
                 n_random: int | None = None, # `--random N`
@@ -161,13 +188,7 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
                ) -> Sweep:
     "A `Sweep` from command-line flags and/or a YAML sweep file."
     f = _read_yaml(sweep_file) if sweep_file else {}
-    search, prune = search or f.get('search'), prune or f.get('prune')
-    trials = trials if trials is not None else f.get('trials')
-    if search and search not in ('grid', 'random') and search not in SAMPLERS:
-        raise ParameterError(f"Unknown --search {search!r}.", hint=f"Use grid, random or {', '.join(SAMPLERS.names())}.", name=search)
-    if prune and search not in SAMPLERS:
-        raise ParameterError(f"--prune {prune} needs a learning search.", hint="Add --search tpe --trials N (pruning stops trials of a tuning sweep).")
-    if prune: PRUNERS.get(prune)  # a clear error naming the pruners
+    search, prune, trials = _search_of(f, search, prune, trials)
     if search in SAMPLERS:
         return _tuning_sweep(notebook, grid, n_random, space, sweep_file, f, fixed, seed, metric, maximize, search, trials, prune)
     if search == 'random' and trials is not None and n_random is None: n_random = trials
@@ -178,16 +199,7 @@ def build_sweep(notebook: str | Path | None = None, # notebook path or bundled j
         nb = str(Path(sweep_file).parent / nb)  # relative to the sweep file
     g = {k: (v if isinstance(v, list) else [v]) for k, v in (f.get('grid') or {}).items()}
     g.update(parse_grid(list(grid)))
-    fr = f.get('random') or {}
-    if not isinstance(fr, dict): raise ParameterError(f"`random:` in {sweep_file} must be a mapping with n, seed, space.", path=str(sweep_file))
-    sp = {k: parse_space_spec(k, v) for k, v in (fr.get('space') or {}).items()}
-    for s in space:
-        k, v = _split_spec(s, '--space'); sp[k] = parse_space_spec(k, v)
-    n = n_random if n_random is not None else fr.get('n')
-    seed = seed if seed is not None else int(fr.get('seed', 0))
-    if n is not None and not sp: raise ParameterError(f"--random {n} needs a space to draw from.", hint="Add --space NAME=uniform:LO:HI (or int:, loguniform:, choice:).")
-    if sp and n is None: raise ParameterError("--space is given without --random N.", hint="Say how many combinations to draw: --random 20.")
-    if n is not None and int(n) < 1: raise ParameterError(f"--random needs at least 1 combination, got {n}.")
+    sp, n, seed = _random_part(f, space, n_random, seed, sweep_file)
     if not g and not sp: raise ParameterError("The sweep has nothing to vary.", hint="Add --grid NAME=V1,V2, or --random N with --space NAME=SPEC, or a sweep file (-f).")
     both = set(g) & set(sp)
     if both: raise ParameterError(f"{', '.join(sorted(both))} is both in the grid and in the random space.", hint="Sweep each parameter one way.")
@@ -314,7 +326,24 @@ def summarize(settings: Settings, sweep_id: str, combinations: list[dict], metri
         if len(ok): best = ok.loc[ok[col].idxmax() if maximize else ok[col].idxmin()].to_dict()
     return df, best
 
-# %% ../nbs/09_sweeps.ipynb #083c30c7
+# %% ../nbs/09_sweeps.ipynb #c93602f2
+def _table(summary, metric: str | None, best: dict | None, max_rows: int = 60) -> str:
+    "A sweep's summary for people: status, swept values, metrics (the deciding one first), duration, run; the best marked."
+    df = summary.copy()
+    mcols = [c for c in df.columns if c.startswith('metric.') and c != 'metric.job_duration_s']
+    if metric and f'metric.{metric}' in mcols: mcols = [f'metric.{metric}'] + [c for c in mcols if c != f'metric.{metric}'][:2]
+    else: mcols = mcols[:3]
+    skip = {'index', 'status', 'run_id', 'duration_s', 'failure_reason', 'error', 'attempts'}
+    pcols = [c for c in df.columns if c not in skip and not c.startswith('metric.')]
+    df['run'] = df['run_id'].map(lambda r: r[:12] if isinstance(r, str) else '-')
+    if best: df.insert(0, 'best', (df['run_id'] == best['run_id']).map({True: '*', False: ''}))
+    cols = (['best'] if best else []) + ['index', 'status'] + pcols + mcols + [c for c in ('duration_s', 'failure_reason') if c in df] + ['run']
+    out = df[cols].rename(columns=lambda c: c[len('metric.'):] if c.startswith('metric.') else c)
+    if 'failure_reason' in out and out['failure_reason'].isna().all(): out = out.drop(columns='failure_reason')
+    return out.head(max_rows).to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}') + (
+        f"\n... {len(out) - max_rows} more rows in sweep_summary.csv" if len(out) > max_rows else '')
+
+# %% ../nbs/09_sweeps.ipynb #8b4022d4
 @dataclass
 class SweepResult:
     "What a sweep did: its parent run, the summary table, the best row."
@@ -340,36 +369,29 @@ class SweepResult:
 
     def table(self, max_rows: int = 60) -> str:
         "The summary for people: status, swept values, metrics, duration, run."
-        df = self.summary.copy()
-        mcols = [c for c in df.columns if c.startswith('metric.') and c != 'metric.job_duration_s']
-        if self.metric and f'metric.{self.metric}' in mcols: mcols = [f'metric.{self.metric}'] + [c for c in mcols if c != f'metric.{self.metric}'][:2]
-        else: mcols = mcols[:3]
-        skip = {'index', 'status', 'run_id', 'duration_s', 'failure_reason', 'error', 'attempts'}
-        pcols = [c for c in df.columns if c not in skip and not c.startswith('metric.')]
-        df['run'] = df['run_id'].map(lambda r: r[:12] if isinstance(r, str) else '-')
-        if self.best: df.insert(0, 'best', (df['run_id'] == self.best['run_id']).map({True: '*', False: ''}))
-        cols = (['best'] if self.best else []) + ['index', 'status'] + pcols + mcols + [c for c in ('duration_s', 'failure_reason') if c in df] + ['run']
-        out = df[cols].rename(columns=lambda c: c[len('metric.'):] if c.startswith('metric.') else c)
-        if 'failure_reason' in out and out['failure_reason'].isna().all(): out = out.drop(columns='failure_reason')
-        return out.head(max_rows).to_string(index=False, na_rep='-', float_format=lambda x: f'{x:.4g}') + (
-            f"\n... {len(out) - max_rows} more rows in sweep_summary.csv" if len(out) > max_rows else '')
+        return _table(self.summary, self.metric, self.best, max_rows)
 
     def report(self) -> str:
         "The table, then what it came to: jobs finished and failed, the best run, each failed job and how to rerun it."
-        n, f = len(self.summary), len(self.failed)
-        lines = [self.table(), f"\nsweep {self.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  "
-                 f"(store {self.settings.tracking_uri if self.settings else '-'})"]
-        if self.best:
-            lines.append(f"best by {self.metric} ({'max' if self.maximize else 'min'}): run {self.best['run_id']}  "
-                         f"{self.metric}={self.best[f'metric.{self.metric}']:.4g}")
-        if f:
-            lines.append("failed:")
-            for _, r in self.failed.iterrows():
-                why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
-                err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
-                lines.append(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
-            if self.status != 'KILLED': lines.append(f"rerun the failed ones with: mlops-nb sweep --resume {self.sweep_id}")
-        return '\n'.join(lines)
+        return _report(self)
+
+# %% ../nbs/09_sweeps.ipynb #17e1b63c
+def _report(self) -> str:
+    "What a sweep came to, for people (`SweepResult.report`)."
+    n, f = len(self.summary), len(self.failed)
+    lines = [self.table(), f"\nsweep {self.sweep_id}: {n - f} of {n} job(s) finished, {f} failed  "
+             f"(store {self.settings.tracking_uri if self.settings else '-'})"]
+    if self.best:
+        lines.append(f"best by {self.metric} ({'max' if self.maximize else 'min'}): run {self.best['run_id']}  "
+                     f"{self.metric}={self.best[f'metric.{self.metric}']:.4g}")
+    if f:
+        lines.append("failed:")
+        for _, r in self.failed.iterrows():
+            why = r.get('failure_reason') if isinstance(r.get('failure_reason'), str) else r['status'].lower()
+            err = f": {str(r['error'])[:160]}" if isinstance(r.get('error'), str) else ''
+            lines.append(f"  job {r['index']}  run {r['run_id'] or '-'}  {why}{err}")
+        if self.status != 'KILLED': lines.append(f"rerun the failed ones with: mlops-nb sweep --resume {self.sweep_id}")
+    return '\n'.join(lines)
 
 # %% ../nbs/09_sweeps.ipynb #34412384
 def _shown(v): return v if isinstance(v, (int, float, bool, str, type(None))) else str(v)
@@ -495,27 +517,11 @@ def _log_summary(parent, df, best, sweep: Sweep):
         parent.batch.metric(f'best_{sweep.metric}', best[f'metric.{sweep.metric}'])
     parent.flush()
 
-# %% ../nbs/09_sweeps.ipynb #2fd02865
-def run_sweep(sweep: Sweep, # what to run
-              settings: Settings | None = None, # where to track; `get_settings()` if None
-              executor: str | Executor = 'local', # 'local', 'dask', or an `Executor`
-              workers: int | None = None, # jobs at once (local) / workers of a started Dask cluster
-              scheduler: str | None = None, # Dask scheduler address
-              fail_fast: bool = False, # stop submitting after the first failed job
-              on_event=None, # called with a dict per event: 'start' (sweep_id, executor), 'job' (each job's end, with counts)
-              resume: str | None = None, # a parent run to continue: only combinations without a FINISHED run are run
-              job_options: dict | None = None, # passed to `run_job` (engine=, timeout=, retries=... where supported)
-              grace: float = 30.0, # seconds running jobs get to end after Ctrl-C
-              cancel: Cancel | None = None, # a stop switch shared with the caller (a pipeline); the sweep's own if None
-             ) -> SweepResult:
-    "Run every combination of `sweep` as a child run of one parent run; Ctrl-C marks unfinished runs FAILED and re-raises."
+# %% ../nbs/09_sweeps.ipynb #649234be
+def _sweep_parent(sweep: Sweep, s: Settings, resume: str | None, values: list, secret: set) -> tuple:
+    "The parent run (new, with the definition; or `resume` reopened) and the indices of combinations already FINISHED."
     from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
     from mlops_nb.tracking import Run, create_run
-    s = settings or get_settings()
-    if sweep.learns: return run_tuning(sweep, s, executor=executor, workers=workers, scheduler=scheduler, fail_fast=fail_fast,
-                                       on_event=on_event, resume=resume, job_options=job_options, grace=grace, cancel=cancel)
-    values = check_sweep(sweep)  # before anything starts
-    secret = {k for k, p in read_params(sweep.notebook).items() if p.secret}
     if resume:
         parent = Run(resume, s)
         parent.client.update_run(resume, status='RUNNING')
@@ -532,6 +538,28 @@ def run_sweep(sweep: Sweep, # what to run
                             tags={f'{TAG}sweep': 'parent', f'{TAG}sweep_of': sweep.notebook.stem, f'{TAG}sweep_size': len(values)})
         parent.log_text(json.dumps(definition, indent=1, default=str), 'sweep.json')
         done = set()
+    return parent, done
+
+# %% ../nbs/09_sweeps.ipynb #e3f05788
+def run_sweep(sweep: Sweep, # what to run
+              settings: Settings | None = None, # where to track; `get_settings()` if None
+              executor: str | Executor = 'local', # 'local', 'dask', or an `Executor`
+              workers: int | None = None, # jobs at once (local) / workers of a started Dask cluster
+              scheduler: str | None = None, # Dask scheduler address
+              fail_fast: bool = False, # stop submitting after the first failed job
+              on_event=None, # called with a dict per event: 'start' (sweep_id, executor), 'job' (each job's end, with counts)
+              resume: str | None = None, # a parent run to continue: only combinations without a FINISHED run are run
+              job_options: dict | None = None, # passed to `run_job` (engine=, timeout=, retries=... where supported)
+              grace: float = 30.0, # seconds running jobs get to end after Ctrl-C
+              cancel: Cancel | None = None, # a stop switch shared with the caller (a pipeline); the sweep's own if None
+             ) -> SweepResult:
+    "Run every combination of `sweep` as a child run of one parent run; Ctrl-C marks unfinished runs FAILED and re-raises."
+    s = settings or get_settings()
+    if sweep.learns: return run_tuning(sweep, s, executor=executor, workers=workers, scheduler=scheduler, fail_fast=fail_fast,
+                                       on_event=on_event, resume=resume, job_options=job_options, grace=grace, cancel=cancel)
+    values = check_sweep(sweep)  # before anything starts
+    secret = {k for k, p in read_params(sweep.notebook).items() if p.secret}
+    parent, done = _sweep_parent(sweep, s, resume, values, secret)
     sid = parent.run_id
     todo = [_job_spec(sid, i, sweep.notebook, v, s, job_options or {}) for i, v in enumerate(values) if i not in done]
     events = _Events(len(todo), on_event)
@@ -736,6 +764,33 @@ def _log_study(parent, t: _Tuning):
         for name, fig in (('optimization_history', plot_history(t.study, t.sweep.metric)), ('param_importances', plot_importance(t.study))):
             if fig is not None: fig.savefig(d / f'{name}.png', dpi=90); parent.log_artifact(d / f'{name}.png')
 
+# %% ../nbs/09_sweeps.ipynb #dceb2afe
+def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
+    "The parent run of a learning sweep (new, or `resume` reopened) and where its study is kept."
+    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
+    from mlops_nb.tracking import Run, create_run, download_artifact
+    if resume:
+        parent, path = Run(resume, s), study_path(resume)
+        parent.client.update_run(resume, status='RUNNING')
+        try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
+        except MlflowException: pass  # there was none
+        if not path.exists():
+            try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
+            except (TrackingError, OSError) as e:  # not kept with the run (download_artifact says so as a TrackingError)
+                raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
+                                     hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
+        return parent, path
+    definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[], metric=sweep.metric,
+                      maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
+    parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
+                        params={'sweep.search': sweep.search, 'sweep.trials': sweep.trials, 'sweep.prune': sweep.prune or 'none',
+                                'sweep.seed': sweep.seed, 'sweep.metric': sweep.metric,
+                                **{f'sweep.space.{k}': ':'.join(map(str, v)) for k, v in sweep.space.items()}},
+                        tags={f'{TAG}sweep': 'parent', f'{TAG}sweep_of': sweep.notebook.stem, f'{TAG}sweep_size': sweep.trials,
+                              f'{TAG}sweep_search': sweep.search})
+    parent.log_text(json.dumps(definition, indent=1, default=str), 'sweep.json')
+    return parent, study_path(parent.run_id)
+
 # %% ../nbs/09_sweeps.ipynb #9acb63f7
 def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
                settings: Settings | None = None, executor: str | Executor = 'local', workers: int | None = None, scheduler: str | None = None,
@@ -767,30 +822,3 @@ def run_tuning(sweep: Sweep, # a learning sweep (`sweep.learns`)
     res = SweepResult(sid, status, df, best, sweep.metric, sweep.maximize, s)
     if interrupted: raise SweepInterrupted(res)
     return res
-
-# %% ../nbs/09_sweeps.ipynb #dceb2afe
-def _tuning_parent(sweep: Sweep, s: Settings, resume: str | None, secret: set):
-    "The parent run of a learning sweep (new, or `resume` reopened) and where its study is kept."
-    from mlflow.exceptions import MlflowException  # mlflow costs 4 s to import: only once a sweep runs
-    from mlops_nb.tracking import Run, create_run, download_artifact
-    if resume:
-        parent, path = Run(resume, s), study_path(resume)
-        parent.client.update_run(resume, status='RUNNING')
-        try: parent.client.delete_tag(resume, f'{TAG}failure_reason')
-        except MlflowException: pass  # there was none
-        if not path.exists():
-            try: shutil.copy(download_artifact(resume, f'study/{path.name}', settings=s), path.parent.mkdir(parents=True, exist_ok=True) or path)
-            except (TrackingError, OSError) as e:  # not kept with the run (download_artifact says so as a TrackingError)
-                raise ParameterError(f"The study of sweep {resume} is neither in {path} nor kept with its run ({type(e).__name__}).",
-                                     hint="Resume from the project folder the sweep ran in.", run_id=resume) from None
-        return parent, path
-    definition = dict(notebook=str(sweep.notebook), fixed=_json_values(sweep.fixed, secret), combinations=[], metric=sweep.metric,
-                      maximize=sweep.maximize, **{'seed': sweep.seed, **sweep.definition})
-    parent = create_run(settings=s, experiment=s.experiment, run_name=f"sweep-{sweep.notebook.stem}", notebook=sweep.notebook,
-                        params={'sweep.search': sweep.search, 'sweep.trials': sweep.trials, 'sweep.prune': sweep.prune or 'none',
-                                'sweep.seed': sweep.seed, 'sweep.metric': sweep.metric,
-                                **{f'sweep.space.{k}': ':'.join(map(str, v)) for k, v in sweep.space.items()}},
-                        tags={f'{TAG}sweep': 'parent', f'{TAG}sweep_of': sweep.notebook.stem, f'{TAG}sweep_size': sweep.trials,
-                              f'{TAG}sweep_search': sweep.search})
-    parent.log_text(json.dumps(definition, indent=1, default=str), 'sweep.json')
-    return parent, study_path(parent.run_id)
