@@ -5,6 +5,7 @@
 # %% ../nbs/05a_models.ipynb #8074d59c
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -112,9 +113,22 @@ def attach_schema(path: str | Path, # a local model folder
     return True
 
 # %% ../nbs/05a_models.ipynb #392a2cf0
+_DOWNLOADS: list[tuple[int, str]] = []  # (pid, folder) of the downloads `local_model` made without a destination
+
+def _download_dir() -> str:
+    "A new folder for a download, removed when the process that made it exits (a forked child inherits the list, not the folders)."
+    d = tempfile.mkdtemp(prefix='mlops_nb_model_')
+    if not _DOWNLOADS: atexit.register(_remove_downloads)
+    _DOWNLOADS.append((os.getpid(), d))
+    return d
+
+def _remove_downloads():
+    for pid, d in _DOWNLOADS:
+        if pid == os.getpid(): shutil.rmtree(d, ignore_errors=True)
+
 def local_model(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/N, models:/m-ID, or a local folder
                 settings: Settings | None = None, dst: str | Path | None = None) -> Path:
-    "The model folder of `uri` on local disk."
+    "The model folder of `uri` on local disk: `dst`, else a temporary folder removed when this process exits."
     p = Path(uri).expanduser()
     if p.is_dir(): return p.resolve()
     if '://' not in uri and ':/' not in uri:
@@ -123,7 +137,7 @@ def local_model(uri: str, # runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/
     import mlflow
     s = settings or get_settings()
     mlflow.set_tracking_uri(s.tracking_uri); mlflow.set_registry_uri(s.registry_uri or s.tracking_uri)
-    dst = Path(dst or tempfile.mkdtemp(prefix='mlops_nb_model_'))
+    dst = Path(dst or _download_dir())
     try: return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as e:  # broad: every artifact store fails its own way; each is one ModelError naming the URI
         raise ModelError(f"Cannot download model {uri} from {s.tracking_uri}: {type(e).__name__}: {str(e)[:300]}",
