@@ -149,16 +149,7 @@ def cmd_reproduce(a) -> int:
     if a.json: print_json(r.to_dict()); return 0 if r.identical else 1
     print(r.result.summary())
     print(f"reproduction of run {a.run_id}: new run {r.result.run_id}")
-    w = max([len(k) for k in r.metrics] + [6])
-    print(f"  {'metric':<{w}}  {'original':>12}  {'reproduced':>12}  {'diff':>10}")
-    f = lambda v: f'{v:12.6g}' if v is not None else f"{'-':>12}"
-    for k, m in r.metrics.items():
-        d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
-        print(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
-    for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
-    if r.identical: print(f"identical: same data ({r.files_checked} file{'s' if r.files_checked != 1 else ''} checked), same metrics")
-    elif r.files_checked is None: print('NOT identical: the data was not checked (the run recorded no file reads: a run older than this check)')
-    else: print('NOT identical: see the differences above')
+    print(r.table())  # each metric of both runs, the data that changed, the verdict
     return 0 if r.identical else 1
 
 # %% ../nbs/12d_cli_jobs.ipynb #9094fc89

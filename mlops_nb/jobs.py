@@ -319,6 +319,21 @@ class Reproduction:
                 'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'files_checked': self.files_checked,
                 'identical': self.identical}
 
+    def table(self) -> str:
+        "Each metric of both runs and their difference, the data that changed, and the verdict (what `mlops-nb reproduce` prints)."
+        w = max([len(k) for k in self.metrics] + [6])
+        f = lambda v: f'{v:12.6g}' if v is not None else f"{'-':>12}"
+        lines = [f"  {'metric':<{w}}  {'original':>12}  {'reproduced':>12}  {'diff':>10}"]
+        for k, m in self.metrics.items():
+            d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
+            lines.append(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
+        lines += [f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now" for k, (x, y) in self.data_changed.items()]
+        n = self.files_checked
+        if self.identical: lines.append(f"identical: same data ({n} file{'s' if n != 1 else ''} checked), same metrics")
+        elif n is None: lines.append('NOT identical: the data was not checked (the run recorded no file reads: a run older than this check)')
+        else: lines.append('NOT identical: see the differences above')
+        return '\n'.join(lines)
+
 # %% ../nbs/08_jobs.ipynb #4298231d
 def _data_check(run, run_id: str, base: Path):
     "Refuse (DataError) when a local data file given to `log_dataset` is gone or changed (relative paths from `base`)."
