@@ -69,7 +69,7 @@ def _batch_items(a) -> list[tuple[str, dict]]:
     return spread_values(items, values)
 
 
-# %% ../nbs/12d_cli_jobs.ipynb #866d76c2
+# %% ../nbs/12d_cli_jobs.ipynb #1abc0ed4
 def _check_run(a) -> list[str]:
     "Every job's values against its notebook; the modules the notebooks import."
     from mlops_nb.jobs import check_job
@@ -77,6 +77,8 @@ def _check_run(a) -> list[str]:
     return notebook_imports([check_job(nb, values, engine=a.engine, allow_no_parameters=a.allow_no_parameters, kernel_name=a.kernel)[0]
                              for nb, values in _batch_items(a)])
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #866d76c2
 def cmd_run(a) -> int:
     from mlops_nb.worker import warm_up
     from mlops_nb.jobs import check_job, run_job
@@ -112,6 +114,7 @@ def cmd_run(a) -> int:
     from mlops_nb.ci import job_case
     unwritten = ci_reports(a, 'mlops-nb run', lambda: [job_case(r) for r in results])
     return 1 if unwritten or not all(r.ok for r in results) else 0
+
 
 # %% ../nbs/12d_cli_jobs.ipynb #a6d872ef
 def _print_result(res, s, bar=None):
@@ -149,16 +152,7 @@ def cmd_reproduce(a) -> int:
     if a.json: print_json(r.to_dict()); return 0 if r.identical else 1
     print(r.result.summary())
     print(f"reproduction of run {a.run_id}: new run {r.result.run_id}")
-    w = max([len(k) for k in r.metrics] + [6])
-    print(f"  {'metric':<{w}}  {'original':>12}  {'reproduced':>12}  {'diff':>10}")
-    f = lambda v: f'{v:12.6g}' if v is not None else f"{'-':>12}"
-    for k, m in r.metrics.items():
-        d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
-        print(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
-    for k, (x, y) in r.data_changed.items(): print(f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now")
-    if r.identical: print(f"identical: same data ({r.files_checked} file{'s' if r.files_checked != 1 else ''} checked), same metrics")
-    elif r.files_checked is None: print('NOT identical: the data was not checked (the run recorded no file reads: a run older than this check)')
-    else: print('NOT identical: see the differences above')
+    print(r.table())  # each metric of both runs, the data that changed, the verdict
     return 0 if r.identical else 1
 
 # %% ../nbs/12d_cli_jobs.ipynb #9094fc89
@@ -210,6 +204,8 @@ run ids and data file hashes (shown as reused); --no-cache runs every step.
 exit codes: 0 every step finished, 1 a step failed (its descendants did not run), 2 bad file (nothing started).
 """
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #7fef46a0
 def _add_pipeline_parser(sub):
     "`mlops-nb pipeline run|show`."
     fmt = argparse.RawDescriptionHelpFormatter
@@ -236,6 +232,7 @@ def _add_pipeline_parser(sub):
     r.add_argument('--scheduler', metavar='ADDRESS', help='Dask scheduler, tcp://HOST:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster)')
     report_args(r)
 
+
 # %% ../nbs/12d_cli_jobs.ipynb #0e69310f
 def _pipeline_show(p, s, a) -> int:
     from mlops_nb.pipelines import dag_text, last_run
@@ -250,6 +247,8 @@ def _pipeline_show(p, s, a) -> int:
     print(dag_text(p, states, ids))
     return 0
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #bdf99e66
 def _check_pipeline(a) -> list[str]:
     "The file checked here (references, cycles, parameters); the modules its notebooks import."
     from mlops_nb.pipelines import check_pipeline, load_pipeline
@@ -258,6 +257,8 @@ def _check_pipeline(a) -> list[str]:
     check_pipeline(p)
     return notebook_imports([st.notebook for st in p.steps.values() if st.notebook])
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #5b96e8f2
 def cmd_pipeline(a) -> int:
     from mlops_nb.ci import pipeline_cases
     from mlops_nb.pipelines import dag_text, load_pipeline, run_pipeline
@@ -293,6 +294,7 @@ def cmd_pipeline(a) -> int:
     print(f"picture: pipeline.svg on run {res.run_id} (mlops-nb ui)")
     return rc
 
+
 # %% ../nbs/12d_cli_jobs.ipynb #2f2f2da2
 SWEEP_EPILOG = """\
 examples:
@@ -325,11 +327,15 @@ the sweep is a parent MLflow run; each job is a child run; sweep_summary.csv is 
 exit codes: 0 every job finished, 1 some job failed (listed), 2 bad input (nothing started), 130 interrupted.
 """
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #fe001194
 def _direction(v: str) -> bool:
     "`--direction`: whether to maximise."
     if v not in ('maximize', 'minimize'): raise argparse.ArgumentTypeError(f"expected maximize or minimize, got {v!r}")
     return v == 'maximize'
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #c73e783a
 def _add_sweep_parser(sub):
     p = sub.add_parser('sweep', help='run a notebook many times: grid or random search, locally or on Dask',
                        description='Run NOTEBOOK once per combination of parameter values, in parallel, as child MLflow runs '
@@ -365,6 +371,7 @@ def _add_sweep_parser(sub):
     p.add_argument('--json', action='store_true', help='print the result as JSON on stdout (progress as JSON lines on stderr)')
     report_args(p)
     return p
+
 
 # %% ../nbs/12d_cli_jobs.ipynb #b0d6b1c0
 class _SweepProgress:
@@ -405,6 +412,8 @@ def _check_sweep(a) -> list[str]:
     check_sweep(sw)
     return notebook_imports([sw.notebook]) + (['optuna', 'mlops_nb.tuning'] if sw.learns else [])  # trials report to their study
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #cd706785
 def cmd_sweep(a) -> int:
     "Run `mlops-nb sweep` with parsed arguments `a`; the exit code."
     from mlops_nb.params import parse_param_args
@@ -426,6 +435,8 @@ def cmd_sweep(a) -> int:
     _report(res, a)
     return max(0 if res.status == 'FINISHED' else 1, _sweep_reports(a, res))
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #567e9852
 def _sweep_for(a, s, fixed, kw):
     from mlops_nb.sweeps import build_sweep, resume_sweep, run_sweep
     if a.resume:
@@ -436,6 +447,8 @@ def _sweep_for(a, s, fixed, kw):
                      search=a.search, trials=a.trials, prune=a.prune)
     return run_sweep(sw, s, **kw)
 
+
+# %% ../nbs/12d_cli_jobs.ipynb #5c56f039
 def _sweep_reports(a, res) -> int:
     from mlops_nb.ci import sweep_cases
     return ci_reports(a, 'mlops-nb sweep', lambda: sweep_cases(res, notebook=job_notebook(a.notebook) if a.notebook else None))
@@ -443,6 +456,7 @@ def _sweep_reports(a, res) -> int:
 def _report(res, a):
     if a.json: print(json.dumps(res.to_dict(), indent=2, default=str)); return
     print(res.report())
+
 
 # %% ../nbs/12d_cli_jobs.ipynb #dd7f0238
 def _run_result(a):

@@ -55,6 +55,8 @@ def _add_promote_parser(sub):
     pr.add_argument('--min-labelled', type=int, default=100, metavar='N', help='with --live: refuse below N labelled rows (default 100)')
     common_args(pr)
 
+
+# %% ../nbs/12e_cli_models.ipynb #862bf514
 def _add_rollback_parser(sub):
     rb = sub.add_parser('rollback', help='move an alias back to its previous version',
                         description='Point ALIAS of MODEL back at the version that held it before the current one.')
@@ -70,7 +72,41 @@ def _add_models_parser(sub):
     mo.add_argument('name', nargs='?', help='registered model name')
     common_args(mo)
 
+
 # %% ../nbs/12e_cli_models.ipynb #14d53260
+def _promotion_text(p, a, refused: bool = False) -> str:
+    "The gate of promotion `p` and its outcome for alias `a.alias` of `a.model`, as `mlops-nb promote` prints it."
+    if refused:
+        return (gate_lines(p) + f"\n\nrefused: alias {a.alias!r} " + (f"stays on version {p.previous}" if p.previous else "is not set")
+                + f"; the gate result is logged to run {p.run_id} (gate.json)")
+    was = f" (was version {p.previous})" if p.previous and p.previous != p.version else ''
+    return (gate_lines(p) + f"\n\nversion {p.version} of {a.model!r} is now {a.alias!r}{was}: models:/{a.model}@{a.alias}"
+            + f"\nundo with: mlops-nb rollback {a.model}" + (f" --alias {a.alias}" if a.alias != 'champion' else ''))
+
+
+# %% ../nbs/12e_cli_models.ipynb #a3cbc1c4
+def _model_lines(ms: list[dict], # what `registry.list_models` returns
+                 uri: str) -> list[str]:
+    "`mlops-nb models`: a line per registered model with its aliases, or what to do when there is none."
+    if not ms: return [f"no registered models in {uri}; promote a train run: mlops-nb promote NAME --run RUN_ID"]
+    return [f"{m['name']}  {m['versions']} version(s), latest v{m['latest_version']}  "
+            + (', '.join(f"{k}=v{v}" for k, v in sorted(m['aliases'].items())) or 'no aliases') for m in ms]
+
+def _version_lines(vs: list[dict], # what `registry.model_versions` returns
+                  ) -> list[str]:
+    "`mlops-nb models NAME`: a line per version: aliases, up to three metrics, run, git commit, data, promotion."
+    keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if any(k in v['metrics'] for v in vs)][:3]
+    lines = []
+    for v in vs:
+        al = ','.join(v['aliases'])
+        ms = ' '.join(f"{k}={v['metrics'][k]:.4f}" for k in keys if k in v['metrics'])
+        t = v['tags']
+        lines.append(f"v{v['version']:<4} {al:<20} {ms}  run {v['run_id']}  git {t.get('git_sha', '?')[:10]}  "
+                     f"data {t.get('data_fingerprint', '?')[:12]}" + (f"  promoted {t['promoted_at']} by {t.get('promoted_by')}" if 'promoted_at' in t else ''))
+    return lines
+
+
+# %% ../nbs/12e_cli_models.ipynb #89feb44f
 def cmd_promote(a) -> int:
     from mlops_nb.registry import Live, promote
     from mlops_nb.reqlog import default_log_dir
@@ -81,19 +117,14 @@ def cmd_promote(a) -> int:
     except GateFailed as e:
         p = e.promotion
         if a.json: print_json(p.to_dict())
-        else:
-            print(gate_lines(p))
-            print(f"\nrefused: alias {a.alias!r} " + (f"stays on version {p.previous}" if p.previous else "is not set")
-                  + f"; the gate result is logged to run {p.run_id} (gate.json)")
+        else: print(_promotion_text(p, a, refused=True))
         return e.exit_code
     if a.json: print_json(p.to_dict())
-    else:
-        print(gate_lines(p))
-        was = f" (was version {p.previous})" if p.previous and p.previous != p.version else ''
-        print(f"\nversion {p.version} of {a.model!r} is now {a.alias!r}{was}: models:/{a.model}@{a.alias}")
-        print(f"undo with: mlops-nb rollback {a.model}" + (f" --alias {a.alias}" if a.alias != 'champion' else ''))
+    else: print(_promotion_text(p, a))
     return 0
 
+
+# %% ../nbs/12e_cli_models.ipynb #a16a4e6b
 def cmd_rollback(a) -> int:
     from mlops_nb.registry import rollback
     r = rollback(a.model, alias=a.alias, settings=settings_for(a), reason=a.reason)
@@ -107,21 +138,13 @@ def cmd_models(a) -> int:
     if not a.name:
         ms = list_models(s)
         if a.json: print_json({'models': ms}); return 0
-        if not ms: print(f"no registered models in {s.tracking_uri}; promote a train run: mlops-nb promote NAME --run RUN_ID")
-        for m in ms:
-            al = ', '.join(f"{k}=v{v}" for k, v in sorted(m['aliases'].items())) or 'no aliases'
-            print(f"{m['name']}  {m['versions']} version(s), latest v{m['latest_version']}  {al}")
+        for line in _model_lines(ms, s.tracking_uri): print(line)
         return 0
     vs = model_versions(a.name, s)
     if a.json: print_json({'name': a.name, 'versions': vs}); return 0
-    keys = [k for k in ('roc_auc', 'accuracy', 'f1', 'rmse', 'r2') if any(k in v['metrics'] for v in vs)][:3]
-    for v in vs:
-        al = ','.join(v['aliases'])
-        ms = ' '.join(f"{k}={v['metrics'][k]:.4f}" for k in keys if k in v['metrics'])
-        t = v['tags']
-        print(f"v{v['version']:<4} {al:<20} {ms}  run {v['run_id']}  git {t.get('git_sha', '?')[:10]}  "
-              f"data {t.get('data_fingerprint', '?')[:12]}" + (f"  promoted {t['promoted_at']} by {t.get('promoted_by')}" if 'promoted_at' in t else ''))
+    for line in _version_lines(vs): print(line)
     return 0
+
 
 # %% ../nbs/12e_cli_models.ipynb #ea259872
 _SERVE_EPILOG = """\
@@ -155,6 +178,8 @@ with the wrong shape is answered for by the primary, and past --canary-max-error
 the request log keeps its prediction beside the answer (_mlops_shadow_prediction, _mlops_shadow_version)
 and /metrics counts how often the two agree (mlops_nb_shadow_rows_total, mlops_nb_shadow_agreement)."""
 
+
+# %% ../nbs/12e_cli_models.ipynb #2ed4a294
 def _add_serve_parser(sub):
     sv = sub.add_parser('serve', help='serve a model over HTTP (MLflow scoring protocol, metrics, batching)',
                         description='Serve MODEL_URI: POST /invocations in MLflow\'s formats, checked against the model '
@@ -193,6 +218,8 @@ def _add_serve_parser(sub):
     sv.add_argument('--shadow-tolerance', type=float, default=0.01, metavar='T', help='regression: relative difference within which the shadow agrees (default 0.01)')
     sv.add_argument('--rollout-timeout', type=float, default=5.0, metavar='S', help='seconds a canary or shadow call may take (default 5)')
 
+
+# %% ../nbs/12e_cli_models.ipynb #15aed48d
 def _add_deploy_parser(sub):
     dp = sub.add_parser('deploy', help='write a Docker build context and Kubernetes manifests for a model',
                         description='Write to --out a folder that `docker build` turns into an image serving MODEL_URI with no '
@@ -215,6 +242,7 @@ def _add_deploy_parser(sub):
     dp.add_argument('--tracking-uri', help='MLflow tracking URI')
     dp.add_argument('--json', action='store_true', help='print a JSON document')
 
+
 # %% ../nbs/12e_cli_models.ipynb #b65ec64c
 def _serve_config(a):
     "The server the flags ask for (the model folders and the request log are filled in once the models are fetched)."
@@ -226,6 +254,8 @@ def _serve_config(a):
                        canary_window=a.canary_window, canary_min_requests=a.canary_min_requests, shadow_uri=a.shadow,
                        shadow_queue=a.shadow_queue, shadow_tolerance=a.shadow_tolerance, rollout_timeout=a.rollout_timeout)
 
+
+# %% ../nbs/12e_cli_models.ipynb #985f6697
 def cmd_serve(a) -> int:
     from mlops_nb.reqlog import default_log_dir
     from mlops_nb.serve import prepare_server, run_server
@@ -247,6 +277,8 @@ def cmd_serve(a) -> int:
     except KeyboardInterrupt: pass  # uvicorn has already let in-flight requests finish
     return 0
 
+
+# %% ../nbs/12e_cli_models.ipynb #f6bd88f3
 def cmd_deploy(a) -> int:
     from mlops_nb.deploy import deploy_context
     r = deploy_context(a.model_uri, a.out, settings=get_settings(tracking_uri=a.tracking_uri), port=a.port, workers=a.workers,
@@ -256,6 +288,7 @@ def cmd_deploy(a) -> int:
     for role, m in r['rollout'].items(): print(f"  {role}: {m['name'] or m['uri']} version {m['version']} (serve args: {' '.join(r['args'])})")
     print(f"next:\n  docker build -t {r['image']} {a.out}\n  docker run --rm -p {a.port}:{a.port} {r['image']}\n  kubectl apply -f {a.out}/k8s/")
     return 0
+
 
 # %% ../nbs/12e_cli_models.ipynb #b253eb86
 PREDICT_EPILOG = """\
@@ -273,6 +306,8 @@ file is refused before anything starts (exit 2).
 exit codes: 0 scored, 1 the job ran and failed, 2 bad input (no run started), 130 interrupted (resume it).
 """
 
+
+# %% ../nbs/12e_cli_models.ipynb #a07c95b0
 def _add_predict_parser(sub):
     "The `predict` subcommand."
     p = sub.add_parser('predict', help='score a CSV or Parquet file of any size with a model, as a tracked job',
@@ -302,6 +337,7 @@ def _add_predict_parser(sub):
                    '(ONNX Runtime, no scikit-learn import) once it gave the same predictions on verification rows and the first input rows; '
                    'off: always the model\'s own flavour')
     common_args(p)
+
 
 # %% ../nbs/12e_cli_models.ipynb #7d47bcc3
 def _predict_request(a):

@@ -49,6 +49,8 @@ def _quickstart_event(a):
         elif r.status == 'FAILED': print(f"  failed: {r.error}")
     return event
 
+
+# %% ../nbs/12g_cli_project.ipynb #60caf918
 def cmd_quickstart(a) -> int:
     from mlops_nb.pipelines import load_pipeline, run_pipeline
     s = settings_for(a)
@@ -83,6 +85,7 @@ def cmd_quickstart(a) -> int:
     print(f"  mlops-nb promote {a.model_name} --run RUN_ID   gate another train run; champion if it passes")
     return 0
 
+
 # %% ../nbs/12g_cli_project.ipynb #76296ff8
 def _add_docs_parser(sub):
     d = sub.add_parser('docs', help='build the docs site from the notebooks (and run reports)',
@@ -108,6 +111,8 @@ def _add_docs_parser(sub):
     d.add_argument('--host', default='127.0.0.1', help='host for --serve'); d.add_argument('--port', type=int, default=8000, help='port for --serve')
     common_args(d)
 
+
+# %% ../nbs/12g_cli_project.ipynb #85ed2a34
 def _add_init_parser(sub):
     i = sub.add_parser('init', help='start a new notebook-first project',
                        description='Write a new project in this layout: nbs/ with a starter module notebook and train and\n'
@@ -118,6 +123,7 @@ def _add_init_parser(sub):
     i.add_argument('path', help='the new project folder (must not exist, or be empty)')
     i.add_argument('--name', help='package name (default: from the folder name)')
     i.add_argument('--json', action='store_true', help='print JSON')
+
 
 # %% ../nbs/12g_cli_project.ipynb #5caf913c
 def cmd_docs(a) -> int:
@@ -146,6 +152,8 @@ def cmd_docs(a) -> int:
     finally: srv.server_close()
     return 0
 
+
+# %% ../nbs/12g_cli_project.ipynb #4dadf97b
 def cmd_init(a) -> int:
     from mlops_nb.docs import init_project
     files = init_project(a.path, name=a.name)
@@ -154,6 +162,7 @@ def cmd_init(a) -> int:
     print(f"next:\n  cd {a.path}\n  pip install -e \".[dev]\" && mlops-nb run nbs/jobs/train.ipynb -p n_estimators 50\n"
           "  bash .ci/run                 everything its CI runs")
     return 0
+
 
 # %% ../nbs/12g_cli_project.ipynb #668bff6c
 WORKER_EPILOG = """\
@@ -205,14 +214,22 @@ def _add_ui_parser(sub):
     u.add_argument('--tracking-uri', help='MLflow tracking URI')
 
 # %% ../nbs/12g_cli_project.ipynb #899bfb9d
+def _ui_command(s, # the settings of the store
+                host: str, port) -> list[str]:
+    "The `mlflow ui` command line for the store of `s`."
+    cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', host, '--port', str(port)]
+    if s.tracking_uri.startswith('sqlite:'):
+        cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
+    return cmd
+
+
+# %% ../nbs/12g_cli_project.ipynb #af04a9f9
 def cmd_ui(a) -> int:
     import subprocess
     s = get_settings(tracking_uri=a.tracking_uri)
     print(f"MLflow UI on {s.tracking_uri} at http://{a.host}:{a.port} (Ctrl-C stops it)")
-    cmd = [sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', s.tracking_uri, '--host', a.host, '--port', str(a.port)]
-    if s.tracking_uri.startswith('sqlite:'):
-        cmd += ['--default-artifact-root', Path(s.artifact_root).resolve().as_uri()]
-    return supervised(cmd)
+    return supervised(_ui_command(s, a.host, a.port))
+
 
 # %% ../nbs/12g_cli_project.ipynb #071f7d7a
 def _add_runs_parser(sub):

@@ -197,65 +197,30 @@ def _publish(out: Path, html: Path | None, dst: Path, ok: bool) -> tuple:
     if html and html.exists() and h != dst and (not h.exists() or is_ours(h)): html = publish(html, h)
     return out, html
 
-def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
-             log_output, progress, run_name, tags, cwd=None, env=None, tracker=None) -> JobResult:
-    import socket, uuid
-    mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
-    cwd = str(Path(cwd or os.getcwd()).resolve())
-    full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
-    if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
-    the_run = dict(experiment=experiment, run_name=run_name or nb.stem, notebook=str(nb), seed=full.get('seed'), params=mask(full),
-                   tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb), 'mlflow.source.type': 'NOTEBOOK',
-                         f'{TAG}host': socket.gethostname(), f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
-    out = default_output(f'starting-{uuid.uuid4().hex[:12]}', nb)  # moved to the run's folder once the run exists and the job ended
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rid_file, spool = out.parent / '.run_id', out.parent / '.record_spool.json'
+
+# %% ../nbs/08_jobs.ipynb #08e5b6dd
+def _run_spec(nb: Path, engine: str, experiment: str | None, run_name: str | None,
+              params: dict, # the values the job runs with, secrets masked
+              seed, cwd: str, tags: dict) -> dict:
+    "What the attempt's run is created with: its name, notebook, seed, params, and the lineage tags of a job."
+    import socket
+    return dict(experiment=experiment, run_name=run_name or nb.stem, notebook=str(nb), seed=seed, params=params,
+                tags={f'{TAG}job': nb.stem, f'{TAG}engine': engine, 'mlflow.source.name': str(nb), 'mlflow.source.type': 'NOTEBOOK',
+                      f'{TAG}host': socket.gethostname(), f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': cwd, **tags})
+
+
+# %% ../nbs/08_jobs.ipynb #9c975539
+def _job_env(s: Settings, folder: Path, # the job's folder: its run id file and record spool are there
+             experiment: str | None, secret_env: dict, env: dict | None,
+             lean: bool = False, # the runner keeps MLflow out while the job runs: nor does the job load it to send early values
+            ) -> dict:
+    "The job's environment: this process's and `env`, no other run's ids, then the store, where to find its run and spool, the secrets."
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in ('MLOPS_NB_RUN_ID', 'MLFLOW_EXPERIMENT_ID', 'MLFLOW_RUN_ID')}
-    env.update(s.as_env(), MLOPS_NB_RUN_ID_FILE=str(rid_file), MLOPS_NB_RECORD_SPOOL=str(spool),
+    env.update(s.as_env(), MLOPS_NB_RUN_ID_FILE=str(folder / '.run_id'), MLOPS_NB_RECORD_SPOOL=str(folder / '.record_spool.json'),
                MLFLOW_EXPERIMENT_NAME=experiment or s.experiment, **secret_env)
-    if tracker is not None: env.setdefault('MLOPS_NB_SEND_AFTER', '30')  # nor does the job load it to send early values: they wait for a heartbeat
-    job = dict(nb=prepared, values=values, secret_names=sorted(secret), input=str(nb), output=str(out), cwd=cwd, env=env,
-               papermill_engine=papermill_engine(engine), kernel_name=kernel_name, log=str(out.with_suffix('.log')), log_output=log_output,
-               progress=progress, cell_timeout=cell_timeout, secrets=[values[k] for k in secret if k in values], html=True, run=the_run)
-    run, ex, err = _start(job, timeout, s, tracker)
-    out, html, log = _settle(out, default_output(run.run_id, nb), ex)
-    if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
-        failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
-    else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
-    if failure: failure = redact_value(failure)  # a message may quote a secret
-    ok = ex is not None and ex.status == 'ok'
-    pruned = _pruned(failure)
-    if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
-    try:
-        if (left := take_spool(out.parent / '.record_spool.json')): run.batch.absorb(left)  # what the notebook recorded before its run existed
-        if (arts := out.parent / ARTIFACT_SPOOL).is_dir(): run.log_artifact(arts); shutil.rmtree(arts, ignore_errors=True)  # and its files
-        if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
-            redact_file(out)  # a process that died did not redact its notebook itself
-            idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
-            if idx is not None and failure.get('cell') is None: failure['cell'] = idx
-            html = render_html(out)
-        redact_file(log)  # the notebook and HTML were redacted by the job's process, or just above
-        if ex is not None and ex.reads is not None: run.log_text(json.dumps({'cwd': cwd, 'files': ex.reads}, indent=1), 'reads.json')
-        if out.exists(): run.log_artifact(out, 'notebook')
-        if html and html.exists(): run.log_artifact(html, 'notebook')
-        if log.exists() and log.stat().st_size: run.log_artifact(log, 'notebook')
-        if failure:
-            for k, v in failure.items():
-                if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
-        if pruned:
-            run.batch.tag(f'{TAG}pruned', 'true'); run.batch.tag(f'{TAG}pruned_cell', pruned['cell'])
-            run.batch.tag(f'{TAG}pruned_reason', str(pruned['evalue'])[:500])
-        run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
-    finally:
-        run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
-                error=err if err is not None else (job_failed(failure) if failure else None))
-    metrics = run.client.get_run(run.run_id).data.metrics
-    recorded = ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}
-    if output and out.exists(): out, html = _publish(out, html, Path(output), ok)
-    return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
-                     metrics=dict(metrics), recorded=recorded, error=failure,
-                     duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
-                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
+    if lean: env.setdefault('MLOPS_NB_SEND_AFTER', '30')  # what it records waits for its first heartbeat (or its end)
+    return env
+
 
 # %% ../nbs/08_jobs.ipynb #j0b5a7a2
 def _start(job: dict, timeout: float | None, s: Settings, tracker: ForkedCalls | None = None) -> tuple:
@@ -315,6 +280,77 @@ def _pruned(failure: dict | None) -> dict | None:
     return failure if failure and failure.get('reason') == 'error' and failure.get('ename') == 'TrialPruned' else None
 
 
+# %% ../nbs/08_jobs.ipynb #f0f8f5a0
+def _ending(ex, # how the job's process ended, or None when it never ran
+            err: BaseException | None, # what kept it from starting
+           ) -> tuple:
+    "(failure or None, ok, the pruner's stop or None) of an attempt; a trial its pruner stopped is ok, not failed."
+    if isinstance(err, KeyboardInterrupt):  # Ctrl-C before the job's process was watched (e.g. while it started)
+        failure = dict(reason='interrupted', cell=None, ename='KeyboardInterrupt', evalue='interrupted before the job started')
+    else: failure = ex.error if ex is not None else dict(reason='error', cell=None, ename=type(err).__name__, evalue=str(err))
+    if failure: failure = redact_value(failure)  # a message may quote a secret
+    ok = ex is not None and ex.status == 'ok'
+    pruned = _pruned(failure)
+    if pruned: ok, failure = True, None  # the notebook stopped where the pruner said: done, not failed
+    return failure, ok, pruned
+
+
+# %% ../nbs/08_jobs.ipynb #43adaea2
+def _record_outcome(run, ex, out: Path, html: Path | None, log: Path, failure: dict | None, ok: bool, pruned: dict | None, cwd: str):
+    "Everything an ended attempt leaves in its run: spooled records and files, notebook, HTML, log, failure and pruning tags, duration; the HTML."
+    if (left := take_spool(out.parent / '.record_spool.json')): run.batch.absorb(left)  # what the notebook recorded before its run existed
+    if (arts := out.parent / ARTIFACT_SPOOL).is_dir(): run.log_artifact(arts); shutil.rmtree(arts, ignore_errors=True)  # and its files
+    if not ok and out.exists() and failure.get('reason') in ('timeout', 'interrupted', 'kernel_died'):
+        redact_file(out)  # a process that died did not redact its notebook itself
+        idx = mark_failure(out, failure)  # papermill could not say which cell: the one that was running
+        if idx is not None and failure.get('cell') is None: failure['cell'] = idx
+        html = render_html(out)
+    redact_file(log)  # the notebook and HTML were redacted by the job's process, or just above
+    if ex is not None and ex.reads is not None: run.log_text(json.dumps({'cwd': cwd, 'files': ex.reads}, indent=1), 'reads.json')
+    if out.exists(): run.log_artifact(out, 'notebook')
+    if html and html.exists(): run.log_artifact(html, 'notebook')
+    if log.exists() and log.stat().st_size: run.log_artifact(log, 'notebook')
+    if failure:
+        for k, v in failure.items():
+            if v is not None and k != 'reason': run.batch.tag(f'{TAG}failure_{k}', str(v)[:7900])
+    if pruned:
+        run.batch.tag(f'{TAG}pruned', 'true'); run.batch.tag(f'{TAG}pruned_cell', pruned['cell'])
+        run.batch.tag(f'{TAG}pruned_reason', str(pruned['evalue'])[:500])
+    run.batch.metric('job_duration_s', ex.duration if ex is not None else 0.0)
+    return html
+
+
+# %% ../nbs/08_jobs.ipynb #09f346ba
+def _attempt(nb, prepared, spec, secret, values, secret_env, s, experiment, output, timeout, cell_timeout, engine, kernel_name,
+             log_output, progress, run_name, tags, cwd=None, env=None, tracker=None) -> JobResult:
+    import uuid
+    mask = lambda d: {k: (REDACTED if k in secret else v) for k, v in d.items()}
+    cwd = str(Path(cwd or os.getcwd()).resolve())
+    full = {**{k: p.default if p.default is not None else (p.default_src or None) for k, p in spec.items() if not p.required}, **values}
+    if engine == 'fast': warm_up([nb])  # the warm worker imports while the run is created
+    the_run = _run_spec(nb, engine, experiment, run_name, mask(full), full.get('seed'), cwd, tags)
+    out = default_output(f'starting-{uuid.uuid4().hex[:12]}', nb)  # moved to the run's folder once the run exists and the job ended
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job = dict(nb=prepared, values=values, secret_names=sorted(secret), input=str(nb), output=str(out), cwd=cwd,
+               env=_job_env(s, out.parent, experiment, secret_env, env, lean=tracker is not None),
+               papermill_engine=papermill_engine(engine), kernel_name=kernel_name, log=str(out.with_suffix('.log')), log_output=log_output,
+               progress=progress, cell_timeout=cell_timeout, secrets=[values[k] for k in secret if k in values], html=True, run=the_run)
+    run, ex, err = _start(job, timeout, s, tracker)
+    out, html, log = _settle(out, default_output(run.run_id, nb), ex)
+    failure, ok, pruned = _ending(ex, err)
+    try: html = _record_outcome(run, ex, out, html, log, failure, ok, pruned, cwd)
+    finally:
+        run.end('FINISHED' if ok else 'FAILED', reason=failure['reason'] if failure else None,
+                error=err if err is not None else (job_failed(failure) if failure else None))
+    metrics = run.client.get_run(run.run_id).data.metrics
+    recorded = ex.recorded if ex is not None and ex.recorded is not None else read_recorded(out) if out.exists() else {}
+    if output and out.exists(): out, html = _publish(out, html, Path(output), ok)
+    return JobResult(notebook=nb, run_id=run.run_id, status='FINISHED' if ok else 'FAILED', output=out, parameters=mask(values),
+                     metrics=dict(metrics), recorded=recorded, error=failure,
+                     duration=ex.duration if ex is not None else 0.0, html=html, engine=engine,
+                     interrupted=bool(ex is not None and ex.interrupted) or isinstance(err, KeyboardInterrupt), pruned=bool(pruned))
+
+
 # %% ../nbs/08_jobs.ipynb #84b93e99
 @dataclass
 class Reproduction:
@@ -335,6 +371,21 @@ class Reproduction:
         return {'original': self.original, 'run': self.result.to_dict(), 'metrics': self.metrics,
                 'data_changed': {k: list(v) for k, v in self.data_changed.items()}, 'files_checked': self.files_checked,
                 'identical': self.identical}
+
+    def table(self) -> str:
+        "Each metric of both runs and their difference, the data that changed, and the verdict (what `mlops-nb reproduce` prints)."
+        w = max([len(k) for k in self.metrics] + [6])
+        f = lambda v: f'{v:12.6g}' if v is not None else f"{'-':>12}"
+        lines = [f"  {'metric':<{w}}  {'original':>12}  {'reproduced':>12}  {'diff':>10}"]
+        for k, m in self.metrics.items():
+            d = f"{m['diff']:10.3g}" if m['diff'] is not None else f"{'-':>10}"
+            lines.append(f"  {k:<{w}}  {f(m['original'])}  {f(m['reproduced'])}  {d}")
+        lines += [f"  data {k!r} differs: fingerprint {str(x)[:12]} then, {str(y)[:12]} now" for k, (x, y) in self.data_changed.items()]
+        n = self.files_checked
+        if self.identical: lines.append(f"identical: same data ({n} file{'s' if n != 1 else ''} checked), same metrics")
+        elif n is None: lines.append('NOT identical: the data was not checked (the run recorded no file reads: a run older than this check)')
+        else: lines.append('NOT identical: see the differences above')
+        return '\n'.join(lines)
 
 # %% ../nbs/08_jobs.ipynb #4298231d
 def _data_check(run, run_id: str, base: Path):

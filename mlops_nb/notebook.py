@@ -259,6 +259,8 @@ def _kernel():
     ip = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
     return ip if ip is not None and getattr(ip, 'kernel', None) is not None else None
 
+
+# %% ../nbs/12b_notebook.ipynb #f6ba76b4
 class _Progress:
     "One line of HTML updated in place in a kernel; nothing elsewhere. `tick` (seconds) re-draws the elapsed time."
     def __init__(self, what: str, show: bool = True, tick: float = 1.0):
@@ -294,6 +296,7 @@ class _Progress:
     def __enter__(self): return self
     def __exit__(self, *exc):
         if not self._stop.is_set(): self.done(f'{self.what}: stopped ({exc[0].__name__})' if exc[0] else f'{self.what}: done')
+
 
 # %% ../nbs/12b_notebook.ipynb #b2fd170f
 @contextlib.contextmanager
@@ -412,6 +415,8 @@ class _SweepProgress(_Progress):
         elif e['event'] == 'job':
             self.update(f"{e['done'] + e['failed']} of {e['total']} done · {e['failed']} failed · {e['running']} running")
 
+
+# %% ../nbs/12b_notebook.ipynb #aac657b1
 def follow_sweep(start, # called with an `on_event` callback: runs the sweep, returns its `sweeps.SweepResult`
                  settings: Settings | None = None, # where it is tracked
                  raise_on_failure: bool = False, # raise when a job failed
@@ -432,6 +437,7 @@ def follow_sweep(start, # called with an `on_event` callback: runs the sweep, re
         e.exit_code, e.result = 1, out
         raise e
     return out
+
 
 # %% ../nbs/12b_notebook.ipynb #75af32e7
 def sweep(notebook=None, # notebook path or bundled job name (or a built `sweeps.Sweep`); optional with sweep_file or resume
@@ -480,6 +486,8 @@ class _PipelineProgress(_Progress):
         self.states[step] = 'running' if kind == 'start' else r.state
         self.update(f"{sum(1 for v in self.states.values() if v != 'running')} of {len(self.p.steps)} step(s) done")
 
+
+# %% ../nbs/12b_notebook.ipynb #01076ddb
 def follow_pipeline(p, # the `pipelines.Pipeline`, checked
                     start, # called with an `on_event` callback: runs it, returns its `pipelines.PipelineResult`
                     settings: Settings | None = None, raise_on_failure: bool = False, progress: bool = True, use_worker: bool = True,
@@ -497,6 +505,8 @@ def follow_pipeline(p, # the `pipelines.Pipeline`, checked
         raise e
     return out
 
+
+# %% ../nbs/12b_notebook.ipynb #cd614e86
 def pipeline(path, # a pipeline file, or a bundled pipeline name ('quickstart')
              force: list = (), # steps to run even when cached (their descendants follow)
              cache: bool = True, # reuse a FINISHED run with the same cache key
@@ -512,6 +522,7 @@ def pipeline(path, # a pipeline file, or a bundled pipeline name ('quickstart')
     s = settings or get_settings(experiment=experiment)
     return follow_pipeline(p, lambda ev: pipelines.run_pipeline(p, s, executor=executor, workers=workers, scheduler=scheduler, cache=cache,
                                                                 force=list(force), resume=resume, on_event=ev), s, raise_on_failure, progress)
+
 
 # %% ../nbs/12b_notebook.ipynb #0d138ec5
 def _kind(t: dict) -> str:
@@ -607,6 +618,25 @@ def _cells(path: Path) -> list[str]:
         out.append(src + ('\n--- output ---\n' + '\n'.join(texts) if any(texts) else ''))
     return out
 
+
+# %% ../nbs/12b_notebook.ipynb #9ca67946
+def _stripped(path: Path):
+    "A notebook without metadata or execution counts, so the diff shows sources and outputs only."
+    import nbformat
+    nb = nbformat.reads(Path(path).read_text(encoding='utf-8'), as_version=4)  # sources as text, as nbdime expects
+    nb.metadata = {}
+    nb.cells = [c for c in nb.cells if not set(c.get('metadata', {}).get('tags', [])) & {'injected-parameters', 'papermill-error-cell-tag'}]
+    for c in nb.cells:
+        c.metadata = {}
+        if c.cell_type == 'code':
+            c.execution_count = None
+            for o in c.outputs:
+                o.pop('execution_count', None)
+                if 'metadata' in o: o['metadata'] = {}
+    return nb
+
+
+# %% ../nbs/12b_notebook.ipynb #eb38f04f
 def notebook_diff(a: Path, # an executed notebook
                   b: Path, # another
                   names: tuple = ('a', 'b'), # how the two are called in the diff
@@ -630,22 +660,21 @@ def notebook_diff(a: Path, # an executed notebook
         out += list(difflib.unified_diff(old.splitlines(), new.splitlines(), names[0], names[1], lineterm='', n=2))[2:]
     return '\n'.join(out)
 
-def _stripped(path: Path):
-    "A notebook without metadata or execution counts, so the diff shows sources and outputs only."
-    import nbformat
-    nb = nbformat.reads(Path(path).read_text(encoding='utf-8'), as_version=4)  # sources as text, as nbdime expects
-    nb.metadata = {}
-    nb.cells = [c for c in nb.cells if not set(c.get('metadata', {}).get('tags', [])) & {'injected-parameters', 'papermill-error-cell-tag'}]
-    for c in nb.cells:
-        c.metadata = {}
-        if c.cell_type == 'code':
-            c.execution_count = None
-            for o in c.outputs:
-                o.pop('execution_count', None)
-                if 'metadata' in o: o['metadata'] = {}
-    return nb
 
 # %% ../nbs/12b_notebook.ipynb #dd19597a
+def _compare_block(title: str, # what the rows are
+                   df, # a frame of `Comparison`: a row per name, a column per run label, `differs`
+                   labels: list, # the run labels, in order
+                  ) -> str:
+    "One block of a comparison's HTML: a row per name, a column per run, the rows that differ highlighted and marked."
+    if df.empty: return f'<div><b>{title}</b>: none</div>'
+    rows = [{'name': k, **{l: ('-' if _missing(v) else v) for l, v in zip(labels, r[labels])},
+             '_differs': '≠' if r['differs'] else ''} for k, r in df.iterrows()]
+    marked = {i for i, (_, r) in enumerate(df.iterrows()) if r['differs']}
+    return f'<div style="margin-top:6px"><b>{title}</b>' + _table(rows, ['name', *labels, '_differs'], marked).replace('>_differs<', '>differs<') + '</div>'
+
+
+# %% ../nbs/12b_notebook.ipynb #88dec9ba
 @dataclass
 class Comparison:
     "Runs side by side: `params` and `metrics` frames (a column per run, `differs` marked), plots, the notebooks' difference."
@@ -668,15 +697,9 @@ class Comparison:
         return '\n\n'.join(parts)
 
     def _repr_html_(self) -> str:
-        def block(title, df):
-            if df.empty: return f'<div><b>{title}</b>: none</div>'
-            rows = [{'name': k, **{l: ('-' if _missing(v) else v) for l, v in zip(self.labels, r[self.labels])},
-                     '_differs': '≠' if r['differs'] else ''} for k, r in df.iterrows()]
-            marked = {i for i, (_, r) in enumerate(df.iterrows()) if r['differs']}
-            return f'<div style="margin-top:6px"><b>{title}</b>' + _table(rows, ['name', *self.labels, '_differs'], marked).replace('>_differs<', '>differs<') + '</div>'
         head = ' vs '.join(f'<b>{_e(l)}</b> {_badge(self.status[r])}' for l, r in zip(self.labels, self.runs))
         out = [f'<div class="mlops-nb-compare" style="font-family:sans-serif;font-size:13px"><div>{head}</div>',
-               block('parameters', self.params), block('metrics', self.metrics)]
+               _compare_block('parameters', self.params, self.labels), _compare_block('metrics', self.metrics, self.labels)]
         if any(self.plots.values()):
             cols = ''.join(f'<td style="vertical-align:top;padding:4px"><div><b>{_e(l)}</b></div>' + ''.join(
                 f'<div>{_e(n)}</div><img src="data:image/png;base64,{b}" style="max-width:320px"/>' for n, b in self.plots.get(r, {}).items())
@@ -686,6 +709,7 @@ class Comparison:
             out.append(f'<details style="margin-top:6px"><summary><b>notebook difference</b> ({self.labels[0]} → {self.labels[1]})</summary>'
                        f'<pre style="font-size:11px;white-space:pre-wrap">{_e(self.diff or "(the same)")}</pre></details>')
         return '\n'.join(out) + '</div>'
+
 
 # %% ../nbs/12b_notebook.ipynb #f02c5766
 def compare(*items, # two or more: run ids, rows of `runs()`, or results of run/sweep/pipeline
@@ -743,6 +767,33 @@ def _snapshot(notebook: Path | None, # the notebook file being edited
         run.log_artifact(copy, 'notebook')
     return f'notebook/{notebook.name}'
 
+
+# %% ../nbs/12b_notebook.ipynb #ef6ec7ad
+def _session_tags(name: str, # the run's name
+                  notebook: Path | None, # the notebook file being edited
+                  tags: dict | None, # extra tags
+                 ) -> dict:
+    "The tags of a tracked session's run: what marks it interactive, and the lineage a job run has (host, pid, folder)."
+    stem = notebook.stem if notebook else ''
+    return {f'{TAG}interactive': name, f'{TAG}session_notebook': stem, f'{TAG}engine': 'interactive',
+            'mlflow.source.type': 'NOTEBOOK', 'mlflow.source.name': str(notebook or 'interactive session'),
+            f'{TAG}host': socket.gethostname(), f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': os.getcwd(), **(tags or {})}
+
+
+# %% ../nbs/12b_notebook.ipynb #e7b9c25a
+def _flush_after_cell(run) -> tuple | None:
+    "In a kernel: send what each cell recorded into `run` once the cell ends (a kernel that dies loses one cell's values at most); (shell, hook)."
+    ip = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
+    if ip is None: return None
+    def hook(*a, **k):
+        try: run.flush()
+        except Exception as e:  # broad: a hook after every cell must never break the session: say it and go on
+            print(f"mlops_nb: could not flush recorded values to run {run.run_id}: {e}", file=sys.stderr)
+    ip.events.register('post_run_cell', hook)
+    return ip, hook
+
+
+# %% ../nbs/12b_notebook.ipynb #b909572e
 class track:
     "A run of the live session: `with track(name):`, or `t = track(name)` ... `t.end()`; `record()` writes to it meanwhile."
     def __init__(self, name: str | None = None, # the run's name; the notebook's stem if None
@@ -753,26 +804,12 @@ class track:
         self.settings = settings or get_settings(experiment=experiment)
         self.notebook = Path(notebook).resolve() if notebook else session_notebook()
         self.name = name or (self.notebook.stem if self.notebook else 'interactive')
-        stem = self.notebook.stem if self.notebook else ''
-        t = {f'{TAG}interactive': self.name, f'{TAG}session_notebook': stem, f'{TAG}engine': 'interactive',
-             'mlflow.source.type': 'NOTEBOOK', 'mlflow.source.name': str(self.notebook or 'interactive session'),
-             f'{TAG}host': socket.gethostname(), f'{TAG}driver_pid': str(os.getpid()), f'{TAG}cwd': os.getcwd(), **(tags or {})}
         self._cm = tracking.start_run(settings=self.settings, experiment=experiment, run_name=self.name, params=params,
-                                      notebook=self.notebook if self.notebook and self.notebook.exists() else None, tags=t)
+                                      notebook=self.notebook if self.notebook and self.notebook.exists() else None,
+                                      tags=_session_tags(self.name, self.notebook, tags))
         self.run = self._cm.__enter__()  # `record` writes here from now on
         self.run_id, self.status = self.run.run_id, 'RUNNING'
-        self._hook = self._flush_after_cell()
-
-    def _flush_after_cell(self):
-        "In a kernel: send what the cell recorded once it ends (a kernel that dies loses one cell's values at most)."
-        ip = sys.modules.get('IPython') and sys.modules['IPython'].get_ipython()
-        if ip is None: return None
-        def hook(*a, **k):
-            try: self.run.flush()
-            except Exception as e:  # broad: a hook after every cell must never break the session: say it and go on
-                print(f"mlops_nb: could not flush recorded values to run {self.run_id}: {e}", file=sys.stderr)
-        ip.events.register('post_run_cell', hook)
-        return ip, hook
+        self._hook = _flush_after_cell(self.run)
 
     def end(self, error: BaseException | None = None # what stopped it, if anything: the run ends FAILED with it
            ):
@@ -788,16 +825,15 @@ class track:
 
     def __enter__(self): return self
     def __exit__(self, typ, e, tb): self.end(error=e)
-
     @property
     def recorded(self) -> dict: return dict(self.run.recorded)
 
     def __repr__(self): return f"track {self.name!r}: run {self.run_id} {self.status}" + (f", notebook {self.notebook}" if self.notebook else '')
 
     def _repr_html_(self):
-        n = len(self.run.recorded)
         return (f'<div class="mlops-nb-card" style="font-family:sans-serif;font-size:13px">tracking <b>{_e(self.name)}</b> '
-                f'{_badge(self.status)} run <code>{_e(self.run_id)}</code>' + (f' · {n} value(s) recorded' if n else '') + '</div>')
+                f'{_badge(self.status)} run <code>{_e(self.run_id)}</code>' + (f' · {n} value(s) recorded' if (n := len(self.run.recorded)) else '') + '</div>')
+
 
 # %% ../nbs/12b_notebook.ipynb #c0c8da8f
 COMMAND_LINE = Registry('command-line part')  # `cli` registers 'parser' (build_parser), 'main' and 'result' (a -> Command.result)
