@@ -248,18 +248,6 @@ def _start(job: dict, timeout: float | None, s: Settings, tracker: ForkedCalls |
     except BaseException as e: err = e  # broad: could not start the job's process (or Ctrl-C while it started): the run still ends, FAILED
     return run, ex, err
 
-def _new_run(s: Settings, t0: float, rid_file: Path, spec: dict, tracker: ForkedCalls | None) -> Run:
-    "The job's run, created here; or by `tracker`'s child (closed after), leaving MLflow unloaded here until the run is next written to."
-    if tracker is None: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
-    if tracker.closed:  # a second try after Ctrl-C: the child may have made the run before it was closed
-        rid = read_run_id(rid_file)
-        return Run(rid, s, lazy=True) if rid else create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
-    try: return Run(tracker.call(_created_run_id, s, t0, str(rid_file), spec), s, lazy=True)
-    finally: tracker.close()  # what it imported goes with it
-
-def _created_run_id(s: Settings, t0: float, rid_file: str, spec: dict) -> str:
-    return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec).run_id
-
 def _stop_started(starting: StartingJob, reason: str):
     "Stop the job `starting` started, once it has; the job, or None if it never started."
     try: j = starting.result()
@@ -273,6 +261,20 @@ def _settle(tmp: Path, final: Path, ex) -> tuple:
     os.replace(tmp.parent, final.parent)
     (final.parent / '.run_id').unlink(missing_ok=True)
     return final, (final.with_suffix('.html') if ex is not None and ex.html else None), final.with_suffix('.log')
+
+# %% ../nbs/08_jobs.ipynb #1a8eab27
+def _new_run(s: Settings, t0: float, rid_file: Path, spec: dict, tracker: ForkedCalls | None) -> Run:
+    "The job's run, created here; or by `tracker`'s child (closed after), leaving MLflow unloaded here until the run is next written to."
+    if tracker is None: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    if tracker.closed:  # a second try after Ctrl-C: the child may have made the run before it was closed
+        rid = read_run_id(rid_file)
+        return Run(rid, s, lazy=True) if rid else create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    try: return Run(tracker.call(_created_run_id, s, t0, str(rid_file), spec), s, lazy=True)
+    finally: tracker.close()  # what it imported goes with it
+
+def _created_run_id(s: Settings, t0: float, rid_file: str, spec: dict) -> str:
+    return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec).run_id
+
 
 # %% ../nbs/08_jobs.ipynb #260e8284
 def _pruned(failure: dict | None) -> dict | None:

@@ -98,37 +98,39 @@ def tree(pid: int # the root process
     return out
 
 # %% ../nbs/00c_procs.ipynb #a21f59df
+def _answer_calls(inp: int, out: int):
+    "In a `ForkedCalls` child: read pickled calls from `inp`, write each answer, `('value', v)` or `('error', e)`, to `out`."
+    import pickle
+    with os.fdopen(inp, 'rb') as inp, os.fdopen(out, 'wb') as out:
+        while True:
+            try: fn, args, kwargs = pickle.load(inp)
+            except EOFError: return  # the parent closed its end
+            try: answer = ('value', fn(*args, **kwargs))
+            except BaseException as e: answer = ('error', e)  # broad: whatever the call raised, the caller raises
+            try: data = pickle.dumps(answer)
+            except Exception as e:  # broad: a value or exception that does not pickle: said in words
+                data = pickle.dumps(('error', RuntimeError(f"{fn.__name__} returned what cannot be sent back ({type(e).__name__}: {e}); "
+                                                           f"it was: {answer[1]!r:.300}")))
+            out.write(data); out.flush()
+
+
+# %% ../nbs/00c_procs.ipynb #2e179813
 class ForkedCalls:
-    """Run calls in a child forked from this process: what they import lives and dies with the child. `call` returns
-    the value (or raises the exception) of the call; `close()` (or leaving a `with` block) ends the child."""
+    "Calls run in a child forked from this process, so what they import lives and dies with it; `close()` ends the child."
     def __init__(self):
-        import pickle
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
         parent = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:  # the child: answer calls until the parent closes its end
             os.close(to_child); os.close(from_child)
-            try:
-                die_with_parent(parent)
-                with os.fdopen(from_parent, 'rb') as inp, os.fdopen(to_parent, 'wb') as out:
-                    while True:
-                        try: fn, args, kwargs = pickle.load(inp)
-                        except EOFError: break
-                        try: answer = ('value', fn(*args, **kwargs))
-                        except BaseException as e: answer = ('error', e)  # broad: whatever the call raised, the caller raises
-                        try: data = pickle.dumps(answer)
-                        except Exception as e:  # broad: a value or exception that does not pickle: said in words
-                            data = pickle.dumps(('error', RuntimeError(f"{fn.__name__} returned what cannot be sent back ({type(e).__name__}: {e}); "
-                                                                       f"it was: {answer[1]!r:.300}")))
-                        out.write(data); out.flush()
+            try: die_with_parent(parent); _answer_calls(from_parent, to_parent)
             finally: os._exit(0)  # never the parent's exit handlers or buffers
         os.close(from_parent); os.close(to_parent)
         self._to, self._from, self.closed = os.fdopen(to_child, 'wb'), os.fdopen(from_child, 'rb'), False
 
     def call(self, fn, *args, **kwargs):
-        """`fn(*args, **kwargs)` in the child (`fn` a module-level function). Ctrl-C meanwhile lets the call finish, so
-        nothing it was writing is left half done, then raises `KeyboardInterrupt`."""
+        "`fn(*args, **kwargs)` (`fn` importable) in the child; Ctrl-C meanwhile lets it finish (nothing left half done), then raises."
         import pickle
         if self.closed: raise RuntimeError('ForkedCalls.call after close()')
         pickle.dump((fn, args, kwargs), self._to); self._to.flush()
@@ -136,9 +138,8 @@ class ForkedCalls:
         while True:
             try: kind, value = pickle.load(self._from); break
             except KeyboardInterrupt: interrupted = True  # the child did not get the signal: wait for its answer
-            except EOFError:
-                self.close()
-                raise ChildProcessError(f"the process running {fn.__name__} (pid {self.pid}) died before it answered") from None
+            except EOFError:  # the child died
+                self.close(); raise ChildProcessError(f"the process running {fn.__name__} (pid {self.pid}) died before it answered") from None
         if interrupted: raise KeyboardInterrupt(f'interrupted while {fn.__name__} ran')
         if kind == 'error': raise value
         return value
@@ -147,9 +148,7 @@ class ForkedCalls:
         "End the child (it exits once it has read what was sent) and reap it."
         if self.closed: return
         self.closed = True
-        for f in (self._to, self._from):
-            try: f.close()
-            except OSError: pass  # the child is gone already
+        self._to.close(); self._from.close()  # nothing is left unflushed: each call is flushed as it is sent
         try: os.waitpid(self.pid, 0)
         except ChildProcessError: pass  # reaped already
 

@@ -763,8 +763,7 @@ def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got th
         exit_r, exit_w = os.pipe()
         try:
             _send(s, {'op': 'command', 'run': op, 'provider': _provider(op), 'args': list(argv), 'prog': os.path.basename(sys.argv[0] or 'mlops-nb'),
-                      'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'first': list(first),
-                      'encodings': _encodings(),
+                      'cwd': os.getcwd(), 'env': dict(os.environ), 'umask': _umask(), 'preload': list(preload), 'first': list(first), 'encodings': _encodings(),
                       'idle': idle},
                   fds=[*_std_fds(), exit_w])
             reply = _recv(s)[0]
@@ -775,6 +774,8 @@ def run_command(argv: list[str], # the command's arguments, as `mlops-nb` got th
         s.close(); os.close(exit_r)  # a stale worker (it stops taking work) or one that died: start a new one
     return None
 
+
+# %% ../nbs/08b_worker.ipynb #c3bf6d21
 def _follow(s: socket.socket, exit_r: int, pid: int) -> int:
     "Wait for the command's exit code, passing on the signals this process gets."
     def forward(signum, frame):
@@ -791,6 +792,7 @@ def _follow(s: socket.socket, exit_r: int, pid: int) -> int:
     print(f"error: the mlops_nb worker's process for this command (pid {pid}) died before it finished (the worker was killed?); "
           "its job runs end FAILED (driver_lost). The next command starts a new worker.", file=sys.stderr)
     return 1
+
 
 # %% ../nbs/08b_worker.ipynb #48f6d1f1
 class RemoteProcess:
