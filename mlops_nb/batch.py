@@ -5,6 +5,7 @@
 # %% ../nbs/10b_batch.ipynb #16dfb4b1
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -39,13 +40,14 @@ from .models import load as load_model, load_fast
 _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
 
 # %% auto #0
-__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'input_format', 'input_files', 'check_input', 'Partition', 'partitions', 'Checked',
-           'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model', 'model_note', 'part_path', 'rejects_path',
-           'log_part_name', 'score_partition', 'lean_allocators', 'local_workers', 'score_parts', 'BatchOptions',
-           'output_format', 'staging_dir', 'default_rejects', 'input_fingerprint', 'check_staging', 'check_paths',
-           'BatchResult', 'score', 'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest',
-           'training_schema', 'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'run_predict',
-           'fetch_model', 'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
+__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'input_format', 'input_files', 'check_input',
+           'Partition', 'partitions', 'Checked', 'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model',
+           'model_note', 'part_path', 'rejects_path', 'log_part_name', 'score_partition', 'lean_allocators',
+           'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects',
+           'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score', 'prediction_column',
+           'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
+           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'fetch_model',
+           'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -786,22 +788,35 @@ def count_partitions(input_path: str | Path) -> int | None:
     if input_format(input_path) == 'csv': return None
     return sum(pq.ParquetFile(f).metadata.num_row_groups for f in input_files(input_path))
 
+# %% ../nbs/10b_batch.ipynb #4494de3a
+LEAN_ROWS = 1_000_000  # from this many input rows, MLflow stays out of the command while the job scores
+LEAN_CSV_BYTES = 100 * 2**20  # a CSV file this large counts as that many rows
+
+def lean_batch(req: PredictRequest) -> bool:
+    "Whether `req`'s input is big enough to score with MLflow out of the command meanwhile (see `run_predict`)."
+    try:
+        files = input_files(req.input_path)
+        if input_format(req.input_path) == 'csv': return sum(f.stat().st_size for f in files) >= LEAN_CSV_BYTES
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files) >= LEAN_ROWS
+    except (OSError, DataError, pa.ArrowException): return False  # unreadable: `check_predict` says why
+
 # %% ../nbs/10b_batch.ipynb #13239657
 def run_predict(req: PredictRequest, # what to score
                 settings=None, # where runs go
                 resume_of: str | None = None, # the run this one resumes
                 experiment: str | None = None,
-                tracker: ForkedCalls | None = None, # the child to load MLflow in (closed once the run exists); a new one if None
+                tracker: ForkedCalls | None = None, # a child to load MLflow in (closed once the run exists); None: one for a `lean_batch`
                ):
-    """Check `req`, then run the `predict` job notebook on it; the `JobResult`. MLflow (the registry's answer, the model's
-    download, the run's creation) is loaded only in a child process that exits before the job scores; this process loads it
-    once the job has ended, to record the run. Peak memory is then the job's, not the job's plus MLflow's."""
+    """Check `req`, then run the `predict` job notebook on it; the `JobResult`. With a `tracker` (made here for a big input),
+    MLflow (the registry's answer, the model's download, the run's creation) is loaded only in its child, which exits before
+    the job scores; this process loads it once the job has ended, to record the run."""
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import TAG
     s = settings or get_settings()
     tags = {f'{TAG}resume_of': resume_of} if resume_of else {}
-    with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched, tracker or ForkedCalls() as tracker:  # the model, fetched once
-        params = tracker.call(check_predict, req, s, fetched)  # checked and fetched there, scored by the job
+    if tracker is None and lean_batch(req): tracker = ForkedCalls()
+    with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched, tracker or contextlib.nullcontext():  # the model, fetched once
+        params = tracker.call(check_predict, req, s, fetched) if tracker else check_predict(req, s, fetched)  # scored by the job
         return run_job('predict', params, settings=s, experiment=experiment, tags=tags, tracker=tracker)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a

@@ -364,12 +364,12 @@ def _parts_bar(req, show: bool):
 
 # %% ../nbs/12e_cli_models.ipynb #0deaeddc
 def cmd_predict(a) -> int:
-    from mlops_nb.batch import default_rejects, run_predict, staging_dir
+    from mlops_nb.batch import default_rejects, lean_batch, run_predict, staging_dir
     from mlops_nb.procs import ForkedCalls
     s, req = settings_for(a, lost=False), _predict_request(a)
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
-    try:
-        with quiet, ForkedCalls() as tracker:  # MLflow in its child only, until the job has scored (see `run_predict`)
+    try:  # a big batch: MLflow in a child only, until the job has scored (see `run_predict`)
+        with quiet, ForkedCalls() if lean_batch(req) else contextlib.nullcontext() as tracker:
             report_lost(s, tracker)
             with _parts_bar(req, not a.json and sys.stderr.isatty()):
                 res = run_predict(req, s, resume_of=a.resume, experiment=a.experiment, tracker=tracker)

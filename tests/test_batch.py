@@ -132,20 +132,20 @@ sys.exit(cli(sys.argv[1:]))
 
 
 def test_the_command_loads_mlflow_only_once_the_job_has_scored(setup):
-    "The registry check, the model's download and the run's creation happen in a child that exits before the job scores."
+    "A big batch (1M rows): the registry check, the model's download and the run's creation happen in a child that exits before the job scores."
     d = setup['dir']
-    r = subprocess.run([sys.executable, '-c', MLFLOW_WATCH, 'predict', URI, 'mid.parquet', '--out', 'watched.parquet', '--keep', 'id',
+    r = subprocess.run([sys.executable, '-c', MLFLOW_WATCH, 'predict', URI, 'big.parquet', '--out', 'watched.parquet', '--keep', 'id',
                         '--no-worker', '--json'], cwd=d, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
-    assert out['status'] == 'FINISHED' and out['rows_out'] == M
+    assert out['status'] == 'FINISHED' and out['rows_out'] == N
     stack = (d / 'mlflow_import.txt').read_text().split()
     assert '_attempt' in stack and not {'_start', '_new_run', 'check_predict', 'report_lost', 'mark_lost_runs'} & set(stack), stack
     got = pd.read_parquet(d / 'watched.parquet')
-    pd.testing.assert_frame_equal(got, setup['expected_mid'], check_dtype=False)
+    pd.testing.assert_frame_equal(got, setup['expected'], check_dtype=False)
     c, _ = _runs(setup)
     run = c.get_run(out['run_id'])
-    assert run.info.status == 'FINISHED' and run.data.metrics['rows_out'] == M
+    assert run.info.status == 'FINISHED' and run.data.metrics['rows_out'] == N
     assert run.data.tags['mlops_nb.pid'].isdigit()  # the job's pid, sent with the rest once it ended
 
 
