@@ -431,6 +431,8 @@ class _DriverWatch(threading.Thread):
         time.sleep(DRIVER_GRACE)
         if self.claim(): _finish_alone(self.job, None); os._exit(1)  # the cell did not give way
 
+
+# %% ../nbs/08a_engine.ipynb #723661c4
 def _heartbeat():
     rid = _job_run_id()
     if rid is None: return  # the run is not created yet
@@ -452,6 +454,7 @@ def _job_run_id() -> str | None:
     "This job's run id, if its run exists yet (`MLOPS_NB_RUN_ID`, or the file the runner writes it to)."
     rfile = os.environ.get('MLOPS_NB_RUN_ID_FILE')
     return os.environ.get('MLOPS_NB_RUN_ID') or (tracking.read_run_id(rfile) if rfile else None)
+
 
 # %% ../nbs/08a_engine.ipynb #61fd80f0
 def _finish_alone(job: dict, report: dict | None):
@@ -549,6 +552,8 @@ def _mlops_nb_next():  # then the sitecustomize this one stands in front of, if 
 _mlops_nb_next()
 '''
 
+
+# %% ../nbs/08a_engine.ipynb #73d7a4f1
 class _KernelReads(_Reads):
     "The reads of a Jupyter kernel (`--engine papermill`): a `sitecustomize` on its PYTHONPATH logs what it opens."
     def __init__(self, job: dict):
@@ -590,8 +595,7 @@ def _child(job: dict, conn):
     def stop(signum, frame):  # from the parent on timeout or interrupt: interrupt the running cell
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt("stopped by the job runner")
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job through the runner only
+    signal.signal(signal.SIGTERM, stop); signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the job through the runner only
     if job.get('log'):
         fd = os.open(job['log'], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if not job.get('log_output'): os.dup2(fd, 1)
