@@ -362,6 +362,8 @@ def parameterize(notebook: str | Path, # the job notebook
         cell.source = '\n'.join(lines)
     return nb
 
+
+# %% ../nbs/08a_engine.ipynb #a7230395
 def _execute_notebook(job: dict):
     "papermill's `execute_notebook`, on the job's notebook: parameterised here unless the runner did it ('nb')."
     import nbformat
@@ -378,6 +380,7 @@ def _execute_notebook(job: dict):
         log_output=job.get('log_output', False), start_timeout=60, execution_timeout=job.get('cell_timeout'))
     raise_for_execution_errors(nb, job['output'])
     write_ipynb(nb, job['output'])
+
 
 # %% ../nbs/08a_engine.ipynb #cb753889
 def failure(e: BaseException) -> dict:
