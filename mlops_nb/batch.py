@@ -480,6 +480,8 @@ def input_fingerprint(path: str | Path) -> str:
     if len(files) == 1: return file_sha256(files[0])
     return hashlib.sha256(''.join(f'{f.name}:{file_sha256(f)}\n' for f in files).encode()).hexdigest()
 
+
+# %% ../nbs/10b_batch.ipynb #81d21475
 _MANIFEST = '_mlops_batch.json'
 
 def check_staging(staging: str | Path) -> None:
@@ -489,6 +491,20 @@ def check_staging(staging: str | Path) -> None:
         raise OutputError(f"{p} holds files that are not parts of an earlier batch; scoring there could overwrite them.",
                           hint="Give --out a new or empty folder (or a file name whose NAME.parts/ folder is free).", output=str(p))
 
+
+# %% ../nbs/10b_batch.ipynb #ba1aaa15
+def _clear_parts(staging: Path):
+    "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
+    if not staging.is_dir(): return
+    rej = staging / '_rejects'
+    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), *rej.glob('part-*.parquet'), *rej.glob('.*.tmp'), staging / _MANIFEST]:
+        f.unlink(missing_ok=True)
+    for d in (rej, staging):
+        try: d.rmdir()  # only when nothing else is left in it
+        except OSError: pass
+
+
+# %% ../nbs/10b_batch.ipynb #8d0acffd
 def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     "The manifest of this batch's parts folder: kept (and checked) when resuming, else the folder is cleared of our parts."
     m = staging / _MANIFEST
@@ -507,6 +523,8 @@ def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     m.write_text(json.dumps(new, indent=1))
     return new
 
+
+# %% ../nbs/10b_batch.ipynb #6f5485cb
 def check_paths(input_path: str | Path, # what is scored
                 output_path: str | Path, # where the predictions go
                 o: BatchOptions, # the rest (rejects, log folder, overwrite, resume)
@@ -521,17 +539,8 @@ def check_paths(input_path: str | Path, # what is scored
     check_replace(rej, '--rejects', o.overwrite)
     if not o.resume: check_staging(staging_dir(output_path))
 
-# %% ../nbs/10b_batch.ipynb #d463405a
-def _clear_parts(staging: Path):
-    "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
-    if not staging.is_dir(): return
-    rej = staging / '_rejects'
-    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), *rej.glob('part-*.parquet'), *rej.glob('.*.tmp'), staging / _MANIFEST]:
-        f.unlink(missing_ok=True)
-    for d in (rej, staging):
-        try: d.rmdir()  # only when nothing else is left in it
-        except OSError: pass
 
+# %% ../nbs/10b_batch.ipynb #d463405a
 class _Gather:
     "Assembles a file output from its parts in input order, through a temporary file, as the parts arrive."
     def __init__(self, staging: Path, output: Path, fmt: str):
@@ -568,6 +577,8 @@ class _Gather:
             except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         self.tmp.unlink(missing_ok=True)
 
+
+# %% ../nbs/10b_batch.ipynb #d8d56645
 def _gather_rejects(staging: Path, dst: Path) -> int:
     "Write every partition's rejects to one CSV (removing a stale one of ours when there are none); how many rows."
     parts = sorted((staging / '_rejects').glob('part-*.parquet'))
@@ -578,6 +589,7 @@ def _gather_rejects(staging: Path, dst: Path) -> int:
     with replacing(dst) as tmp, pacsv.CSVWriter(tmp, first.schema) as w:
         for t in (first, *tables): w.write_table(t.cast(first.schema)); n += t.num_rows
     return n
+
 
 # %% ../nbs/10b_batch.ipynb #7f638a54
 @dataclass
