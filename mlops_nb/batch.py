@@ -46,8 +46,8 @@ __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'input
            'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects',
            'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score', 'prediction_column',
            'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
-           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'fetch_model',
-           'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
+           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'demo', 'fetch_model',
+           'fetched_model', 'model_facts', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -832,6 +832,20 @@ def run_predict(req: PredictRequest, # what to score
         return run_job('predict', params, settings=s, experiment=experiment, tags=tags, tracker=tracker)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a
+def demo(folder: str | Path # where the demo file goes
+        ) -> tuple[object, Schema, str]:
+    "`(model, schema, input path)`: a logistic regression on the bundled breast cancer set and a CSV of its rows, two of them bad."
+    from mlops_nb.data import infer_schema, load_dataset
+    from mlops_nb.train import fit  # scikit-learn: about a second, only here
+    df = load_dataset('breast_cancer')
+    schema = infer_schema(df, target='target')
+    rows = df.drop(columns='target').assign(id=range(len(df))).astype({'mean radius': object})
+    rows.loc[3, 'mean radius'], rows.loc[7, 'mean texture'] = 'n/a', None
+    rows.to_csv(path := Path(folder) / 'demo.csv', index=False)
+    return fit(df, schema, model='logistic'), schema, str(path)
+
+
+# %% ../nbs/10b_batch.ipynb #4df0b87a
 def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
                 dst: str | Path, # an empty folder: the model's files go to `dst/model`, what is known of it beside them
                 settings=None) -> tuple[dict, Schema, str]:
@@ -852,6 +866,8 @@ def fetched_model(fetched: str | Path | None # a folder `fetch_model` filled, or
     try: return str(Path(fetched) / json.loads((Path(fetched) / 'facts.json').read_text())['model']) if fetched else None
     except (OSError, ValueError, KeyError): return None
 
+
+# %% ../nbs/10b_batch.ipynb #8440412a
 def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
                 settings=None,
                 fetched: str | Path | None = None, # a folder `fetch_model` filled: read from it, without MLflow
@@ -862,14 +878,3 @@ def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_
         return facts['source'], Schema.load(Path(fetched) / 'input_schema.json'), facts['schema_source']
     return model_source(uri, settings), *input_schema(uri, settings)
 
-def demo(folder: str | Path # where the demo file goes
-        ) -> tuple[object, Schema, str]:
-    "`(model, schema, input path)`: a logistic regression on the bundled breast cancer set and a CSV of its rows, two of them bad."
-    from mlops_nb.data import infer_schema, load_dataset
-    from mlops_nb.train import fit  # scikit-learn: about a second, only here
-    df = load_dataset('breast_cancer')
-    schema = infer_schema(df, target='target')
-    rows = df.drop(columns='target').assign(id=range(len(df))).astype({'mean radius': object})
-    rows.loc[3, 'mean radius'], rows.loc[7, 'mean texture'] = 'n/a', None
-    rows.to_csv(path := Path(folder) / 'demo.csv', index=False)
-    return fit(df, schema, model='logistic'), schema, str(path)
