@@ -747,6 +747,8 @@ def training_schema(run_id: str, settings=None) -> Schema:
                           hint="Train with the train job (it records schema.json), or record one: mlops_nb.record('schema.json', path).",
                           run_id=run_id) from None
 
+
+# %% ../nbs/10b_batch.ipynb #7d544a36
 def check_predict(req: PredictRequest, settings=None,
                   fetched: str | Path | None = None, # an empty folder: the model is fetched into it once (`fetch_model`), for the job too
                  ) -> dict:
@@ -775,6 +777,7 @@ def check_predict(req: PredictRequest, settings=None,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
                 rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx,
                 model_dir=str(Path(fetched).resolve()) if fetched is not None else '')
+
 
 # %% ../nbs/10b_batch.ipynb #c2844ee7
 def resume_request(run_id: str, settings=None) -> PredictRequest:
