@@ -611,6 +611,37 @@ class BatchResult:
 
     def to_dict(self) -> dict: return asdict(self)
 
+# %% ../nbs/10b_batch.ipynb #61f89c3a
+def _batch_spec(input_path, feats: list, staging: Path, model_uri: str | None, info: dict, s, o: BatchOptions, model_dir) -> tuple[dict, BatchSpec]:
+    "`(ident, spec)`: what identifies this batch (kept in its parts folder's manifest, prepared here) and what scoring each partition needs."
+    ident = dict(input=str(Path(input_path).resolve()), input_sha256=input_fingerprint(input_path), model_uri=model_uri,
+                 model_version=info.get('version'), columns=[c.name for c in feats])
+    man = _prepare_staging(staging, ident, o.resume)
+    spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
+                     o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
+                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
+                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
+    return ident, spec
+
+
+# %% ../nbs/10b_batch.ipynb #47b21933
+def _score_gathered(spec: BatchSpec, todo, done: Callable, model, o: BatchOptions, out: Path, gather) -> tuple[int, int, Path, int]:
+    "Score the partitions `todo` and gather the parts (and the rejects); `(parts, rows out, rejects file, rows rejected)`."
+    staging = Path(spec.staging)
+    try:
+        if gather: gather.more()  # resuming: the parts already there
+        score_parts(spec, todo, done, model, o)
+        n_parts = len(list(staging.glob('part-*.parquet')))
+        rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
+        rej = Path(o.rejects) if o.rejects else default_rejects(out)
+        n_rej = _gather_rejects(staging, rej)
+        if gather: gather.finish()
+    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
+        if gather: gather.discard()  # the parts stay, for --resume
+        raise
+    return n_parts, rows_out, rej, n_rej
+
+
 # %% ../nbs/10b_batch.ipynb #004e3fbe
 def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
           output_path: str | Path, # .parquet, .csv, or a folder
@@ -632,13 +663,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     out, fmt = Path(output_path), output_format(output_path)
     staging, info, s = staging_dir(out), model_info or {}, settings or get_settings()
     check_paths(input_path, out, o)
-    ident = dict(input=str(Path(input_path).resolve()), input_sha256=input_fingerprint(input_path), model_uri=model_uri,
-                 model_version=info.get('version'), columns=[c.name for c in feats])
-    man = _prepare_staging(staging, ident, o.resume)
-    spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
-                     o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
-                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
-                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
+    ident, spec = _batch_spec(input_path, feats, staging, model_uri, info, s, o, model_dir)
     loads = 0
     if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
         model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
@@ -649,17 +674,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
         if gather: gather.more()  # while the other partitions are scored
         if progress: progress(r)
     todo = (p for p in partitions(input_path) if not part_path(staging, p.index).exists())
-    try:
-        if gather: gather.more()  # resuming: the parts already there
-        score_parts(spec, todo, done, model, o)
-        n_parts = len(list(staging.glob('part-*.parquet')))
-        rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
-        rej = Path(o.rejects) if o.rejects else default_rejects(out)
-        n_rej = _gather_rejects(staging, rej)
-        if gather: gather.finish()
-    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
-        if gather: gather.discard()  # the parts stay, for --resume
-        raise
+    n_parts, rows_out, rej, n_rej = _score_gathered(spec, todo, done, model, o, out, gather)
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,
                        sum(r['status'] == 'written' for r in results), loads + sum(bool(r.get('loaded')) for r in results),
                        sorted({r['worker'] for r in results}), ident['input_sha256'], time.time() - t0,
