@@ -46,8 +46,8 @@ __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'input
            'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects',
            'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score', 'prediction_column',
            'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
-           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'fetch_model',
-           'fetched_model', 'model_facts', 'demo', 'BadRows', 'EXECUTORS']
+           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'demo', 'fetch_model',
+           'fetched_model', 'model_facts', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -480,6 +480,8 @@ def input_fingerprint(path: str | Path) -> str:
     if len(files) == 1: return file_sha256(files[0])
     return hashlib.sha256(''.join(f'{f.name}:{file_sha256(f)}\n' for f in files).encode()).hexdigest()
 
+
+# %% ../nbs/10b_batch.ipynb #81d21475
 _MANIFEST = '_mlops_batch.json'
 
 def check_staging(staging: str | Path) -> None:
@@ -489,6 +491,20 @@ def check_staging(staging: str | Path) -> None:
         raise OutputError(f"{p} holds files that are not parts of an earlier batch; scoring there could overwrite them.",
                           hint="Give --out a new or empty folder (or a file name whose NAME.parts/ folder is free).", output=str(p))
 
+
+# %% ../nbs/10b_batch.ipynb #ba1aaa15
+def _clear_parts(staging: Path):
+    "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
+    if not staging.is_dir(): return
+    rej = staging / '_rejects'
+    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), *rej.glob('part-*.parquet'), *rej.glob('.*.tmp'), staging / _MANIFEST]:
+        f.unlink(missing_ok=True)
+    for d in (rej, staging):
+        try: d.rmdir()  # only when nothing else is left in it
+        except OSError: pass
+
+
+# %% ../nbs/10b_batch.ipynb #8d0acffd
 def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     "The manifest of this batch's parts folder: kept (and checked) when resuming, else the folder is cleared of our parts."
     m = staging / _MANIFEST
@@ -507,6 +523,8 @@ def _prepare_staging(staging: Path, ident: dict, resume: bool) -> dict:
     m.write_text(json.dumps(new, indent=1))
     return new
 
+
+# %% ../nbs/10b_batch.ipynb #6f5485cb
 def check_paths(input_path: str | Path, # what is scored
                 output_path: str | Path, # where the predictions go
                 o: BatchOptions, # the rest (rejects, log folder, overwrite, resume)
@@ -521,17 +539,8 @@ def check_paths(input_path: str | Path, # what is scored
     check_replace(rej, '--rejects', o.overwrite)
     if not o.resume: check_staging(staging_dir(output_path))
 
-# %% ../nbs/10b_batch.ipynb #d463405a
-def _clear_parts(staging: Path):
-    "Remove what a batch writes in its parts folder (parts, rejects parts, temporary files, the manifest), nothing else."
-    if not staging.is_dir(): return
-    rej = staging / '_rejects'
-    for f in [*staging.glob('part-*.parquet'), *staging.glob('.*.tmp'), *rej.glob('part-*.parquet'), *rej.glob('.*.tmp'), staging / _MANIFEST]:
-        f.unlink(missing_ok=True)
-    for d in (rej, staging):
-        try: d.rmdir()  # only when nothing else is left in it
-        except OSError: pass
 
+# %% ../nbs/10b_batch.ipynb #d463405a
 class _Gather:
     "Assembles a file output from its parts in input order, through a temporary file, as the parts arrive."
     def __init__(self, staging: Path, output: Path, fmt: str):
@@ -568,6 +577,8 @@ class _Gather:
             except (OSError, pa.ArrowException): pass  # a writer that broke mid-write: its file is removed next
         self.tmp.unlink(missing_ok=True)
 
+
+# %% ../nbs/10b_batch.ipynb #d8d56645
 def _gather_rejects(staging: Path, dst: Path) -> int:
     "Write every partition's rejects to one CSV (removing a stale one of ours when there are none); how many rows."
     parts = sorted((staging / '_rejects').glob('part-*.parquet'))
@@ -578,6 +589,7 @@ def _gather_rejects(staging: Path, dst: Path) -> int:
     with replacing(dst) as tmp, pacsv.CSVWriter(tmp, first.schema) as w:
         for t in (first, *tables): w.write_table(t.cast(first.schema)); n += t.num_rows
     return n
+
 
 # %% ../nbs/10b_batch.ipynb #7f638a54
 @dataclass
@@ -598,6 +610,37 @@ class BatchResult:
     engine_note: str = ''  # why: how the compiled form was verified, or why it is not used
 
     def to_dict(self) -> dict: return asdict(self)
+
+# %% ../nbs/10b_batch.ipynb #61f89c3a
+def _batch_spec(input_path, feats: list, staging: Path, model_uri: str | None, info: dict, s, o: BatchOptions, model_dir) -> tuple[dict, BatchSpec]:
+    "`(ident, spec)`: what identifies this batch (kept in its parts folder's manifest, prepared here) and what scoring each partition needs."
+    ident = dict(input=str(Path(input_path).resolve()), input_sha256=input_fingerprint(input_path), model_uri=model_uri,
+                 model_version=info.get('version'), columns=[c.name for c in feats])
+    man = _prepare_staging(staging, ident, o.resume)
+    spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
+                     o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
+                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
+                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
+    return ident, spec
+
+
+# %% ../nbs/10b_batch.ipynb #47b21933
+def _score_gathered(spec: BatchSpec, todo, done: Callable, model, o: BatchOptions, out: Path, gather) -> tuple[int, int, Path, int]:
+    "Score the partitions `todo` and gather the parts (and the rejects); `(parts, rows out, rejects file, rows rejected)`."
+    staging = Path(spec.staging)
+    try:
+        if gather: gather.more()  # resuming: the parts already there
+        score_parts(spec, todo, done, model, o)
+        n_parts = len(list(staging.glob('part-*.parquet')))
+        rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
+        rej = Path(o.rejects) if o.rejects else default_rejects(out)
+        n_rej = _gather_rejects(staging, rej)
+        if gather: gather.finish()
+    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
+        if gather: gather.discard()  # the parts stay, for --resume
+        raise
+    return n_parts, rows_out, rej, n_rej
+
 
 # %% ../nbs/10b_batch.ipynb #004e3fbe
 def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
@@ -620,13 +663,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
     out, fmt = Path(output_path), output_format(output_path)
     staging, info, s = staging_dir(out), model_info or {}, settings or get_settings()
     check_paths(input_path, out, o)
-    ident = dict(input=str(Path(input_path).resolve()), input_sha256=input_fingerprint(input_path), model_uri=model_uri,
-                 model_version=info.get('version'), columns=[c.name for c in feats])
-    man = _prepare_staging(staging, ident, o.resume)
-    spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
-                     o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
-                     dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
-                     o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
+    ident, spec = _batch_spec(input_path, feats, staging, model_uri, info, s, o, model_dir)
     loads = 0
     if model is None and model_uri and o.executor == 'local':  # loaded here (forked scoring processes share it); compiled on its
         model, loaded = load_batch_model(spec, first_rows(input_path, feats))  # first load, verified on the input's first rows too
@@ -637,17 +674,7 @@ def score(input_path: str | Path, # CSV, Parquet, or a folder of Parquet parts
         if gather: gather.more()  # while the other partitions are scored
         if progress: progress(r)
     todo = (p for p in partitions(input_path) if not part_path(staging, p.index).exists())
-    try:
-        if gather: gather.more()  # resuming: the parts already there
-        score_parts(spec, todo, done, model, o)
-        n_parts = len(list(staging.glob('part-*.parquet')))
-        rows_out = sum(pq.ParquetFile(p).metadata.num_rows for p in staging.glob('part-*.parquet'))
-        rej = Path(o.rejects) if o.rejects else default_rejects(out)
-        n_rej = _gather_rejects(staging, rej)
-        if gather: gather.finish()
-    except BaseException:  # broad: any stop (Ctrl-C too) drops the half-gathered output; re-raised
-        if gather: gather.discard()  # the parts stay, for --resume
-        raise
+    n_parts, rows_out, rej, n_rej = _score_gathered(spec, todo, done, model, o, out, gather)
     return BatchResult(str(out), str(rej) if n_rej else None, rows_out + n_rej, rows_out, n_rej, n_parts,
                        sum(r['status'] == 'written' for r in results), loads + sum(bool(r.get('loaded')) for r in results),
                        sorted({r['worker'] for r in results}), ident['input_sha256'], time.time() - t0,
@@ -735,6 +762,8 @@ def training_schema(run_id: str, settings=None) -> Schema:
                           hint="Train with the train job (it records schema.json), or record one: mlops_nb.record('schema.json', path).",
                           run_id=run_id) from None
 
+
+# %% ../nbs/10b_batch.ipynb #7d544a36
 def check_predict(req: PredictRequest, settings=None,
                   fetched: str | Path | None = None, # an empty folder: the model is fetched into it once (`fetch_model`), for the job too
                  ) -> dict:
@@ -763,6 +792,7 @@ def check_predict(req: PredictRequest, settings=None,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
                 rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx,
                 model_dir=str(Path(fetched).resolve()) if fetched is not None else '')
+
 
 # %% ../nbs/10b_batch.ipynb #c2844ee7
 def resume_request(run_id: str, settings=None) -> PredictRequest:
@@ -820,6 +850,20 @@ def run_predict(req: PredictRequest, # what to score
         return run_job('predict', params, settings=s, experiment=experiment, tags=tags, tracker=tracker)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a
+def demo(folder: str | Path # where the demo file goes
+        ) -> tuple[object, Schema, str]:
+    "`(model, schema, input path)`: a logistic regression on the bundled breast cancer set and a CSV of its rows, two of them bad."
+    from mlops_nb.data import infer_schema, load_dataset
+    from mlops_nb.train import fit  # scikit-learn: about a second, only here
+    df = load_dataset('breast_cancer')
+    schema = infer_schema(df, target='target')
+    rows = df.drop(columns='target').assign(id=range(len(df))).astype({'mean radius': object})
+    rows.loc[3, 'mean radius'], rows.loc[7, 'mean texture'] = 'n/a', None
+    rows.to_csv(path := Path(folder) / 'demo.csv', index=False)
+    return fit(df, schema, model='logistic'), schema, str(path)
+
+
+# %% ../nbs/10b_batch.ipynb #4df0b87a
 def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
                 dst: str | Path, # an empty folder: the model's files go to `dst/model`, what is known of it beside them
                 settings=None) -> tuple[dict, Schema, str]:
@@ -840,6 +884,8 @@ def fetched_model(fetched: str | Path | None # a folder `fetch_model` filled, or
     try: return str(Path(fetched) / json.loads((Path(fetched) / 'facts.json').read_text())['model']) if fetched else None
     except (OSError, ValueError, KeyError): return None
 
+
+# %% ../nbs/10b_batch.ipynb #8440412a
 def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
                 settings=None,
                 fetched: str | Path | None = None, # a folder `fetch_model` filled: read from it, without MLflow
@@ -850,14 +896,3 @@ def model_facts(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_
         return facts['source'], Schema.load(Path(fetched) / 'input_schema.json'), facts['schema_source']
     return model_source(uri, settings), *input_schema(uri, settings)
 
-def demo(folder: str | Path # where the demo file goes
-        ) -> tuple[object, Schema, str]:
-    "`(model, schema, input path)`: a logistic regression on the bundled breast cancer set and a CSV of its rows, two of them bad."
-    from mlops_nb.data import infer_schema, load_dataset
-    from mlops_nb.train import fit  # scikit-learn: about a second, only here
-    df = load_dataset('breast_cancer')
-    schema = infer_schema(df, target='target')
-    rows = df.drop(columns='target').assign(id=range(len(df))).astype({'mean radius': object})
-    rows.loc[3, 'mean radius'], rows.loc[7, 'mean texture'] = 'n/a', None
-    rows.to_csv(path := Path(folder) / 'demo.csv', index=False)
-    return fit(df, schema, model='logistic'), schema, str(path)

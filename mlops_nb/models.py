@@ -460,6 +460,8 @@ def _compile(lm: LoadedModel, rows: pd.DataFrame | None) -> tuple[bytes | None, 
     if why := verify_compiled(lm, cm, rows): return None, why
     return onx, f'compiled (ONNX Runtime), same predictions as {lm.flavour} on {len(rows)} verification rows'
 
+
+# %% ../nbs/05a_models.ipynb #ffa36729
 def _keep(entry: Path, onx: bytes | None, meta: dict):
     "Write a cache entry, each file through a temporary one (processes compiling at once each write a whole entry)."
     entry.mkdir(parents=True, exist_ok=True)
@@ -468,6 +470,8 @@ def _keep(entry: Path, onx: bytes | None, meta: dict):
         tmp = entry / f'.{name}.{os.getpid()}.tmp'
         tmp.write_bytes(data); os.replace(tmp, entry / name)
 
+
+# %% ../nbs/05a_models.ipynb #e19df268
 def load_fast(uri: str, # as for `load`
               settings: Settings | None = None,
               sample: pd.DataFrame | None = None, # rows to verify on besides `verification_rows` (the first rows of an input)

@@ -718,6 +718,8 @@ def start(paths: WorkerPaths | None = None, # the worker's files; this project's
         raise WorkerError(f"The mlops_nb worker did not listen on {paths.sock} within {wait:g} s; see {paths.log}.",
                           hint='Run with --no-worker (or MLOPS_NB_WORKER=0) meanwhile.')
 
+
+# %% ../nbs/08b_worker.ipynb #7c50ff88
 def wait_warm(paths: WorkerPaths | None = None, limit: float = 180.0) -> dict | None:
     "Wait until the running worker has imported all it preloads (MLflow last, once idle); its status (None: none running)."
     end = time.time() + limit
@@ -732,6 +734,7 @@ def request(op: str, paths: WorkerPaths | None = None, **fields) -> dict | None:
         _send(s, {'op': op, **fields})
         try: return _recv(s)[0]
         except (OSError, EOFError): return None
+
 
 # %% ../nbs/08b_worker.ipynb #5b93c685
 def _std_fds() -> list[int]:
