@@ -192,8 +192,7 @@ class CellRunner:
         for c in self._outer: c._instance = None
         os.environ.setdefault('MPLBACKEND', INLINE_BACKEND)
         self.shell = Shell.instance(user_ns={'__name__': '__main__'}, config=Config({'HistoryManager': {'enabled': False}}))
-        self.shell.system = self.shell.system_piped  # `!cmd` output goes through sys.stdout, as in ipykernel
-        self.echo = echo
+        self.shell.system, self.echo = self.shell.system_piped, echo  # `!cmd` output goes through sys.stdout, as in ipykernel
         self._saved = sys.stdout, sys.stderr, sys.displayhook
         self._restore_state = _fresh_process_state()  # what a new kernel has: no root handlers, default warnings, argv
         sys.stdout, sys.stderr = _Stream(self.shell, 'stdout', sys.stdout), _Stream(self.shell, 'stderr', sys.stderr)
@@ -209,9 +208,7 @@ class CellRunner:
         self.shell.outputs = outs = _Outputs(self.echo)
         count = self.shell.execution_count
         try: res = self.shell.run_cell(source, store_history=True)
-        finally:
-            outs.flush()
-            self.shell.outputs = None
+        finally: outs.flush(); self.shell.outputs = None
         return count, outs.items, not res.success
 
     def close(self):
@@ -514,14 +511,13 @@ class _Reads:
     def files(self) -> list[dict]:
         "[{'path', 'sha256', 'size'}] of the data files read, paths relative to the working directory where inside it."
         import hashlib
-        written = {os.path.abspath(os.path.join(self.cwd, p)) for p in self.written}
-        out = {}
+        written, out = {os.path.abspath(os.path.join(self.cwd, p)) for p in self.written}, {}
         for p in list(self.read):
             a = os.path.abspath(os.path.join(self.cwd, p))
             if a in out or a in written or a in self.own or a.endswith(_SKIP_SUFFIXES) or a.startswith(self.skip) or '__pycache__' in a: continue
             try:
                 if not os.path.isfile(a): continue
-                h = hashlib.sha256()
+                h = hashlib.sha256()  # in 1 MB blocks: a large file is never held whole
                 with open(a, 'rb') as f:
                     for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
                 out[a] = {'path': os.path.relpath(a, self.cwd) if a.startswith(os.path.join(self.cwd, '')) else a,
