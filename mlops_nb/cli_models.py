@@ -15,6 +15,7 @@ from pathlib import Path
 from .cli_common import Command, bundled, common_args, gate_lines, print_json, report_lost, settings_for
 from .core import GateFailed, ParameterError, get_settings
 from .outputs import check_outputs  # a small module: imports only core
+from .procs import ForkedCalls  # a small module: the standard library only
 # Every other module is imported by the handler that needs it: `import mlops_nb.cli` (which imports this module) must stay
 # cheap for `--help` and every job's client (the cost is measured in `cli`).
 
@@ -365,7 +366,6 @@ def _parts_bar(req, show: bool):
 # %% ../nbs/12e_cli_models.ipynb #0deaeddc
 def cmd_predict(a) -> int:
     from mlops_nb.batch import default_rejects, lean_batch, run_predict, staging_dir
-    from mlops_nb.procs import ForkedCalls
     s, req = settings_for(a, lost=False), _predict_request(a)
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
     try:  # a big batch: MLflow in a child only, until the job has scored (see `run_predict`)

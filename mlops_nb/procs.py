@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import threading
@@ -100,7 +101,6 @@ def tree(pid: int # the root process
 # %% ../nbs/00c_procs.ipynb #a21f59df
 def _answer_calls(inp: int, out: int):
     "In a `ForkedCalls` child: read pickled calls from `inp`, write each answer, `('value', v)` or `('error', e)`, to `out`."
-    import pickle
     with os.fdopen(inp, 'rb') as inp, os.fdopen(out, 'wb') as out:
         while True:
             try: fn, args, kwargs = pickle.load(inp)
@@ -131,7 +131,6 @@ class ForkedCalls:
 
     def call(self, fn, *args, **kwargs):
         "`fn(*args, **kwargs)` (`fn` importable) in the child; Ctrl-C meanwhile lets it finish (nothing left half done), then raises."
-        import pickle
         if self.closed: raise RuntimeError('ForkedCalls.call after close()')
         pickle.dump((fn, args, kwargs), self._to); self._to.flush()
         interrupted = False
