@@ -2,6 +2,7 @@
 and the Dockerfile's own install and entrypoint steps run in a fresh virtual environment serving the copied model
 with no access to the registry."""
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import mlops_nb
+from conftest import layer_on_this_environment, mlops_nb
 from serve_helpers import Proc, http, post_json, store_env, train_and_register
 
 
@@ -105,6 +106,9 @@ def _install(ctx: Path, app: Path, bin_: Path) -> list:
         args = shlex.split(cmd)
         p = subprocess.run([str(bin_ / 'pip'), *args[1:]] if args[0] == 'pip' else args, cwd=app, capture_output=True, text=True)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    where = subprocess.run([str(bin_ / 'python'), '-c', 'import mlops_nb; print(mlops_nb.__file__)'], cwd=app, capture_output=True,
+                           text=True)
+    assert where.stdout.startswith(str(bin_.parent)), where.stdout + where.stderr  # the context's copy, not this checkout
     argv = [str(bin_ / 'mlops-nb'), *argv[1:]]
     argv[argv.index('--port') + 1] = '{port}'
     argv[argv.index('--host') + 1] = '127.0.0.1'
@@ -132,9 +136,14 @@ def _serves_as_pyfunc(argv: list, app: Path, bin_: Path, want_version: tuple):
 def test_dockerfile_steps_serve_the_copied_model_without_the_registry(context, xgb_context, tmp_path):
     """The install steps in one fresh venv, then the entrypoint, with the store out of reach: predictions as the model's own.
     The scikit-learn model (train-job run) first; then, in the same venv, the XGBoost model logged by plain MLflow code,
-    whose context adds its own requirement (xgboost) to ours."""
+    whose context adds its own requirement (xgboost) to ours.
+
+    As in test_init, the venv is layered on this test's environment (pip still resolves every pinned requirement and
+    installs what is missing or differs); MLOPS_NB_INIT_ISOLATED=1 installs everything from scratch instead."""
     d, r = context
     subprocess.run([sys.executable, '-m', 'venv', str(tmp_path / 'venv')], check=True)
+    if os.environ.get('MLOPS_NB_INIT_ISOLATED') != '1':
+        layer_on_this_environment(tmp_path / 'venv')
     bin_ = tmp_path / 'venv' / 'bin'
     _serves_as_pyfunc(_install(d / 'ctx', tmp_path / 'app', bin_), tmp_path / 'app', bin_, ('bc', '1', 'champion'))
     assert any(q.startswith('xgboost==') for q in (xgb_context / 'requirements.txt').read_text().split())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, clean_env, mlops_nb
+from conftest import ROOT, clean_env, layer_on_this_environment, mlops_nb
 
 
 @pytest.fixture(scope='module')
@@ -47,14 +47,6 @@ def test_workflow_validates_against_the_github_schema(project):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _layer_on_this_environment(venv: Path):
-    """Let the new venv see this environment's packages *behind* its own (a .pth file), so pip finds mlflow,
-    scikit-learn, ... already satisfied instead of reinstalling ~300 MB: CI-affordable on a shared machine."""
-    sp = next((venv / 'lib').glob('python3*/site-packages'))
-    outer = [p for p in sys.path if p.endswith('site-packages') and Path(p).is_dir()]
-    (sp / '_outer_env.pth').write_text('\n'.join(outer) + '\n')
-
-
 def test_fresh_venv_installs_tests_and_trains(project, tmp_path):
     """One fresh venv: this checkout (the project's dependency), then the project with its dev extra; then the
     project's own sync check, its tests and its train job.
@@ -67,7 +59,7 @@ def test_fresh_venv_installs_tests_and_trains(project, tmp_path):
     subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
     py, bindir = venv / 'bin' / 'python', venv / 'bin'
     if os.environ.get('MLOPS_NB_INIT_ISOLATED') != '1':
-        _layer_on_this_environment(venv)
+        layer_on_this_environment(venv)
     env = clean_env(MLFLOW_DISABLE_TELEMETRY='true', PIP_DISABLE_PIP_VERSION_CHECK='1', VIRTUAL_ENV=str(venv),
                     PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop('PYTHONPATH', None)
