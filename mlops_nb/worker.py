@@ -342,7 +342,7 @@ def _adopt_stdio(fds, encodings: dict):
         if fd != target: os.dup2(fd, target); os.close(fd)
     def stream(fd, mode, name):
         enc, errors = encodings.get(name, ('utf-8', 'strict'))
-        f = open(fd, mode, encoding=enc, errors=errors, closefd=False, buffering=-1)
+        f = io.open(fd, mode, encoding=enc, errors=errors, closefd=False, buffering=-1)
         if mode == 'w' and (os.isatty(fd) or name == 'stderr'): f.reconfigure(line_buffering=True)
         return f
     sys.stdin, sys.stdout, sys.stderr = stream(0, 'r', 'stdin'), stream(1, 'w', 'stdout'), stream(2, 'w', 'stderr')
@@ -450,46 +450,6 @@ def _bind(self):
 
 _Worker._bind = _bind
 
-# %% ../nbs/08b_worker.ipynb #ae3282b1
-def _serve(self):
-    import selectors
-    t0 = time.time()
-    self._load(('mlops_nb.cli', 'mlops_nb.jobs'), jobs=False)  # what a command needs first; no MLflow: a cold command
-    # imports it itself while this process loads what its job needs, each on a core (MLflow comes later, when idle)
-    self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
-    self.sel = selectors.DefaultSelector()
-    self.listener = self._bind()
-    self.sel.register(self.listener, selectors.EVENT_READ, ('accept', None))
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False); os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: self.stop('SIGTERM'))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    self.sel.register(wake_r, selectors.EVENT_READ, ('wake', None))
-    self.paths.info.write_text(json.dumps({'pid': os.getpid(), 'started': self.started, 'socket': str(self.paths.sock)}))
-    print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} in {time.time() - t0:.2f} s ({len(sys.modules)} modules, "
-          f"{len(self.fp)} files watched, idle timeout {self.idle:g} s)", flush=True)
-    try: self._loop(wake_r)
-    finally: self._close()
-    print(f"mlops_nb worker {os.getpid()} exits ({self.why or 'idle'}); served {self.counts} in {len(self.projects)} project(s)", flush=True)
-
-def _loop(self, wake_r: int):
-    while True:
-        for key, _ in self.sel.select(timeout=1.0):
-            what, arg = key.data
-            if what == 'accept': self._accept()
-            elif what == 'wake':
-                try: os.read(wake_r, 512)
-                except BlockingIOError: pass
-            else: self._from_client(key.fileobj, arg)
-        if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
-        elif not self.children: self._open_stores()
-        self._reap()
-        if not self.children and (self.stopping or time.time() - self.last > self.idle): break
-
-_Worker.serve, _Worker._loop = _serve, _loop
-
 # %% ../nbs/08b_worker.ipynb #0af552fc
 def _unlink(self):
     try:
@@ -544,6 +504,8 @@ def _kill(pid: int, sig=signal.SIGKILL):
     try: os.kill(pid, sig)
     except (ProcessLookupError, PermissionError): pass
 
+_Worker._accept = _accept
+
 # %% ../nbs/08b_worker.ipynb #9e95574b
 def _take(self, conn: socket.socket, msg: dict, fds: list):
     "Fork the process a `command` or `job` request asks for, or say why not."
@@ -566,6 +528,8 @@ def _take(self, conn: socket.socket, msg: dict, fds: list):
     self.counts[op + 's'] += 1
     _send(conn, {'pid': pid})
     if op == 'command': self.sel.register(conn, selectors.EVENT_READ, ('client', pid))
+
+_Worker._take = _take
 
 # %% ../nbs/08b_worker.ipynb #5b97fe6a
 def _from_client(self, conn, pid: int):
@@ -594,9 +558,39 @@ def _reap(self):
             except (KeyError, ValueError): pass
         conn.close()
 
-_Worker._accept, _Worker._take, _Worker._from_client, _Worker._reap = _accept, _take, _from_client, _reap
+_Worker._from_client, _Worker._reap = _from_client, _reap
 
 # %% ../nbs/08b_worker.ipynb #37388d89
+def _run_command(self, msg: dict, fds: list, parent: int) -> int:
+    global ATTACHED
+    os.setsid()  # its own session: the client's terminal signals reach it only through the client
+    die_with_parent(parent)
+    *std, exit_w = fds
+    os.set_inheritable(exit_w, False)  # only this process says how the command ended
+    _adopt_stdio(std, msg.get('encodings', {}))
+    os.chdir(msg['cwd'])
+    os.environ.clear(); os.environ.update(msg['env'])
+    sys.argv = [msg.get('prog', 'mlops-nb'), *msg['args']]
+    ATTACHED = self.paths
+    import atexit
+    try: rc = OPERATIONS.get(msg.get('run', 'command'))(msg['args'])
+    except SystemExit as e: rc = _exit_code(e)
+    except BaseException:  # broad: the command's boundary in the child: printed, exit 1
+        import traceback; traceback.print_exc(); rc = 1
+    try: atexit._run_exitfuncs()
+    except BaseException: pass  # broad: exit hooks may raise anything; the exit code stands
+    for f in (sys.stdout, sys.stderr): f.flush()
+    os.write(exit_w, str(rc).encode())
+    return rc
+
+# %% ../nbs/08b_worker.ipynb #f0rk0002
+def _run_job(self, msg: dict, fds: list, parent: int) -> int:
+    report, *std = fds
+    _adopt_stdio(std, msg.get('encodings', {}))
+    _forget_shadowed(msg.get('cwd') or '')  # the job's folder goes first on its sys.path: its own modules win
+    OPERATIONS.get(msg.get('run', 'job'))(msg['args'], report)
+    return 0
+
 def _fork(self, op: str, msg: dict, fds: list) -> int:
     for f in (sys.stdout, sys.stderr): f.flush()  # nothing of the worker's log may reach the client's streams
     _release_connections()
@@ -622,37 +616,47 @@ def _fork(self, op: str, msg: dict, fds: list) -> int:
             except Exception: pass  # broad: a closed pipe at exit
         os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 
-# %% ../nbs/08b_worker.ipynb #f0rk0002
-def _run_command(self, msg: dict, fds: list, parent: int) -> int:
-    global ATTACHED
-    os.setsid()  # its own session: the client's terminal signals reach it only through the client
-    die_with_parent(parent)
-    *std, exit_w = fds
-    os.set_inheritable(exit_w, False)  # only this process says how the command ended
-    _adopt_stdio(std, msg.get('encodings', {}))
-    os.chdir(msg['cwd'])
-    os.environ.clear(); os.environ.update(msg['env'])
-    sys.argv = [msg.get('prog', 'mlops-nb'), *msg['args']]
-    ATTACHED = self.paths
-    import atexit
-    try: rc = OPERATIONS.get(msg.get('run', 'command'))(msg['args'])
-    except SystemExit as e: rc = _exit_code(e)
-    except BaseException:  # broad: the command's boundary in the child: printed, exit 1
-        import traceback; traceback.print_exc(); rc = 1
-    try: atexit._run_exitfuncs()
-    except BaseException: pass  # broad: exit hooks may raise anything; the exit code stands
-    for f in (sys.stdout, sys.stderr): f.flush()
-    os.write(exit_w, str(rc).encode())
-    return rc
-
-def _run_job(self, msg: dict, fds: list, parent: int) -> int:
-    report, *std = fds
-    _adopt_stdio(std, msg.get('encodings', {}))
-    _forget_shadowed(msg.get('cwd') or '')  # the job's folder goes first on its sys.path: its own modules win
-    OPERATIONS.get(msg.get('run', 'job'))(msg['args'], report)
-    return 0
-
 _Worker._fork = _fork
+
+# %% ../nbs/08b_worker.ipynb #ae3282b1
+def _serve(self):
+    import selectors
+    t0 = time.time()
+    self._load(('mlops_nb.cli', 'mlops_nb.jobs'), jobs=False)  # what a command needs first; no MLflow: a cold command
+    # imports it itself while this process loads what its job needs, each on a core (MLflow comes later, when idle)
+    self.later = ['']  # what jobs need is imported right after the first command forked, while it creates its run
+    self.sel = selectors.DefaultSelector()
+    self.listener = self._bind()
+    self.sel.register(self.listener, selectors.EVENT_READ, ('accept', None))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False); os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: self.stop('SIGTERM'))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    self.sel.register(wake_r, selectors.EVENT_READ, ('wake', None))
+    self.paths.info.write_text(json.dumps({'pid': os.getpid(), 'started': self.started, 'socket': str(self.paths.sock)}))
+    print(f"mlops_nb worker {os.getpid()} ready on {self.paths.sock} in {time.time() - t0:.2f} s ({len(sys.modules)} modules, "
+          f"{len(self.fp)} files watched, idle timeout {self.idle:g} s)", flush=True)
+    try: self._loop(wake_r)
+    finally: self._close()
+    print(f"mlops_nb worker {os.getpid()} exits ({self.why or 'idle'}); served {self.counts} in {len(self.projects)} project(s)", flush=True)
+
+def _loop(self, wake_r: int):
+    while True:
+        for key, _ in self.sel.select(timeout=1.0):
+            what, arg = key.data
+            if what == 'accept': self._accept()
+            elif what == 'wake':
+                try: os.read(wake_r, 512)
+                except BlockingIOError: pass
+            else: self._from_client(key.fileobj, arg)
+        if self.later: names, self.later = self.later, []; self._load(names)  # between requests: forks are not held up
+        elif not self.children: self._open_stores()
+        self._reap()
+        if not self.children and (self.stopping or time.time() - self.last > self.idle): break
+
+_Worker.serve, _Worker._loop = _serve, _loop
 
 # %% ../nbs/08b_worker.ipynb #bea1fa6b
 def serve():
@@ -823,18 +827,6 @@ class RemoteProcess:
             s.close(); raise WorkerError(f"the worker did not fork the job: {why}")
         self.pid, self._sock = reply['pid'], s
 
-    def _poll(self, timeout: float):
-        if self._code is not None: return
-        if self._lost:  # the worker died: the job was its child, so only whether it still lives can be known
-            if not process_alive(self.pid): self._code = -signal.SIGKILL
-            else: time.sleep(min(timeout, 0.2))
-            return
-        if select.select([self._sock], [], [], timeout)[0]:
-            try: msg = _recv(self._sock)[0]
-            except (OSError, EOFError): msg = None
-            if msg and 'exit' in msg: self._code = msg['exit']; self._sock.close()
-            elif msg is None: self._lost = True
-
     @property
     def exitcode(self) -> int | None:
         self._poll(0)
@@ -844,6 +836,22 @@ class RemoteProcess:
         end = None if timeout is None else time.time() + timeout
         while self._code is None and (end is None or time.time() < end):
             self._poll(0.5 if end is None else max(min(end - time.time(), 0.5), 0))
+
+# %% ../nbs/08b_worker.ipynb #ac698cc8
+def _poll(self, timeout: float):
+    "Wait up to `timeout` s for the worker's word on the job: its exit status, or that the worker is gone."
+    if self._code is not None: return
+    if self._lost:  # the worker died: the job was its child, so only whether it still lives can be known
+        if not process_alive(self.pid): self._code = -signal.SIGKILL
+        else: time.sleep(min(timeout, 0.2))
+        return
+    if select.select([self._sock], [], [], timeout)[0]:
+        try: msg = _recv(self._sock)[0]
+        except (OSError, EOFError): msg = None
+        if msg and 'exit' in msg: self._code = msg['exit']; self._sock.close()
+        elif msg is None: self._lost = True
+
+RemoteProcess._poll = _poll
 
 # %% ../nbs/08b_worker.ipynb #96d5d8b3
 if os.environ.get('MLOPS_NB_FORKSERVER_WARM') is not None and 'multiprocessing.forkserver' in sys.modules:
