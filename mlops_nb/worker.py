@@ -444,7 +444,8 @@ def _bind(self):
         os.umask(old)
         for fd in keep: os.close(fd)
     os.chmod(self.paths.sock, 0o600)
-    self.ino = os.stat(self.paths.sock).st_ino
+    st = os.stat(self.paths.sock)
+    self.ino = st.st_ino, st.st_ctime_ns  # the inode number alone can come back at once for a newer socket (ext4)
     s.listen(64)
     return s
 
@@ -453,7 +454,8 @@ _Worker._bind = _bind
 # %% ../nbs/08b_worker.ipynb #0af552fc
 def _unlink(self):
     try:
-        if os.stat(self.paths.sock).st_ino == self.ino: os.unlink(self.paths.sock)  # not a newer worker's
+        st = os.stat(self.paths.sock)
+        if (st.st_ino, st.st_ctime_ns) == self.ino: os.unlink(self.paths.sock)  # not a newer worker's
     except OSError: pass
 
 def _close(self):
