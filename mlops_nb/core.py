@@ -21,7 +21,7 @@ __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MLFLOW_IMPORT', 'MlopsNbError', 'C
            'ParameterError', 'TrackingError', 'RegistryError', 'LiveEvidenceError', 'JobFailed', 'GateFailed',
            'CellTimeoutError', 'ModelError', 'OutputError', 'PipelineError', 'MonitorError', 'LoopError', 'DocsError',
            'ReportError', 'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned',
-           'SweepInterrupted', 'Secret', 'add_secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream',
+           'SweepInterrupted', 'add_secret', 'Secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream',
            'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook', 'Registry', 'imported',
            'import_mlflow']
 
@@ -144,16 +144,6 @@ REDACTED = '***'  # what every secret value is replaced with, everywhere
 
 _FORMS: set[str] = set()  # every text form of every secret this process has seen
 
-class Secret(str):
-    "A str whose value reaches the job but is never written to outputs, MLflow, logs or the terminal."
-    __slots__ = ()
-    def __new__(cls, value=''):
-        s = super().__new__(cls, value)
-        add_secret(str(s))
-        return s
-    def __repr__(self): return repr(REDACTED)
-
-# %% ../nbs/00_core.ipynb #6154c41e
 def _text_forms(s: str) -> set[str]:
     "`s` as it may be written: raw, JSON-escaped (ASCII or not), HTML-escaped, inside a repr, and escaped twice."
     import html
@@ -177,6 +167,16 @@ def add_secret(value # a secret value: text, a number, or a list/dict holding th
     if len(lines) > 1:  # output split across lines (or chunks) still hides each long line
         for l in lines:
             if len(l) >= 8: _FORMS.update(_text_forms(l))
+
+# %% ../nbs/00_core.ipynb #6154c41e
+class Secret(str):
+    "A str whose value reaches the job but is never written to outputs, MLflow, logs or the terminal."
+    __slots__ = ()
+    def __new__(cls, value=''):
+        s = super().__new__(cls, value)
+        add_secret(str(s))
+        return s
+    def __repr__(self): return repr(REDACTED)
 
 # %% ../nbs/00_core.ipynb #920d6f12
 def redact(text: str # any text about to be written

@@ -29,7 +29,7 @@ _all_ = ['DocsError']  # defined in core (the one map of errors); still importab
 
 # %% auto #0
 __all__ = ['page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
-           'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'champion_run', 'run_report',
+           'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'run_report', 'champion_run',
            'check_links', 'sphinx_warnings', 'Site', 'local_links', 'readme_for_site', 'build_site', 'serve_site',
            'package_name', 'template_dir', 'template_files', 'init_project', 'DocsError']
 
@@ -403,16 +403,6 @@ def index_page(readme: str, # the README's markdown
     "The index made from the README: the README, then one table of contents per section."
     return readme.rstrip() + '\n\n' + toctrees(sections)
 
-# %% ../nbs/12a_docs.ipynb #517c5e3a
-def champion_run(model: str, # registered model name
-                 settings: Settings | None = None,
-                 alias: str = 'champion', # the alias to follow
-                ) -> str:
-    "The run that trained the version `alias` points at."
-    from mlops_nb.registry import alias_version, model_versions  # lazy: pandas, +0.8 s to `docs` and `init` (-X importtime, min of 9, load 10)
-    v = alias_version(model, alias, settings=settings)
-    return next(x['run_id'] for x in model_versions(model, settings=settings) if x['version'] == v)
-
 # %% ../nbs/12a_docs.ipynb #fab96c4e
 def _md_cell(v) -> str:
     s = str(v).replace('|', '\\|').replace('\n', ' ')
@@ -469,6 +459,16 @@ def run_report(run_id: str, # the MLflow run
     out = root / f"{run_id}.md"
     out.write_text('\n'.join(lines), encoding='utf-8')
     return out
+
+# %% ../nbs/12a_docs.ipynb #517c5e3a
+def champion_run(model: str, # registered model name
+                 settings: Settings | None = None,
+                 alias: str = 'champion', # the alias to follow
+                ) -> str:
+    "The run that trained the version `alias` points at."
+    from mlops_nb.registry import alias_version, model_versions  # lazy: pandas, +0.8 s to `docs` and `init` (-X importtime, min of 9, load 10)
+    v = alias_version(model, alias, settings=settings)
+    return next(x['run_id'] for x in model_versions(model, settings=settings) if x['version'] == v)
 
 # %% ../nbs/12a_docs.ipynb #38d78c80
 class _Links(HTMLParser):

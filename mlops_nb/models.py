@@ -317,27 +317,6 @@ def model_key(path: str | Path # a local model folder
     return h.hexdigest()
 
 # %% ../nbs/05a_models.ipynb #a72ca0ac
-def _same_type_parser(scope, model, inputs, custom_parsers=None):
-    "skl2onnx parser for a step whose output has its input's element type (text stays text)."
-    this = scope.declare_local_operator('SklearnFunctionTransformer', model)
-    this.inputs = list(inputs)
-    this.outputs.append(scope.declare_local_variable('variable', inputs[0].type.__class__()))
-    return this.outputs
-
-def _width(operator):
-    i = operator.inputs[0]
-    operator.outputs[0].type = i.type.__class__([i.get_first_dimension(), sum(x.type.shape[1] for x in operator.inputs)])
-
-def _identity(scope, operator, container):
-    "The train job's cast to object (and an identity `FunctionTransformer`): the columns as they are."
-    f = operator.raw_operator.func
-    if f is not None and (getattr(f, '__module__', None), getattr(f, '__name__', None)) != ('mlops_nb.features', '_as_object'):
-        raise NotImplementedError(f"FunctionTransformer({getattr(f, '__name__', f)}) has no ONNX form")
-    ins, out = [i.full_name for i in operator.inputs], operator.outputs[0].full_name
-    if len(ins) == 1: container.add_node('Identity', ins, out, name=scope.get_unique_operator_name('Identity'))
-    else: container.add_node('Concat', ins, out, axis=1, name=scope.get_unique_operator_name('Concat'))
-
-# %% ../nbs/05a_models.ipynb #063bf41d
 def _imputer(scope, operator, container):
     "`SimpleImputer` with NaN as missing on doubles (IsNaN) or text (`_MISSING`): Where(missing, statistics, x); others as skl2onnx does."
     import onnx
@@ -357,6 +336,27 @@ def _imputer(scope, operator, container):
         container.add_node('Equal', [x, sent], mask, name=scope.get_unique_operator_name('Equal'), op_version=19)
     else: container.add_node('IsNaN', [x], mask, name=scope.get_unique_operator_name('IsNaN'))
     container.add_node('Where', [mask, fill, x], operator.outputs[0].full_name, name=scope.get_unique_operator_name('Where'))
+
+# %% ../nbs/05a_models.ipynb #063bf41d
+def _same_type_parser(scope, model, inputs, custom_parsers=None):
+    "skl2onnx parser for a step whose output has its input's element type (text stays text)."
+    this = scope.declare_local_operator('SklearnFunctionTransformer', model)
+    this.inputs = list(inputs)
+    this.outputs.append(scope.declare_local_variable('variable', inputs[0].type.__class__()))
+    return this.outputs
+
+def _width(operator):
+    i = operator.inputs[0]
+    operator.outputs[0].type = i.type.__class__([i.get_first_dimension(), sum(x.type.shape[1] for x in operator.inputs)])
+
+def _identity(scope, operator, container):
+    "The train job's cast to object (and an identity `FunctionTransformer`): the columns as they are."
+    f = operator.raw_operator.func
+    if f is not None and (getattr(f, '__module__', None), getattr(f, '__name__', None)) != ('mlops_nb.features', '_as_object'):
+        raise NotImplementedError(f"FunctionTransformer({getattr(f, '__name__', f)}) has no ONNX form")
+    ins, out = [i.full_name for i in operator.inputs], operator.outputs[0].full_name
+    if len(ins) == 1: container.add_node('Identity', ins, out, name=scope.get_unique_operator_name('Identity'))
+    else: container.add_node('Concat', ins, out, axis=1, name=scope.get_unique_operator_name('Concat'))
 
 def _teach_skl2onnx():
     "Register the two converters above with skl2onnx (for this process)."

@@ -180,24 +180,6 @@ def _same(member, v) -> bool:
 def _is_strish(t: _T) -> bool:
     return t.kind in _STRS or (t.kind == 'literal' and any(isinstance(a, str) for a in t.args))
 
-# %% ../nbs/07_params.ipynb #e093275f
-def _conv(t: _T, v, text: bool):
-    "`v` as type `t`, or `_Bad`. `text`: `v` is command-line text, so 'none' may mean None and YAML is parsed."
-    if v is None:
-        if t.nullable: return None
-        raise _Bad()
-    if text and isinstance(v, str) and t.nullable and v.strip().lower() in ('none', 'null'): return None
-    k = t.kind
-    if k in ('any', 'literal_ref'): return _conv_any(v, text)  # a computed Literal inside another type is not computed: any value
-    if k in ('str', 'path', 'secret'): return _conv_str(k, v)
-    if k == 'bool': return _conv_bool(v)
-    if k in ('int', 'float'): return _conv_number(k, v)
-    if k == 'list': return _conv_list(t, v)
-    if k == 'dict': return _conv_dict(v)
-    if k == 'literal': return _conv_literal(t, v)
-    if k == 'union': return _conv_union(t, v, text)
-    raise _Bad(f"unknown type kind {k!r}")
-
 # %% ../nbs/07_params.ipynb #0a4edff4
 def _conv_any(v, text: bool):
     "Any value as it is; command-line text read as YAML, or kept as text when it is not YAML."
@@ -231,6 +213,24 @@ def _conv_number(k: str, v):
     if isinstance(v, int): return v
     if v.is_integer(): return int(v)
     raise _Bad("not a whole number")
+
+# %% ../nbs/07_params.ipynb #e093275f
+def _conv(t: _T, v, text: bool):
+    "`v` as type `t`, or `_Bad`. `text`: `v` is command-line text, so 'none' may mean None and YAML is parsed."
+    if v is None:
+        if t.nullable: return None
+        raise _Bad()
+    if text and isinstance(v, str) and t.nullable and v.strip().lower() in ('none', 'null'): return None
+    k = t.kind
+    if k in ('any', 'literal_ref'): return _conv_any(v, text)  # a computed Literal inside another type is not computed: any value
+    if k in ('str', 'path', 'secret'): return _conv_str(k, v)
+    if k == 'bool': return _conv_bool(v)
+    if k in ('int', 'float'): return _conv_number(k, v)
+    if k == 'list': return _conv_list(t, v)
+    if k == 'dict': return _conv_dict(v)
+    if k == 'literal': return _conv_literal(t, v)
+    if k == 'union': return _conv_union(t, v, text)
+    raise _Bad(f"unknown type kind {k!r}")
 
 # %% ../nbs/07_params.ipynb #4c72c95b
 def _conv_list(t: _T, v):

@@ -104,6 +104,8 @@ def redact_file(path: Path, # a notebook (redacted field by field) or a text fil
     return new != text
 
 # %% ../nbs/00d_postprocess.ipynb #e41fcbb0
+HTML_EXPORTER = None  # built once per process (the warm worker builds it), so every job's HTML render skips loading nbconvert's templates
+
 def _plain_exporter():
     from nbconvert import HTMLExporter
     return HTMLExporter()
@@ -121,8 +123,6 @@ def render_html(nb_path: Path) -> Path | None:
         return None
 
 # %% ../nbs/00d_postprocess.ipynb #pp000007
-HTML_EXPORTER = None  # built once per process (the warm worker builds it), so every job's HTML render skips loading nbconvert's templates
-
 def html_exporter():
     "nbconvert's HTML exporter, built and exercised once per process (None if nbconvert cannot)."
     global HTML_EXPORTER
