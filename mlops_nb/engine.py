@@ -58,52 +58,60 @@ class _Outputs:
         if self._clear_pending: self.items.clear(); self._clear_pending = False
         self.items.append(out)
 
-    def stream(self, name: str, text: str):
-        "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
+# %% ../nbs/08a_engine.ipynb #47ca2f4a
+@tracking._method(_Outputs, 'stream')
+def _outputs_stream(self, name: str, text: str):
+    "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
+    if not text: return
+    if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text))  # --log-output: never a secret
+    room, self._streamed = max(self.limit - self._streamed, 0), self._streamed + len(text)
+    if len(text) > room:  # past the cell's bound: the rest goes to the job's log, the notebook says so once
+        if not self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text[room:]))
+        text = text[:room] + ('' if self._cut else f"\n[mlops_nb: output truncated after {self.limit:,} characters; "
+                                                   "the rest is in the job's log]\n")
+        self._cut = True
         if not text: return
-        if self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text))  # --log-output: never a secret
-        room, self._streamed = max(self.limit - self._streamed, 0), self._streamed + len(text)
-        if len(text) > room:  # past the cell's bound: the rest goes to the job's log, the notebook says so once
-            if not self.echo: (sys.__stdout__ if name == 'stdout' else sys.__stderr__).write(redact(text[room:]))
-            text = text[:room] + ('' if self._cut else f"\n[mlops_nb: output truncated after {self.limit:,} characters; "
-                                                       "the rest is in the job's log]\n")
-            self._cut = True
-            if not text: return
-        if not any(self._pending.values()): self._since = time.monotonic()
-        self._pending[name] = self._pending.get(name, '') + text
-        if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
+    if not any(self._pending.values()): self._since = time.monotonic()
+    self._pending[name] = self._pending.get(name, '') + text
+    if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
 
-    def flush(self):
-        "Send buffered stream text, stdout first (ipykernel's order)."
-        for name in ('stdout', 'stderr'):
-            text = self._pending.pop(name, '')
-            if not text: continue
-            last = self.items[-1] if self.items and not self._clear_pending else None
-            if last is not None and last['output_type'] == 'stream' and last['name'] == name: last['text'] += text
-            else: self._append({'output_type': 'stream', 'name': name, 'text': text})
+@tracking._method(_Outputs, 'flush')
+def _outputs_flush(self):
+    "Send buffered stream text, stdout first (ipykernel's order)."
+    for name in ('stdout', 'stderr'):
+        text = self._pending.pop(name, '')
+        if not text: continue
+        last = self.items[-1] if self.items and not self._clear_pending else None
+        if last is not None and last['output_type'] == 'stream' and last['name'] == name: last['text'] += text
+        else: self._append({'output_type': 'stream', 'name': name, 'text': text})
 
-    def display(self, data: dict, metadata: dict | None, transient: dict | None, update: bool):
-        self.flush()
-        did = (transient or {}).get('display_id')
-        if update:  # update_display_data changes earlier outputs in place, as nbclient does
-            for o in self._display_ids.get(did, []): o['data'], o['metadata'] = _clean(data), metadata or {}
-            return
-        out = {'output_type': 'display_data', 'data': _clean(data), 'metadata': metadata or {}}
-        if did: self._display_ids.setdefault(did, []).append(out)
-        self._append(out)
+# %% ../nbs/08a_engine.ipynb #f90df7e0
+@tracking._method(_Outputs, 'display')
+def _outputs_display(self, data: dict, metadata: dict | None, transient: dict | None, update: bool):
+    self.flush()
+    did = (transient or {}).get('display_id')
+    if update:  # update_display_data changes earlier outputs in place, as nbclient does
+        for o in self._display_ids.get(did, []): o['data'], o['metadata'] = _clean(data), metadata or {}
+        return
+    out = {'output_type': 'display_data', 'data': _clean(data), 'metadata': metadata or {}}
+    if did: self._display_ids.setdefault(did, []).append(out)
+    self._append(out)
 
-    def result(self, data: dict, metadata: dict | None, count: int):
-        self.flush()
-        self._append({'output_type': 'execute_result', 'data': _clean(data), 'metadata': metadata or {}, 'execution_count': count})
+@tracking._method(_Outputs, 'result')
+def _outputs_result(self, data: dict, metadata: dict | None, count: int):
+    self.flush()
+    self._append({'output_type': 'execute_result', 'data': _clean(data), 'metadata': metadata or {}, 'execution_count': count})
 
-    def error(self, ename: str, evalue: str, traceback: list[str]):
-        self.flush()
-        self._append({'output_type': 'error', 'ename': ename, 'evalue': evalue, 'traceback': traceback})
+@tracking._method(_Outputs, 'error')
+def _outputs_error(self, ename: str, evalue: str, traceback: list[str]):
+    self.flush()
+    self._append({'output_type': 'error', 'ename': ename, 'evalue': evalue, 'traceback': traceback})
 
-    def clear(self, wait: bool = False):
-        self.flush()
-        if wait: self._clear_pending = True
-        else: self.items.clear()
+@tracking._method(_Outputs, 'clear')
+def _outputs_clear(self, wait: bool = False):
+    self.flush()
+    if wait: self._clear_pending = True
+    else: self.items.clear()
 
 # %% ../nbs/08a_engine.ipynb #c29620dc
 class _Stream:
@@ -667,51 +675,58 @@ class Job:
         if on_start is not None: on_start(self.proc.pid)  # e.g. record the job's pid on its run
         _LIVE.add(self)
 
-    def stop(self, reason: str = 'interrupted'):
-        "Interrupt the job (SIGTERM: the running cell raises, the notebook is saved); SIGKILL after the grace period."
-        if self._stop_reason is None: self._stop_reason = reason
-        if self.proc.exitcode is None:
-            try: os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError: pass
-        self._kill_at = time.time() + self.grace
+# %% ../nbs/08a_engine.ipynb #eb4b907f
+@tracking._method(Job, 'stop')
+def _job_stop(self, reason: str = 'interrupted'):
+    "Interrupt the job (SIGTERM: the running cell raises, the notebook is saved); SIGKILL after the grace period."
+    if self._stop_reason is None: self._stop_reason = reason
+    if self.proc.exitcode is None:
+        try: os.kill(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+    self._kill_at = time.time() + self.grace
 
-    def _kill(self):
-        for target in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), lambda: os.kill(self.proc.pid, signal.SIGKILL)):
-            try: target()
-            except (ProcessLookupError, PermissionError): pass
+@tracking._method(Job, '_kill')
+def _job_kill(self):
+    for target in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), lambda: os.kill(self.proc.pid, signal.SIGKILL)):
+        try: target()
+        except (ProcessLookupError, PermissionError): pass
 
-    def wait(self) -> Execution:
-        "Block until the job's process ends (or is ended by the timeout); how it ended."
-        report, self._kill_at = None, None
-        while True:
-            if self._recv.poll(0.05):
-                try: report = self._recv.recv()
-                except (EOFError, OSError): pass
-                break
-            if self.proc.exitcode is not None and not self._recv.poll(0): break
-            now = time.time()
-            if self.timeout and self._stop_reason is None and now - self.t0 > self.timeout: self.stop('timeout')
-            if self._kill_at and now > self._kill_at: self._kill(); self._kill_at = None
-        self.proc.join(self.grace)
-        if self.proc.exitcode is None: self._kill(); self.proc.join()
-        self._kill()  # anything the job left running in its process group goes with it
-        _LIVE.discard(self)
-        return self._result(report)
+# %% ../nbs/08a_engine.ipynb #91cbb485
+@tracking._method(Job, '_result')
+def _job_result(self, report: dict | None) -> Execution:
+    code, dur = self.proc.exitcode, max((report or {}).get('ended') or time.time(), self.t0) - self.t0
+    html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
+    if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
+        ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
+                         if self._stop_reason == 'timeout' else ('KeyboardInterrupt', 'interrupted (Ctrl-C or SIGTERM): the job was stopped'))
+        err = {**((report or {}).get('error') or {}), 'reason': self._stop_reason, 'ename': ename, 'evalue': evalue}
+        return Execution('failed', err, code, dur, html=html, reads=reads, recorded=rec)
+    if report is None:
+        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        hint = ' (killed: out of memory or by another process?)' if code == -signal.SIGKILL else ''
+        return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
+                                        evalue=f"the job's process died with {how}{hint}"), code, dur)
+    return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
 
-    def _result(self, report: dict | None) -> Execution:
-        code, dur = self.proc.exitcode, max((report or {}).get('ended') or time.time(), self.t0) - self.t0
-        html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
-        if self._stop_reason:  # the cell that was running is kept from the job's own report, the reason is ours
-            ename, evalue = (('JobTimeout', f"the job ran longer than its timeout of {self.timeout:g} s and was stopped")
-                             if self._stop_reason == 'timeout' else ('KeyboardInterrupt', 'interrupted (Ctrl-C or SIGTERM): the job was stopped'))
-            err = {**((report or {}).get('error') or {}), 'reason': self._stop_reason, 'ename': ename, 'evalue': evalue}
-            return Execution('failed', err, code, dur, html=html, reads=reads, recorded=rec)
-        if report is None:
-            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-            hint = ' (killed: out of memory or by another process?)' if code == -signal.SIGKILL else ''
-            return Execution('failed', dict(reason='kernel_died', cell=None, ename='DeadKernelError',
-                                            evalue=f"the job's process died with {how}{hint}"), code, dur)
-        return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
+# %% ../nbs/08a_engine.ipynb #0d6e3b38
+@tracking._method(Job, 'wait')
+def _job_wait(self) -> Execution:
+    "Block until the job's process ends (or is ended by the timeout); how it ended."
+    report, self._kill_at = None, None
+    while True:
+        if self._recv.poll(0.05):
+            try: report = self._recv.recv()
+            except (EOFError, OSError): pass
+            break
+        if self.proc.exitcode is not None and not self._recv.poll(0): break
+        now = time.time()
+        if self.timeout and self._stop_reason is None and now - self.t0 > self.timeout: self.stop('timeout')
+        if self._kill_at and now > self._kill_at: self._kill(); self._kill_at = None
+    self.proc.join(self.grace)
+    if self.proc.exitcode is None: self._kill(); self.proc.join()
+    self._kill()  # anything the job left running in its process group goes with it
+    _LIVE.discard(self)
+    return self._result(report)
 
 # %% ../nbs/08a_engine.ipynb #c13db3ba
 def stop_all(reason: str = 'interrupted'):

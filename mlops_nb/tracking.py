@@ -297,6 +297,17 @@ def _param_str(v) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s if len(s) <= 6000 else s[:5997] + '...'
 
+# %% ../nbs/05_tracking.ipynb #20f3fbfd
+def _method(cls: type, # the class to add the method to
+            name: str, # the method's name
+           ):
+    "Attach the function below to `cls` as its method `name` (what fastcore's `@patch` does)."
+    def attach(f):
+        f.__name__, f.__qualname__ = name, f'{cls.__name__}.{name}'
+        setattr(cls, name, f)
+        return f
+    return attach
+
 # %% ../nbs/05_tracking.ipynb #a2eae389
 class Batch:
     "Buffer of metrics, params and tags for one run, sent with `log_batch`; buffering needs no MLflow, only sending does."
@@ -313,46 +324,56 @@ class Batch:
     @property
     def run_id(self) -> str: return self._run_id if self._run_id is not None else self.owner.run_id
 
-    def metric(self, key: str, value: float, step: int | None = None):
-        key = _name(key)
-        if step is None: step = self._step.get(key, -1) + 1
-        self._step[key] = step
-        self.metrics.append((key, float(value), int(time.time() * 1000), step))
-        if len(self.metrics) >= self.max_buffer: self.flush()
+# %% ../nbs/05_tracking.ipynb #5a3bb75b
+@_method(Batch, 'metric')
+def _batch_metric(self, key: str, value: float, step: int | None = None):
+    key = _name(key)
+    if step is None: step = self._step.get(key, -1) + 1
+    self._step[key] = step
+    self.metrics.append((key, float(value), int(time.time() * 1000), step))
+    if len(self.metrics) >= self.max_buffer: self.flush()
 
-    def param(self, key: str, value):
-        "Buffer a param; MLflow params cannot change, so a new value for a recorded key is an error here and now."
-        key, v = _name(key), redact(_param_str(value))  # a secret is never a param's name or value
-        old = self._sent.get(key, self.params.get(key))
-        if old is not None and old != v:
-            raise TrackingError(f"Param {key!r} is already recorded as {old!r} in run {self.run_id}; MLflow params cannot change "
-                                f"(new value {v!r}).", hint="Record changing values as metrics, or use another name.", key=key)
-        if key not in self._sent: self.params[key] = v
-    def tag(self, key: str, value): self.tags[_name(key)] = redact(str(value))
+@_method(Batch, 'param')
+def _batch_param(self, key: str, value):
+    "Buffer a param; MLflow params cannot change, so a new value for a recorded key is an error here and now."
+    key, v = _name(key), redact(_param_str(value))  # a secret is never a param's name or value
+    old = self._sent.get(key, self.params.get(key))
+    if old is not None and old != v:
+        raise TrackingError(f"Param {key!r} is already recorded as {old!r} in run {self.run_id}; MLflow params cannot change "
+                            f"(new value {v!r}).", hint="Record changing values as metrics, or use another name.", key=key)
+    if key not in self._sent: self.params[key] = v
+@_method(Batch, 'tag')
+def _batch_tag(self, key: str, value): self.tags[_name(key)] = redact(str(value))
 
-    def flush(self):
-        "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
-        with self.lock: self._flush()
+# %% ../nbs/05_tracking.ipynb #b1856dbb
+@_method(Batch, 'flush')
+def _batch_flush(self):
+    "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
+    with self.lock: self._flush()
 
-    def _flush(self):
-        if not (self.metrics or self.params or self.tags): return
-        import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
-        ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
-        for m, p, t in _chunks(ms, ps, ts):
-            self.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
-            self.metrics = self.metrics[len(m):]
-            for o in p: self._sent[o.key] = self.params.pop(o.key, o.value)
-            for o in t: self.tags.pop(o.key, None)
+@_method(Batch, '_flush')
+def _batch_send(self):
+    if not (self.metrics or self.params or self.tags): return
+    import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
+    ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
+    for m, p, t in _chunks(ms, ps, ts):
+        self.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
+        self.metrics = self.metrics[len(m):]
+        for o in p: self._sent[o.key] = self.params.pop(o.key, o.value)
+        for o in t: self.tags.pop(o.key, None)
 
-    def pending(self) -> dict:
-        "What is buffered and not sent, as JSON-able data (a job's process hands it to its runner)."
-        return {'metrics': [list(m) for m in self.metrics], 'params': dict(self.params), 'tags': dict(self.tags)}
+# %% ../nbs/05_tracking.ipynb #c280f3da
+@_method(Batch, 'pending')
+def _batch_pending(self) -> dict:
+    "What is buffered and not sent, as JSON-able data (a job's process hands it to its runner)."
+    return {'metrics': [list(m) for m in self.metrics], 'params': dict(self.params), 'tags': dict(self.tags)}
 
-    def absorb(self, pending: dict):
-        "Buffer what another process left unsent (`pending`), as that process recorded it (metrics keep their time and step)."
-        self.metrics += [tuple(m) for m in pending.get('metrics', [])]
-        for k, v in pending.get('params', {}).items(): self.param(k, v)
-        self.tags.update(pending.get('tags', {}))
+@_method(Batch, 'absorb')
+def _batch_absorb(self, pending: dict):
+    "Buffer what another process left unsent (`pending`), as that process recorded it (metrics keep their time and step)."
+    self.metrics += [tuple(m) for m in pending.get('metrics', [])]
+    for k, v in pending.get('params', {}).items(): self.param(k, v)
+    self.tags.update(pending.get('tags', {}))
 
 # %% ../nbs/05_tracking.ipynb #a7c1d0e2
 RUN_ID_WAIT = 600.0  # seconds a job's process waits for its runner to create its run
@@ -416,49 +437,56 @@ class Run:
     @property
     def info(self): return self.client.get_run(self.run_id).info
 
-    def record(self, name: str, value, step: int | None = None): return _record_into(self, name, value, step)
+# %% ../nbs/05_tracking.ipynb #06ede1d5
+@_method(Run, 'record')
+def _run_record(self, name: str, value, step: int | None = None): return _record_into(self, name, value, step)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None):
-        p = Path(path)
-        if self.spool and (self.known_run_id() is None or 'mlflow' not in sys.modules):  # a job's process without MLflow:
-            dst = Path(self.spool).parent / ARTIFACT_SPOOL / (artifact_path or '')  # a copy waits for its runner (`jobs`)
-            if p.is_dir(): shutil.copytree(p, dst, dirs_exist_ok=True)
-            else: dst.mkdir(parents=True, exist_ok=True); shutil.copy2(p, dst / p.name)
-            return
-        if p.is_dir(): self.client.log_artifacts(self.run_id, str(p), artifact_path)
-        else: self.client.log_artifact(self.run_id, str(p), artifact_path)
+@_method(Run, 'log_artifact')
+def _run_log_artifact(self, path: str | Path, artifact_path: str | None = None):
+    p = Path(path)
+    if self.spool and (self.known_run_id() is None or 'mlflow' not in sys.modules):  # a job's process without MLflow:
+        dst = Path(self.spool).parent / ARTIFACT_SPOOL / (artifact_path or '')  # a copy waits for its runner (`jobs`)
+        if p.is_dir(): shutil.copytree(p, dst, dirs_exist_ok=True)
+        else: dst.mkdir(parents=True, exist_ok=True); shutil.copy2(p, dst / p.name)
+        return
+    if p.is_dir(): self.client.log_artifacts(self.run_id, str(p), artifact_path)
+    else: self.client.log_artifact(self.run_id, str(p), artifact_path)
 
-    def log_text(self, text: str, artifact_file: str): self.client.log_text(self.run_id, redact(text), artifact_file)
+@_method(Run, 'log_text')
+def _run_log_text(self, text: str, artifact_file: str): self.client.log_text(self.run_id, redact(text), artifact_file)
 
-    def flush(self): self.batch.flush()
+@_method(Run, 'flush')
+def _run_flush(self): self.batch.flush()
 
-    def end(self, status: str = 'FINISHED', reason: str | None = None, error: BaseException | None = None):
-        "Flush and set the final status; an error's type, message and traceback are recorded."
-        if self.ended: return
-        flush_error = None
-        try:
-            try: self.flush()
-            except Exception as e:  # broad: the store refused the buffered values: the run cannot be FINISHED
-                flush_error = e
-                status, reason, error = 'FAILED', reason or 'tracking_error', error or e
-            if error is not None:
-                tags = {f'{TAG}error': redact(f'{type(error).__name__}: {error}')[:7900], f'{TAG}failure_reason': reason or 'error'}
-                if flush_error is not None and flush_error is not error:
-                    tags[f'{TAG}tracking_error'] = redact(f'{type(flush_error).__name__}: {flush_error}')[:7900]
-                for k, v in tags.items():  # one by one: these must land even when a batch was refused
-                    try: self.client.set_tag(self.run_id, k, v)
-                    except Exception: pass  # broad: the run is failing already; each tag is best effort
-                tb = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
-                try: self.log_text(tb, 'error.txt')
-                except Exception: pass  # broad: the run is failing already; the traceback is best effort
-            elif reason:
-                self.client.set_tag(self.run_id, f'{TAG}failure_reason', reason)
-        finally:
-            self.client.set_terminated(self.run_id, status)
-            self.ended = True
-        if flush_error is not None and error is flush_error:
-            raise TrackingError(f"Run {self.run_id} ended FAILED: the store refused recorded values: {flush_error}",
-                                hint="See the run's error.txt; values that MLflow rejects (a changed param) cannot be kept.") from flush_error
+# %% ../nbs/05_tracking.ipynb #b47fe7fb
+@_method(Run, 'end')
+def _run_end(self, status: str = 'FINISHED', reason: str | None = None, error: BaseException | None = None):
+    "Flush and set the final status; an error's type, message and traceback are recorded."
+    if self.ended: return
+    flush_error = None
+    try:
+        try: self.flush()
+        except Exception as e:  # broad: the store refused the buffered values: the run cannot be FINISHED
+            flush_error = e
+            status, reason, error = 'FAILED', reason or 'tracking_error', error or e
+        if error is not None:
+            tags = {f'{TAG}error': redact(f'{type(error).__name__}: {error}')[:7900], f'{TAG}failure_reason': reason or 'error'}
+            if flush_error is not None and flush_error is not error:
+                tags[f'{TAG}tracking_error'] = redact(f'{type(flush_error).__name__}: {flush_error}')[:7900]
+            for k, v in tags.items():  # one by one: these must land even when a batch was refused
+                try: self.client.set_tag(self.run_id, k, v)
+                except Exception: pass  # broad: the run is failing already; each tag is best effort
+            tb = ''.join(traceback.format_exception(type(error), error, error.__traceback__))
+            try: self.log_text(tb, 'error.txt')
+            except Exception: pass  # broad: the run is failing already; the traceback is best effort
+        elif reason:
+            self.client.set_tag(self.run_id, f'{TAG}failure_reason', reason)
+    finally:
+        self.client.set_terminated(self.run_id, status)
+        self.ended = True
+    if flush_error is not None and error is flush_error:
+        raise TrackingError(f"Run {self.run_id} ended FAILED: the store refused recorded values: {flush_error}",
+                            hint="See the run's error.txt; values that MLflow rejects (a changed param) cannot be kept.") from flush_error
 
 # %% ../nbs/05_tracking.ipynb #c5c35483
 def create_run(settings: Settings | None = None, # where; `get_settings()` if None
@@ -488,6 +516,8 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
     return run
 
 # %% ../nbs/05_tracking.ipynb #44700504
+_ACTIVE: Run | None = None  # the run of the innermost `start_run` block
+
 @contextmanager
 def start_run(**kwargs):
     "Context manager around `create_run`: FINISHED on success, FAILED on any exception or interrupt."
@@ -535,7 +565,6 @@ def mark_lost_runs(settings: Settings | None = None, # the store to look in; `ge
     return out
 
 # %% ../nbs/05_tracking.ipynb #ec85eb04
-_ACTIVE: Run | None = None
 _ATTACHED: Run | None = None
 _LOCAL: dict[str, Any] = {}
 RECORD_MIME = 'application/vnd.mlops-nb.record+json'
