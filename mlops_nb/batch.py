@@ -43,7 +43,7 @@ _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importa
 __all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'input_format', 'input_files', 'check_input',
            'Partition', 'partitions', 'Checked', 'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model',
            'model_note', 'part_path', 'rejects_path', 'log_part_name', 'score_partition', 'lean_allocators',
-           'local_workers', 'score_parts', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects',
+           'local_workers', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects', 'score_parts',
            'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score', 'prediction_column',
            'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
            'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'demo', 'fetch_model',
@@ -407,34 +407,6 @@ def _scoring_process(threads: int, parent: int):
 
 def _score(spec: BatchSpec, model, part: Partition) -> dict: return score_partition(spec, part, model)  # `map` passes the item last
 
-# %% ../nbs/10b_batch.ipynb #9d133ec7
-def score_parts(spec: BatchSpec, # what to do
-                parts, # the partitions to score (an iterable, read as they are needed)
-                done: Callable, # called with each partition's result as it ends
-                model=None, # the loaded model (local executor); loaded here from `spec.model_uri` if None
-                options: BatchOptions | None = None, # executor, scheduler, workers
-               ):
-    """Score `parts` on the executor `options.executor` names. `local`: `workers` at once (default: one per core); a compiled
-    model in threads of this process (ONNX Runtime lets go of the GIL), any other in processes forked from this one, which
-    share the loaded model and split the cores' native threads; `workers=1` scores in order in this process. `dask`: each
-    worker process loads the model once. Each partition is written and committed whole."""
-    o, key, loaded = options or BatchOptions(), uuid.uuid4().hex[:8], False
-    if o.executor == 'local' and model is None: model, loaded = load_batch_model(spec)
-    threads = o.executor == 'local' and getattr(model, 'flavour', None) == 'onnx'  # no second copy of the job's memory
-    with make_executor(o.executor, o.workers, o.scheduler, processes=not threads, init=_scoring_process, label='mlops-nb-score',
-                       dashboard=None) as ex:
-        if ex.remote:
-            if spec.model_uri is None: raise ConfigError("The dask executor loads the model by URI on each worker; give model_uri.")
-            return ex.map(_score, parts, done, spec, None, key=lambda p: f'mlops-nb-batch-{key}-{p.index}')
-        def first(r):  # the partition scored first carries the model's one load
-            nonlocal loaded
-            done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
-        try: ex.map(_score, parts, first, spec, model)
-        except WorkerLost as e:  # a scoring process died mid-partition (the out-of-memory killer?)
-            raise DataError(f"The process scoring partition {e.item.index} of {e.item.path} died (exit {e.exitcode}).",
-                            hint="Out of memory? Score with fewer --workers or smaller --chunk-rows; --resume RUN_ID "
-                                 "scores only the partitions not written.", partition=e.item.index) from None
-
 # %% ../nbs/10b_batch.ipynb #49b68407
 @dataclass
 class BatchOptions:
@@ -471,6 +443,34 @@ def default_rejects(output: str | Path) -> Path:
     "The rejects file of `output`: `NAME.rejects.csv` beside it."
     p = Path(output)
     return p.with_name((p.stem if output_format(p) != 'dir' else p.name) + '.rejects.csv')
+
+# %% ../nbs/10b_batch.ipynb #9d133ec7
+def score_parts(spec: BatchSpec, # what to do
+                parts, # the partitions to score (an iterable, read as they are needed)
+                done: Callable, # called with each partition's result as it ends
+                model=None, # the loaded model (local executor); loaded here from `spec.model_uri` if None
+                options: BatchOptions | None = None, # executor, scheduler, workers
+               ):
+    """Score `parts` on the executor `options.executor` names. `local`: `workers` at once (default: one per core); a compiled
+    model in threads of this process (ONNX Runtime lets go of the GIL), any other in processes forked from this one, which
+    share the loaded model and split the cores' native threads; `workers=1` scores in order in this process. `dask`: each
+    worker process loads the model once. Each partition is written and committed whole."""
+    o, key, loaded = options or BatchOptions(), uuid.uuid4().hex[:8], False
+    if o.executor == 'local' and model is None: model, loaded = load_batch_model(spec)
+    threads = o.executor == 'local' and getattr(model, 'flavour', None) == 'onnx'  # no second copy of the job's memory
+    with make_executor(o.executor, o.workers, o.scheduler, processes=not threads, init=_scoring_process, label='mlops-nb-score',
+                       dashboard=None) as ex:
+        if ex.remote:
+            if spec.model_uri is None: raise ConfigError("The dask executor loads the model by URI on each worker; give model_uri.")
+            return ex.map(_score, parts, done, spec, None, key=lambda p: f'mlops-nb-batch-{key}-{p.index}')
+        def first(r):  # the partition scored first carries the model's one load
+            nonlocal loaded
+            done({**r, 'loaded': loaded and r['status'] == 'written'}); loaded = False
+        try: ex.map(_score, parts, first, spec, model)
+        except WorkerLost as e:  # a scoring process died mid-partition (the out-of-memory killer?)
+            raise DataError(f"The process scoring partition {e.item.index} of {e.item.path} died (exit {e.exitcode}).",
+                            hint="Out of memory? Score with fewer --workers or smaller --chunk-rows; --resume RUN_ID "
+                                 "scores only the partitions not written.", partition=e.item.index) from None
 
 # %% ../nbs/10b_batch.ipynb #03e2ad66
 def input_fingerprint(path: str | Path) -> str:
