@@ -134,6 +134,7 @@ def cmd_docs(a) -> int:
     with tqdm(total=3, desc='docs', unit='step', file=sys.stderr, disable=a.json, leave=False) as bar:
         started = []
         def step(name):  # called as each step starts: the previous one is done
+            if name.startswith('wait '): bar.set_description(name); return  # another build of this project runs first
             if started: bar.update(1)
             started.append(name); bar.set_description(name)
         site = build_site(out=Path(a.out) if a.out else None, runs=runs, settings=s, progress=step, strict=a.strict)

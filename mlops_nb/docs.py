@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
+import fcntl
 import html
 import importlib.resources
 import json
@@ -30,8 +31,8 @@ _all_ = ['DocsError']  # defined in core (the one map of errors); still importab
 # %% auto #0
 __all__ = ['page_name', 'page_path', 'site_notebooks', 'proc_notebooks', 'myst_notebook', 'nbformat4', 'sphinx_conf',
            'console_scripts', 'script_help', 'cli_reference', 'toctrees', 'index_page', 'run_report', 'champion_run',
-           'check_links', 'sphinx_warnings', 'Site', 'local_links', 'readme_for_site', 'build_site', 'serve_site',
-           'package_name', 'template_dir', 'template_files', 'init_project', 'DocsError']
+           'check_links', 'sphinx_warnings', 'Site', 'local_links', 'readme_for_site', 'build_lock', 'build_site',
+           'serve_site', 'package_name', 'template_dir', 'template_files', 'init_project', 'DocsError']
 
 # %% ../nbs/12a_docs.ipynb #8ed9831b
 def page_name(nb: str | Path) -> str:
@@ -661,6 +662,26 @@ def _sphinx(project: Path, src: Path, build: Path, strict: bool) -> list[str]:
                         exit_code=1, hint="Fix the pages named above: a broken link or reference, a missing page or image, or a notebook Sphinx cannot read.", warnings=fatal)
     return cosmetic
 
+# %% ../nbs/12a_docs.ipynb #23602c36
+@contextlib.contextmanager
+def build_lock(project: Path, # the project whose site is built
+               step=None, # told, with the other build's pid, when this one must wait
+              ):
+    "Hold the docs-build lock of `project` (a file in `_proc/`): one build at a time per project."
+    d = Path(project) / '_proc'
+    d.mkdir(exist_ok=True)
+    with open(d / '.build.lock', 'a+') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip()
+            if step: step(f"wait for the docs build already running in this project{f' (pid {who})' if who else ''}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+        try: yield
+        finally:
+            f.truncate(0); fcntl.flock(f, fcntl.LOCK_UN)
+
 # %% ../nbs/12a_docs.ipynb #6214c2a3
 def build_site(project: Path | None = None, # project root; found from the working directory if None
                out: Path | None = None, # output folder; settings.ini `doc_path` (_docs) if None
@@ -677,19 +698,20 @@ def build_site(project: Path | None = None, # project root; found from the worki
     out = Path(out or project / _ini(project).get('doc_path', '_docs')).resolve()
     check_outputs({'--out': out}, {'notebooks folder': project / _ini(project).get('nbs_path', 'nbs')}, folders={'--out'})
     check_new_folder(out, '--out', marker='.buildinfo')  # a site built before is replaced; anything else is refused
-    src, build, notes = project / '_proc' / '_sphinx', project / '_proc' / '_build' / 'html', []
-    step('process notebooks (nbdev)')
-    pages = _stage(project, src, list(runs), settings, notes)
-    step('render (sphinx)')
-    notes += _sphinx(project, src, build, strict)
-    step('check links')
-    bad = check_links(build)
-    if bad:
-        raise DocsError(f"{len(bad)} broken link(s) in the built site:\n  " + '\n  '.join(bad[:30]),
-                        hint="Fix the link in the notebook or README the page comes from.", broken=bad, exit_code=1)
-    if out.exists(): shutil.rmtree(out)
-    shutil.copytree(build, out)
-    return Site(out, pages, notes, list(runs))
+    with build_lock(project, step):
+        src, build, notes = project / '_proc' / '_sphinx', project / '_proc' / '_build' / 'html', []
+        step('process notebooks (nbdev)')
+        pages = _stage(project, src, list(runs), settings, notes)
+        step('render (sphinx)')
+        notes += _sphinx(project, src, build, strict)
+        step('check links')
+        bad = check_links(build)
+        if bad:
+            raise DocsError(f"{len(bad)} broken link(s) in the built site:\n  " + '\n  '.join(bad[:30]),
+                            hint="Fix the link in the notebook or README the page comes from.", broken=bad, exit_code=1)
+        if out.exists(): shutil.rmtree(out)
+        shutil.copytree(build, out)
+        return Site(out, pages, notes, list(runs))
 
 # %% ../nbs/12a_docs.ipynb #752b6ba2
 def serve_site(out: Path, # a built site

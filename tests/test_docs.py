@@ -275,3 +275,30 @@ def test_nbdev_project_without_index_or_scripts(tmp_path):
     assert json.loads(r.stdout)['pages'] == ['index', 'core', 'cli', 'tutorials/getting_started']
     assert 'README written by nbdev_readme' in _text(tmp_path / 'site' / 'index.html')
     assert not (tmp_path / 'site' / 'command-line.html').exists()
+
+
+def test_two_builds_of_one_project_at_once_both_succeed(tmp_path):
+    """Two `mlops-nb docs` in one project at the same time (two terminals, a CI job and a person) share `_proc/`: the
+    second waits for the first's lock, says so, and both end with the whole site."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    p = _project(tmp_path)
+    exe = Path(sys.executable).parent / 'mlops-nb'
+    results = {}
+    def build(name):
+        results[name] = subprocess.run([str(exe), 'docs', '--out', str(tmp_path / name)], cwd=p, env=clean_env(),
+                                       capture_output=True, text=True, timeout=600)
+    first = threading.Thread(target=build, args=('first',))
+    first.start()
+    lock, end = p / '_proc' / '.build.lock', time.time() + 300
+    while not (lock.exists() and lock.read_text().strip()) and first.is_alive() and time.time() < end: time.sleep(0.05)
+    assert first.is_alive(), results.get('first')  # the first holds the lock: a build takes seconds
+    build('second')
+    first.join()
+    for name, r in results.items():
+        assert r.returncode == 0, f"{name}: {r.stdout}{r.stderr}"
+        assert (tmp_path / name / 'core.html').exists() and (tmp_path / name / 'index.html').exists(), name
+    assert 'wait for the docs build already running in this project (pid ' in results['second'].stderr, results['second'].stderr
+    assert lock.read_text() == ''  # released
