@@ -32,8 +32,9 @@ from .core import BadRows, ConfigError, DataError, SchemaError, WorkerLost, get_
 from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .procs import ForkedCalls
+from .sqlstore import StoreMiss, open_store
 from .data import ColumnSchema, Schema
-from .models import attach_schema, input_schema, local_model
+from .models import SCHEMA_FILE, attach_schema, input_schema, local_model
 from .registry import model_source  # imports no MLflow: the job stays free of it
 from .models import load as load_model, load_fast
 
@@ -766,6 +767,7 @@ def training_schema(run_id: str, settings=None) -> Schema:
 # %% ../nbs/10b_batch.ipynb #7d544a36
 def check_predict(req: PredictRequest, settings=None,
                   fetched: str | Path | None = None, # an empty folder: the model is fetched into it once (`fetch_model`), for the job too
+                  store=None, # a `sqlstore.SqlStore` to fetch it with, without MLflow (`StoreMiss` when it cannot)
                  ) -> dict:
     "The predict job's parameter values, after every check that needs no scoring (`MlopsNbError`, exit 2, otherwise)."
     o = req.options
@@ -781,7 +783,7 @@ def check_predict(req: PredictRequest, settings=None,
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
     check_paths(req.input_path, req.output_path, o, req.model_uri if Path(req.model_uri).expanduser().exists() else None)
-    if fetched is not None: _, schema, _ = fetch_model(req.model_uri, fetched, settings)  # an unknown name, version or alias
+    if fetched is not None: _, schema, _ = fetch_model(req.model_uri, fetched, settings, store)  # an unknown name, version or alias
     else: model_source(req.model_uri, settings); schema, _ = input_schema(req.model_uri, settings)  # is named here
     check_input(req.input_path, [c for c in schema.columns if c.name != schema.target], o.keep)
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
@@ -822,8 +824,10 @@ def count_partitions(input_path: str | Path) -> int | None:
 LEAN_ROWS = 1_000_000  # from this many input rows, MLflow stays out of the command while the job scores
 LEAN_CSV_BYTES = 100 * 2**20  # a CSV file this large counts as that many rows
 
-def lean_batch(req: PredictRequest) -> bool:
-    "Whether `req`'s input is big enough to score with MLflow out of the command meanwhile (see `run_predict`)."
+def lean_batch(req: PredictRequest, settings=None) -> bool:
+    """Whether to score `req` with MLflow out of the command (see `run_predict`): always where `sqlstore` serves the store (no
+    MLflow start at all), else for an input big enough that the memory saved is worth a second MLflow start."""
+    if open_store(settings or get_settings()) is not None: return True
     try:
         files = input_files(req.input_path)
         if input_format(req.input_path) == 'csv': return sum(f.stat().st_size for f in files) >= LEAN_CSV_BYTES
@@ -837,17 +841,27 @@ def run_predict(req: PredictRequest, # what to score
                 experiment: str | None = None,
                 tracker: ForkedCalls | None = None, # a child to load MLflow in (closed once the run exists); None: one for a `lean_batch`
                ):
-    """Check `req`, then run the `predict` job notebook on it; the `JobResult`. With a `tracker` (made here for a big input),
-    MLflow (the registry's answer, the model's download, the run's creation) is loaded only in its child, which exits before
-    the job scores; this process loads it once the job has ended, to record the run."""
+    """Check `req`, then run the `predict` job notebook on it; the `JobResult`. With a `tracker` (made here when `lean_batch`),
+    the registry's answer, the model's files and the run's records are read and written by SQL where `sqlstore` serves the
+    store, and no MLflow is loaded at all; otherwise MLflow does that part in the tracker's child, which exits before the job
+    scores, and this process loads MLflow once the job has ended, to record the run."""
     from mlops_nb.jobs import run_job
     from mlops_nb.tracking import TAG
     s = settings or get_settings()
     tags = {f'{TAG}resume_of': resume_of} if resume_of else {}
-    if tracker is None and lean_batch(req): tracker = ForkedCalls()
+    if tracker is None and lean_batch(req, s): tracker = ForkedCalls()
     with tempfile.TemporaryDirectory(prefix='mlops_nb_predict_') as fetched, tracker or contextlib.nullcontext():  # the model, fetched once
-        params = tracker.call(check_predict, req, s, fetched) if tracker else check_predict(req, s, fetched)  # scored by the job
+        params = _checked(req, s, fetched, tracker)  # scored by the job
         return run_job('predict', params, settings=s, experiment=experiment, tags=tags, tracker=tracker)
+
+def _checked(req: PredictRequest, s, fetched: str, tracker: ForkedCalls | None) -> dict:
+    "`check_predict`'s values: by SQL where `sqlstore` serves the store, else in `tracker`'s child (MLflow is loaded there), else here."
+    if tracker is None: return check_predict(req, s, fetched)
+    if (store := open_store(s)) is not None:
+        try: return check_predict(req, s, fetched, store)
+        except StoreMiss:  # MLflow's to do (and to say what is wrong): in the child, from an empty folder
+            for p in Path(fetched).iterdir(): shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return tracker.call(check_predict, req, s, fetched)
 
 # %% ../nbs/10b_batch.ipynb #0c13d81a
 def demo(folder: str | Path # where the demo file goes
@@ -866,17 +880,33 @@ def demo(folder: str | Path # where the demo file goes
 # %% ../nbs/10b_batch.ipynb #4df0b87a
 def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model
                 dst: str | Path, # an empty folder: the model's files go to `dst/model`, what is known of it beside them
-                settings=None) -> tuple[dict, Schema, str]:
+                settings=None,
+                store=None, # a `sqlstore.SqlStore` to find and copy the model with, without MLflow (`StoreMiss`: MLflow's to do)
+               ) -> tuple[dict, Schema, str]:
     """`(source, schema, schema source)` of `uri` (as `model_facts`), resolved once: the version an alias names now is the one
     fetched, with its training run's schema. `model_facts(uri, fetched=dst)` and `fetched_model(dst)` read them back."""
-    src, dst = model_source(uri, settings), Path(dst)
-    pinned = f"models:/{src['name']}/{src['version']}" if src['name'] else uri  # a promotion meanwhile changes nothing here
-    path = local_model(pinned, settings, dst=dst / 'model')
-    attach_schema(path, src['run_id'], settings)
-    schema, how = input_schema(str(path), settings)
+    dst = Path(dst)
+    if store is not None: src, path, schema, how = _fetch_by_sql(store, uri, dst)
+    else:
+        src = model_source(uri, settings)
+        pinned = f"models:/{src['name']}/{src['version']}" if src['name'] else uri  # a promotion meanwhile changes nothing here
+        path = local_model(pinned, settings, dst=dst / 'model')
+        attach_schema(path, src['run_id'], settings)
+        schema, how = input_schema(str(path), settings)
     schema.save(dst / 'input_schema.json')
     (dst / 'facts.json').write_text(json.dumps({'source': src, 'schema_source': how, 'model': str(path.relative_to(dst))}))
     return src, schema, how
+
+def _fetch_by_sql(store, uri: str, dst: Path) -> tuple:
+    "`fetch_model`'s (source, model folder, schema, schema source), by `store`: a registered version whose run kept our schema.json."
+    v = store.model_version(uri)
+    run_schema = store.run_artifacts(v['run_id']) / SCHEMA_FILE if v['run_id'] else None
+    if not ((v['location'] / SCHEMA_FILE).is_file() or (run_schema and run_schema.is_file())):
+        raise StoreMiss(f'{uri}: no schema.json (the signature or input example is read with MLflow)')
+    path = store.fetch_version(v, dst / 'model')
+    if not (path / SCHEMA_FILE).exists(): shutil.copyfile(run_schema, path / SCHEMA_FILE)
+    src = dict(uri=uri, name=v['name'], version=v['version'], run_id=v['run_id'])
+    return src, path, Schema.load(path / SCHEMA_FILE), SCHEMA_FILE
 
 def fetched_model(fetched: str | Path | None # a folder `fetch_model` filled, or None
                  ) -> str | None:

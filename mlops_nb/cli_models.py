@@ -369,7 +369,7 @@ def cmd_predict(a) -> int:
     s, req = settings_for(a, lost=False), _predict_request(a)
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
     try:  # a big batch: MLflow in a child only, until the job has scored (see `run_predict`)
-        with quiet, ForkedCalls() if lean_batch(req) else contextlib.nullcontext() as tracker:
+        with quiet, ForkedCalls() if lean_batch(req, s) else contextlib.nullcontext() as tracker:
             report_lost(s, tracker)
             with _parts_bar(req, not a.json and sys.stderr.isatty()):
                 res = run_predict(req, s, resume_of=a.resume, experiment=a.experiment, tracker=tracker)

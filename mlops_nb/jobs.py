@@ -19,6 +19,7 @@ from .engine import StartingJob, kernelspec, outcome, papermill_engine, paramete
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .procs import ForkedCalls
+from .sqlstore import StoreMiss, open_store
 from .tracking import (ARTIFACT_SPOOL, RECORD_MIME, TAG, Run, client, create_run, download_artifact, file_sha256, new_store,
                                read_run_id, take_spool, write_run_id)
 from .outputs import check_outputs, is_ours, publish
@@ -264,11 +265,15 @@ def _settle(tmp: Path, final: Path, ex) -> tuple:
 
 # %% ../nbs/08_jobs.ipynb #1a8eab27
 def _new_run(s: Settings, t0: float, rid_file: Path, spec: dict, tracker: ForkedCalls | None) -> Run:
-    "The job's run, created here; or by `tracker`'s child (closed after), leaving MLflow unloaded here until the run is next written to."
+    """The job's run, created here; with a `tracker`, without MLflow: by SQL where `sqlstore` serves the store, else by `tracker`'s
+    child (closed after), leaving MLflow unloaded here until the run is next written to."""
     if tracker is None: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
-    if tracker.closed:  # a second try after Ctrl-C: the child may have made the run before it was closed
-        rid = read_run_id(rid_file)
-        return Run(rid, s, lazy=True) if rid else create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    store = open_store(s)
+    if (rid := read_run_id(rid_file)): return Run(rid, s, store, lazy=True)  # a second try after Ctrl-C: made by the first
+    if store is not None:
+        try: return create_run(settings=s, start_time=t0, run_id_file=rid_file, mlflow_client=store, **spec)
+        except StoreMiss: pass  # an experiment to create: MLflow's, below (nothing was written)
+    if tracker.closed: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
     try: return Run(tracker.call(_created_run_id, s, t0, str(rid_file), spec), s, lazy=True)
     finally: tracker.close()  # what it imported goes with it
 

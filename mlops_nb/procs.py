@@ -117,7 +117,9 @@ def _answer_calls(inp: int, out: int):
 # %% ../nbs/00c_procs.ipynb #2e179813
 class ForkedCalls:
     "Calls run in a child forked from this process, so what they import lives and dies with it; `close()` ends the child."
-    def __init__(self):
+    def __init__(self): self.pid, self.closed = None, False  # the child is forked at the first call: none if nothing is called
+
+    def _start(self):
         from_parent, to_child = os.pipe()  # (read end, write end)
         from_child, to_parent = os.pipe()
         parent = os.getpid()
@@ -127,11 +129,12 @@ class ForkedCalls:
             try: die_with_parent(parent); _answer_calls(from_parent, to_parent)
             finally: os._exit(0)  # never the parent's exit handlers or buffers
         os.close(from_parent); os.close(to_parent)
-        self._to, self._from, self.closed = os.fdopen(to_child, 'wb'), os.fdopen(from_child, 'rb'), False
+        self._to, self._from = os.fdopen(to_child, 'wb'), os.fdopen(from_child, 'rb')
 
     def call(self, fn, *args, **kwargs):
         "`fn(*args, **kwargs)` (`fn` importable) in the child; Ctrl-C meanwhile lets it finish (nothing left half done), then raises."
         if self.closed: raise RuntimeError('ForkedCalls.call after close()')
+        if self.pid is None: self._start()
         pickle.dump((fn, args, kwargs), self._to); self._to.flush()
         interrupted = False
         while True:
@@ -147,6 +150,7 @@ class ForkedCalls:
         "End the child (it exits once it has read what was sent) and reap it."
         if self.closed: return
         self.closed = True
+        if self.pid is None: return  # never called: never forked
         self._to.close(); self._from.close()  # nothing is left unflushed: each call is flushed as it is sent
         try: os.waitpid(self.pid, 0)
         except ChildProcessError: pass  # reaped already

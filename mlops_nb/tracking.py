@@ -27,11 +27,11 @@ from .core import REDACTED, Settings, TrackingError, get_settings, import_mlflow
 
 # %% auto #0
 __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'ARTIFACT_SPOOL', 'LOST_AFTER',
-           'RECORD_MIME', 'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'git_info', 'file_sha256',
-           'lineage_tags', 'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run', 'create_run', 'start_run',
-           'mark_lost_runs', 'current_run', 'take_spool', 'record', 'recorded', 'log_dataset', 'model_flavour',
-           'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run', 'job_runs', 'set_run_tags',
-           'model_signature']
+           'RECORD_MIME', 'client', 'experiment_id', 'absent', 'filter_value', 'new_store', 'sqlite_file', 'store_lock',
+           'git_info', 'file_sha256', 'lineage_tags', 'environment_txt', 'Batch', 'write_run_id', 'read_run_id', 'Run',
+           'create_run', 'start_run', 'mark_lost_runs', 'current_run', 'take_spool', 'record', 'recorded',
+           'log_dataset', 'model_flavour', 'log_model', 'run_data', 'download_artifact', 'load_model', 'latest_run',
+           'job_runs', 'set_run_tags', 'model_signature']
 
 # %% ../nbs/05_tracking.ipynb #08e6afc3
 def _sqlite_path(uri: str) -> Path | None:
@@ -85,12 +85,12 @@ def experiment_id(settings: Settings | None = None, # resolved settings
                   mlflow_client=None, # an existing client, to avoid reconnecting
                  ) -> str:
     "Id of the experiment `name`, created (with artifacts under the artifact root) if it does not exist."
-    from mlflow.exceptions import MlflowException  # every MLflow store raises it; mlflow is loaded once a client exists
     s = settings or get_settings()
     c = mlflow_client or client(s)
     name = name or s.experiment
     exp = c.get_experiment_by_name(name)
     if exp is not None: return exp.experiment_id
+    from mlflow.exceptions import MlflowException  # every MLflow store raises it (a `sqlstore.SqlStore` leaves creating to MLflow)
     root = s.artifact_root
     loc = (Path(root) / name).resolve().as_uri() if '://' not in root else f"{root.rstrip('/')}/{name}"
     try: return c.create_experiment(name, artifact_location=loc)
@@ -180,8 +180,12 @@ def new_store(settings: Settings) -> bool:
     db = _sqlite_path(settings.tracking_uri)
     return db is not None and not (db.exists() and db.stat().st_size > 0)
 
-def _store_writes(settings: Settings):
-    "Hold the write lock of `settings`' SQLite store (nothing for other stores), for MLflow calls made without our client."
+def sqlite_file(settings: Settings) -> Path | None:
+    "The SQLite file of `settings`' tracking store (as written: maybe relative, maybe not made yet); None for other stores."
+    return _sqlite_path(settings.tracking_uri)
+
+def store_lock(settings: Settings):
+    "Hold the write lock of `settings`' SQLite store (nothing for other stores), for writes made without our client."
     db = _sqlite_path(settings.tracking_uri)
     return _write_lock(db.resolve()) if db is not None else nullcontext()
 
@@ -351,10 +355,14 @@ def _batch_flush(self):
     "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
     with self.lock: self._flush()
 
+def _mlflow_entities() -> tuple:
+    import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
+    return Metric, Param, RunTag
+
 @_method(Batch, '_flush')
 def _batch_send(self):
     if not (self.metrics or self.params or self.tags): return
-    import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
+    Metric, Param, RunTag = getattr(self.client, 'entities', None) or _mlflow_entities()  # a `sqlstore.SqlStore` has its own
     ms, ps, ts = [Metric(*m) for m in self.metrics], [Param(k, v) for k, v in self.params.items()], [RunTag(k, v) for k, v in self.tags.items()]
     for m, p, t in _chunks(ms, ps, ts):
         self.client.log_batch(self.run_id, metrics=m, params=p, tags=t)
@@ -499,10 +507,11 @@ def create_run(settings: Settings | None = None, # where; `get_settings()` if No
                parent_run_id: str | None = None, # makes this a child run
                start_time: float | None = None, # when the run started (seconds since the epoch); now if None
                run_id_file: str | Path | None = None, # where a job's process learns the run's id, written as soon as the run exists
+               mlflow_client=None, # the client to write with (a `sqlstore.SqlStore` has the methods used); `client(settings)` if None
               ) -> Run:
     "Create a RUNNING run with lineage tags, params and `environment.txt`."
     s = settings or get_settings()
-    c = client(s)
+    c = mlflow_client or client(s)
     eid = experiment_id(s, experiment, c)
     t = {**lineage_tags(notebook, seed), **(tags or {})}
     if parent_run_id: t['mlflow.parentRunId'] = parent_run_id
@@ -832,7 +841,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline, an XGBoost/L
     example = input_example.head(5) if hasattr(input_example, 'head') else input_example
     mlflow.set_tracking_uri(run.settings.tracking_uri)
     os.environ['MLFLOW_EXPERIMENT_ID'] = run.info.experiment_id
-    with _store_writes(run.settings):  # MLflow writes the model's records with its own client: our turn for all of them
+    with store_lock(run.settings):  # MLflow writes the model's records with its own client: our turn for all of them
         info = _log_flavour(mlflow, model, flavour, name, example, run.run_id)
     if 'schema.json' not in run.recorded and hasattr(input_example, 'columns'):
         from mlops_nb.data import infer_schema  # pandas and pandera: only when a schema is written here

@@ -132,10 +132,11 @@ sys.exit(cli(sys.argv[1:]))
 
 
 def test_the_command_loads_mlflow_only_once_the_job_has_scored(setup):
-    "A big batch (1M rows): the registry check, the model's download and the run's creation happen in a child that exits before the job scores."
+    "A big batch (1M rows), MLflow's way (`MLOPS_NB_SQL_STORE=off`): the registry check, the model's download and the run's creation happen in a child that exits before the job scores."
     d = setup['dir']
+    (d / 'mlflow_import.txt').unlink(missing_ok=True)
     r = subprocess.run([sys.executable, '-c', MLFLOW_WATCH, 'predict', URI, 'big.parquet', '--out', 'watched.parquet', '--keep', 'id',
-                        '--no-worker', '--json'], cwd=d, env=_env(), capture_output=True, text=True, timeout=600)
+                        '--no-worker', '--json'], cwd=d, env={**_env(), 'MLOPS_NB_SQL_STORE': 'off'}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out['status'] == 'FINISHED' and out['rows_out'] == N
@@ -147,6 +148,31 @@ def test_the_command_loads_mlflow_only_once_the_job_has_scored(setup):
     run = c.get_run(out['run_id'])
     assert run.info.status == 'FINISHED' and run.data.metrics['rows_out'] == N
     assert run.data.tags['mlops_nb.pid'].isdigit()  # the job's pid, sent with the rest once it ended
+
+
+def test_on_the_embedded_store_the_command_never_loads_mlflow(setup):
+    "Any size on the default SQLite store: alias, model files, the run and its records by SQL (`sqlstore`); the run reads back in MLflow as one MLflow made."
+    d = setup['dir']
+    (d / 'mlflow_import.txt').unlink(missing_ok=True)
+    r = subprocess.run([sys.executable, '-c', MLFLOW_WATCH, 'predict', URI, 'mid.parquet', '--out', 'sql.parquet', '--keep', 'id',
+                        '--no-worker', '--json'], cwd=d, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (d / 'mlflow_import.txt').exists(), (d / 'mlflow_import.txt').read_text()
+    out = json.loads(r.stdout)
+    pd.testing.assert_frame_equal(pd.read_parquet(d / 'sql.parquet'), setup['expected_mid'], check_dtype=False)
+    c, _ = _runs(setup)
+    run = c.get_run(out['run_id'])
+    assert run.info.status == 'FINISHED' and run.info.end_time >= run.info.start_time and run.info.run_name == 'predict'
+    assert run.data.metrics['rows_out'] == M and run.data.params['model_uri'] == URI and run.data.params['input_path'].endswith('mid.parquet')
+    assert run.data.tags['mlops_nb.job'] == 'predict' and run.data.tags['mlops_nb.pid'].isdigit() and run.data.tags['mlflow.source.type'] == 'NOTEBOOK'
+    arts = {a.path for a in c.list_artifacts(out['run_id'])} | {a.path for a in c.list_artifacts(out['run_id'], 'notebook')}
+    assert {'environment.txt', 'reads.json', 'notebook/predict.ipynb', 'notebook/predict.html'} <= arts, arts
+    assert json.loads(Path(c.download_artifacts(out['run_id'], 'reads.json', str(d))).read_text())['cwd'] == str(d)
+    # the registry's own answer where SQL has none: an unknown alias is MLflow's error, listing the aliases there are
+    bad = subprocess.run([sys.executable, '-c', MLFLOW_WATCH, 'predict', 'models:/batchdemo@nope', 'mid.parquet', '--out', 'no.parquet',
+                          '--no-worker'], cwd=d, env=_env(), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "no alias 'nope'" in bad.stderr and 'champion (version' in bad.stderr, bad.stderr[-2000:]
+    assert not (d / 'no.parquet').exists()
 
 
 @pytest.fixture(scope='module')

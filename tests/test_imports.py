@@ -25,7 +25,7 @@ PKG = Path(__file__).resolve().parents[1] / 'mlops_nb'
 LAYERS = [
     ['core', 'procs', 'outputs', 'executors'],
     ['params', 'data', 'features', 'train', 'evaluate', 'reqlog', 'ci'],
-    ['tracking', 'models', 'registry', 'tuning', 'dashboard'],
+    ['tracking', 'sqlstore', 'models', 'registry', 'tuning', 'dashboard'],
     ['worker', 'postprocess'],
     ['engine'],
     ['jobs'],
