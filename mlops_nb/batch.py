@@ -41,14 +41,14 @@ from .models import load as load_model, load_fast
 _all_ = ['BadRows', 'EXECUTORS']  # defined in core and executors; still importable from here
 
 # %% auto #0
-__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'input_format', 'input_files', 'check_input',
-           'Partition', 'partitions', 'Checked', 'check_chunk', 'first_rows', 'BatchSpec', 'load_batch_model',
-           'model_note', 'part_path', 'rejects_path', 'log_part_name', 'score_partition', 'lean_allocators',
-           'local_workers', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects', 'score_parts',
-           'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score', 'prediction_column',
-           'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema', 'check_predict',
-           'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'run_predict', 'demo', 'fetch_model',
-           'fetched_model', 'model_facts', 'BadRows', 'EXECUTORS']
+__all__ = ['CSV_PARSE', 'CSV_BLOCK_BYTES', 'LEAN_ROWS', 'LEAN_CSV_BYTES', 'CHUNK_ROWS', 'SMALL_CHUNK_ROWS', 'input_format',
+           'input_files', 'check_input', 'Partition', 'partitions', 'Checked', 'check_chunk', 'first_rows', 'BatchSpec',
+           'load_batch_model', 'model_note', 'part_path', 'rejects_path', 'log_part_name', 'score_partition',
+           'lean_allocators', 'local_workers', 'BatchOptions', 'output_format', 'staging_dir', 'default_rejects',
+           'score_parts', 'input_fingerprint', 'check_staging', 'check_paths', 'BatchResult', 'score',
+           'prediction_column', 'prediction_summary', 'prediction_histogram', 'PredictRequest', 'training_schema',
+           'check_predict', 'resume_request', 'parts_done', 'count_partitions', 'lean_batch', 'input_rows',
+           'run_predict', 'demo', 'fetch_model', 'fetched_model', 'model_facts', 'BadRows', 'EXECUTORS']
 
 # %% ../nbs/10b_batch.ipynb #886059e6
 def input_format(path: str | Path # an input file or directory
@@ -418,7 +418,7 @@ class BatchOptions:
     keep: list = field(default_factory=list)  # input columns copied next to the predictions
     proba: bool = False  # write class probabilities
     on_bad_rows: str = 'reject'  # 'reject' or 'fail'
-    chunk_rows: int = 100_000  # rows per chunk
+    chunk_rows: int | None = 100_000  # rows per chunk; None (the command's default): by the input's size (`check_predict`)
     log_dir: str | None = None  # request-log folder for the monitor
     rejects: str | None = None  # rejects CSV; `default_rejects(output)` if None
     resume: bool = False  # keep the parts already written
@@ -619,7 +619,7 @@ def _batch_spec(input_path, feats: list, staging: Path, model_uri: str | None, i
                  model_version=info.get('version'), columns=[c.name for c in feats])
     man = _prepare_staging(staging, ident, o.resume)
     spec = BatchSpec(feats, str(staging), model_uri, dict(tracking_uri=s.tracking_uri, registry_uri=s.registry_uri), list(o.keep),
-                     o.proba, o.on_bad_rows, o.chunk_rows, o.log_dir,
+                     o.proba, o.on_bad_rows, o.chunk_rows or CHUNK_ROWS, o.log_dir,
                      dict(request_id=man['key'], model_name=info.get('name'), model_version=info.get('version')), man['stamp'],
                      o.onnx != 'off', fetched_model(model_dir) if model_dir and o.executor == 'local' else None)
     return ident, spec
@@ -778,7 +778,7 @@ def check_predict(req: PredictRequest, settings=None,
         except ImportError:
             from mlops_nb.core import ConfigError
             raise ConfigError("--executor dask needs dask.distributed, which is not installed.", hint="pip install 'mlops_nb[dask]'") from None
-    if o.chunk_rows < 1: raise DataError(f"--chunk-rows must be at least 1, got {o.chunk_rows}.")
+    if o.chunk_rows is not None and o.chunk_rows < 1: raise DataError(f"--chunk-rows must be at least 1, got {o.chunk_rows}.")
     if o.onnx not in ('auto', 'off'): raise DataError(f"--onnx must be auto or off, got {o.onnx!r}.")
     if o.workers is not None and o.workers < 1: raise DataError(f"--workers must be at least 1, got {o.workers}.",
                                                                 hint="Leave it out for one scoring process per core.")
@@ -789,9 +789,10 @@ def check_predict(req: PredictRequest, settings=None,
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",
                         hint="The batch may have finished (its output is complete), or was started with another --out.")
+    small = o.executor == 'local' and input_rows(req) < LEAN_ROWS  # done in a second or so: one thread, small chunks, less memory
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
-                executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or 0, on_bad_rows=o.on_bad_rows,
-                keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows, log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
+                executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or (1 if small else 0), on_bad_rows=o.on_bad_rows,
+                keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows or (SMALL_CHUNK_ROWS if small else CHUNK_ROWS), log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
                 rejects=str(Path(o.rejects).resolve()) if o.rejects else '', resume=o.resume, overwrite=o.overwrite, onnx=o.onnx,
                 model_dir=str(Path(fetched).resolve()) if fetched is not None else '')
 
@@ -823,16 +824,20 @@ def count_partitions(input_path: str | Path) -> int | None:
 # %% ../nbs/10b_batch.ipynb #4494de3a
 LEAN_ROWS = 1_000_000  # from this many input rows, MLflow stays out of the command while the job scores
 LEAN_CSV_BYTES = 100 * 2**20  # a CSV file this large counts as that many rows
+CHUNK_ROWS, SMALL_CHUNK_ROWS = 100_000, 25_000  # rows per chunk by default: under LEAN_ROWS rows, the small one, in one thread
 
 def lean_batch(req: PredictRequest, settings=None) -> bool:
     """Whether to score `req` with MLflow out of the command (see `run_predict`): always where `sqlstore` serves the store (no
     MLflow start at all), else for an input big enough that the memory saved is worth a second MLflow start."""
-    if open_store(settings or get_settings()) is not None: return True
+    return open_store(settings or get_settings()) is not None or input_rows(req) >= LEAN_ROWS
+
+def input_rows(req: PredictRequest) -> int:
+    "Rows of `req`'s input: counted in the Parquet footers; for a CSV, its size over the bytes of a typical row; 0 when unreadable."
     try:
         files = input_files(req.input_path)
-        if input_format(req.input_path) == 'csv': return sum(f.stat().st_size for f in files) >= LEAN_CSV_BYTES
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files) >= LEAN_ROWS
-    except (OSError, DataError, pa.ArrowException): return False  # unreadable: `check_predict` says why
+        if input_format(req.input_path) == 'csv': return sum(f.stat().st_size for f in files) * LEAN_ROWS // LEAN_CSV_BYTES
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except (OSError, DataError, pa.ArrowException): return 0  # unreadable: `check_predict` says why
 
 # %% ../nbs/10b_batch.ipynb #13239657
 def run_predict(req: PredictRequest, # what to score

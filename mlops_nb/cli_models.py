@@ -324,11 +324,11 @@ def _add_predict_parser(sub):
                    'An earlier output of predict is replaced when the batch succeeds; another existing file needs --overwrite')
     p.add_argument('--executor', default='local', choices=['local', 'dask'], help='local (default): the job\'s process; dask: a cluster')
     p.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='Dask scheduler (default: a local cluster of --workers processes)')
-    p.add_argument('--workers', type=int, metavar='N', help='local: scoring processes (default: one per core; 1: in order, in one process); dask: processes of the local cluster it starts (default 2)')
+    p.add_argument('--workers', type=int, metavar='N', help='local: scoring processes (default: one per core, or 1 for an input under a million rows; 1: in order, in one process); dask: processes of the local cluster it starts (default 2)')
     p.add_argument('--on-bad-rows', default='reject', choices=['reject', 'fail'], help='reject (default): rejects file; fail: stop')
     p.add_argument('--keep', nargs='+', action='extend', default=[], metavar='COL', help='input columns copied next to the predictions')
     p.add_argument('--proba', action='store_true', help='also write proba_<class> columns (classifiers)')
-    p.add_argument('--chunk-rows', type=int, default=100_000, metavar='N', help='rows read and scored at a time (default 100000)')
+    p.add_argument('--chunk-rows', type=int, metavar='N', help='rows read and scored at a time (default 100000; 25000, in one process, for an input under a million rows)')
     p.add_argument('--rejects', metavar='CSV', help='rejects file (default: OUTPUT.rejects.csv beside the output); '
                    'a stale one is removed only if predict wrote it')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --rejects file that mlops-nb did not write')
