@@ -265,15 +265,14 @@ def _settle(tmp: Path, final: Path, ex) -> tuple:
 
 # %% ../nbs/08_jobs.ipynb #1a8eab27
 def _new_run(s: Settings, t0: float, rid_file: Path, spec: dict, tracker: ForkedCalls | None) -> Run:
-    """The job's run, created here; with a `tracker`, without MLflow: by SQL where `sqlstore` serves the store, else by `tracker`'s
-    child (closed after), leaving MLflow unloaded here until the run is next written to."""
-    if tracker is None: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    """The job's run, created here, without MLflow where `sqlstore` serves the store (its records too, then); else by MLflow: in
+    `tracker`'s child if there is one (closed after, leaving MLflow unloaded here until the run is next written to), or here."""
     store = open_store(s)
     if (rid := read_run_id(rid_file)): return Run(rid, s, store, lazy=True)  # a second try after Ctrl-C: made by the first
     if store is not None:
         try: return create_run(settings=s, start_time=t0, run_id_file=rid_file, mlflow_client=store, **spec)
         except StoreMiss: pass  # an experiment to create: MLflow's, below (nothing was written)
-    if tracker.closed: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
+    if tracker is None or tracker.closed: return create_run(settings=s, start_time=t0, run_id_file=rid_file, **spec)
     try: return Run(tracker.call(_created_run_id, s, t0, str(rid_file), spec), s, lazy=True)
     finally: tracker.close()  # what it imported goes with it
 
