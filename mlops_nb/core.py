@@ -21,9 +21,9 @@ __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MLFLOW_IMPORT', 'MlopsNbError', 'C
            'ParameterError', 'TrackingError', 'RegistryError', 'LiveEvidenceError', 'JobFailed', 'GateFailed',
            'CellTimeoutError', 'ModelError', 'OutputError', 'PipelineError', 'MonitorError', 'LoopError', 'DocsError',
            'ReportError', 'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned',
-           'SweepInterrupted', 'add_secret', 'Secret', 'redact', 'redact_value', 'is_secret', 'RedactingStream',
-           'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook', 'Registry', 'imported',
-           'import_mlflow']
+           'SweepInterrupted', 'StoreMiss', 'add_secret', 'Secret', 'redact', 'redact_value', 'is_secret',
+           'RedactingStream', 'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook', 'Registry',
+           'imported', 'import_mlflow']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -138,6 +138,9 @@ class TrialPruned(MlopsNbError):
 class SweepInterrupted(KeyboardInterrupt):
     "Ctrl-C stopped a sweep; `result` is what it had done (unfinished runs are FAILED, 'interrupted')."
     def __init__(self, result): super().__init__(f"sweep {result.sweep_id} interrupted"); self.result = result
+
+class StoreMiss(Exception):
+    "What `sqlstore` leaves to MLflow (raised before anything is written): the caller does it through MLflow instead."
 
 # %% ../nbs/00_core.ipynb #c6de29b5
 REDACTED = '***'  # what every secret value is replaced with, everywhere

@@ -113,28 +113,29 @@ def _answer_calls(inp: int, out: int):
                                                            f"it was: {answer[1]!r:.300}")))
             out.write(data); out.flush()
 
+def _fork_answering() -> tuple:
+    "`(pid, to child, from child)` of a child forked to answer calls (`_answer_calls`) until its parent closes the pipe."
+    from_parent, to_child = os.pipe()  # (read end, write end)
+    from_child, to_parent = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: answer calls until the parent closes its end
+        os.close(to_child); os.close(from_child)
+        try: die_with_parent(parent); _answer_calls(from_parent, to_parent)
+        finally: os._exit(0)  # never the parent's exit handlers or buffers
+    os.close(from_parent); os.close(to_parent)
+    return pid, os.fdopen(to_child, 'wb'), os.fdopen(from_child, 'rb')
+
 
 # %% ../nbs/00c_procs.ipynb #2e179813
 class ForkedCalls:
     "Calls run in a child forked from this process, so what they import lives and dies with it; `close()` ends the child."
     def __init__(self): self.pid, self.closed = None, False  # the child is forked at the first call: none if nothing is called
 
-    def _start(self):
-        from_parent, to_child = os.pipe()  # (read end, write end)
-        from_child, to_parent = os.pipe()
-        parent = os.getpid()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: answer calls until the parent closes its end
-            os.close(to_child); os.close(from_child)
-            try: die_with_parent(parent); _answer_calls(from_parent, to_parent)
-            finally: os._exit(0)  # never the parent's exit handlers or buffers
-        os.close(from_parent); os.close(to_parent)
-        self._to, self._from = os.fdopen(to_child, 'wb'), os.fdopen(from_child, 'rb')
-
     def call(self, fn, *args, **kwargs):
         "`fn(*args, **kwargs)` (`fn` importable) in the child; Ctrl-C meanwhile lets it finish (nothing left half done), then raises."
         if self.closed: raise RuntimeError('ForkedCalls.call after close()')
-        if self.pid is None: self._start()
+        if self.pid is None: self.pid, self._to, self._from = _fork_answering()
         pickle.dump((fn, args, kwargs), self._to); self._to.flush()
         interrupted = False
         while True:

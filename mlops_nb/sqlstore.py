@@ -11,18 +11,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote, urlparse
 
-from .core import MlopsNbError, Settings, TrackingError
+from .core import Settings, StoreMiss, TrackingError
 from . import tracking
 from .tracking import TAG, sqlite_file, store_lock
 
 # %% auto #0
-__all__ = ['SCHEMA', 'Metric', 'Param', 'RunTag', 'StoreMiss', 'local_dir', 'SqlStore', 'open_store']
+__all__ = ['SCHEMA', 'Metric', 'Param', 'RunTag', 'local_dir', 'SqlStore', 'open_store']
 
 # %% ../nbs/05b_sqlstore.ipynb #80d9a7dd
 SCHEMA = 'dc11669786a5'  # the Alembic revision of MLflow 3.17's tracking schema: the one store layout read and written here
-
-class StoreMiss(Exception):
-    "What `SqlStore` leaves to MLflow (raised before anything is written): do it through MLflow instead."
 
 def local_dir(uri: str | None # an artifact location: a `file://` URI or a plain path
              ) -> Path | None:
@@ -53,7 +50,7 @@ class SqlStore:
         with store_lock(self.settings), closing(sqlite3.connect(str(self.db), timeout=30, isolation_level=None)) as con:
             con.execute('BEGIN IMMEDIATE')
             try: out = fn(con, *args)
-            except BaseException: con.execute('ROLLBACK'); raise
+            except BaseException: con.execute('ROLLBACK'); raise  # broad: whatever stopped the writes (Ctrl-C too) undoes them all
             con.execute('COMMIT')
             return out
 
