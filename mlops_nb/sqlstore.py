@@ -16,7 +16,7 @@ from . import tracking
 from .tracking import TAG, sqlite_file, store_lock
 
 # %% auto #0
-__all__ = ['SCHEMA', 'Metric', 'Param', 'RunTag', 'local_dir', 'SqlStore', 'open_store']
+__all__ = ['SCHEMA', 'Metric', 'Param', 'RunTag', 'BUSY_WAIT', 'local_dir', 'SqlStore', 'open_store']
 
 # %% ../nbs/05b_sqlstore.ipynb #80d9a7dd
 SCHEMA = 'dc11669786a5'  # the Alembic revision of MLflow 3.17's tracking schema: the one store layout read and written here
@@ -34,6 +34,7 @@ Param = namedtuple('Param', 'key value')
 RunTag = namedtuple('RunTag', 'key value')
 _NAME = re.compile(r'^[/\w.\- :]*$')  # the characters MLflow accepts in a metric, param or tag name
 _MAX_NAME, _MAX_PARAM, _MAX_TAG = 250, 6000, 8000  # MLflow's limits on the SQL store
+BUSY_WAIT = 30.0  # seconds a read or write waits while another process writes, before it fails
 
 class SqlStore:
     "The embedded store, read and written without MLflow (see the module's notes for what it does and leaves to MLflow)."
@@ -43,16 +44,20 @@ class SqlStore:
     def __repr__(self): return f'SqlStore({str(self.db)!r})'
 
     def _read(self) -> sqlite3.Connection:
-        return sqlite3.connect(f'{self.db.as_uri()}?mode=ro', uri=True, timeout=30)
+        return sqlite3.connect(f'{self.db.as_uri()}?mode=ro', uri=True, timeout=BUSY_WAIT)
 
     def _write(self, fn, *args):
-        "`fn(connection, *args)` in one transaction, holding the store's write lock."
-        with store_lock(self.settings), closing(sqlite3.connect(str(self.db), timeout=30, isolation_level=None)) as con:
-            con.execute('BEGIN IMMEDIATE')
-            try: out = fn(con, *args)
-            except BaseException: con.execute('ROLLBACK'); raise  # broad: whatever stopped the writes (Ctrl-C too) undoes them all
-            con.execute('COMMIT')
-            return out
+        "`fn(connection, *args)` in one transaction, holding the store's write lock; SQLite's errors as a `TrackingError`."
+        try:
+            with store_lock(self.settings), closing(sqlite3.connect(str(self.db), timeout=BUSY_WAIT, isolation_level=None)) as con:
+                con.execute('BEGIN IMMEDIATE')
+                try: out = fn(con, *args)
+                except BaseException: con.execute('ROLLBACK'); raise  # broad: whatever stopped the writes (Ctrl-C too) undoes them all
+                con.execute('COMMIT')
+                return out
+        except sqlite3.Error as e:  # locked past the wait, read-only, full, corrupt: said with the file's name
+            raise TrackingError(f"The store {self.db} refused a write: {type(e).__name__}: {e}", path=str(self.db),
+                                hint="Check that the file is writable and not corrupt, and what else holds it (a long write).") from e
 
 # %% ../nbs/05b_sqlstore.ipynb #5a97f62c
 def open_store(settings: Settings # the resolved settings
@@ -72,7 +77,7 @@ def open_store(settings: Settings # the resolved settings
 def _run_row(con, run_id: str):
     row = con.execute('SELECT run_uuid, name, experiment_id, status, start_time, end_time, artifact_uri, lifecycle_stage, user_id '
                       'FROM runs WHERE run_uuid = ?', (run_id,)).fetchone()
-    if row is None: raise TrackingError(f"No run {run_id!r} in {SqlStore.__name__} {con}.", hint="Check the run id.", run_id=run_id)
+    if row is None: raise TrackingError(f"No run {run_id!r} in this store.", hint="Check the run id (and --tracking-uri).", run_id=run_id)
     return row
 
 @tracking._method(SqlStore, 'get_run')

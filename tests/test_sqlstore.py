@@ -116,3 +116,23 @@ def test_a_lost_run_is_still_marked_by_a_predict_on_the_embedded_store(workdir):
     r = mlops_nb('predict', 'models:/none@champion', 'in.csv', '--out', 'out.parquet', cwd=workdir, env=clean_env())
     assert f'marked run {run.run_id} FAILED (lost)' in r.stderr, r.stderr[-2000:]
     assert client(s).get_run(run.run_id).info.status == 'FAILED' and open_store(s).running_job_runs() == 0
+
+
+def test_a_store_held_locked_is_a_clear_error_and_nothing_half_written(made, monkeypatch):
+    "Another program holding the file past the wait: a TrackingError naming the file; the batch wrote nothing (one transaction)."
+    import mlops_nb.sqlstore as sq
+    s, store = made
+    run = create_run(s, mlflow_client=store)
+    monkeypatch.setattr(sq, 'BUSY_WAIT', 0.2)
+    holder = sqlite3.connect(str(store.db), isolation_level=None)
+    holder.execute('BEGIN EXCLUSIVE')
+    try:
+        with pytest.raises(TrackingError, match=r'refused a write: OperationalError: database is locked') as e:
+            store.log_batch(run.run_id, metrics=[store.entities[0]('m', 1.0, 0, 0)], params=[store.entities[1]('p', 'v')])
+        assert str(store.db) in str(e.value)
+    finally: holder.execute('ROLLBACK'); holder.close()
+    d = store.get_run(run.run_id).data
+    assert 'm' not in d.metrics and 'p' not in d.params
+    store.log_batch(run.run_id, params=[store.entities[1]('p', 'v')])  # free again: it writes
+    assert store.get_run(run.run_id).data.params['p'] == 'v'
+    with pytest.raises(TrackingError, match="No run 'nope'"): store.get_run('nope')
