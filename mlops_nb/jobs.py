@@ -443,7 +443,7 @@ def _stripped(executed, dst: Path) -> Path:
 def _compare(old, new) -> tuple[dict, dict]:
     "(metrics: name -> original, reproduced, diff; data fingerprints that differ: name -> (original, new)) of two runs' data."
     metrics = {}
-    for k in sorted((set(old.metrics) | set(new.metrics)) - {'job_duration_s'}):
+    for k in sorted(k for k in set(old.metrics) | set(new.metrics) if k != 'job_duration_s' and not k.startswith('gate.')):  # gate.*: promote's, not the job's
         a, b = old.metrics.get(k), new.metrics.get(k)
         metrics[k] = {'original': a, 'reproduced': b, 'diff': (b - a) if a is not None and b is not None else None}
     fp = f'{TAG}data_fingerprint'

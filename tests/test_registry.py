@@ -90,6 +90,11 @@ def test_real_train_jobs_worse_model_refused(tmp_path):
     assert v1.tags['mlops_nb.data_fingerprint'] == c.get_run(good).data.tags['mlops_nb.data_fingerprint']
     card = Path(c.download_artifacts(good, 'model_card.md', str(d))).read_text()
     assert v1.tags['mlops_nb.model_card'] == f'runs:/{good}/model_card.md' and '## Intended use' in card
+    # the champion's run reproduces: the gate.* metrics promote logged on it are not the job's to reproduce
+    rep = mlops_nb('reproduce', good, '--json', cwd=d)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    rep = json.loads(rep.stdout)
+    assert rep['identical'] and not any(k.startswith('gate.') for k in rep['metrics']), rep['metrics']
 
 
 def test_better_model_promoted_then_rolled_back(fast):
