@@ -801,7 +801,9 @@ def check_predict(req: PredictRequest, settings=None,
 def resume_request(run_id: str, settings=None) -> PredictRequest:
     "The request of an earlier predict run (interrupted or failed), to score only its missing parts."
     from mlops_nb.tracking import TAG, run_data
-    d = run_data(run_id, settings)
+    if (store := open_store(settings or get_settings())) is not None:  # the embedded store: read by SQL, no MLflow start
+        r = store.get_run(run_id); d = dict(params=r.data.params, tags=r.data.tags)
+    else: d = run_data(run_id, settings)
     if d['tags'].get(f'{TAG}job') != 'predict':
         raise DataError(f"Run {run_id} is not a predict job (job {d['tags'].get(f'{TAG}job')!r}).", hint="Give the run id a predict job printed.")
     p = d['params']

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, os, re, shutil, sqlite3, time, uuid
 from collections import namedtuple
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote, urlparse
@@ -43,8 +43,14 @@ class SqlStore:
     def __init__(self, db: Path, settings: Settings): self.db, self.settings = db, settings
     def __repr__(self): return f'SqlStore({str(self.db)!r})'
 
-    def _read(self) -> sqlite3.Connection:
-        return sqlite3.connect(f'{self.db.as_uri()}?mode=ro', uri=True, timeout=BUSY_WAIT)
+    @contextmanager
+    def _reading(self):
+        "A read-only connection, closed after; SQLite's errors as a `TrackingError` naming the file."
+        try:
+            with closing(sqlite3.connect(f'{self.db.as_uri()}?mode=ro', uri=True, timeout=BUSY_WAIT)) as con: yield con
+        except sqlite3.Error as e:  # locked past the wait, unreadable, corrupt
+            raise TrackingError(f"The store {self.db} could not be read: {type(e).__name__}: {e}", path=str(self.db),
+                                hint="Check that the file is readable and not corrupt, and what else holds it (a long write).") from e
 
     def _write(self, fn, *args):
         "`fn(connection, *args)` in one transaction, holding the store's write lock; SQLite's errors as a `TrackingError`."
@@ -77,13 +83,14 @@ def open_store(settings: Settings # the resolved settings
 def _run_row(con, run_id: str):
     row = con.execute('SELECT run_uuid, name, experiment_id, status, start_time, end_time, artifact_uri, lifecycle_stage, user_id '
                       'FROM runs WHERE run_uuid = ?', (run_id,)).fetchone()
-    if row is None: raise TrackingError(f"No run {run_id!r} in this store.", hint="Check the run id (and --tracking-uri).", run_id=run_id)
+    if row is None: raise TrackingError(f"Run {run_id!r} does not exist in this store.",
+                                        hint="Check the run id (`mlops-nb ui` lists runs) and --tracking-uri.", run_id=run_id)
     return row
 
 @tracking._method(SqlStore, 'get_run')
 def _get_run(self, run_id: str):
     "The run's info and data (latest metrics, params, tags), as `MlflowClient.get_run` gives them."
-    with closing(self._read()) as con:
+    with self._reading() as con:
         r = _run_row(con, run_id)
         metrics = {k: (float('nan') if nan else v) for k, v, nan in
                    con.execute('SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?', (run_id,))}
@@ -96,7 +103,7 @@ def _get_run(self, run_id: str):
 @tracking._method(SqlStore, 'get_experiment_by_name')
 def _get_experiment_by_name(self, name: str):
     "The active experiment `name` (`experiment_id`, `name`, `artifact_location`), or None."
-    with closing(self._read()) as con:
+    with self._reading() as con:
         row = con.execute("SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments "
                           "WHERE name = ? AND workspace = 'default'", (name,)).fetchone()
     if row is None: return None
@@ -109,7 +116,7 @@ def _create_experiment(self, name: str, artifact_location: str | None = None):
 @tracking._method(SqlStore, 'running_job_runs')
 def _running_job_runs(self) -> int:
     "How many job runs (runs with a driver pid) are RUNNING: only those can be lost (`tracking.mark_lost_runs`)."
-    with closing(self._read()) as con:
+    with self._reading() as con:
         return con.execute("SELECT COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
                            "WHERE r.status = 'RUNNING'", (f'{TAG}driver_pid',)).fetchone()[0]
 
@@ -122,7 +129,7 @@ def _model_version(self, uri: str # models:/NAME@ALIAS or models:/NAME/VERSION
     if '@' in body: name, alias = body.split('@', 1); version = None
     elif body.count('/') == 1 and body.split('/')[1].isdigit(): (name, version), alias = body.split('/'), None
     else: raise StoreMiss(f'{uri}: not a models:/NAME@ALIAS or models:/NAME/VERSION URI')
-    with closing(self._read()) as con:
+    with self._reading() as con:
         if alias is not None:
             row = con.execute("SELECT version FROM registered_model_aliases WHERE workspace = 'default' AND name = ? AND alias = ?",
                               (name, alias)).fetchone()
@@ -138,7 +145,7 @@ def _model_version(self, uri: str # models:/NAME@ALIAS or models:/NAME/VERSION
 @tracking._method(SqlStore, 'run_artifacts')
 def _run_artifacts(self, run_id: str) -> Path:
     "The local folder of the run's artifacts; `StoreMiss` when they are not on local disk."
-    with closing(self._read()) as con: uri = _run_row(con, run_id)[6]
+    with self._reading() as con: uri = _run_row(con, run_id)[6]
     if (d := local_dir(uri)) is None: raise StoreMiss(f'run {run_id}: artifacts at {uri} are not on local disk')
     return d
 
@@ -229,7 +236,7 @@ def _log_text(self, run_id: str, text: str, artifact_file: str):
 def _create_run(self, experiment_id: str, start_time: int | None = None, tags: dict | None = None, run_name: str | None = None):
     "A new RUNNING run in `experiment_id`; the run, as `get_run` gives it."
     tags = dict(tags or {})
-    with closing(self._read()) as con:
+    with self._reading() as con:
         row = con.execute('SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = ?', (int(experiment_id),)).fetchone()
     if row is None or row[1] != 'active': raise StoreMiss(f'experiment {experiment_id} is missing or deleted')
     if local_dir(row[0]) is None: raise StoreMiss(f'experiment {experiment_id} keeps artifacts off this disk ({row[0]})')

@@ -130,9 +130,10 @@ def test_a_store_held_locked_is_a_clear_error_and_nothing_half_written(made, mon
         with pytest.raises(TrackingError, match=r'refused a write: OperationalError: database is locked') as e:
             store.log_batch(run.run_id, metrics=[store.entities[0]('m', 1.0, 0, 0)], params=[store.entities[1]('p', 'v')])
         assert str(store.db) in str(e.value)
+        with pytest.raises(TrackingError, match=r'could not be read: OperationalError: database is locked'): store.get_run(run.run_id)
     finally: holder.execute('ROLLBACK'); holder.close()
     d = store.get_run(run.run_id).data
     assert 'm' not in d.metrics and 'p' not in d.params
     store.log_batch(run.run_id, params=[store.entities[1]('p', 'v')])  # free again: it writes
     assert store.get_run(run.run_id).data.params['p'] == 'v'
-    with pytest.raises(TrackingError, match="No run 'nope'"): store.get_run('nope')
+    with pytest.raises(TrackingError, match="Run .nope. does not exist"): store.get_run('nope')
