@@ -23,7 +23,7 @@ __all__ = ['REDACTED', 'DEFAULT_EXPERIMENT', 'MLFLOW_IMPORT', 'MlopsNbError', 'C
            'ReportError', 'BadRows', 'RequestError', 'ShapeError', 'WorkerError', 'WorkerLost', 'TrialPruned',
            'SweepInterrupted', 'StoreMiss', 'add_secret', 'Secret', 'redact', 'redact_value', 'is_secret',
            'RedactingStream', 'find_project', 'Settings', 'get_settings', 'jobs_dir', 'job_notebook', 'Registry',
-           'imported', 'import_mlflow']
+           'imported', 'import_mlflow', 'attach_to']
 
 # %% ../nbs/00_core.ipynb #1103f8ed
 class MlopsNbError(Exception):
@@ -359,3 +359,14 @@ def import_mlflow(name: str = 'mlflow' # the module: 'mlflow', 'mlflow.sklearn',
     "Module `name`, imported with `MLFLOW_IMPORT` held unless it is fully imported already."
     if imported(name): return sys.modules[name]
     with MLFLOW_IMPORT: return importlib.import_module(name)
+
+# %% ../nbs/00_core.ipynb #007af560
+def attach_to(cls: type, # the class to add the method to
+              name: str, # the method's name
+             ):
+    "Attach the function below to `cls` as its method `name` (what fastcore's `@patch` does), keeping the method's name."
+    def attach(f):
+        f.__name__, f.__qualname__ = name, f'{cls.__name__}.{name}'
+        setattr(cls, name, f)
+        return f
+    return attach

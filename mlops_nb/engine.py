@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import tracking, worker
-from .core import REDACTED, CellTimeoutError, JobFailed, ParameterError, Registry, _proc_start, add_secret, get_settings, imported, process_alive, redact, redact_value
+from .core import REDACTED, CellTimeoutError, JobFailed, ParameterError, Registry, _proc_start, add_secret, attach_to, get_settings, imported, process_alive, redact, redact_value
 from .postprocess import _redacting_writes, job_failed, mark_failure, redact_file, render_html
 from .worker import OPERATIONS
 # IPython, papermill and nbformat are imported where they are used: this module is imported by every `mlops-nb` command,
@@ -59,7 +59,7 @@ class _Outputs:
         self.items.append(out)
 
 # %% ../nbs/08a_engine.ipynb #47ca2f4a
-@tracking._method(_Outputs, 'stream')
+@attach_to(_Outputs, 'stream')
 def _outputs_stream(self, name: str, text: str):
     "Buffer stream text as ipykernel's OutStream does: per stream, sent every 0.2 s and before anything else is shown."
     if not text: return
@@ -75,7 +75,7 @@ def _outputs_stream(self, name: str, text: str):
     self._pending[name] = self._pending.get(name, '') + text
     if time.monotonic() - self._since > FLUSH_INTERVAL: self.flush()
 
-@tracking._method(_Outputs, 'flush')
+@attach_to(_Outputs, 'flush')
 def _outputs_flush(self):
     "Send buffered stream text, stdout first (ipykernel's order)."
     for name in ('stdout', 'stderr'):
@@ -86,7 +86,7 @@ def _outputs_flush(self):
         else: self._append({'output_type': 'stream', 'name': name, 'text': text})
 
 # %% ../nbs/08a_engine.ipynb #f90df7e0
-@tracking._method(_Outputs, 'display')
+@attach_to(_Outputs, 'display')
 def _outputs_display(self, data: dict, metadata: dict | None, transient: dict | None, update: bool):
     self.flush()
     did = (transient or {}).get('display_id')
@@ -97,17 +97,17 @@ def _outputs_display(self, data: dict, metadata: dict | None, transient: dict | 
     if did: self._display_ids.setdefault(did, []).append(out)
     self._append(out)
 
-@tracking._method(_Outputs, 'result')
+@attach_to(_Outputs, 'result')
 def _outputs_result(self, data: dict, metadata: dict | None, count: int):
     self.flush()
     self._append({'output_type': 'execute_result', 'data': _clean(data), 'metadata': metadata or {}, 'execution_count': count})
 
-@tracking._method(_Outputs, 'error')
+@attach_to(_Outputs, 'error')
 def _outputs_error(self, ename: str, evalue: str, traceback: list[str]):
     self.flush()
     self._append({'output_type': 'error', 'ename': ename, 'evalue': evalue, 'traceback': traceback})
 
-@tracking._method(_Outputs, 'clear')
+@attach_to(_Outputs, 'clear')
 def _outputs_clear(self, wait: bool = False):
     self.flush()
     if wait: self._clear_pending = True
@@ -676,7 +676,7 @@ class Job:
         _LIVE.add(self)
 
 # %% ../nbs/08a_engine.ipynb #eb4b907f
-@tracking._method(Job, 'stop')
+@attach_to(Job, 'stop')
 def _job_stop(self, reason: str = 'interrupted'):
     "Interrupt the job (SIGTERM: the running cell raises, the notebook is saved); SIGKILL after the grace period."
     if self._stop_reason is None: self._stop_reason = reason
@@ -685,14 +685,14 @@ def _job_stop(self, reason: str = 'interrupted'):
         except ProcessLookupError: pass
     self._kill_at = time.time() + self.grace
 
-@tracking._method(Job, '_kill')
+@attach_to(Job, '_kill')
 def _job_kill(self):
     for target in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), lambda: os.kill(self.proc.pid, signal.SIGKILL)):
         try: target()
         except (ProcessLookupError, PermissionError): pass
 
 # %% ../nbs/08a_engine.ipynb #91cbb485
-@tracking._method(Job, '_result')
+@attach_to(Job, '_result')
 def _job_result(self, report: dict | None) -> Execution:
     code, dur = self.proc.exitcode, max((report or {}).get('ended') or time.time(), self.t0) - self.t0
     html, reads, rec = (report or {}).get('html'), (report or {}).get('reads'), (report or {}).get('recorded')
@@ -709,7 +709,7 @@ def _job_result(self, report: dict | None) -> Execution:
     return Execution(report['status'], report['error'], code, dur, html=html, reads=reads, recorded=rec)
 
 # %% ../nbs/08a_engine.ipynb #0d6e3b38
-@tracking._method(Job, 'wait')
+@attach_to(Job, 'wait')
 def _job_wait(self) -> Execution:
     "Block until the job's process ends (or is ended by the timeout); how it ended."
     report, self._kill_at = None, None

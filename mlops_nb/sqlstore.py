@@ -11,8 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote, urlparse
 
-from .core import Settings, StoreMiss, TrackingError
-from . import tracking
+from .core import Settings, StoreMiss, TrackingError, attach_to
 from .tracking import TAG, sqlite_file, store_lock
 
 # %% auto #0
@@ -87,7 +86,7 @@ def _run_row(con, run_id: str):
                                         hint="Check the run id (`mlops-nb ui` lists runs) and --tracking-uri.", run_id=run_id)
     return row
 
-@tracking._method(SqlStore, 'get_run')
+@attach_to(SqlStore, 'get_run')
 def _get_run(self, run_id: str):
     "The run's info and data (latest metrics, params, tags), as `MlflowClient.get_run` gives them."
     with self._reading() as con:
@@ -100,7 +99,7 @@ def _get_run(self, run_id: str):
                            end_time=r[5], artifact_uri=r[6], lifecycle_stage=r[7], user_id=r[8])
     return SimpleNamespace(info=info, data=SimpleNamespace(metrics=metrics, params=params, tags=tags))
 
-@tracking._method(SqlStore, 'get_experiment_by_name')
+@attach_to(SqlStore, 'get_experiment_by_name')
 def _get_experiment_by_name(self, name: str):
     "The active experiment `name` (`experiment_id`, `name`, `artifact_location`), or None."
     with self._reading() as con:
@@ -109,11 +108,11 @@ def _get_experiment_by_name(self, name: str):
     if row is None: return None
     return SimpleNamespace(experiment_id=str(row[0]), name=row[1], artifact_location=row[2], lifecycle_stage=row[3])
 
-@tracking._method(SqlStore, 'create_experiment')
+@attach_to(SqlStore, 'create_experiment')
 def _create_experiment(self, name: str, artifact_location: str | None = None):
     raise StoreMiss(f'experiment {name!r} does not exist: MLflow creates it')
 
-@tracking._method(SqlStore, 'running_job_runs')
+@attach_to(SqlStore, 'running_job_runs')
 def _running_job_runs(self) -> int:
     "How many job runs (runs with a driver pid) are RUNNING: only those can be lost (`tracking.mark_lost_runs`)."
     with self._reading() as con:
@@ -121,7 +120,7 @@ def _running_job_runs(self) -> int:
                            "WHERE r.status = 'RUNNING'", (f'{TAG}driver_pid',)).fetchone()[0]
 
 # %% ../nbs/05b_sqlstore.ipynb #951416d1
-@tracking._method(SqlStore, 'model_version')
+@attach_to(SqlStore, 'model_version')
 def _model_version(self, uri: str # models:/NAME@ALIAS or models:/NAME/VERSION
                   ) -> dict:
     "`{'name', 'version', 'run_id', 'location'}` of the version `uri` names now; `StoreMiss` for anything else."
@@ -142,7 +141,7 @@ def _model_version(self, uri: str # models:/NAME@ALIAS or models:/NAME/VERSION
     if loc is None or not (loc / 'MLmodel').is_file(): raise StoreMiss(f'{uri}: the model files are not on local disk')
     return dict(name=name, version=str(version), run_id=row[0], location=loc)
 
-@tracking._method(SqlStore, 'run_artifacts')
+@attach_to(SqlStore, 'run_artifacts')
 def _run_artifacts(self, run_id: str) -> Path:
     "The local folder of the run's artifacts; `StoreMiss` when they are not on local disk."
     with self._reading() as con: uri = _run_row(con, run_id)[6]
@@ -178,7 +177,7 @@ def _write_metric(con, run_id: str, m):
                     (m.key, v, ts, step, int(nan), run_id))
 
 # %% ../nbs/05b_sqlstore.ipynb #61ef4dc2
-@tracking._method(SqlStore, 'log_batch')
+@attach_to(SqlStore, 'log_batch')
 def _log_batch(self, run_id: str, metrics=(), params=(), tags=()):
     "Write metrics (key, value, timestamp, step), params and tags to the run, in one transaction."
     for p in params: _check(p.key, p.value, _MAX_PARAM, 'param')
@@ -196,11 +195,11 @@ def _log_batch(self, run_id: str, metrics=(), params=(), tags=()):
         con.executemany('INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)', [(t.key, str(t.value), run_id) for t in tags])
     self._write(write)
 
-@tracking._method(SqlStore, 'set_tag')
+@attach_to(SqlStore, 'set_tag')
 def _set_tag(self, run_id: str, key: str, value): self.log_batch(run_id, tags=[RunTag(key, str(value))])
 
 # %% ../nbs/05b_sqlstore.ipynb #ff8362cc
-@tracking._method(SqlStore, 'set_terminated')
+@attach_to(SqlStore, 'set_terminated')
 def _set_terminated(self, run_id: str, status: str = 'FINISHED', end_time: int | None = None):
     "End the run: its status, and its end time (now if None)."
     def write(con):
@@ -218,21 +217,21 @@ def _artifact_dest(self, run_id: str, artifact_path: str | None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-@tracking._method(SqlStore, 'log_artifact')
+@attach_to(SqlStore, 'log_artifact')
 def _log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None):
     shutil.copy2(local_path, _artifact_dest(self, run_id, artifact_path) / Path(local_path).name)
 
-@tracking._method(SqlStore, 'log_artifacts')
+@attach_to(SqlStore, 'log_artifacts')
 def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None):
     shutil.copytree(local_dir, _artifact_dest(self, run_id, artifact_path), dirs_exist_ok=True)
 
-@tracking._method(SqlStore, 'log_text')
+@attach_to(SqlStore, 'log_text')
 def _log_text(self, run_id: str, text: str, artifact_file: str):
     p = Path(artifact_file)
     (_artifact_dest(self, run_id, str(p.parent) if str(p.parent) != '.' else None) / p.name).write_text(text, encoding='utf-8')
 
 # %% ../nbs/05b_sqlstore.ipynb #e3512b0f
-@tracking._method(SqlStore, 'create_run')
+@attach_to(SqlStore, 'create_run')
 def _create_run(self, experiment_id: str, start_time: int | None = None, tags: dict | None = None, run_name: str | None = None):
     "A new RUNNING run in `experiment_id`; the run, as `get_run` gives it."
     tags = dict(tags or {})
@@ -256,7 +255,7 @@ def _create_run(self, experiment_id: str, start_time: int | None = None, tags: d
     return self.get_run(rid)
 
 # %% ../nbs/05b_sqlstore.ipynb #420f5e8d
-@tracking._method(SqlStore, 'fetch_version')
+@attach_to(SqlStore, 'fetch_version')
 def _fetch_version(self, version: dict, # what `model_version` returned
                    dst: str | Path, # the folder to create (must not exist)
                   ) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .core import REDACTED, Settings, TrackingError, get_settings, import_mlflow, imported, is_secret, process_alive, redact, redact_value
+from .core import REDACTED, Settings, TrackingError, attach_to, get_settings, import_mlflow, imported, is_secret, process_alive, redact, redact_value
 
 # %% auto #0
 __all__ = ['TAG', 'GIT_CACHE', 'MAX_METRICS', 'MAX_PARAMS_TAGS', 'MAX_ENTITIES', 'RUN_ID_WAIT', 'ARTIFACT_SPOOL', 'LOST_AFTER',
@@ -301,17 +301,6 @@ def _param_str(v) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s if len(s) <= 6000 else s[:5997] + '...'
 
-# %% ../nbs/05_tracking.ipynb #20f3fbfd
-def _method(cls: type, # the class to add the method to
-            name: str, # the method's name
-           ):
-    "Attach the function below to `cls` as its method `name` (what fastcore's `@patch` does)."
-    def attach(f):
-        f.__name__, f.__qualname__ = name, f'{cls.__name__}.{name}'
-        setattr(cls, name, f)
-        return f
-    return attach
-
 # %% ../nbs/05_tracking.ipynb #a2eae389
 class Batch:
     "Buffer of metrics, params and tags for one run, sent with `log_batch`; buffering needs no MLflow, only sending does."
@@ -329,7 +318,7 @@ class Batch:
     def run_id(self) -> str: return self._run_id if self._run_id is not None else self.owner.run_id
 
 # %% ../nbs/05_tracking.ipynb #5a3bb75b
-@_method(Batch, 'metric')
+@attach_to(Batch, 'metric')
 def _batch_metric(self, key: str, value: float, step: int | None = None):
     key = _name(key)
     if step is None: step = self._step.get(key, -1) + 1
@@ -337,7 +326,7 @@ def _batch_metric(self, key: str, value: float, step: int | None = None):
     self.metrics.append((key, float(value), int(time.time() * 1000), step))
     if len(self.metrics) >= self.max_buffer: self.flush()
 
-@_method(Batch, 'param')
+@attach_to(Batch, 'param')
 def _batch_param(self, key: str, value):
     "Buffer a param; MLflow params cannot change, so a new value for a recorded key is an error here and now."
     key, v = _name(key), redact(_param_str(value))  # a secret is never a param's name or value
@@ -346,11 +335,11 @@ def _batch_param(self, key: str, value):
         raise TrackingError(f"Param {key!r} is already recorded as {old!r} in run {self.run_id}; MLflow params cannot change "
                             f"(new value {v!r}).", hint="Record changing values as metrics, or use another name.", key=key)
     if key not in self._sent: self.params[key] = v
-@_method(Batch, 'tag')
+@attach_to(Batch, 'tag')
 def _batch_tag(self, key: str, value): self.tags[_name(key)] = redact(str(value))
 
 # %% ../nbs/05_tracking.ipynb #b1856dbb
-@_method(Batch, 'flush')
+@attach_to(Batch, 'flush')
 def _batch_flush(self):
     "Send everything buffered; nothing is dropped if a request fails (it stays buffered)."
     with self.lock: self._flush()
@@ -359,7 +348,7 @@ def _mlflow_entities() -> tuple:
     import_mlflow('mlflow.entities'); from mlflow.entities import Metric, Param, RunTag
     return Metric, Param, RunTag
 
-@_method(Batch, '_flush')
+@attach_to(Batch, '_flush')
 def _batch_send(self):
     if not (self.metrics or self.params or self.tags): return
     Metric, Param, RunTag = getattr(self.client, 'entities', None) or _mlflow_entities()  # a `sqlstore.SqlStore` has its own
@@ -371,12 +360,12 @@ def _batch_send(self):
         for o in t: self.tags.pop(o.key, None)
 
 # %% ../nbs/05_tracking.ipynb #c280f3da
-@_method(Batch, 'pending')
+@attach_to(Batch, 'pending')
 def _batch_pending(self) -> dict:
     "What is buffered and not sent, as JSON-able data (a job's process hands it to its runner)."
     return {'metrics': [list(m) for m in self.metrics], 'params': dict(self.params), 'tags': dict(self.tags)}
 
-@_method(Batch, 'absorb')
+@attach_to(Batch, 'absorb')
 def _batch_absorb(self, pending: dict):
     "Buffer what another process left unsent (`pending`), as that process recorded it (metrics keep their time and step)."
     self.metrics += [tuple(m) for m in pending.get('metrics', [])]
@@ -446,10 +435,10 @@ class Run:
     def info(self): return self.client.get_run(self.run_id).info
 
 # %% ../nbs/05_tracking.ipynb #06ede1d5
-@_method(Run, 'record')
+@attach_to(Run, 'record')
 def _run_record(self, name: str, value, step: int | None = None): return _record_into(self, name, value, step)
 
-@_method(Run, 'log_artifact')
+@attach_to(Run, 'log_artifact')
 def _run_log_artifact(self, path: str | Path, artifact_path: str | None = None):
     p = Path(path)
     if self.spool and (self.known_run_id() is None or 'mlflow' not in sys.modules):  # a job's process without MLflow:
@@ -460,14 +449,14 @@ def _run_log_artifact(self, path: str | Path, artifact_path: str | None = None):
     if p.is_dir(): self.client.log_artifacts(self.run_id, str(p), artifact_path)
     else: self.client.log_artifact(self.run_id, str(p), artifact_path)
 
-@_method(Run, 'log_text')
+@attach_to(Run, 'log_text')
 def _run_log_text(self, text: str, artifact_file: str): self.client.log_text(self.run_id, redact(text), artifact_file)
 
-@_method(Run, 'flush')
+@attach_to(Run, 'flush')
 def _run_flush(self): self.batch.flush()
 
 # %% ../nbs/05_tracking.ipynb #b47fe7fb
-@_method(Run, 'end')
+@attach_to(Run, 'end')
 def _run_end(self, status: str = 'FINISHED', reason: str | None = None, error: BaseException | None = None):
     "Flush and set the final status; an error's type, message and traceback are recorded."
     if self.ended: return
