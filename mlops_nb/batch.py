@@ -28,11 +28,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .core import BadRows, ConfigError, DataError, SchemaError, WorkerLost, get_settings
+from .core import BadRows, ConfigError, DataError, SchemaError, StoreMiss, TrackingError, WorkerLost, get_settings
 from .executors import EXECUTORS, make_executor, where
 from .outputs import OutputError, check_outputs, check_replace, mark_ours, remove_ours, replacing
 from .procs import ForkedCalls
-from .sqlstore import StoreMiss, open_store
+from .sqlstore import open_store
 from .data import ColumnSchema, Schema
 from .models import SCHEMA_FILE, attach_schema, input_schema, local_model
 from .registry import model_source  # imports no MLflow: the job stays free of it
@@ -789,7 +789,8 @@ def check_predict(req: PredictRequest, settings=None,
     if o.resume and not (staging_dir(req.output_path) / _MANIFEST).exists():
         raise DataError(f"Nothing to resume: {staging_dir(req.output_path)} holds no parts of an earlier batch.",
                         hint="The batch may have finished (its output is complete), or was started with another --out.")
-    small = o.executor == 'local' and input_rows(req) < LEAN_ROWS  # done in a second or so: one thread, small chunks, less memory
+    small = (None in (o.workers, o.chunk_rows) and o.executor == 'local'  # footers read only when a default is chosen by size:
+             and input_rows(req) < LEAN_ROWS)  # done in a second or so: one thread, small chunks, less memory
     return dict(model_uri=req.model_uri, input_path=str(Path(req.input_path).resolve()), output_path=str(Path(req.output_path).resolve()),
                 executor=o.executor, scheduler=o.scheduler or '', workers=o.workers or (1 if small else 0), on_bad_rows=o.on_bad_rows,
                 keep=','.join(o.keep), proba=o.proba, chunk_rows=o.chunk_rows or (SMALL_CHUNK_ROWS if small else CHUNK_ROWS), log_dir=str(Path(o.log_dir).resolve()) if o.log_dir else '',
@@ -907,11 +908,14 @@ def fetch_model(uri: str, # models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_
 def _fetch_by_sql(store, uri: str, dst: Path) -> tuple:
     "`fetch_model`'s (source, model folder, schema, schema source), by `store`: a registered version whose run kept our schema.json."
     v = store.model_version(uri)
-    run_schema = store.run_artifacts(v['run_id']) / SCHEMA_FILE if v['run_id'] else None
-    if not ((v['location'] / SCHEMA_FILE).is_file() or (run_schema and run_schema.is_file())):
-        raise StoreMiss(f'{uri}: no schema.json (the signature or input example is read with MLflow)')
+    schema_at = v['location'] / SCHEMA_FILE
+    if not schema_at.is_file():  # the training run's, as `attach_schema` brings it
+        try: schema_at = store.run_artifacts(v['run_id']) / SCHEMA_FILE if v['run_id'] else None
+        except TrackingError: schema_at = None  # the run is gone
+        if schema_at is None or not schema_at.is_file():
+            raise StoreMiss(f'{uri}: no schema.json (the signature or input example is read with MLflow)')
     path = store.fetch_version(v, dst / 'model')
-    if not (path / SCHEMA_FILE).exists(): shutil.copyfile(run_schema, path / SCHEMA_FILE)
+    if not (path / SCHEMA_FILE).exists(): shutil.copyfile(schema_at, path / SCHEMA_FILE)
     src = dict(uri=uri, name=v['name'], version=v['version'], run_id=v['run_id'])
     return src, path, Schema.load(path / SCHEMA_FILE), SCHEMA_FILE
 

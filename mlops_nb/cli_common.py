@@ -93,7 +93,9 @@ def report_lost(s, tracker=None # a `procs.ForkedCalls` to look from, keeping ML
     from mlops_nb.tracking import mark_lost_runs
     from mlops_nb.sqlstore import open_store  # lazy, as tracking: not loaded for the commands that never report
     store = open_store(s)  # on the embedded store, SQL counts the RUNNING job runs: with none, no MLflow start to look at them
-    try: lost = [] if store is not None and not store.running_job_runs() else tracker.call(mark_lost_runs, s) if tracker is not None else mark_lost_runs(s)
+    try:
+        if store is not None and not store.running_job_runs(): return
+        lost = tracker.call(mark_lost_runs, s) if tracker is not None else mark_lost_runs(s)
     except MlopsNbError: return  # the command itself says what is wrong with the store
     for r in lost: print(f"marked run {r['run_id']} FAILED (lost): {r['why']}", file=sys.stderr)
 

@@ -368,7 +368,7 @@ def cmd_predict(a) -> int:
     from mlops_nb.batch import default_rejects, lean_batch, run_predict, staging_dir
     s, req = settings_for(a, lost=False), _predict_request(a)
     quiet = contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext()
-    try:  # a big batch: MLflow in a child only, until the job has scored (see `run_predict`)
+    try:  # MLflow kept out: by SQL on the embedded store, else for a big batch in a child until the job has scored (`run_predict`)
         with quiet, ForkedCalls() if lean_batch(req, s) else contextlib.nullcontext() as tracker:
             report_lost(s, tracker)
             with _parts_bar(req, not a.json and sys.stderr.isatty()):

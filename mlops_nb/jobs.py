@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Settings, TrackingError, add_secret, get_settings,
-                           job_notebook, redact, redact_value)
+from .core import (REDACTED, DataError, JobFailed, ParameterError, Secret, Settings, StoreMiss, TrackingError, add_secret,
+                           get_settings, job_notebook, redact, redact_value)
 from .engine import StartingJob, kernelspec, outcome, papermill_engine, parameterize
 from .worker import warm_up
 from .params import check_params, is_secret_name, read_params, secret_env_name, secret_env_value
 from .procs import ForkedCalls
-from .sqlstore import StoreMiss, open_store
+from .sqlstore import open_store
 from .tracking import (ARTIFACT_SPOOL, RECORD_MIME, TAG, Run, client, create_run, download_artifact, file_sha256, new_store,
                                read_run_id, take_spool, write_run_id)
 from .outputs import check_outputs, is_ours, publish

@@ -73,10 +73,10 @@ def open_store(settings: Settings # the resolved settings
     if db is None or settings.registry_uri not in (None, settings.tracking_uri): return None
     try:
         if not db.is_file() or db.stat().st_size == 0: return None
-        with closing(sqlite3.connect(f'{db.resolve().as_uri()}?mode=ro', uri=True, timeout=30)) as con:
-            rev = con.execute('SELECT version_num FROM alembic_version').fetchall()
-    except (OSError, sqlite3.Error): return None  # unreadable, or not an MLflow store: MLflow says what is wrong
-    return SqlStore(db.resolve(), settings) if rev == [(SCHEMA,)] else None
+        store = SqlStore(db.resolve(), settings)
+        with store._reading() as con: rev = con.execute('SELECT version_num FROM alembic_version').fetchall()
+    except (OSError, TrackingError): return None  # unreadable, or not an MLflow store: MLflow says what is wrong
+    return store if rev == [(SCHEMA,)] else None
 
 # %% ../nbs/05b_sqlstore.ipynb #c98ab0a6
 def _run_row(con, run_id: str):
@@ -208,12 +208,15 @@ def _set_terminated(self, run_id: str, status: str = 'FINISHED', end_time: int |
     self._write(write)
 
 # %% ../nbs/05b_sqlstore.ipynb #043e89cb
+def _inside(path: str | None) -> str:
+    "`path` ('' for None) when it stays inside a run's artifacts; a `TrackingError` when it would lead out."
+    if path and (Path(path).is_absolute() or '..' in Path(path).parts):
+        raise TrackingError(f"Invalid artifact path {path!r}: a relative path inside the run's artifacts.", path=path)
+    return path or ''
+
 def _artifact_dest(self, run_id: str, artifact_path: str | None) -> Path:
-    d = self.run_artifacts(run_id)
-    if artifact_path:
-        if Path(artifact_path).is_absolute() or '..' in Path(artifact_path).parts:
-            raise TrackingError(f"Invalid artifact path {artifact_path!r}: a relative path inside the run's artifacts.", path=artifact_path)
-        d = d / artifact_path
+    "The run's artifact folder `artifact_path`, made."
+    d = self.run_artifacts(run_id) / _inside(artifact_path)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -227,8 +230,8 @@ def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None 
 
 @attach_to(SqlStore, 'log_text')
 def _log_text(self, run_id: str, text: str, artifact_file: str):
-    p = Path(artifact_file)
-    (_artifact_dest(self, run_id, str(p.parent) if str(p.parent) != '.' else None) / p.name).write_text(text, encoding='utf-8')
+    p = Path(_inside(artifact_file))  # the whole path: 'a/..' leads out too
+    (_artifact_dest(self, run_id, str(p.parent)) / p.name).write_text(text, encoding='utf-8')
 
 # %% ../nbs/05b_sqlstore.ipynb #e3512b0f
 @attach_to(SqlStore, 'create_run')

@@ -85,7 +85,9 @@ def test_what_mlflow_refuses_is_refused(made):
     store.log_batch(run.run_id, params=[store.entities[1]('a', '1')])  # the same value again is fine
     with pytest.raises(TrackingError, match='Invalid tag name'): store.set_tag(run.run_id, 'bad\nname', 'x')
     with pytest.raises(TrackingError, match='at most 6000'): store.log_batch(run.run_id, params=[store.entities[1]('long', 'x' * 6001)])
-    with pytest.raises(TrackingError, match='Invalid artifact path'): store.log_text(run.run_id, 'x', '../escape.txt')
+    for out in ('../escape.txt', 'a/..', '/abs.txt'):
+        with pytest.raises(TrackingError, match='Invalid artifact path'): store.log_text(run.run_id, 'x', out)
+    with pytest.raises(TrackingError, match='Invalid artifact path'): store.log_artifact(run.run_id, __file__, 'a/../..')
     client(s).delete_run(run.run_id)
     with pytest.raises(TrackingError, match='is deleted'): store.set_tag(run.run_id, 'k', 'v')
 
